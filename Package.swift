@@ -1,0 +1,58 @@
+// swift-tools-version: 6.1
+// Tern: a mail transfer agent whose durable queue is a SQLite database.
+// One module per role (see ../shared/DESIGN.md); allowed imports point down:
+// protocol, message → store → intake → listener → cli → tern (executable).
+import PackageDescription
+
+let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
+let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+
+let package = Package(
+    name: "Tern",
+    products: [
+        .executable(name: "tern", targets: ["tern"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+    ],
+    targets: [
+        // Pure SMTP: commands, replies, addresses, the session state machine, framing.
+        .target(name: "TernProtocol", dependencies: [nioCore]),
+        // RFC 5322 headers: parse, Received:, dates, queue ids.
+        .target(name: "TernMessage"),
+        // The only module that opens SQLite: migrations, group-commit writer, queries.
+        .target(name: "TernStore", dependencies: [
+            .product(name: "GRDB", package: "GRDB.swift"), "TernMessage", logging,
+        ]),
+        // Postfix's cleanup role: the one path by which mail enters the store.
+        .target(name: "TernIntake", dependencies: ["TernProtocol", "TernMessage", "TernStore", logging]),
+        // SwiftNIO SMTP server carrying out the session machine's actions.
+        .target(name: "TernListener", dependencies: [
+            "TernProtocol", "TernIntake", nioCore, nioPosix, logging, lifecycle,
+        ]),
+        // `tern` subcommands and configuration (TOML + flags).
+        .target(name: "TernCLI", dependencies: [
+            "TernProtocol", "TernMessage", "TernStore", "TernIntake", "TernListener",
+            nioCore, nioPosix, logging, lifecycle,
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ]),
+        .executableTarget(name: "tern", dependencies: ["TernCLI"]),
+
+        .testTarget(name: "TernProtocolTests", dependencies: ["TernProtocol", nioCore]),
+        .testTarget(name: "TernMessageTests", dependencies: ["TernMessage"]),
+        .testTarget(name: "TernStoreTests", dependencies: ["TernStore", "TernMessage"]),
+        .testTarget(name: "TernIntakeTests", dependencies: ["TernIntake", "TernStore", "TernProtocol", "TernMessage"]),
+        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore"]),
+        .testTarget(name: "TernIntegrationTests", dependencies: [
+            "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", nioCore, nioPosix, logging,
+        ]),
+    ]
+)

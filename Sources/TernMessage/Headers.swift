@@ -1,0 +1,155 @@
+// RFC 5322 header access over raw message bytes: find the header block, read
+// unfolded fields, and build the `Received:` trace field (RFC 5321 §4.4).
+// Pure; called by intake (and later by DSN building).
+
+/// The header section of a message, read without copying the body.
+public struct HeaderBlock: Sendable {
+    /// Each field as (name, unfolded value), in order.
+    public let fields: [(name: String, value: String)]
+    /// Octets of the header section including the blank line (or the whole
+    /// message when there is no body).
+    public let length: Int
+
+    /// Parses the header section at the start of `bytes`. Lines may end in
+    /// CRLF or LF; a line that is not a field and not a continuation ends it.
+    public init(_ bytes: some Collection<UInt8>) {
+        var fields: [(String, String)] = []
+        var current: (name: String, value: [UInt8])? = nil
+        var consumed = 0
+        var lineStart = bytes.startIndex
+        var i = bytes.startIndex
+        func flush() {
+            if let c = current {
+                let value = String(decoding: c.value, as: UTF8.self)
+                fields.append((c.name, value.trimmingWhitespace()))
+            }
+            current = nil
+        }
+        while i != bytes.endIndex {
+            if bytes[i] == 10 {
+                var line = Array(bytes[lineStart..<i])
+                if line.last == 13 { line.removeLast() }
+                let lineLength = bytes.distance(from: lineStart, to: i) + 1
+                if line.isEmpty {
+                    consumed += lineLength
+                    flush()
+                    self.fields = fields
+                    self.length = consumed
+                    return
+                }
+                if line.first == 32 || line.first == 9 {
+                    guard current != nil else { break }
+                    current!.value += line   // RFC 5322 §2.2.3 unfolding: drop the CRLF only
+                } else if let colon = line.firstIndex(of: 58), colon > 0,
+                          line[..<colon].allSatisfy({ $0 >= 33 && $0 <= 126 }) {
+                    flush()
+                    current = (String(decoding: line[..<colon], as: UTF8.self), Array(line[(colon + 1)...]))
+                } else {
+                    break
+                }
+                consumed += lineLength
+                lineStart = bytes.index(after: i)
+            }
+            i = bytes.index(after: i)
+        }
+        flush()
+        self.fields = fields
+        self.length = consumed
+    }
+
+    /// The first field with this name (case-insensitive).
+    public func first(_ name: String) -> String? {
+        let lower = name.lowercased()
+        return fields.first { $0.name.lowercased() == lower }?.value
+    }
+
+    public func all(_ name: String) -> [String] {
+        let lower = name.lowercased()
+        return fields.filter { $0.name.lowercased() == lower }.map(\.value)
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+/// Extracts the `msg-id` of a Message-ID field value (`<left@right>`).
+public func messageID(fromFieldValue value: String) -> String? {
+    guard let open = value.firstIndex(of: "<"), let close = value[open...].firstIndex(of: ">") else {
+        let trimmed = value.trimmingWhitespace()
+        return trimmed.isEmpty ? nil : trimmed
+    }
+    return String(value[value.index(after: open)..<close])
+}
+
+/// Builds the `Received:` field Tern prepends (RFC 5321 §4.4, RFC 5322 §3.6.7).
+public struct ReceivedHeader: Sendable {
+    public var helo: String
+    public var clientAddress: String
+    public var byHost: String
+    public var protocolName: String
+    public var queueID: String
+    /// Named only when there is exactly one recipient (privacy of Bcc).
+    public var forRecipient: String?
+    public var date: Int64 // Unix ms
+
+    public init(helo: String, clientAddress: String, byHost: String, protocolName: String,
+                queueID: String, forRecipient: String?, date: Int64) {
+        self.helo = helo
+        self.clientAddress = clientAddress
+        self.byHost = byHost
+        self.protocolName = protocolName
+        self.queueID = queueID
+        self.forRecipient = forRecipient
+        self.date = date
+    }
+
+    /// The folded field including its final CRLF.
+    public var field: String {
+        let literal = clientAddress.contains(":") ? "[IPv6:\(clientAddress)]" : "[\(clientAddress)]"
+        var s = "Received: from \(sanitize(helo)) (\(literal))\r\n"
+        s += "\tby \(byHost) (Tern) with \(protocolName) id \(queueID)"
+        if let r = forRecipient { s += "\r\n\tfor <\(sanitize(r))>" }
+        s += "; \(RFC5322Date.format(millis: date))\r\n"
+        return s
+    }
+
+    private func sanitize(_ s: String) -> String {
+        String(s.unicodeScalars.map { $0.value < 32 || $0.value == 127 || $0 == "(" || $0 == ")" ? "?" : Character($0) })
+    }
+}
+
+/// RFC 5322 §3.3 date-time in UTC: `Sun, 29 Nov 2026 09:07:44 +0000`.
+public enum RFC5322Date {
+    static let days = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"] // 1970-01-01 was a Thursday
+    static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+    public static func format(millis: Int64) -> String {
+        let secs = millis >= 0 ? millis / 1000 : (millis - 999) / 1000
+        let dayNumber = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400
+        let secOfDay = secs - dayNumber * 86400
+        let (y, m, d) = civil(fromDays: dayNumber)
+        let weekday = days[Int(((dayNumber % 7) + 7) % 7)]
+        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        return "\(weekday), \(d) \(months[Int(m) - 1]) \(y) \(two(secOfDay / 3600)):\(two(secOfDay / 60 % 60)):\(two(secOfDay % 60)) +0000"
+    }
+
+    /// Howard Hinnant's days-from-civil inverse.
+    static func civil(fromDays z0: Int64) -> (Int64, Int64, Int64) {
+        let z = z0 + 719468
+        let era = (z >= 0 ? z : z - 146096) / 146097
+        let doe = z - era * 146097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
+        let y = yoe + era * 400
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        return (m <= 2 ? y + 1 : y, m, d)
+    }
+}

@@ -1,0 +1,105 @@
+// SMTP replies as values (STYLE.md rule 2), and the one table of RFC 3463
+// enhanced status codes that every part of Tern uses.
+// Called by the session machine, the listener and (later) the delivery client.
+
+/// An RFC 3463 enhanced status code, `class.subject.detail`.
+public struct EnhancedStatus: Sendable, Hashable, CustomStringConvertible {
+    public var klass: Int
+    public var subject: Int
+    public var detail: Int
+
+    public init(_ klass: Int, _ subject: Int, _ detail: Int) {
+        self.klass = klass
+        self.subject = subject
+        self.detail = detail
+    }
+
+    /// Parses `"4.5.3"`; nil when the text is not an enhanced status code.
+    public init?(parsing text: Substring) {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3,
+              let k = Int(parts[0]), [2, 4, 5].contains(k),
+              let s = Int(parts[1]), (0...999).contains(s),
+              let d = Int(parts[2]), (0...999).contains(d) else { return nil }
+        self.init(k, s, d)
+    }
+
+    public var description: String { "\(klass).\(subject).\(detail)" }
+
+    /// The same subject and detail in another class (2, 4 or 5).
+    public func withClass(_ k: Int) -> EnhancedStatus { EnhancedStatus(k, subject, detail) }
+}
+
+/// The codes Tern uses, named after RFC 3463 / RFC 5248 registry entries.
+extension EnhancedStatus {
+    public static let ok = EnhancedStatus(2, 0, 0)                       // other or undefined status
+    public static let senderOK = EnhancedStatus(2, 1, 0)                 // other address status
+    public static let destinationOK = EnhancedStatus(2, 1, 5)            // destination address valid
+    public static let cannotVerify = EnhancedStatus(2, 5, 0)             // VRFY: will attempt delivery
+    public static let badDestinationMailbox = EnhancedStatus(5, 1, 1)    // bad destination mailbox address
+    public static let badDestinationSystem = EnhancedStatus(5, 1, 2)     // bad destination system address
+    public static let badDestinationSyntax = EnhancedStatus(5, 1, 3)     // bad destination mailbox address syntax
+    public static let badSenderSyntax = EnhancedStatus(5, 1, 7)          // bad sender's mailbox address syntax
+    public static let nullMX = EnhancedStatus(5, 1, 10)                  // RFC 7505 recipient address has null MX
+    public static let mailSystemFull = EnhancedStatus(4, 3, 1)           // mail system full
+    public static let systemNotAccepting = EnhancedStatus(4, 3, 2)       // system not accepting network messages
+    public static let messageTooBig = EnhancedStatus(5, 3, 4)            // message too big for system
+    public static let systemError = EnhancedStatus(4, 3, 0)              // other or undefined mail system status
+    public static let routingError = EnhancedStatus(4, 4, 0)             // other or undefined network or routing status
+    public static let connectionDropped = EnhancedStatus(4, 4, 2)        // bad connection
+    public static let deliveryTimeExpired = EnhancedStatus(4, 4, 7)      // delivery time expired
+    public static let invalidCommand = EnhancedStatus(5, 5, 1)           // invalid command
+    public static let syntaxError = EnhancedStatus(5, 5, 2)              // syntax error
+    public static let tooManyRecipients = EnhancedStatus(4, 5, 3)        // too many recipients
+    public static let invalidArguments = EnhancedStatus(5, 5, 4)         // invalid command arguments
+    public static let contentError = EnhancedStatus(5, 6, 0)             // other or undefined media error
+    public static let nonASCIINotPermitted = EnhancedStatus(5, 6, 7)     // RFC 6531 non-ASCII addresses not permitted
+    public static let securityPolicy = EnhancedStatus(5, 7, 1)           // delivery not authorized, message refused
+    public static let tempSecurity = EnhancedStatus(4, 7, 0)             // other or undefined security status
+}
+
+/// One SMTP reply: a three-digit code, an optional enhanced code, and text lines.
+public struct SMTPReply: Sendable, Hashable, CustomStringConvertible {
+    public var code: Int
+    public var enhanced: EnhancedStatus?
+    public var lines: [String]
+
+    public init(_ code: Int, _ enhanced: EnhancedStatus?, _ text: String) {
+        self.code = code
+        self.enhanced = enhanced
+        self.lines = [text]
+    }
+
+    public init(_ code: Int, _ enhanced: EnhancedStatus?, lines: [String]) {
+        precondition(!lines.isEmpty)
+        self.code = code
+        self.enhanced = enhanced
+        self.lines = lines
+    }
+
+    public var isPositive: Bool { code < 400 }
+    public var isTransient: Bool { (400..<500).contains(code) }
+    public var isPermanent: Bool { code >= 500 }
+
+    /// The wire form, every line ending in CRLF (RFC 5321 §4.2.1): `code-text`
+    /// on all lines but the last, `code text` on the last.
+    public var wireText: String {
+        var out = ""
+        for (i, line) in lines.enumerated() {
+            out += String(code)
+            out += i == lines.count - 1 ? " " : "-"
+            if let e = enhanced { out += e.description + " " }
+            out += line
+            out += "\r\n"
+        }
+        return out
+    }
+
+    public var description: String {
+        let e = enhanced.map { $0.description + " " } ?? ""
+        return "\(code) \(e)\(lines.joined(separator: " / "))"
+    }
+
+    /// The text of all lines, joined by a space (for storage in the database).
+    public var text: String { lines.joined(separator: " ") }
+}

@@ -1,0 +1,445 @@
+// The SMTP server session (RFC 5321 §3-4, with PIPELINING RFC 2920, SIZE
+// RFC 1870, 8BITMIME RFC 6152, SMTPUTF8 RFC 6531, ENHANCEDSTATUSCODES
+// RFC 2034, CHUNKING RFC 3030, DSN RFC 3461) as a pure state machine: it
+// receives frames and returns what to do. The listener carries the actions
+// out; nothing here touches a socket, a clock or the store.
+
+import NIOCore
+
+/// Limits and identity for one session.
+public struct SessionConfig: Sendable {
+    public var hostname: String
+    public var maxMessageSize: Int = 26_214_400
+    public var maxRecipients: Int = 1000
+    /// RFC 5321 §4.5.3.1.4: 512 octets including CRLF.
+    public var maxCommandLine: Int = 512
+    /// RFC 5321 §4.5.3.1.6: 1000 octets including CRLF.
+    public var maxTextLine: Int = 1000
+    /// Error replies before the session is closed with 421.
+    public var maxErrors: Int = 20
+    public var relay: RelayPolicy = RelayPolicy()
+
+    public init(hostname: String) { self.hostname = hostname }
+}
+
+/// Who is on the other end.
+public struct ClientInfo: Sendable {
+    public var address: IPAddress?
+    /// As shown in `Received:` and stored in `message.client_address`.
+    public var addressText: String
+    public var trusted: Bool
+
+    public init(address: IPAddress?, addressText: String, trusted: Bool) {
+        self.address = address
+        self.addressText = addressText
+        self.trusted = trusted
+    }
+}
+
+public struct EnvelopeRecipient: Sendable, Hashable {
+    public var mailbox: Mailbox
+    public var notify: Notify?
+    public var orcpt: OriginalRecipient?
+}
+
+/// One accepted transaction, ready for intake.
+public struct Envelope: Sendable {
+    public var clientAddress: String
+    public var helo: String
+    /// `SMTP`, `ESMTP` or `UTF8SMTP` (RFC 3848 / RFC 6531 §3.7.3), for `Received:`.
+    public var protocolName: String
+    /// nil for the null reverse-path.
+    public var mailFrom: Mailbox?
+    public var parameters: MailParameters
+    public var recipients: [EnvelopeRecipient]
+
+    public init(clientAddress: String, helo: String, protocolName: String, mailFrom: Mailbox?,
+                parameters: MailParameters, recipients: [EnvelopeRecipient]) {
+        self.clientAddress = clientAddress
+        self.helo = helo
+        self.protocolName = protocolName
+        self.mailFrom = mailFrom
+        self.parameters = parameters
+        self.recipients = recipients
+    }
+}
+
+public enum SessionAction: Sendable {
+    /// Write these replies; close the connection afterwards when `close`.
+    case reply([SMTPReply], close: Bool)
+    /// Hand the message to intake; call `commitFinished` with the result, and
+    /// read no further frames until then.
+    case commit(Envelope, body: ByteBuffer)
+}
+
+/// What intake made of a transaction.
+public enum CommitOutcome: Sendable {
+    case accepted(queueID: String)
+    case rejected(SMTPReply)
+}
+
+public struct SMTPServerSession: Sendable {
+    public enum State: Sendable, Equatable {
+        case greeting      // before HELO/EHLO
+        case ready         // no transaction
+        case mail          // after MAIL, collecting RCPTs
+        case data          // reading DATA text
+        case chunk         // reading a BDAT payload
+        case committing    // waiting for intake
+        case closed
+    }
+
+    enum DataError { case tooBig, lineTooLong, bareNewline }
+
+    public private(set) var state: State = .greeting
+    public let config: SessionConfig
+    public let client: ClientInfo
+
+    private var helo: String? = nil
+    private var esmtp = false
+    private var mailFrom: SMTPPath? = nil
+    private var mailParams = MailParameters()
+    private var recipients: [EnvelopeRecipient] = []
+    private var usedBDAT = false
+    private var body = ByteBuffer()
+    private var bodySize = 0
+    private var dataError: DataError? = nil
+    private var previousLineEndedCRLF = true
+    private var pendingChunk: (reply: SMTPReply?, last: Bool)? = nil
+    public private(set) var errorCount = 0
+
+    public init(config: SessionConfig, client: ClientInfo) {
+        self.config = config
+        self.client = client
+    }
+
+    /// How the framer must read the next bytes.
+    public var inputMode: SMTPFramer.Mode { state == .data ? .data : .command }
+
+    /// True while a mail transaction is open (used for graceful shutdown).
+    public var inTransaction: Bool { [.mail, .data, .chunk, .committing].contains(state) }
+
+    public func greeting() -> SMTPReply {
+        SMTPReply(220, nil, "\(config.hostname) ESMTP Tern")
+    }
+
+    /// The reply for an idle or stalled client (RFC 5321 §4.5.3.2).
+    public mutating func timedOut() -> SMTPReply {
+        state = .closed
+        return SMTPReply(421, .connectionDropped, "\(config.hostname) Error: timeout exceeded")
+    }
+
+    /// The reply sent to idle sessions when the server stops.
+    public mutating func shuttingDown() -> SMTPReply {
+        state = .closed
+        return SMTPReply(421, .systemNotAccepting, "\(config.hostname) Service shutting down, try again later")
+    }
+
+    // MARK: - Input
+
+    public mutating func receive(_ frame: SMTPFrame) -> SessionAction? {
+        switch (state, frame) {
+        case (.closed, _), (.committing, _):
+            return nil
+        case (.data, .line(let line, let ending)):
+            return dataLine(line, ending)
+        case (.data, .overlongLine):
+            if dataError == nil { dataError = .lineTooLong }
+            previousLineEndedCRLF = true
+            return nil
+        case (_, .chunk(let piece, let isEnd)):
+            return chunk(piece, isEnd: isEnd)
+        case (_, .overlongLine):
+            return error(SMTPReply(500, .syntaxError, "Error: line too long"))
+        case (_, .line(let line, _)):
+            return command(line)
+        }
+    }
+
+    /// The result of the commit started by `.commit`.
+    public mutating func commitFinished(_ outcome: CommitOutcome) -> SessionAction {
+        guard state == .committing else { return .reply([], close: false) }
+        resetTransaction()
+        state = .ready
+        switch outcome {
+        case .accepted(let queueID):
+            return .reply([SMTPReply(250, .ok, "Ok: queued as \(queueID)")], close: false)
+        case .rejected(let reply):
+            return .reply([reply], close: false)
+        }
+    }
+
+    // MARK: - Commands
+
+    private mutating func command(_ line: ByteBuffer) -> SessionAction? {
+        let length = line.readableBytes + 2
+        guard let text = line.getString(at: line.readerIndex, length: line.readableBytes),
+              !text.contains("\r"), !text.contains("\0") else {
+            return error(SMTPReply(500, .syntaxError, "Error: bad characters in command"))
+        }
+        if text.isEmpty { return error(SMTPReply(500, .syntaxError, "Error: bad syntax")) }
+        let verb = text.prefix(while: { $0 != " " }).uppercased()
+        // RFC 5321 §4.5.3.1.4, raised by RFC 1870/3461/4954 for MAIL and RCPT parameters.
+        let allowance = verb == "MAIL" ? SMTPFramer.extensionAllowance : verb == "RCPT" ? 500 : 0
+        if length > config.maxCommandLine + allowance {
+            return error(SMTPReply(500, .syntaxError, "Error: line too long"))
+        }
+        switch CommandParser.parse(Substring(text), esmtp: esmtp || helo == nil) {
+        case .failure(let e):
+            if verb == "BDAT" { return error(e.reply) } // no payload follows an unparsable BDAT
+            return error(e.reply)
+        case .success(let cmd):
+            return handle(cmd)
+        }
+    }
+
+    private mutating func handle(_ cmd: SMTPCommand) -> SessionAction? {
+        switch cmd {
+        case .ehlo(let name):
+            resetTransaction()
+            helo = name
+            esmtp = true
+            state = .ready
+            return ok(lines: ehloLines(name))
+        case .helo(let name):
+            resetTransaction()
+            helo = name
+            esmtp = false
+            state = .ready
+            return .reply([SMTPReply(250, nil, config.hostname)], close: false)
+        case .mail(let path, let params):
+            return mail(path, params)
+        case .rcpt(let path, let params):
+            return rcpt(path, params)
+        case .data:
+            return data()
+        case .bdat(let size, let last):
+            return bdat(size: size, last: last)
+        case .rset:
+            resetTransaction()
+            if state != .greeting { state = .ready }
+            return ok(SMTPReply(250, .ok, "Ok"))
+        case .noop:
+            return ok(SMTPReply(250, .ok, "Ok"))
+        case .quit:
+            state = .closed
+            return .reply([SMTPReply(221, .ok, "Bye")], close: true)
+        case .vrfy:
+            // RFC 5321 §3.5.3: 252 when we will not verify but will attempt delivery.
+            return ok(SMTPReply(252, .cannotVerify, "Cannot VRFY user, but will accept message and attempt delivery"))
+        case .expn:
+            return error(SMTPReply(502, .invalidCommand, "EXPN not available"))
+        case .help:
+            return ok(SMTPReply(214, .ok, lines: [
+                "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+                "See RFC 5321; Tern's README describes its extensions",
+            ]))
+        case .starttls, .auth:
+            return error(SMTPReply(502, .invalidCommand, "Error: command not implemented"))
+        }
+    }
+
+    private func ehloLines(_ name: String) -> [String] {
+        [
+            "\(config.hostname) greets \(name)",
+            "PIPELINING",
+            "SIZE \(config.maxMessageSize)",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+            "DSN",
+            "HELP",
+        ]
+    }
+
+    private mutating func mail(_ path: SMTPPath, _ params: MailParameters) -> SessionAction? {
+        guard helo != nil else { return error(SMTPReply(503, .invalidCommand, "Error: send HELO/EHLO first")) }
+        guard state == .ready else { return error(SMTPReply(503, .invalidCommand, "Error: nested MAIL command")) }
+        if let size = params.size, size > config.maxMessageSize {
+            // RFC 1870 §6.2: permanent, the message is larger than the fixed limit.
+            return error(SMTPReply(552, .messageTooBig, "Message size exceeds fixed maximum message size"))
+        }
+        if case .mailbox(let m) = path, m.needsSMTPUTF8, !params.smtputf8 {
+            return error(SMTPReply(553, .nonASCIINotPermitted, "Non-ASCII sender address requires SMTPUTF8"))
+        }
+        mailFrom = path
+        mailParams = params
+        state = .mail
+        return ok(SMTPReply(250, .senderOK, "Ok"))
+    }
+
+    private mutating func rcpt(_ path: SMTPPath, _ params: RecipientParameters) -> SessionAction? {
+        guard state == .mail else { return error(SMTPReply(503, .invalidCommand, "Error: need MAIL command")) }
+        let mailbox: Mailbox
+        switch path {
+        case .null:
+            return error(SMTPReply(501, .badDestinationSyntax, "Error: empty recipient"))
+        case .postmaster:
+            // RFC 5321 §4.1.1.3: <Postmaster> is always accepted.
+            mailbox = Mailbox(localPart: "postmaster", domain: config.hostname)
+        case .mailbox(let m):
+            // RFC 6531 §3.4: UTF-8 addresses only in an SMTPUTF8 transaction.
+            if m.needsSMTPUTF8 && !mailParams.smtputf8 {
+                return error(SMTPReply(553, .nonASCIINotPermitted, "Non-ASCII recipient address requires SMTPUTF8"))
+            }
+            if let refusal = config.relay.check(m, clientTrusted: client.trusted) {
+                return error(refusal)
+            }
+            mailbox = m
+        }
+        if recipients.count >= config.maxRecipients {
+            // RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later.
+            return error(SMTPReply(452, .tooManyRecipients, "Error: too many recipients"))
+        }
+        let key = mailbox.localPart + "@" + mailbox.normalizedDomain
+        if !recipients.contains(where: { $0.mailbox.localPart + "@" + $0.mailbox.normalizedDomain == key }) {
+            recipients.append(EnvelopeRecipient(mailbox: mailbox, notify: params.notify, orcpt: params.orcpt))
+        }
+        return ok(SMTPReply(250, .destinationOK, "Ok"))
+    }
+
+    private mutating func data() -> SessionAction? {
+        guard state == .mail else {
+            return error(SMTPReply(503, .invalidCommand, helo == nil ? "Error: send HELO/EHLO first" : "Error: need MAIL command"))
+        }
+        if usedBDAT { return error(SMTPReply(503, .invalidCommand, "Error: DATA after BDAT is not allowed")) }
+        guard !recipients.isEmpty else { return error(SMTPReply(554, .invalidCommand, "Error: no valid recipients")) }
+        state = .data
+        body = ByteBuffer()
+        body.reserveCapacity(16 * 1024)
+        bodySize = 0
+        dataError = nil
+        previousLineEndedCRLF = true
+        return .reply([SMTPReply(354, nil, "End data with <CR><LF>.<CR><LF>")], close: false)
+    }
+
+    private mutating func dataLine(_ line: ByteBuffer, _ ending: LineEnding) -> SessionAction? {
+        var line = line
+        let isDot = line.readableBytes == 1 && line.getInteger(at: line.readerIndex, as: UInt8.self) == UInt8(ascii: ".")
+        // RFC 5321 §4.1.1.4: the end is <CRLF>.<CRLF> and nothing else, so a
+        // <LF>.<CRLF> or <CRLF>.<LF> cannot end the message (SMTP smuggling).
+        if isDot && ending == .crlf && previousLineEndedCRLF {
+            return endOfData()
+        }
+        let hasCR = line.withUnsafeReadableBytes { $0.contains(13) }
+        if ending == .bareLF || hasCR {
+            if dataError == nil { dataError = .bareNewline }
+        }
+        previousLineEndedCRLF = ending == .crlf && !hasCR
+        if line.readableBytes > 0, line.getInteger(at: line.readerIndex, as: UInt8.self) == UInt8(ascii: ".") {
+            line.moveReaderIndex(forwardBy: 1) // RFC 5321 §4.5.2 transparency
+        }
+        bodySize += line.readableBytes + 2
+        if bodySize > config.maxMessageSize {
+            if dataError == nil { dataError = .tooBig }
+            body = ByteBuffer() // keep reading to the end, store nothing
+        } else if dataError == nil {
+            body.writeBuffer(&line)
+            body.writeStaticString("\r\n")
+        }
+        return nil
+    }
+
+    private mutating func endOfData() -> SessionAction? {
+        if let e = dataError {
+            resetTransaction()
+            state = .ready
+            switch e {
+            case .tooBig:
+                return error(SMTPReply(552, .messageTooBig, "Message size exceeds fixed maximum message size"))
+            case .lineTooLong:
+                return error(SMTPReply(500, .syntaxError, "Error: message text line longer than \(config.maxTextLine) octets"))
+            case .bareNewline:
+                return error(SMTPReply(550, .syntaxError, "Error: bare <CR> or <LF> in message text (RFC 5321 §2.3.8); message refused"))
+            }
+        }
+        return startCommit()
+    }
+
+    private mutating func bdat(size: Int, last: Bool) -> SessionAction? {
+        // The framer reads the payload whatever we answer; the reply waits for it.
+        var refusal: SMTPReply? = nil
+        if helo == nil || !esmtp {
+            refusal = SMTPReply(503, .invalidCommand, "Error: BDAT requires EHLO")
+        } else if state != .mail {
+            refusal = SMTPReply(503, .invalidCommand, "Error: need MAIL command")
+        } else if recipients.isEmpty {
+            refusal = SMTPReply(554, .invalidCommand, "Error: no valid recipients")
+        }
+        if refusal == nil && !usedBDAT {
+            usedBDAT = true
+            body = ByteBuffer()
+            bodySize = 0
+            dataError = nil
+        }
+        if refusal == nil {
+            bodySize += size
+            if bodySize > config.maxMessageSize {
+                refusal = SMTPReply(552, .messageTooBig, "Message size exceeds fixed maximum message size")
+                dataError = .tooBig
+            }
+        }
+        pendingChunk = (refusal, last)
+        if refusal == nil { body.reserveCapacity(bodySize) }
+        if state == .mail { state = .chunk }
+        return nil
+    }
+
+    private mutating func chunk(_ piece: ByteBuffer, isEnd: Bool) -> SessionAction? {
+        var piece = piece
+        guard let pending = pendingChunk else { return nil }
+        if pending.reply == nil { body.writeBuffer(&piece) }
+        guard isEnd else { return nil }
+        pendingChunk = nil
+        if let refusal = pending.reply {
+            if state == .chunk {
+                // A failed chunk ends the transaction; the client starts again with MAIL.
+                resetTransaction()
+                state = .ready
+            }
+            return error(refusal)
+        }
+        if pending.last { return startCommit() }
+        state = .mail
+        return ok(SMTPReply(250, .ok, "\(body.readableBytes) octets received"))
+    }
+
+    private mutating func startCommit() -> SessionAction {
+        let from: Mailbox?
+        if case .mailbox(let m) = mailFrom { from = m } else { from = nil }
+        let proto = mailParams.smtputf8 ? "UTF8SMTP" : (esmtp ? "ESMTP" : "SMTP")
+        let envelope = Envelope(clientAddress: client.addressText, helo: helo ?? "", protocolName: proto,
+                                mailFrom: from, parameters: mailParams, recipients: recipients)
+        let message = body
+        body = ByteBuffer()
+        state = .committing
+        return .commit(envelope, body: message)
+    }
+
+    // MARK: - Helpers
+
+    private mutating func resetTransaction() {
+        mailFrom = nil
+        mailParams = MailParameters()
+        recipients = []
+        usedBDAT = false
+        body = ByteBuffer()
+        bodySize = 0
+        dataError = nil
+        pendingChunk = nil
+    }
+
+    private func ok(_ reply: SMTPReply) -> SessionAction { .reply([reply], close: false) }
+    private func ok(lines: [String]) -> SessionAction { .reply([SMTPReply(250, nil, lines: lines)], close: false) }
+
+    /// An error reply, counted; past the limit the session ends with 421.
+    private mutating func error(_ reply: SMTPReply) -> SessionAction {
+        errorCount += 1
+        if errorCount >= config.maxErrors {
+            state = .closed
+            return .reply([reply, SMTPReply(421, .tempSecurity, "\(config.hostname) Error: too many errors")], close: true)
+        }
+        return .reply([reply], close: false)
+    }
+}

@@ -1,0 +1,119 @@
+// The store: the only code that opens SQLite (DESIGN.md). Opens a GRDB
+// DatabasePool in WAL mode with synchronous=FULL, applies the embedded
+// migrations, and offers the writes (through group commit) and the reads
+// that the other roles need. Called by intake, the CLI and the listener's
+// composition root.
+
+import Foundation
+import GRDB
+import Logging
+
+public struct StoreOptions: Sendable {
+    /// How long a write waits for another process's lock before failing.
+    public var busyTimeoutSeconds: Double = 10
+    /// Most requests committed in one transaction.
+    public var maxBatch: Int = 512
+    /// Apply pending migrations when opening.
+    public var migrate: Bool = true
+    /// Read-only connections for queries (the CLI's reports).
+    public var readers: Int = 4
+    public init() {}
+}
+
+public final class Store: Sendable {
+    public let path: String
+    let pool: DatabasePool
+    let writer: GroupCommitWriter
+
+    /// Opens (and creates) the database at `path`, creating its folder.
+    public init(path: String, options: StoreOptions = StoreOptions(), logger: Logger = Logger(label: "tern.store")) throws {
+        self.path = path
+        let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+
+        var config = Configuration()
+        config.busyMode = .timeout(options.busyTimeoutSeconds)
+        config.foreignKeysEnabled = true
+        config.maximumReaderCount = max(1, options.readers)
+        config.label = "tern"
+        config.prepareDatabase { db in
+            // Incremental vacuum lets retention give pages back without a full
+            // VACUUM; it only takes effect on a database that has no table yet.
+            try db.execute(sql: "PRAGMA auto_vacuum = INCREMENTAL")
+        }
+        do {
+            pool = try DatabasePool(path: path, configuration: config)
+            // GRDB's DatabasePool resets synchronous to NORMAL after
+            // prepareDatabase; the promise "250 means on disk" needs FULL.
+            try pool.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+            }
+        } catch {
+            throw StoreError.classify(error)
+        }
+        writer = GroupCommitWriter(pool: pool, maxBatch: options.maxBatch)
+        if options.migrate {
+            let applied = try Migrator.migrate(pool)
+            for m in applied { logger.info("applied migration", metadata: ["migration": "\(m)"]) }
+        } else {
+            try Migrator.checkNotNewer(pool)
+        }
+    }
+
+    /// Stops taking writes (queued ones still commit), checkpoints the WAL
+    /// and closes every connection.
+    public func close() {
+        writer.close()
+        try? pool.writeWithoutTransaction { db in
+            _ = try? db.checkpoint(.truncate)
+        }
+        try? pool.close()
+    }
+
+    /// Commits seen by the group-commit writer, and the requests they carried.
+    public var commitStats: (commits: Int, requests: Int) {
+        (writer.commits.load(ordering: .relaxed), writer.requests.load(ordering: .relaxed))
+    }
+
+    // MARK: - Generic access for the package's own modules and tests
+
+    /// Runs `work` inside the next group commit; its result is returned after
+    /// the transaction carrying it is durable.
+    package func write<T: Sendable>(_ work: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, Error>) in
+            writer.submit({ db in try work(db) }) { result in
+                switch result {
+                case .success(let v): cont.resume(returning: v as! T)
+                case .failure(let e): cont.resume(throwing: e)
+                }
+            }
+        }
+    }
+
+    /// Callback form of `write`, for callers on an event loop.
+    package func write<T: Sendable>(_ work: @escaping @Sendable (Database) throws -> T,
+                                    completion: @escaping @Sendable (Result<T, StoreError>) -> Void) {
+        writer.submit({ db in try work(db) }) { result in
+            completion(result.map { $0 as! T }.mapError { StoreError.classify($0) })
+        }
+    }
+
+    package func read<T>(_ work: (Database) throws -> T) throws -> T {
+        do { return try pool.read(work) } catch { throw StoreError.classify(error) }
+    }
+
+    /// Runs on the writer connection outside group commit (migrations, pragmas, tests).
+    package func writeDirect<T>(_ work: (Database) throws -> T) throws -> T {
+        do { return try pool.writeWithoutTransaction(work) } catch { throw StoreError.classify(error) }
+    }
+
+    /// A pragma's value on the writer connection (`synchronous`, `journal_mode`, …).
+    public func writerPragma(_ name: String) throws -> String? {
+        try writeDirect { db in try String.fetchOne(db, sql: "PRAGMA \(name)") }
+    }
+
+    /// Applied schema version.
+    public func schemaVersion() throws -> Int {
+        try read { db in try Int.fetchOne(db, sql: "SELECT max(version) FROM schema_migration") ?? 0 }
+    }
+}
