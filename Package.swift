@@ -36,6 +36,7 @@ let package = Package(
         // SwiftNIO SMTP server carrying out the session machine's actions.
         .target(name: "TernListener", dependencies: [
             "TernProtocol", "TernIntake", nioCore, nioPosix, logging, lifecycle,
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
         // `tern` subcommands and configuration (TOML + flags).
         .target(name: "TernCLI", dependencies: [
@@ -44,7 +45,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
-        .executableTarget(name: "tern", dependencies: ["TernCLI"]),
+        .executableTarget(name: "tern", dependencies: ["TernCLI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "TernProtocolTests", dependencies: ["TernProtocol", nioCore]),
         .testTarget(name: "TernMessageTests", dependencies: ["TernMessage"]),

@@ -46,6 +46,10 @@ public struct Notify: Sendable, Hashable {
 public struct OriginalRecipient: Sendable, Hashable {
     public var addressType: String
     public var address: String
+    public init(addressType: String, address: String) {
+        self.addressType = addressType
+        self.address = address
+    }
     /// The stored form, `type;address` (decoded).
     public var storedForm: String { "\(addressType);\(address)" }
 }

@@ -40,6 +40,12 @@ public struct EnvelopeRecipient: Sendable, Hashable {
     public var mailbox: Mailbox
     public var notify: Notify?
     public var orcpt: OriginalRecipient?
+
+    public init(mailbox: Mailbox, notify: Notify? = nil, orcpt: OriginalRecipient? = nil) {
+        self.mailbox = mailbox
+        self.notify = notify
+        self.orcpt = orcpt
+    }
 }
 
 /// One accepted transaction, ready for intake.

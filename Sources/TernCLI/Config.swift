@@ -1,0 +1,175 @@
+// Configuration: built-in defaults, overridden by the TOML file given with
+// `--config`, overridden by command-line flags. Unknown keys in the file are
+// an error, so a typo never silently falls back to a default.
+
+import Foundation
+import TOMLKit
+import TernListener
+import TernProtocol
+
+/// Everything `tern serve` needs, resolved.
+public struct TernSettings: Sendable {
+    public var hostname: String = TernSettings.defaultHostname()
+    public var db: String = "./tern-data/tern.sqlite"
+    public var listen: [(host: String, port: Int)] = [("127.0.0.1", 2525)]
+    public var relayDomains: [String] = []
+    public var trustedNetworks: [IPNetwork] = IPNetwork.loopback
+    public var logLevel: String = "info"
+    public var maxMessageSize: Int = 26_214_400
+    public var maxRecipients: Int = 1000
+    public var maxCommandLine: Int = 512
+    public var maxTextLine: Int = 1000
+    public var maxErrors: Int = 20
+    public var maxConnections: Int = 1000
+    public var maxConnectionsPerClient: Int = 50
+    public var commandTimeout: Int64 = 300
+    public var dataTimeout: Int64 = 180
+    public var shutdownGrace: Int64 = 30
+
+    public init() {}
+
+    static func defaultHostname() -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        if gethostname(&buf, buf.count) == 0 {
+            let name = String(decoding: buf.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if !name.isEmpty { return name }
+        }
+        return "localhost"
+    }
+
+    /// The listener configuration these settings describe.
+    public var listenerConfig: ListenerConfig {
+        var session = SessionConfig(hostname: hostname)
+        session.maxMessageSize = maxMessageSize
+        session.maxRecipients = maxRecipients
+        session.maxCommandLine = maxCommandLine
+        session.maxTextLine = maxTextLine
+        session.maxErrors = maxErrors
+        session.relay = RelayPolicy(relayDomains: relayDomains, trustedNetworks: trustedNetworks)
+        var c = ListenerConfig(session: session)
+        c.listen = listen
+        c.commandTimeoutSeconds = commandTimeout
+        c.dataTimeoutSeconds = dataTimeout
+        c.maxConnections = maxConnections
+        c.maxConnectionsPerClient = maxConnectionsPerClient
+        c.shutdownGraceSeconds = shutdownGrace
+        return c
+    }
+}
+
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+extension TernSettings {
+    static let topKeys: Set<String> = ["hostname", "db", "listen", "relay_domains", "trusted_networks", "log_level", "limits"]
+    static let limitKeys: Set<String> = [
+        "max_message_size", "max_recipients", "max_command_line", "max_text_line", "max_errors", "max_connections",
+        "max_connections_per_client", "command_timeout", "data_timeout", "shutdown_grace",
+    ]
+
+    /// Applies a TOML document on top of these settings.
+    public mutating func apply(toml text: String, source: String = "config") throws {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let e as TOMLParseError {
+            throw ConfigError("\(source): TOML syntax error at \(e.source.begin)")
+        }
+        for key in table.keys where !TernSettings.topKeys.contains(key) {
+            throw ConfigError("\(source): unknown key '\(key)' (known: \(TernSettings.topKeys.sorted().joined(separator: ", ")))")
+        }
+        func string(_ t: TOMLTable, _ k: String) throws -> String? {
+            guard let v = t[k] else { return nil }
+            guard let s = v.string else { throw ConfigError("\(source): '\(k)' must be a string") }
+            return s
+        }
+        func strings(_ t: TOMLTable, _ k: String) throws -> [String]? {
+            guard let v = t[k] else { return nil }
+            guard let a = v.array else { throw ConfigError("\(source): '\(k)' must be an array of strings") }
+            return try a.map { item in
+                guard let s = item.string else { throw ConfigError("\(source): '\(k)' must be an array of strings") }
+                return s
+            }
+        }
+        func int(_ t: TOMLTable, _ k: String) throws -> Int? {
+            guard let v = t[k] else { return nil }
+            guard let i = v.int, i >= 0 else { throw ConfigError("\(source): '\(k)' must be a non-negative integer") }
+            return i
+        }
+        if let v = try string(table, "hostname") { hostname = v }
+        if let v = try string(table, "db") { db = v }
+        if let v = try string(table, "log_level") { logLevel = try TernSettings.checkLogLevel(v) }
+        if let v = try strings(table, "listen") { listen = try v.map(TernSettings.parseListen) }
+        if let v = try strings(table, "relay_domains") { relayDomains = v }
+        if let v = try strings(table, "trusted_networks") { trustedNetworks = try v.map(TernSettings.parseNetwork) }
+        if let l = table["limits"] {
+            guard let limits = l.table else { throw ConfigError("\(source): 'limits' must be a table") }
+            for key in limits.keys where !TernSettings.limitKeys.contains(key) {
+                throw ConfigError("\(source): unknown key 'limits.\(key)' (known: \(TernSettings.limitKeys.sorted().joined(separator: ", ")))")
+            }
+            if let v = try int(limits, "max_message_size") { maxMessageSize = v }
+            if let v = try int(limits, "max_recipients") { maxRecipients = v }
+            if let v = try int(limits, "max_command_line") { maxCommandLine = v }
+            if let v = try int(limits, "max_text_line") { maxTextLine = v }
+            if let v = try int(limits, "max_errors") { maxErrors = v }
+            if let v = try int(limits, "max_connections") { maxConnections = v }
+            if let v = try int(limits, "max_connections_per_client") { maxConnectionsPerClient = v }
+            if let v = try int(limits, "command_timeout") { commandTimeout = Int64(v) }
+            if let v = try int(limits, "data_timeout") { dataTimeout = Int64(v) }
+            if let v = try int(limits, "shutdown_grace") { shutdownGrace = Int64(v) }
+        }
+        try validate()
+    }
+
+    public mutating func apply(configFile path: String) throws {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError("cannot read config file \(path)")
+        }
+        try apply(toml: String(decoding: data, as: UTF8.self), source: path)
+    }
+
+    public func validate() throws {
+        if maxCommandLine < 512 { throw ConfigError("limits.max_command_line must be at least 512 (RFC 5321 §4.5.3.1.4)") }
+        if maxTextLine < 1000 { throw ConfigError("limits.max_text_line must be at least 1000 (RFC 5321 §4.5.3.1.6)") }
+        if maxRecipients < 1 { throw ConfigError("limits.max_recipients must be at least 1") }
+        if maxErrors < 1 { throw ConfigError("limits.max_errors must be at least 1") }
+        if maxConnections < 1 || maxConnectionsPerClient < 1 { throw ConfigError("connection limits must be at least 1") }
+        if commandTimeout < 1 || dataTimeout < 1 { throw ConfigError("timeouts must be at least 1 second") }
+        if hostname.isEmpty { throw ConfigError("hostname must not be empty") }
+    }
+
+    /// `HOST:PORT`, `[IPv6]:PORT` or `:PORT` (all addresses).
+    public static func parseListen(_ text: String) throws -> (host: String, port: Int) {
+        var host: Substring, portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                throw ConfigError("bad listen address '\(text)' (use HOST:PORT or [IPv6]:PORT)")
+            }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else {
+                throw ConfigError("bad listen address '\(text)' (use HOST:PORT)")
+            }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard let port = Int(portText), (0...65535).contains(port) else {
+            throw ConfigError("bad port in listen address '\(text)'")
+        }
+        return (host.isEmpty ? "0.0.0.0" : String(host), port)
+    }
+
+    public static func parseNetwork(_ text: String) throws -> IPNetwork {
+        guard let n = IPNetwork(text) else { throw ConfigError("bad network '\(text)' (use CIDR such as 10.0.0.0/8)") }
+        return n
+    }
+
+    static func checkLogLevel(_ s: String) throws -> String {
+        let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+        guard levels.contains(s) else { throw ConfigError("log_level must be one of \(levels.joined(separator: ", "))") }
+        return s
+    }
+}

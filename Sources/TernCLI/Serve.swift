@@ -1,0 +1,106 @@
+// `tern serve`: run the SMTP listener in the foreground until SIGTERM/SIGINT.
+
+import ArgumentParser
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import TernIntake
+import TernListener
+import TernStore
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the SMTP server in the foreground (logs to stderr; SIGTERM or SIGINT stops it cleanly).",
+        discussion: """
+            On start the database is created or migrated. Mail is accepted for --relay-domain \
+            domains from anyone, and for any domain from clients in a --trusted-network. \
+            A 250 reply to the end of DATA means the message is committed to disk.
+            """)
+
+    @OptionGroup var common: DatabaseOptions
+
+    @Option(name: .long, help: ArgumentHelp("Address to listen on; repeat for several (default 127.0.0.1:2525; port 0 picks a free port).", valueName: "HOST:PORT"))
+    var listen: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Name in the greeting, EHLO reply and Received: header (default: the system host name).", valueName: "NAME"))
+    var hostname: String?
+
+    @Option(name: .customLong("relay-domain"), help: ArgumentHelp("Accept mail for this domain from any client; repeatable. A leading dot (.example.com) also matches subdomains.", valueName: "DOMAIN"))
+    var relayDomains: [String] = []
+
+    @Option(name: .customLong("trusted-network"), help: ArgumentHelp("Clients in this network may relay to any domain; repeatable (default 127.0.0.0/8 and ::1/128; giving one replaces the default).", valueName: "CIDR"))
+    var trustedNetworks: [String] = []
+
+    @Option(name: .customLong("max-message-size"), help: ArgumentHelp("Largest message accepted, in bytes, advertised with SIZE (default 26214400).", valueName: "BYTES"))
+    var maxMessageSize: Int?
+
+    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (default info).", valueName: "LEVEL"))
+    var logLevel: String?
+
+    func resolved() throws -> TernSettings {
+        var s = try common.settings()
+        if !listen.isEmpty { s.listen = try listen.map(TernSettings.parseListen) }
+        if let h = hostname { s.hostname = h }
+        if !relayDomains.isEmpty { s.relayDomains = relayDomains }
+        if !trustedNetworks.isEmpty { s.trustedNetworks = try trustedNetworks.map(TernSettings.parseNetwork) }
+        if let m = maxMessageSize { s.maxMessageSize = m }
+        if let l = logLevel { s.logLevel = try TernSettings.checkLogLevel(l) }
+        try s.validate()
+        return s
+    }
+
+    func run() async throws {
+        let settings: TernSettings
+        do { settings = try resolved() } catch { throw fail("\(error)", code: 78) } // EX_CONFIG
+        bootstrapLogging(level: settings.logLevel)
+        let logger = Logger(label: "tern")
+        let store: Store
+        do {
+            store = try Store(path: settings.db, logger: logger)
+        } catch {
+            throw fail("cannot open database \(settings.db): \(error)", code: 74) // EX_IOERR
+        }
+        let intake = Intake(store: store, hostname: settings.hostname, logger: logger)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: NIOCore.System.coreCount)
+        let listener = SMTPListener(config: settings.listenerConfig, intake: intake, group: group, logger: logger)
+        logger.info("tern starting", metadata: [
+            "db": "\(settings.db)", "hostname": "\(settings.hostname)",
+            "relay_domains": "\(settings.relayDomains)", "trusted": "\(settings.trustedNetworks.map(\.description))",
+        ])
+        var groupConfig = ServiceGroupConfiguration(
+            services: [.init(service: listener)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        groupConfig.maximumGracefulShutdownDuration = Duration.seconds(settings.shutdownGrace + 5)
+        let services = ServiceGroup(configuration: groupConfig)
+        do {
+            try await services.run()
+        } catch {
+            logger.error("listener failed", metadata: ["error": "\(error)"])
+            store.close()
+            try? await group.shutdownGracefully()
+            throw fail("\(error)", code: 71) // EX_OSERR
+        }
+        store.close()
+        try? await group.shutdownGracefully()
+        logger.info("tern stopped; database closed")
+    }
+}
+
+struct Migrate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create the database or apply pending schema migrations, then print the schema version.")
+
+    @OptionGroup var common: DatabaseOptions
+
+    func run() throws {
+        let settings = try common.settings()
+        do {
+            let store = try Store(path: settings.db)
+            let version = try store.schemaVersion()
+            store.close()
+            print("\(settings.db): schema version \(version) (this tern knows up to \(Migrator.knownVersion))")
+        } catch {
+            throw fail("\(error)", code: 74)
+        }
+    }
+}

@@ -1,0 +1,122 @@
+// Intake, Postfix's "cleanup" role: the one path by which mail enters the
+// queue (SMTP sessions and `tern sendmail`). It gives the message its queue
+// id, prepends our `Received:` (RFC 5321 §4.4), adds `Message-ID:`/`Date:` to
+// local submissions that lack them (RFC 6409 §8), and hands message,
+// recipients and the `received` event to the store as one transaction. The
+// caller learns the outcome only after the commit returned: 250 means on disk.
+
+import Foundation
+import Logging
+import NIOCore
+import TernMessage
+import TernProtocol
+import TernStore
+
+/// Where a message came from; stored in `message.origin`.
+public enum Origin: String, Sendable {
+    case smtp, submission, local, dsn
+}
+
+public final class Intake: Sendable {
+    public let store: Store
+    public let hostname: String
+    let clock: @Sendable () -> Int64
+    let logger: Logger
+
+    /// `clock` returns Unix milliseconds (injected so tests control time).
+    public init(store: Store, hostname: String, logger: Logger = Logger(label: "tern.intake"),
+                clock: @escaping @Sendable () -> Int64 = { nowMillis() }) {
+        self.store = store
+        self.hostname = hostname
+        self.logger = logger
+        self.clock = clock
+    }
+
+    /// Commits one message; `completion` gets the queue id, or the reply to
+    /// give the client when the commit failed (452 4.3.1 disk full, 451 4.3.0
+    /// otherwise). Nothing is half-written in either case.
+    public func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String? = nil,
+                       completion: @escaping @Sendable (CommitOutcome) -> Void) {
+        accept(envelope, body: body, origin: origin, authUser: authUser, retries: 1, completion: completion)
+    }
+
+    private func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?, retries: Int,
+                        completion: @escaping @Sendable (CommitOutcome) -> Void) {
+        let message = prepare(envelope, body: body, origin: origin, authUser: authUser)
+        let logger = self.logger
+        store.insertMessage(message) { result in
+            switch result {
+            case .success:
+                logger.info("accepted", metadata: [
+                    "msg": "\(message.queueID)", "from": "<\(message.mailFrom)>", "size": "\(message.body.count)",
+                    "nrcpt": "\(message.recipients.count)", "peer": "\(message.clientAddress ?? "local")",
+                ])
+                completion(.accepted(queueID: message.queueID))
+            case .failure(.constraint(let why)) where retries > 0 && why.contains("queue_id"):
+                // Two processes drew the same queue id: draw again.
+                self.accept(envelope, body: body, origin: origin, authUser: authUser, retries: retries - 1,
+                            completion: completion)
+            case .failure(let error):
+                logger.error("commit failed", metadata: ["error": "\(error)", "peer": "\(message.clientAddress ?? "local")"])
+                completion(.rejected(Intake.reply(for: error)))
+            }
+        }
+    }
+
+    public func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String? = nil) async -> CommitOutcome {
+        await withCheckedContinuation { cont in
+            accept(envelope, body: body, origin: origin, authUser: authUser) { cont.resume(returning: $0) }
+        }
+    }
+
+    /// The SMTP reply for a failed commit.
+    public static func reply(for error: StoreError) -> SMTPReply {
+        switch error {
+        case .full:
+            return SMTPReply(452, .mailSystemFull, "Error: insufficient system storage, try again later")
+        default:
+            return SMTPReply(451, .systemError, "Error: local error in processing, try again later")
+        }
+    }
+
+    /// Builds the stored form of a message: queue id, headers, recipients.
+    func prepare(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?) -> NewMessage {
+        let now = clock()
+        let queueID = QueueID.make(millis: now)
+        let headers = body.withUnsafeReadableBytes { HeaderBlock($0) }
+        let received = ReceivedHeader(
+            helo: envelope.helo, clientAddress: envelope.clientAddress, byHost: hostname,
+            protocolName: envelope.protocolName, queueID: queueID,
+            forRecipient: envelope.recipients.count == 1 ? envelope.recipients[0].mailbox.address : nil,
+            date: now)
+        var prefix = origin == .local ? localReceived(queueID: queueID, now: now) : received.field
+        var messageID = headers.first("Message-ID").flatMap(TernMessage.messageID(fromFieldValue:))
+        if origin == .local || origin == .submission {
+            if messageID == nil {
+                messageID = "\(queueID)@\(hostname)"
+                prefix += "Message-ID: <\(messageID!)>\r\n"
+            }
+            if headers.first("Date") == nil {
+                prefix += "Date: \(RFC5322Date.format(millis: now))\r\n"
+            }
+        }
+        var data = Data(capacity: prefix.utf8.count + body.readableBytes)
+        data.append(contentsOf: prefix.utf8)
+        body.withUnsafeReadableBytes { data.append(contentsOf: $0) }
+        let recipients = envelope.recipients.map { r in
+            NewRecipient(address: r.mailbox.address, domain: r.mailbox.normalizedDomain,
+                         notify: r.notify?.storedForm, orcpt: r.orcpt?.storedForm)
+        }
+        return NewMessage(
+            queueID: queueID, receivedAt: now, mailFrom: envelope.mailFrom?.address ?? "", body: data,
+            clientAddress: envelope.clientAddress.isEmpty ? nil : envelope.clientAddress,
+            helo: envelope.helo.isEmpty ? nil : envelope.helo, authUser: authUser,
+            headerMessageID: messageID, envID: envelope.parameters.envelopeID,
+            ret: envelope.parameters.ret?.rawValue, bodyType: envelope.parameters.body?.rawValue,
+            smtputf8: envelope.parameters.smtputf8, origin: origin.rawValue, recipients: recipients)
+    }
+
+    private func localReceived(queueID: String, now: Int64) -> String {
+        "Received: by \(hostname) (Tern, from userid \(getuid()))\r\n\tid \(queueID); \(RFC5322Date.format(millis: now))\r\n"
+    }
+}

@@ -1,0 +1,120 @@
+// The SMTP listener service: binds each configured address, creates one
+// SMTPServerHandler per connection (after the connection limits), and on
+// graceful shutdown stops accepting, lets open transactions finish within a
+// deadline, then closes what is left. Runs inside a ServiceGroup.
+
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import TernIntake
+import TernProtocol
+
+public struct ListenerConfig: Sendable {
+    /// `host:port` pairs; port 0 picks a free port (see `boundAddresses`).
+    public var listen: [(host: String, port: Int)] = [("127.0.0.1", 2525)]
+    public var session: SessionConfig
+    public var commandTimeoutSeconds: Int64 = 300
+    public var dataTimeoutSeconds: Int64 = 180
+    public var maxConnections: Int = 1000
+    public var maxConnectionsPerClient: Int = 50
+    /// Trusted networks skip the per-client limit (as Postfix exempts $mynetworks).
+    public var trustedExemptFromClientLimit: Bool = true
+    /// How long open transactions may run on after shutdown begins.
+    public var shutdownGraceSeconds: Int64 = 30
+    public var origin: Origin = .smtp
+
+    public init(session: SessionConfig) { self.session = session }
+}
+
+public final class SMTPListener: Service, Sendable {
+    public let config: ListenerConfig
+    let intake: Intake
+    let group: EventLoopGroup
+    let logger: Logger
+    let registry = SessionRegistry()
+    public let limiter: ConnectionLimiter
+    private let channels = BoundChannels()
+
+    public init(config: ListenerConfig, intake: Intake, group: EventLoopGroup, logger: Logger = Logger(label: "tern.smtpd")) {
+        self.config = config
+        self.intake = intake
+        self.group = group
+        self.logger = logger
+        self.limiter = ConnectionLimiter(maxTotal: config.maxConnections, maxPerAddress: config.maxConnectionsPerClient)
+    }
+
+    /// The addresses actually bound (after `start`).
+    public var boundAddresses: [SocketAddress] { channels.all.compactMap(\.localAddress) }
+
+    /// Binds every listen address.
+    public func start() async throws {
+        let settings = SMTPServerHandler.Settings(
+            session: config.session, commandTimeout: .seconds(config.commandTimeoutSeconds),
+            dataTimeout: .seconds(config.dataTimeoutSeconds), origin: config.origin)
+        let intake = self.intake, registry = self.registry, limiter = self.limiter, logger = self.logger
+        let relay = config.session.relay
+        let exempt = config.trustedExemptFromClientLimit
+        let hostname = config.session.hostname
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 512)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                let ipText = channel.remoteAddress?.ipAddress ?? ""
+                let ip = IPAddress(ipText)
+                let trusted = relay.isTrusted(ip)
+                if let refusal = limiter.acquire(ip, exempt: trusted && exempt) {
+                    let why = refusal == .total ? "too many connections" : "too many connections from your address"
+                    logger.warning("connection refused", metadata: ["peer": "\(ipText)", "reason": "\(why)"])
+                    let reply = SMTPReply(421, .tempSecurity, "\(hostname) Error: \(why), try again later")
+                    var buffer = channel.allocator.buffer(capacity: 96)
+                    buffer.writeString(reply.wireText)
+                    return channel.writeAndFlush(buffer).flatMap { channel.close() }
+                }
+                let client = ClientInfo(address: ip, addressText: ip?.unmapped.description ?? ipText, trusted: trusted)
+                let handler = SMTPServerHandler(settings: settings, client: client, intake: intake, registry: registry,
+                                                logger: logger, onClose: { limiter.release(ip) })
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        for (host, port) in config.listen {
+            let channel = try await bootstrap.bind(host: host, port: port).get()
+            channels.append(channel)
+            logger.info("listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+        }
+    }
+
+    /// Stops accepting, lets sessions finish their transaction for up to the
+    /// grace period, then closes the rest.
+    public func stop() async {
+        for channel in channels.all { try? await channel.close() }
+        registry.beginShutdown()
+        let deadline = NIODeadline.now() + .seconds(config.shutdownGraceSeconds)
+        while registry.count > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        if registry.count > 0 {
+            logger.warning("closing sessions still open at the shutdown deadline", metadata: ["sessions": "\(registry.count)"])
+            registry.forceCloseAll()
+        }
+    }
+
+    /// Service entry: serve until graceful shutdown is requested.
+    public func run() async throws {
+        try await start()
+        try? await gracefulShutdown()
+        logger.info("shutting down: no new connections; finishing open transactions")
+        await stop()
+    }
+}
+
+/// The bound server channels.
+final class BoundChannels: Sendable {
+    private let box = NIOLockedValueBox<[Channel]>([])
+    func append(_ c: Channel) { box.withLockedValue { $0.append(c) } }
+    var all: [Channel] { box.withLockedValue { $0 } }
+}

@@ -1,0 +1,205 @@
+// One SMTP connection: feeds bytes through the framer to the session machine
+// and carries out what it returns — write replies, close, or hand a message
+// to intake. While a commit is pending no further frame is decoded, so
+// pipelined commands after the final dot wait for the 250 and for a DATA
+// mode switch; replies of a pipelined group are flushed together.
+
+import Logging
+import NIOCore
+import TernIntake
+import TernProtocol
+
+final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    struct Settings: Sendable {
+        var session: SessionConfig
+        var commandTimeout: TimeAmount
+        var dataTimeout: TimeAmount
+        var origin: Origin
+    }
+
+    private var session: SMTPServerSession
+    private var framer: SMTPFramer
+    private var input: ByteBuffer? = nil
+    private var committing = false
+    private var closing = false
+    private var shutdownRequested = false
+    private var timeout: Scheduled<Void>? = nil
+    private var context: ChannelHandlerContext? = nil
+    private var logger: Logger
+    private let settings: Settings
+    private let intake: Intake
+    private let registry: SessionRegistry
+    private let onClose: @Sendable () -> Void
+
+    init(settings: Settings, client: ClientInfo, intake: Intake, registry: SessionRegistry, logger: Logger,
+         onClose: @escaping @Sendable () -> Void) {
+        self.settings = settings
+        self.session = SMTPServerSession(config: settings.session, client: client)
+        self.framer = SMTPFramer(commandLineLimit: settings.session.maxCommandLine + SMTPFramer.extensionAllowance,
+                                 textLineLimit: settings.session.maxTextLine)
+        self.intake = intake
+        self.registry = registry
+        self.onClose = onClose
+        var l = logger
+        l[metadataKey: "peer"] = "\(client.addressText)"
+        self.logger = l
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        registry.add(self, eventLoop: context.eventLoop)
+        logger.debug("connect")
+        send([session.greeting()], context: context)
+        context.flush()
+        armTimeout(context: context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timeout?.cancel()
+        timeout = nil
+        closing = true
+        registry.remove(self)
+        onClose()
+        logger.debug("disconnect")
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if closing { return }
+        if input == nil {
+            input = bytes
+        } else {
+            input!.writeBuffer(&bytes)
+        }
+        if !committing { armTimeout(context: context) }
+        process(context: context)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    /// Decodes and handles frames until input runs out, a commit starts, or the session closes.
+    private func process(context: ChannelHandlerContext) {
+        var wrote = false
+        while !committing && !closing, var buffer = input {
+            framer.mode = session.inputMode
+            input = nil // avoid a copy-on-write while the framer consumes
+            let frame = framer.next(&buffer)
+            input = buffer
+            guard let frame else { break }
+            guard let action = session.receive(frame) else { continue }
+            switch action {
+            case .reply(let replies, let close):
+                send(replies, context: context)
+                wrote = true
+                if close { closeAfterFlush(context: context); return }
+            case .commit(let envelope, let body):
+                committing = true
+                timeout?.cancel()
+                if wrote { context.flush(); wrote = false }
+                startCommit(envelope, body: body, context: context)
+            }
+            if shutdownRequested && !committing && !session.inTransaction {
+                send([session.shuttingDown()], context: context)
+                closeAfterFlush(context: context)
+                return
+            }
+        }
+        if let i = input, i.readableBytes == 0 {
+            input = nil
+        } else if input != nil && input!.readerIndex > 64 * 1024 {
+            input!.discardReadBytes()
+        }
+        if wrote { context.flush() }
+    }
+
+    private func startCommit(_ envelope: Envelope, body: ByteBuffer, context: ChannelHandlerContext) {
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        intake.accept(envelope, body: body, origin: settings.origin) { outcome in
+            loop.execute { bound.value.commitFinished(outcome) }
+        }
+    }
+
+    private func commitFinished(_ outcome: CommitOutcome) {
+        committing = false
+        guard let context, !closing else { return } // the client left: the message is committed, no one to tell
+        if case .accepted(let id) = outcome { logger.debug("queued", metadata: ["msg": "\(id)"]) }
+        if case .reply(let replies, let close) = session.commitFinished(outcome) {
+            send(replies, context: context)
+            if close { closeAfterFlush(context: context); return }
+        }
+        if shutdownRequested {
+            send([session.shuttingDown()], context: context)
+            closeAfterFlush(context: context)
+            return
+        }
+        context.flush()
+        armTimeout(context: context)
+        process(context: context)
+    }
+
+    private func send(_ replies: [SMTPReply], context: ChannelHandlerContext) {
+        for reply in replies {
+            var buffer = context.channel.allocator.buffer(capacity: 64)
+            buffer.writeString(reply.wireText)
+            context.write(wrapOutboundOut(buffer), promise: nil)
+        }
+    }
+
+    private func closeAfterFlush(context: ChannelHandlerContext) {
+        closing = true
+        timeout?.cancel()
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
+        let channel = context.channel
+        promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// RFC 5321 §4.5.3.2: the server waits at least 5 minutes for a command
+    /// and (we choose) 3 minutes for each block of DATA text.
+    private func armTimeout(context: ChannelHandlerContext) {
+        timeout?.cancel()
+        let amount = session.inputMode == .data || framer.inChunk ? settings.dataTimeout : settings.commandTimeout
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        timeout = context.eventLoop.scheduleTask(in: amount) {
+            bound.value.timedOut()
+        }
+    }
+
+    private func timedOut() {
+        guard let context, !closing, !committing else { return }
+        logger.info("timeout", metadata: ["state": "\(session.state)"])
+        send([session.timedOut()], context: context)
+        closeAfterFlush(context: context)
+    }
+
+    /// Graceful shutdown: idle sessions are told 421 now; a session inside a
+    /// transaction may finish it and is told after its reply.
+    func beginShutdown() {
+        guard let context, !closing else { return }
+        shutdownRequested = true
+        if !session.inTransaction && !committing {
+            send([session.shuttingDown()], context: context)
+            closeAfterFlush(context: context)
+        }
+    }
+
+    func forceClose() {
+        context?.close(promise: nil)
+    }
+}
