@@ -332,7 +332,7 @@ public struct SMTPServerSession: Sendable {
         if ending == .bareLF || hasCR {
             if dataError == nil { dataError = .bareNewline }
         }
-        previousLineEndedCRLF = ending == .crlf && !hasCR
+        previousLineEndedCRLF = ending == .crlf
         if line.readableBytes > 0, line.getInteger(at: line.readerIndex, as: UInt8.self) == UInt8(ascii: ".") {
             line.moveReaderIndex(forwardBy: 1) // RFC 5321 §4.5.2 transparency
         }

@@ -1,0 +1,82 @@
+import NIOCore
+import Testing
+@testable import TernProtocol
+
+@Suite struct FramerTests {
+    func frames(_ input: String, mode: SMTPFramer.Mode = .command, limit: Int = 1138) -> [SMTPFrame] {
+        var f = SMTPFramer(commandLineLimit: limit, textLineLimit: 1000)
+        f.mode = mode
+        var b = ByteBuffer(string: input)
+        var out: [SMTPFrame] = []
+        while let fr = f.next(&b) { out.append(fr) }
+        return out
+    }
+
+    func line(_ s: String, _ e: LineEnding = .crlf) -> SMTPFrame { .line(ByteBuffer(string: s), e) }
+
+    @Test func linesAndEndings() {
+        #expect(frames("NOOP\r\nQUIT\n") == [line("NOOP"), line("QUIT", .bareLF)])
+        #expect(frames("partial") == [])
+        #expect(frames("\r\n") == [line("")])
+        #expect(frames("a\rb\r\n") == [line("a\rb")]) // the session sees the bare CR
+    }
+
+    @Test func overlongLineIsDiscardedThroughItsEnd() {
+        let long = String(repeating: "x", count: 2000)
+        #expect(frames("\(long)\r\nNOOP\r\n") == [.overlongLine, line("NOOP")])
+        #expect(frames("\(long)") == [])
+        // Exactly at the limit (terminator included) is fine; one more is not.
+        #expect(frames(String(repeating: "y", count: 8) + "\r\n", limit: 10) == [line(String(repeating: "y", count: 8))])
+        #expect(frames(String(repeating: "y", count: 9) + "\r\n", limit: 10) == [.overlongLine])
+    }
+
+    @Test func bdatPayloadIsReadAsAChunk() {
+        #expect(frames("BDAT 5 LAST\r\nab\r\ncNOOP\r\n") == [
+            line("BDAT 5 LAST"), .chunk(ByteBuffer(string: "ab\r\nc"), isEnd: true), line("NOOP"),
+        ])
+        #expect(frames("BDAT 0 LAST\r\n") == [line("BDAT 0 LAST"), .chunk(ByteBuffer(), isEnd: true)])
+        // An unparsable BDAT has no payload.
+        #expect(frames("BDAT x\r\nNOOP\r\n") == [line("BDAT x"), line("NOOP")])
+        // In DATA mode "BDAT" is just text.
+        #expect(frames("BDAT 3\r\n", mode: .data) == [line("BDAT 3")])
+    }
+
+    @Test func chunkArrivesInPieces() {
+        var f = SMTPFramer()
+        var b = ByteBuffer(string: "BDAT 6\r\nabc")
+        #expect(f.next(&b) == line("BDAT 6"))
+        #expect(f.next(&b) == .chunk(ByteBuffer(string: "abc"), isEnd: false))
+        #expect(f.next(&b) == nil)
+        #expect(f.inChunk)
+        b.writeString("defNOOP\r\n")
+        #expect(f.next(&b) == .chunk(ByteBuffer(string: "def"), isEnd: true))
+        #expect(f.next(&b) == line("NOOP"))
+    }
+
+    /// A pipelined dialog with DATA, BDAT, dot-stuffing and errors gives the
+    /// same replies and messages however the bytes are split.
+    @Test func everySplitPointGivesTheSameResult() {
+        let dialog = "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n"
+            + "Subject: t\r\n\r\n..leading dot\r\nline\r\n.\r\n"
+            + "MAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<c@local.test>\r\nBDAT 7\r\nab\r\n.\r\nBDAT 4 LAST\r\nc\r\n\rNOOP\r\n"
+            + "FOO\r\nRSET\r\nQUIT\r\n"
+        let bytes = Array(dialog.utf8)
+        var whole = Driver()
+        whole.feed(bytes: bytes)
+        #expect(whole.commits.count == 2)
+        #expect(whole.commits.first?.body == "Subject: t\r\n\r\n.leading dot\r\nline\r\n")
+        #expect(whole.commits.last?.body == "ab\r\n.\r\nc\r\n\r")
+        #expect(whole.closed)
+        for split in 1..<bytes.count {
+            var d = Driver()
+            d.feed(bytes: Array(bytes[..<split]))
+            d.feed(bytes: Array(bytes[split...]))
+            #expect(d.transcript == whole.transcript, "split at \(split)")
+            #expect(d.commits.map(\.body) == whole.commits.map(\.body), "split at \(split)")
+        }
+        var bytewise = Driver()
+        for b in bytes { bytewise.feed(bytes: [b]) }
+        #expect(bytewise.transcript == whole.transcript)
+        #expect(bytewise.commits.map(\.body) == whole.commits.map(\.body))
+    }
+}

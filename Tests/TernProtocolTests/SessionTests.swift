@@ -1,0 +1,241 @@
+import NIOCore
+import Testing
+@testable import TernProtocol
+
+@Suite struct SessionTests {
+    func untrusted() -> Driver { Driver(trusted: false, address: "192.0.2.9") }
+
+    @Test func greetingAndEhlo() {
+        var d = Driver()
+        #expect(d.session.greeting().wireText == "220 mx.test ESMTP Tern\r\n")
+        d.feed("EHLO client.test\r\n")
+        let ehlo = d.replies.last!
+        #expect(ehlo.code == 250 && ehlo.enhanced == nil)
+        for ext in ["PIPELINING", "SIZE 26214400", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"] {
+            #expect(ehlo.lines.contains(ext), "\(ext)")
+        }
+        d.feed("HELP\r\nVRFY bob\r\nNOOP\r\nEXPN list\r\nSTARTTLS\r\nQUIT\r\n")
+        #expect(d.codes.suffix(6) == ["214 2.0.0", "252 2.5.0", "250 2.0.0", "502 5.5.1", "502 5.5.1", "221 2.0.0"])
+        #expect(d.closed)
+    }
+
+    @Test func commandOrder() {
+        var d = Driver()
+        d.feed("MAIL FROM:<a@x.test>\r\n")
+        #expect(d.last == "503 5.5.1")
+        d.feed("RCPT TO:<b@local.test>\r\nDATA\r\n")
+        #expect(d.codes == ["503 5.5.1", "503 5.5.1", "503 5.5.1"])
+        d.feed("HELO c.test\r\nRCPT TO:<b@local.test>\r\nMAIL FROM:<a@x.test>\r\nMAIL FROM:<a@x.test>\r\n")
+        #expect(d.codes.suffix(4) == ["250", "503 5.5.1", "250 2.1.0", "503 5.5.1"])
+        d.feed("DATA\r\n") // MAIL but no recipient
+        #expect(d.last == "554 5.5.1")
+        d.feed("RSET\r\nRCPT TO:<b@local.test>\r\n")
+        #expect(d.codes.suffix(2) == ["250 2.0.0", "503 5.5.1"])
+        // EHLO in the middle of a transaction resets it (RFC 5321 §4.1.4).
+        d.feed("MAIL FROM:<a@x.test>\r\nEHLO c.test\r\nRCPT TO:<b@local.test>\r\n")
+        #expect(d.last == "503 5.5.1")
+    }
+
+    @Test func heloForbidsParametersAndBDAT() {
+        var d = Driver()
+        d.feed("HELO c.test\r\nMAIL FROM:<a@x.test> SIZE=10\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 3 LAST\r\nabc")
+        #expect(d.codes.suffix(4) == ["555 5.5.4", "250 2.1.0", "250 2.1.5", "503 5.5.1"])
+        #expect(d.commits.isEmpty)
+    }
+
+    @Test func relayRules() {
+        var d = untrusted()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n")
+        let cases: [(String, String)] = [
+            ("<b@local.test>", "250 2.1.5"),
+            ("<b@LOCAL.TEST>", "250 2.1.5"),
+            ("<b@far.test>", "554 5.7.1"),
+            ("<user%far.test@local.test>", "554 5.7.1"),      // percent hack
+            ("<far.test!user@local.test>", "554 5.7.1"),      // bang path
+            ("<@local.test:u@far.test>", "554 5.7.1"),        // source route: the mailbox decides
+            ("<@far.test:u2@local.test>", "250 2.1.5"),       // route ignored, local mailbox
+            ("<\"u@far.test\"@local.test>", "554 5.7.1"),     // quoted @
+            ("<u@far.test@local.test>", "501 5.1.3"),         // not an address at all
+            ("<u@[192.0.2.1]>", "554 5.7.1"),                  // address literal
+            ("<Postmaster>", "250 2.1.5"),                     // always accepted
+        ]
+        for (rcpt, expected) in cases {
+            d.feed("RCPT TO:\(rcpt)\r\n")
+            #expect(d.last == expected, "\(rcpt)")
+        }
+        d.feed("DATA\r\nhi\r\n.\r\n")
+        let stored = d.commits.first?.envelope.recipients.map(\.mailbox.address)
+        #expect(stored == ["b@local.test", "u2@local.test", "postmaster@mx.test"]) // b@LOCAL.TEST is the same mailbox
+    }
+
+    @Test func trustedClientsRelayAnywhere() {
+        var d = Driver(trusted: true)
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@far.test>\r\nRCPT TO:<user%far.test@local.test>\r\n")
+        #expect(d.codes.suffix(2) == ["250 2.1.5", "250 2.1.5"])
+    }
+
+    @Test func sizeLimits() {
+        var d = Driver(config: Driver.config { $0.maxMessageSize = 20 })
+        d.feed("EHLO c.test\r\n")
+        #expect(d.replies.last!.lines.contains("SIZE 20"))
+        d.feed("MAIL FROM:<a@x.test> SIZE=21\r\n")
+        #expect(d.last == "552 5.3.4")
+        d.feed("MAIL FROM:<a@x.test> SIZE=20\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
+        d.feed("0123456789\r\n0123456789\r\n.\r\n")
+        #expect(d.last == "552 5.3.4")
+        #expect(d.commits.isEmpty)
+        // The transaction is over; the session goes on.
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nsmall\r\n.\r\n")
+        #expect(d.last == "250 2.0.0")
+        #expect(d.commits.count == 1)
+    }
+
+    @Test func recipientLimitAndDuplicates() {
+        var d = Driver(config: Driver.config { $0.maxRecipients = 2 })
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<a@local.test>\r\nRCPT TO:<a@Local.Test>\r\nRCPT TO:<b@local.test>\r\nRCPT TO:<c@local.test>\r\n")
+        #expect(d.codes.suffix(4) == ["250 2.1.5", "250 2.1.5", "250 2.1.5", "452 4.5.3"])
+        d.feed("DATA\r\nx\r\n.\r\n")
+        #expect(d.commits.first?.envelope.recipients.count == 2)
+    }
+
+    @Test func textLineLimit() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
+        d.feed(String(repeating: "x", count: 998) + "\r\n") // exactly 1000 with CRLF: fine
+        d.feed(String(repeating: "y", count: 999) + "\r\n.\r\n")
+        #expect(d.last == "500 5.5.2")
+        #expect(d.commits.isEmpty)
+    }
+
+    @Test func commandLineLimit() {
+        var d = Driver()
+        d.feed("NOOP " + String(repeating: "x", count: 505) + "\r\n") // 512 with CRLF
+        #expect(d.last == "250 2.0.0")
+        d.feed("NOOP " + String(repeating: "x", count: 506) + "\r\n")
+        #expect(d.last == "500 5.5.2")
+        d.feed("NOOP " + String(repeating: "x", count: 5000) + "\r\nNOOP\r\n")
+        #expect(d.codes.suffix(2) == ["500 5.5.2", "250 2.0.0"])
+        // RCPT may be longer by ORCPT's allowance (RFC 3461).
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test> ORCPT=rfc822;" + String(repeating: "o", count: 480) + "\r\n")
+        #expect(d.last == "250 2.1.5")
+    }
+
+    @Test func dataTransparencyAndSmuggling() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
+        #expect(d.last == "354")
+        // <LF>.<CRLF> must not end the message: the "smuggled" MAIL is text.
+        d.feed("Subject: s\r\n\r\nhello\n.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@local.test>\r\nDATA\r\nevil\r\n.\r\n")
+        #expect(d.commits.isEmpty)
+        #expect(d.last == "550 5.5.2")
+        #expect(d.codes.count == 5) // no reply was produced for the smuggled commands
+        // <CR><LF>.<LF> neither; nor a bare CR.
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nhello\r\n.\nstill data\r\n.\r\n")
+        #expect(d.last == "550 5.5.2")
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nhel\rlo\r\n.\r\n")
+        #expect(d.last == "550 5.5.2")
+        #expect(d.commits.isEmpty)
+        // A proper message, with a dot-stuffed line and an empty body line.
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n..\r\n\r\n...x\r\n.\r\n")
+        #expect(d.last == "250 2.0.0")
+        #expect(d.commits.first?.body == ".\r\n\r\n..x\r\n")
+    }
+
+    @Test func emptyMessage() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n.\r\n")
+        #expect(d.last == "250 2.0.0")
+        #expect(d.commits.first?.body == "")
+        #expect(d.commits.first?.envelope.mailFrom == nil)
+    }
+
+    @Test func chunking() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nBDAT 3\r\nabc")
+        #expect(d.last == "503 5.5.1") // payload swallowed, reply after it
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 5\r\nab\r\nc")
+        #expect(d.last == "250 2.0.0")
+        #expect(d.replies.last!.text.contains("5 octets"))
+        d.feed("DATA\r\n")
+        #expect(d.last == "503 5.5.1") // no mixing
+        d.feed("BDAT 0 LAST\r\n")
+        #expect(d.last == "250 2.0.0")
+        #expect(d.commits.first?.body == "ab\r\nc")
+        // Too big: the chunk is refused and the transaction ends.
+        var small = Driver(config: Driver.config { $0.maxMessageSize = 4 })
+        small.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 3\r\nabcBDAT 3 LAST\r\ndef")
+        #expect(small.codes.suffix(2) == ["250 2.0.0", "552 5.3.4"])
+        small.feed("BDAT 1 LAST\r\nx")
+        #expect(small.last == "503 5.5.1")
+        #expect(small.commits.isEmpty)
+    }
+
+    @Test func smtputf8() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<jöran@bücher.test>\r\n")
+        #expect(d.last == "553 5.6.7")
+        d.feed("RSET\r\nMAIL FROM:<ä@x.test> SMTPUTF8\r\nRCPT TO:<jöran@bücher.test>\r\nDATA\r\nx\r\n.\r\n")
+        #expect(d.last == "250 2.0.0")
+        let env = d.commits.first?.envelope
+        #expect(env?.protocolName == "UTF8SMTP")
+        #expect(env?.recipients.first?.mailbox.normalizedDomain == "xn--bcher-kva.test")
+    }
+
+    @Test func dsnParametersReachTheEnvelope() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test> RET=FULL ENVID=abc+2Bd\r\n")
+        d.feed("RCPT TO:<b@local.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;b+40orig.test\r\nRCPT TO:<c@local.test> NOTIFY=NEVER\r\n")
+        d.feed("DATA\r\nx\r\n.\r\n")
+        let env = d.commits.first!.envelope
+        #expect(env.parameters.ret == .full)
+        #expect(env.parameters.envelopeID == "abc+d")
+        #expect(env.recipients[0].notify?.storedForm == "SUCCESS,DELAY")
+        #expect(env.recipients[0].orcpt?.storedForm == "rfc822;b@orig.test")
+        #expect(env.recipients[1].notify?.storedForm == "NEVER")
+        #expect(env.protocolName == "ESMTP")
+    }
+
+    @Test func errorLimitCloses() {
+        var d = Driver(config: Driver.config { $0.maxErrors = 3 })
+        d.feed("FOO\r\nBAR\r\nNOOP\r\nBAZ\r\nNOOP\r\n")
+        #expect(d.codes == ["500 5.5.1", "500 5.5.1", "250 2.0.0", "500 5.5.1", "421 4.7.0"])
+        #expect(d.closed)
+    }
+
+    @Test func badBytesInCommands() {
+        var d = Driver()
+        d.feed("NO\rOP\r\n\r\n")
+        #expect(d.codes == ["500 5.5.2", "500 5.5.2"])
+    }
+
+    @Test func commitFailureIsPassedOn() {
+        var d = Driver()
+        d.outcome = .rejected(SMTPReply(452, .mailSystemFull, "full"))
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nx\r\n.\r\n")
+        #expect(d.last == "452 4.3.1")
+        // The session is ready for a new transaction.
+        d.outcome = .accepted(queueID: "Q2")
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nx\r\n.\r\n")
+        #expect(d.replies.last?.text == "Ok: queued as Q2")
+    }
+
+    @Test func framesAreIgnoredWhileCommitting() {
+        var s = SMTPServerSession(config: Driver.config(), client: ClientInfo(address: nil, addressText: "", trusted: true))
+        for l in ["EHLO c.test", "MAIL FROM:<a@x.test>", "RCPT TO:<b@local.test>", "DATA", "x", "."] {
+            _ = s.receive(.line(ByteBuffer(string: l), .crlf))
+        }
+        #expect(s.state == .committing)
+        #expect(s.inTransaction)
+        #expect(s.receive(.line(ByteBuffer(string: "NOOP"), .crlf)) == nil)
+        _ = s.commitFinished(.accepted(queueID: "Q"))
+        #expect(s.state == .ready)
+        #expect(!s.inTransaction)
+    }
+
+    @Test func timeoutAndShutdownReplies() {
+        var s = SMTPServerSession(config: Driver.config(), client: ClientInfo(address: nil, addressText: "", trusted: true))
+        #expect(s.timedOut().wireText == "421 4.4.2 mx.test Error: timeout exceeded\r\n")
+        #expect(s.state == .closed)
+        #expect(s.shuttingDown().code == 421)
+    }
+}
