@@ -49,7 +49,7 @@ let package = Package(
 
         .testTarget(name: "TernProtocolTests", dependencies: ["TernProtocol", nioCore]),
         .testTarget(name: "TernMessageTests", dependencies: ["TernMessage"]),
-        .testTarget(name: "TernStoreTests", dependencies: ["TernStore", "TernMessage"]),
+        .testTarget(name: "TernStoreTests", dependencies: ["TernStore", "TernMessage", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TernIntakeTests", dependencies: ["TernIntake", "TernStore", "TernProtocol", "TernMessage"]),
         .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore"]),
         .testTarget(name: "TernIntegrationTests", dependencies: [

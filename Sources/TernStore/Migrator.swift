@@ -24,6 +24,13 @@ public enum Migrator {
     static func migrate(_ pool: DatabasePool) throws -> [String] {
         do {
             return try pool.writeWithoutTransaction { db in
+                if try Int.fetchOne(db, sql: "SELECT count(*) FROM sqlite_master") == 0 {
+                    // Incremental vacuum lets retention give pages back without a
+                    // full VACUUM; it can only be chosen before the first table.
+                    // In WAL mode the header already exists: VACUUM rewrites it.
+                    try db.execute(sql: "PRAGMA auto_vacuum = INCREMENTAL")
+                    try db.execute(sql: "VACUUM")
+                }
                 try db.execute(sql: bookkeeping)
                 let current = try Int.fetchOne(db, sql: "SELECT max(version) FROM schema_migration") ?? 0
                 if current > knownVersion { throw StoreError.schemaTooNew(found: current, known: knownVersion) }

@@ -36,11 +36,6 @@ public final class Store: Sendable {
         config.foreignKeysEnabled = true
         config.maximumReaderCount = max(1, options.readers)
         config.label = "tern"
-        config.prepareDatabase { db in
-            // Incremental vacuum lets retention give pages back without a full
-            // VACUUM; it only takes effect on a database that has no table yet.
-            try db.execute(sql: "PRAGMA auto_vacuum = INCREMENTAL")
-        }
         do {
             pool = try DatabasePool(path: path, configuration: config)
             // GRDB's DatabasePool resets synchronous to NORMAL after

@@ -1,0 +1,134 @@
+import Dispatch
+import Foundation
+import GRDB
+import Synchronization
+import Testing
+@testable import TernStore
+
+/// Holds the writer inside its first commit until released, so that requests
+/// submitted meanwhile must form the next batch — deterministic, no sleeps.
+final class WriterGate: Sendable {
+    let started = DispatchSemaphore(value: 0)
+    let release = DispatchSemaphore(value: 0)
+
+    func block(_ store: Store) {
+        store.write({ _ in
+            self.started.signal()
+            self.release.wait()
+            return 0
+        }, completion: { (_: Result<Int, StoreError>) in })
+        started.wait()
+    }
+}
+
+@Suite struct GroupCommitTests {
+    @Test func aLoneRequestCommitsAtOnce() async throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        _ = try await store.insertMessage(sampleMessage())
+        #expect(store.commitStats == (1, 1))
+    }
+
+    @Test func requestsArrivingDuringACommitShareTheNextOne() async throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        let gate = WriterGate()
+        gate.block(store)
+        let done = Atomic<Int>(0)
+        let all = DispatchGroup()
+        for i in 0..<50 {
+            all.enter()
+            store.insertMessage(sampleMessage("B\(i)")) { result in
+                if case .success = result { done.add(1, ordering: .relaxed) }
+                all.leave()
+            }
+        }
+        #expect(done.load(ordering: .relaxed) == 0) // nobody acknowledged before its commit
+        gate.release.signal()
+        all.wait()
+        #expect(done.load(ordering: .relaxed) == 50)
+        #expect(store.commitStats.commits == 2)   // the gate's commit, then one for all fifty
+        #expect(store.commitStats.requests == 51)
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM message") } == 50)
+    }
+
+    @Test func aFailingRequestIsRolledBackAlone() async throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        let gate = WriterGate()
+        gate.block(store)
+        let results = Mutex<[String: Bool]>([:])
+        let all = DispatchGroup()
+        for name in ["good1", "bad", "good2"] {
+            all.enter()
+            store.write({ db -> Int in
+                try Store.insert(sampleMessage(name), db)
+                if name == "bad" { try db.execute(sql: "INSERT INTO nonexistent VALUES (1)") }
+                return 1
+            }, completion: { (r: Result<Int, StoreError>) in
+                results.withLock { $0[name] = (try? r.get()) != nil }
+                all.leave()
+            })
+        }
+        gate.release.signal()
+        all.wait()
+        #expect(results.withLock { $0 } == ["good1": true, "bad": false, "good2": true])
+        let ids = try store.read { db in try String.fetchAll(db, sql: "SELECT queue_id FROM message ORDER BY id") }
+        #expect(ids == ["good1", "good2"]) // nothing of "bad" remains
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient") } == 4)
+    }
+
+    /// Every completion runs after its commit: a separate connection sees the row.
+    @Test func acknowledgementFollowsTheCommit() throws {
+        let path = temporaryDatabase()
+        let store = try Store(path: path)
+        defer { store.close() }
+        let observer = try DatabaseQueue(path: path)
+        let missing = Atomic<Int>(0)
+        let all = DispatchGroup()
+        DispatchQueue.concurrentPerform(iterations: 200) { i in
+            all.enter()
+            store.insertMessage(sampleMessage("C\(i)", recipients: 1)) { result in
+                let seen = (try? observer.read { db in
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM message WHERE queue_id = ?", arguments: ["C\(i)"])
+                }) ?? 0
+                if case .success = result, seen == 1 {} else { missing.add(1, ordering: .relaxed) }
+                all.leave()
+            }
+        }
+        all.wait()
+        #expect(missing.load(ordering: .relaxed) == 0)
+        #expect(store.commitStats.requests == 200)
+        #expect(store.commitStats.commits <= 200)
+    }
+
+    /// SQLITE_FULL (a real full database, via max_page_count): the client is
+    /// refused, nothing is half-written, and writes succeed again once space returns.
+    @Test func diskFullRefusesCleanlyAndRecovers() async throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        let pages = try store.writeDirect { db in try Int.fetchOne(db, sql: "PRAGMA page_count") ?? 0 }
+        _ = try store.writeDirect { db in try Int.fetchOne(db, sql: "PRAGMA max_page_count = \(pages + 40)") }
+        var accepted = 0
+        var fullError: StoreError? = nil
+        for i in 0..<100 {
+            do {
+                _ = try await store.insertMessage(sampleMessage("F\(i)", size: 20_000))
+                accepted += 1
+            } catch let e as StoreError {
+                fullError = e
+                break
+            }
+        }
+        guard case .full = fullError else { Issue.record("expected SQLITE_FULL, got \(String(describing: fullError))"); return }
+        let counts = try store.read { db in
+            try [Int.fetchOne(db, sql: "SELECT count(*) FROM message")!,
+                 Int.fetchOne(db, sql: "SELECT count(*) FROM recipient")!,
+                 Int.fetchOne(db, sql: "SELECT count(*) FROM event")!]
+        }
+        #expect(counts == [accepted, accepted * 2, accepted])
+        _ = try store.writeDirect { db in try Int.fetchOne(db, sql: "PRAGMA max_page_count = 1073741823") }
+        _ = try await store.insertMessage(sampleMessage("after", size: 20_000))
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM message") } == accepted + 1)
+    }
+}

@@ -1,0 +1,123 @@
+import Foundation
+import GRDB
+import Testing
+@testable import TernStore
+
+func temporaryDatabase() -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-test-\(UUID().uuidString)")
+    return dir.appendingPathComponent("tern.sqlite").path
+}
+
+func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, size: Int = 100) -> NewMessage {
+    NewMessage(queueID: queueID, receivedAt: 1_000, mailFrom: "a@x.test", body: Data(repeating: 65, count: size),
+               clientAddress: "127.0.0.1", helo: "c.test", headerMessageID: "m@x", envID: "env", ret: "HDRS",
+               bodyType: "8BITMIME", smtputf8: false, origin: "smtp",
+               recipients: (0..<recipients).map { NewRecipient(address: "r\($0)@local.test", domain: "local.test", notify: "NEVER", orcpt: "rfc822;o@x") })
+}
+
+@Suite struct MigrationTests {
+    /// The binary's embedded copies are the migration files, byte for byte.
+    @Test func embeddedMigrationsEqualTheFiles() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let dir = root.appendingPathComponent("migrations")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".sql") }.sorted()
+        #expect(files.count == Migrator.embedded.count, "run tools/gen-migrations")
+        for (file, embedded) in zip(files, Migrator.embedded.sorted(by: { $0.version < $1.version })) {
+            let text = try String(contentsOf: dir.appendingPathComponent(file), encoding: .utf8)
+            #expect(file == embedded.name + ".sql")
+            #expect(Int(file.prefix(while: \.isNumber)) == embedded.version)
+            #expect(text == embedded.sql + "\n", "\(file) differs from the embedded copy: run tools/gen-migrations")
+        }
+    }
+
+    @Test func appliesOnceAndRecords() throws {
+        let path = temporaryDatabase()
+        let store = try Store(path: path)
+        #expect(try store.schemaVersion() == Migrator.knownVersion)
+        let tables = try store.read { db in try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name") }
+        for t in ["attempt", "event", "message", "recipient", "schema_migration"] { #expect(tables.contains(t)) }
+        let indexes = try store.read { db in try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type='index'") }
+        #expect(indexes.contains("recipient_claim"))
+        store.close()
+        let again = try Store(path: path) // reopening applies nothing new
+        #expect(try again.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM schema_migration") } == Migrator.embedded.count)
+        again.close()
+    }
+
+    @Test func refusesANewerSchema() throws {
+        let path = temporaryDatabase()
+        let store = try Store(path: path)
+        _ = try store.writeDirect { db in
+            try db.execute(sql: "INSERT INTO schema_migration VALUES (999, '0999_future', 0)")
+        }
+        store.close()
+        #expect(throws: StoreError.schemaTooNew(found: 999, known: Migrator.knownVersion)) { try Store(path: path) }
+        var readOnly = StoreOptions()
+        readOnly.migrate = false
+        #expect(throws: StoreError.schemaTooNew(found: 999, known: Migrator.knownVersion)) { try Store(path: path, options: readOnly) }
+    }
+
+    @Test func durabilityPragmas() throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        #expect(try store.writerPragma("synchronous") == "2") // FULL
+        #expect(try store.writerPragma("journal_mode") == "wal")
+        #expect(try store.writerPragma("foreign_keys") == "1")
+        #expect(try store.writerPragma("auto_vacuum") == "2") // INCREMENTAL
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "PRAGMA busy_timeout") } ?? 0 >= 1000)
+    }
+
+    @Test func schemaChecksStates() throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        let id = try store.writeDirect { db in try Store.insert(sampleMessage(recipients: 1), db) }
+        // In flight without a lease, a final state without final_at, an unknown state: all refused.
+        for bad in ["UPDATE recipient SET state='inflight' WHERE message_id=\(id)",
+                    "UPDATE recipient SET state='delivered' WHERE message_id=\(id)",
+                    "UPDATE recipient SET state='lost' WHERE message_id=\(id)",
+                    "UPDATE recipient SET lease_owner='x' WHERE message_id=\(id)",
+                    "INSERT INTO event (at, kind, detail) VALUES (1, 'x', 'not json')"] {
+            #expect(throws: (any Error).self, "\(bad)") { try store.writeDirect { db in try db.execute(sql: bad) } }
+        }
+        try store.writeDirect { db in
+            try db.execute(sql: "UPDATE recipient SET state='inflight', lease_owner='w', lease_expires_at=5 WHERE message_id=\(id)")
+            try db.execute(sql: "UPDATE recipient SET state='delivered', lease_owner=NULL, lease_expires_at=NULL, final_at=6 WHERE message_id=\(id)")
+        }
+    }
+}
+
+@Suite struct IntakeWriteTests {
+    @Test func messageRecipientsAndEventInOneTransaction() async throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        let id = try await store.insertMessage(sampleMessage("Q1", recipients: 3))
+        let row = try #require(try store.read { db in try Row.fetchOne(db, sql: "SELECT * FROM message WHERE id = ?", arguments: [id]) })
+        #expect(row["queue_id"] as String == "Q1")
+        #expect(row["size"] as Int == 100)
+        #expect(row["env_id"] as String == "env")
+        #expect(row["ret"] as String == "HDRS")
+        let rcpts = try store.read { db in try Row.fetchAll(db, sql: "SELECT * FROM recipient WHERE message_id = ? ORDER BY id", arguments: [id]) }
+        #expect(rcpts.count == 3)
+        #expect(rcpts.allSatisfy { ($0["state"] as String) == "queued" && ($0["next_attempt_at"] as Int64) == 1_000 })
+        #expect(rcpts[0]["notify"] as String == "NEVER")
+        #expect(rcpts[0]["orcpt"] as String == "rfc822;o@x")
+        let detail = try #require(try store.read { db in try String.fetchOne(db, sql: "SELECT detail FROM event WHERE kind='received' AND message_id=?", arguments: [id]) })
+        let json = try JSONSerialization.jsonObject(with: Data(detail.utf8)) as? [String: Any]
+        #expect(json?["queue_id"] as? String == "Q1")
+        #expect(json?["recipients"] as? Int == 3)
+        let entries = try store.queueEntries()
+        #expect(entries.count == 3)
+        #expect(entries.first?.queueID == "Q1")
+        #expect(try store.queueEntries(QueueFilter(domain: "other.test")).isEmpty)
+        #expect(try store.stateCounts() == ["queued": 3])
+    }
+
+    @Test func duplicateQueueIDFailsAloneAndLeavesNothing() async throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        _ = try await store.insertMessage(sampleMessage("DUP"))
+        await #expect(throws: StoreError.self) { try await store.insertMessage(sampleMessage("DUP")) }
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient") } == 2)
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM event") } == 1)
+    }
+}
