@@ -51,7 +51,7 @@ let package = Package(
         .testTarget(name: "TernMessageTests", dependencies: ["TernMessage"]),
         .testTarget(name: "TernStoreTests", dependencies: ["TernStore", "TernMessage", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TernIntakeTests", dependencies: ["TernIntake", "TernStore", "TernProtocol", "TernMessage"]),
-        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore"]),
+        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore", "TernProtocol"]),
         .testTarget(name: "TernIntegrationTests", dependencies: [
             "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", nioCore, nioPosix, logging,
         ]),

@@ -70,9 +70,9 @@ public final class SMTPListener: Service, Sendable {
                     let why = refusal == .total ? "too many connections" : "too many connections from your address"
                     logger.warning("connection refused", metadata: ["peer": "\(ipText)", "reason": "\(why)"])
                     let reply = SMTPReply(421, .tempSecurity, "\(hostname) Error: \(why), try again later")
-                    var buffer = channel.allocator.buffer(capacity: 96)
-                    buffer.writeString(reply.wireText)
-                    return channel.writeAndFlush(buffer).flatMap { channel.close() }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(RefusalHandler(reply: reply))
+                    }
                 }
                 let client = ClientInfo(address: ip, addressText: ip?.unmapped.description ?? ipText, trusted: trusted)
                 let handler = SMTPServerHandler(settings: settings, client: client, intake: intake, registry: registry,
@@ -117,4 +117,22 @@ final class BoundChannels: Sendable {
     private let box = NIOLockedValueBox<[Channel]>([])
     func append(_ c: Channel) { box.withLockedValue { $0.append(c) } }
     var all: [Channel] { box.withLockedValue { $0 } }
+}
+
+/// Answers a connection over the limits with one reply, then closes it.
+final class RefusalHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let reply: SMTPReply
+
+    init(reply: SMTPReply) { self.reply = reply }
+
+    func channelActive(context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 96)
+        buffer.writeString(reply.wireText)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {} // ignore anything the client sends
 }

@@ -1,0 +1,131 @@
+import Foundation
+import Testing
+@testable import TernCLI
+import TernProtocol
+@testable import TernStore
+
+@Suite struct ConfigTests {
+    @Test func defaults() {
+        let s = TernSettings()
+        #expect(s.db == "./tern-data/tern.sqlite")
+        #expect(s.listen.map { "\($0.host):\($0.port)" } == ["127.0.0.1:2525"])
+        #expect(s.trustedNetworks == IPNetwork.loopback)
+        #expect(s.listenerConfig.session.maxCommandLine == 512)
+        #expect(s.listenerConfig.commandTimeoutSeconds == 300)
+    }
+
+    @Test func fullTOMLFile() throws {
+        var s = TernSettings()
+        try s.apply(toml: """
+            hostname = "mx.example.test"
+            db = "/var/lib/tern/q.sqlite"
+            listen = ["127.0.0.1:25", "[::1]:2525"]
+            relay_domains = ["example.test", ".sub.example.test"]
+            trusted_networks = ["10.0.0.0/8"]
+            log_level = "debug"
+
+            [limits]
+            max_message_size = 1000000
+            max_recipients = 50
+            max_command_line = 1024
+            max_text_line = 2000
+            max_errors = 5
+            max_connections = 10
+            max_connections_per_client = 2
+            command_timeout = 60
+            data_timeout = 30
+            shutdown_grace = 5
+            """)
+        #expect(s.hostname == "mx.example.test")
+        #expect(s.listen.map { "\($0.host):\($0.port)" } == ["127.0.0.1:25", "::1:2525"])
+        #expect(s.relayDomains == ["example.test", ".sub.example.test"])
+        #expect(s.trustedNetworks == [IPNetwork("10.0.0.0/8")!])
+        let l = s.listenerConfig
+        #expect(l.session.maxMessageSize == 1_000_000 && l.session.maxRecipients == 50 && l.session.maxErrors == 5)
+        #expect(l.session.maxCommandLine == 1024 && l.session.maxTextLine == 2000)
+        #expect(l.maxConnections == 10 && l.maxConnectionsPerClient == 2)
+        #expect(l.commandTimeoutSeconds == 60 && l.dataTimeoutSeconds == 30 && l.shutdownGraceSeconds == 5)
+        #expect(l.session.relay.isRelayDomain("a.sub.example.test"))
+    }
+
+    @Test(arguments: [
+        ("hostnme = \"x\"", "unknown key 'hostnme'"),
+        ("[limits]\nmax_size = 1", "unknown key 'limits.max_size'"),
+        ("listen = \"127.0.0.1:25\"", "'listen' must be an array"),
+        ("listen = [\"nocolon\"]", "bad listen address"),
+        ("trusted_networks = [\"10.0.0.0/40\"]", "bad network"),
+        ("[limits]\nmax_recipients = \"many\"", "must be a non-negative integer"),
+        ("[limits]\nmax_command_line = 100", "at least 512"),
+        ("log_level = \"loud\"", "log_level must be one of"),
+        ("hostname = ", "TOML syntax error"),
+    ])
+    func badFilesAreExplained(_ toml: String, _ message: String) {
+        var s = TernSettings()
+        do {
+            try s.apply(toml: toml)
+            Issue.record("accepted: \(toml)")
+        } catch {
+            #expect("\(error)".contains(message), "\(error)")
+        }
+    }
+
+    @Test func flagsOverrideTheFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-cfg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let file = dir.appendingPathComponent("tern.toml")
+        try Data("hostname = \"from-file.test\"\nrelay_domains = [\"file.test\"]\n[limits]\nmax_message_size = 5\n".utf8).write(to: file)
+        let serve = try Serve.parse(["--config", file.path, "--hostname", "flag.test", "--listen", "127.0.0.1:0",
+                                     "--max-message-size", "7000", "--trusted-network", "192.0.2.0/24", "--db", "/tmp/x.sqlite"])
+        let s = try serve.resolved()
+        #expect(s.hostname == "flag.test")
+        #expect(s.relayDomains == ["file.test"]) // not overridden
+        #expect(s.maxMessageSize == 7000)
+        #expect(s.listen.map { $0.port } == [0])
+        #expect(s.trustedNetworks == [IPNetwork("192.0.2.0/24")!])
+        #expect(s.db == "/tmp/x.sqlite")
+        #expect(throws: (any Error).self) { try Serve.parse(["--listen", "nope"]).resolved() }
+    }
+
+    @Test func listenForms() throws {
+        #expect(try TernSettings.parseListen(":25") == ("0.0.0.0", 25))
+        #expect(try TernSettings.parseListen("[::1]:587") == ("::1", 587))
+        #expect(throws: ConfigError.self) { try TernSettings.parseListen("127.0.0.1:99999") }
+        #expect(throws: ConfigError.self) { try TernSettings.parseListen("[::1]587") }
+    }
+}
+
+@Suite struct SendmailInputTests {
+    @Test func normalisesLineEndsAndStopsAtALoneDot() {
+        let p = SendmailInput.prepare(Array("Subject: x\n\nline1\r\n.\nafter\n".utf8), stopAtDot: true, readHeaders: false)
+        #expect(String(decoding: p.body, as: UTF8.self) == "Subject: x\r\n\r\nline1\r\n")
+        let all = SendmailInput.prepare(Array("a\n.\nb".utf8), stopAtDot: false, readHeaders: false)
+        #expect(String(decoding: all.body, as: UTF8.self) == "a\r\n.\r\nb\r\n")
+    }
+
+    @Test func readsRecipientsFromHeadersAndDropsBcc() {
+        let input = "From: me@x.test\nTo: \"Bob, B.\" <bob@x.test>, carol@y.test (Carol)\nCc: team: d@z.test, e@z.test;\nBcc: hidden@x.test,\n  hidden2@x.test\nSubject: s\n\nbody Bcc: no\n"
+        let p = SendmailInput.prepare(Array(input.utf8), stopAtDot: true, readHeaders: true)
+        #expect(p.headerRecipients == ["bob@x.test", "carol@y.test", "d@z.test", "e@z.test", "hidden@x.test", "hidden2@x.test"])
+        let body = String(decoding: p.body, as: UTF8.self)
+        #expect(!body.contains("hidden"))
+        #expect(body.contains("Subject: s\r\n\r\nbody Bcc: no\r\n"))
+    }
+}
+
+@Suite struct FormatterTests {
+    @Test func jsonIsParseable() throws {
+        let e = QueueEntry(queueID: "Q", receivedAt: 1_795_943_877_436, mailFrom: "", size: 3, recipientID: 9,
+                                     address: "b@x.test", domain: "x.test", state: "queued", attempts: 0,
+                                     nextAttemptAt: 1, lastCode: nil, lastEnhanced: nil, lastText: "a \"quoted\"\ntext")
+        let json = QueueFormatter.json([e])
+        let parsed = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]
+        #expect(parsed?.first?["queue_id"] as? String == "Q")
+        #expect(parsed?.first?["received"] as? String == "2026-11-29 09:17:57")
+        #expect(parsed?.first?["last_text"] as? String == "a \"quoted\"\ntext")
+        #expect(parsed?.first?["last_code"] is NSNull)
+        let table = QueueFormatter.table([e])
+        #expect(table.hasPrefix("QUEUE ID  RECEIVED (UTC)"))
+        #expect(table.contains("<>"))
+        #expect(table.hasSuffix("1 recipient\n"))
+    }
+}
