@@ -15,8 +15,9 @@ public enum LineEnding: Sendable, Equatable {
 public enum SMTPFrame: Sendable, Equatable {
     /// A line without its terminator.
     case line(ByteBuffer, LineEnding)
-    /// A line longer than the limit; its bytes up to and including the LF were discarded.
-    case overlongLine
+    /// A line longer than the limit; its `length` bytes up to and including
+    /// the LF were discarded.
+    case overlongLine(length: Int)
     /// A piece of a BDAT chunk; `isEnd` when the chunk's declared size is complete.
     case chunk(ByteBuffer, isEnd: Bool)
 }
@@ -32,6 +33,7 @@ public struct SMTPFramer: Sendable {
 
     private var chunkRemaining: Int? = nil
     private var discarding = false
+    private var discarded = 0
 
     public init(commandLineLimit: Int = 512 + SMTPFramer.extensionAllowance, textLineLimit: Int = 1000) {
         self.commandLineLimit = commandLineLimit
@@ -62,15 +64,17 @@ public struct SMTPFramer: Sendable {
         let lf: Int? = buffer.withUnsafeReadableBytes { raw in raw.firstIndex(of: 10) }
         if discarding {
             guard let i = lf else {
+                discarded += buffer.readableBytes
                 buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
                 return nil
             }
             buffer.moveReaderIndex(forwardBy: i + 1)
             discarding = false
-            return .overlongLine
+            return .overlongLine(length: discarded + i + 1)
         }
         guard let i = lf else {
             if buffer.readableBytes > limit {
+                discarded = buffer.readableBytes
                 buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
                 discarding = true
             }
@@ -78,7 +82,7 @@ public struct SMTPFramer: Sendable {
         }
         if i + 1 > limit {
             buffer.moveReaderIndex(forwardBy: i + 1)
-            return .overlongLine
+            return .overlongLine(length: i + 1)
         }
         var line = buffer.readSlice(length: i + 1)!
         line.moveWriterIndex(to: line.writerIndex - 1) // drop LF

@@ -17,6 +17,9 @@ public struct SessionConfig: Sendable {
     public var maxTextLine: Int = 1000
     /// Error replies before the session is closed with 421.
     public var maxErrors: Int = 20
+    /// Recipients past `maxRecipients` answered 452 without counting as
+    /// errors (Postfix's smtpd_recipient_overshoot_limit).
+    public var recipientOvershootLimit: Int = 1000
     public var relay: RelayPolicy = RelayPolicy()
 
     public init(hostname: String) { self.hostname = hostname }
@@ -113,6 +116,7 @@ public struct SMTPServerSession: Sendable {
     private var previousLineEndedCRLF = true
     private var pendingChunk: (reply: SMTPReply?, last: Bool)? = nil
     public private(set) var errorCount = 0
+    private var overshoot = 0
 
     public init(config: SessionConfig, client: ClientInfo) {
         self.config = config
@@ -149,9 +153,15 @@ public struct SMTPServerSession: Sendable {
             return nil
         case (.data, .line(let line, let ending)):
             return dataLine(line, ending)
-        case (.data, .overlongLine):
-            if dataError == nil { dataError = .lineTooLong }
-            previousLineEndedCRLF = true
+        case (.data, .overlongLine(let length)):
+            bodySize += length
+            if bodySize > config.maxMessageSize {
+                if dataError != .bareNewline { dataError = .tooBig }
+            } else if dataError == nil {
+                dataError = .lineTooLong
+            }
+            body = ByteBuffer()
+            previousLineEndedCRLF = true // its end was not seen; a following "." may end the data
             return nil
         case (_, .chunk(let piece, let isEnd)):
             return chunk(piece, isEnd: isEnd)
@@ -295,8 +305,11 @@ public struct SMTPServerSession: Sendable {
             mailbox = m
         }
         if recipients.count >= config.maxRecipients {
-            // RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later.
-            return error(SMTPReply(452, .tooManyRecipients, "Error: too many recipients"))
+            // RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later;
+            // a normal client does that, so it is not an error until it overshoots.
+            let reply = SMTPReply(452, .tooManyRecipients, "Error: too many recipients")
+            overshoot += 1
+            return overshoot > config.recipientOvershootLimit ? error(reply) : .reply([reply], close: false)
         }
         let key = mailbox.localPart + "@" + mailbox.normalizedDomain
         if !recipients.contains(where: { $0.mailbox.localPart + "@" + $0.mailbox.normalizedDomain == key }) {
@@ -338,7 +351,8 @@ public struct SMTPServerSession: Sendable {
         }
         bodySize += line.readableBytes + 2
         if bodySize > config.maxMessageSize {
-            if dataError == nil { dataError = .tooBig }
+            // Too big says more than a long line; a bare newline says most.
+            if dataError != .bareNewline { dataError = .tooBig }
             body = ByteBuffer() // keep reading to the end, store nothing
         } else if dataError == nil {
             body.writeBuffer(&line)
@@ -434,6 +448,7 @@ public struct SMTPServerSession: Sendable {
         bodySize = 0
         dataError = nil
         pendingChunk = nil
+        overshoot = 0
     }
 
     private func ok(_ reply: SMTPReply) -> SessionAction { .reply([reply], close: false) }

@@ -23,11 +23,17 @@ import Testing
 
     @Test func overlongLineIsDiscardedThroughItsEnd() {
         let long = String(repeating: "x", count: 2000)
-        #expect(frames("\(long)\r\nNOOP\r\n") == [.overlongLine, line("NOOP")])
+        #expect(frames("\(long)\r\nNOOP\r\n") == [.overlongLine(length: 2002), line("NOOP")])
         #expect(frames("\(long)") == [])
+        // Split across reads, the discarded length is still whole.
+        var f = SMTPFramer()
+        var b = ByteBuffer(string: long)
+        #expect(f.next(&b) == nil)
+        b.writeString("tail\r\n")
+        #expect(f.next(&b) == .overlongLine(length: 2006))
         // Exactly at the limit (terminator included) is fine; one more is not.
         #expect(frames(String(repeating: "y", count: 8) + "\r\n", limit: 10) == [line(String(repeating: "y", count: 8))])
-        #expect(frames(String(repeating: "y", count: 9) + "\r\n", limit: 10) == [.overlongLine])
+        #expect(frames(String(repeating: "y", count: 9) + "\r\n", limit: 10) == [.overlongLine(length: 11)])
     }
 
     @Test func bdatPayloadIsReadAsAChunk() {

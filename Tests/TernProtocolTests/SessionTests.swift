@@ -96,6 +96,14 @@ import Testing
         #expect(d.codes.suffix(4) == ["250 2.1.5", "250 2.1.5", "250 2.1.5", "452 4.5.3"])
         d.feed("DATA\r\nx\r\n.\r\n")
         #expect(d.commits.first?.envelope.recipients.count == 2)
+        // 452s for excess recipients are not errors until the overshoot limit.
+        var o = Driver(config: Driver.config { $0.maxRecipients = 1; $0.maxErrors = 3; $0.recipientOvershootLimit = 5 })
+        o.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n")
+        for i in 0..<7 { o.feed("RCPT TO:<r\(i)@local.test>\r\n") }
+        #expect(o.codes.suffix(7) == ["250 2.1.5", "452 4.5.3", "452 4.5.3", "452 4.5.3", "452 4.5.3", "452 4.5.3", "452 4.5.3"])
+        #expect(!o.closed)
+        o.feed("RCPT TO:<r9@local.test>\r\nRCPT TO:<r10@local.test>\r\n")
+        #expect(o.last == "421 4.7.0")
     }
 
     @Test func textLineLimit() {
