@@ -1,0 +1,155 @@
+// The `tern` executable as a user runs it: serve (and SIGTERM), sendmail,
+// migrate, queue list, --help, and errors for bad configuration.
+
+import Foundation
+import GRDB
+import Testing
+@testable import TernStore
+
+func tempFolder() throws -> URL {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-bin-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    return dir
+}
+
+/// `tern serve` in a child process, with its stderr collected.
+final class ServeProcess: @unchecked Sendable {
+    let process = Process()
+    let errPipe = Pipe()
+    private let lock = NSLock()
+    private var collected = ""
+
+    init(_ args: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: try ternBinary())
+        process.arguments = ["serve"] + args
+        process.standardError = errPipe
+        process.standardOutput = FileHandle.nullDevice
+        errPipe.fileHandleForReading.readabilityHandler = { [weak self] h in
+            let d = h.availableData
+            guard let self, !d.isEmpty else { return }
+            self.lock.lock(); self.collected += String(decoding: d, as: UTF8.self); self.lock.unlock()
+        }
+        try process.run()
+    }
+
+    var log: String { lock.lock(); defer { lock.unlock() }; return collected }
+
+    /// The port from the "listening" log line.
+    func port() async throws -> Int {
+        for _ in 0..<500 {
+            if let r = log.range(of: #":(\d+) \[TernListener\] listening"#, options: .regularExpression) {
+                return Int(log[r].dropFirst().prefix(while: \.isNumber))!
+            }
+            if !process.isRunning { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("tern serve did not report its port:\n\(log)")
+        throw ClientError.timeout
+    }
+
+    func terminate() async -> Int32 {
+        process.terminate() // SIGTERM
+        for _ in 0..<500 where process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}
+
+@Suite(.serialized) struct BinaryTests {
+    @Test func serveAcceptsAndStopsCleanlyOnSIGTERM() async throws {
+        let dir = try tempFolder()
+        let db = dir.appendingPathComponent("q/tern.sqlite").path
+        let serve = try ServeProcess(["--listen", "127.0.0.1:0", "--db", db, "--hostname", "mx.test", "--relay-domain", "local.test"])
+        let port = try await serve.port()
+        let c = try RawClient(port: port)
+        #expect(try c.readReply().last == "mx.test ESMTP Tern")
+        try c.send("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
+        _ = try c.readReplies(4)
+        try c.send("Subject: bin\r\n\r\nhello\r\n.\r\n")
+        #expect(try c.readReply().status == "250 2.0.0")
+        let status = await serve.terminate()
+        #expect(status == 0, "\(serve.log)")
+        #expect(serve.log.contains("tern stopped; database closed"))
+        #expect(try c.readReply().status == "421 4.3.2") // the idle session was told
+        // The WAL was checkpointed into the database on close.
+        let walSize = (try? FileManager.default.attributesOfItem(atPath: db + "-wal")[.size] as? Int) ?? 0
+        #expect(walSize == 0)
+        let store = try Store(path: db)
+        #expect(try store.stateCounts() == ["queued": 1])
+        store.close()
+    }
+
+    @Test func serveRefusesBadConfiguration() throws {
+        let dir = try tempFolder()
+        let file = dir.appendingPathComponent("bad.toml")
+        try Data("listen = [\"127.0.0.1:2525\"]\nrelay_domain = [\"typo.test\"]\n".utf8).write(to: file)
+        let r = try runProgram(try ternBinary(), ["serve", "--config", file.path])
+        #expect(r.status == 78)
+        #expect(r.stderr.contains("unknown key 'relay_domain'"))
+        let missing = try runProgram(try ternBinary(), ["serve", "--config", dir.appendingPathComponent("none.toml").path])
+        #expect(missing.status == 78)
+        #expect(missing.stderr.contains("cannot read config file"))
+    }
+
+    @Test func sendmailMigrateAndQueueList() throws {
+        let dir = try tempFolder()
+        let db = dir.appendingPathComponent("tern.sqlite").path
+        let bin = try ternBinary()
+        let migrate = try runProgram(bin, ["migrate", "--db", db])
+        #expect(migrate.status == 0)
+        #expect(migrate.stdout.contains("schema version \(Migrator.knownVersion)"))
+
+        let sent = try runProgram(bin, ["sendmail", "--db", db, "-f", "alice@x.test", "bob@local.test"],
+                                  stdin: "Subject: from sendmail\n\nline one\n.\nnot part of the message\n")
+        #expect(sent.status == 0, "\(sent.stderr)")
+        #expect(sent.stderr.contains("queued as"))
+        let viaHeaders = try runProgram(bin, ["sendmail", "--db", db, "-t", "-oi"],
+                                        stdin: "To: Carol <carol@local.test>\nBcc: dave@far.test\nSubject: t\n\n.\nbody\n")
+        #expect(viaHeaders.status == 0, "\(viaHeaders.stderr)")
+        let none = try runProgram(bin, ["sendmail", "--db", db], stdin: "Subject: x\n\nx\n")
+        #expect(none.status == 64)
+        let bad = try runProgram(bin, ["sendmail", "--db", db, "not an address"], stdin: "x\n")
+        #expect(bad.status == 65)
+
+        let store = try Store(path: db)
+        let rows = try store.read { db in
+            try Row.fetchAll(db, sql: "SELECT m.origin, m.mail_from, m.body, r.address FROM message m JOIN recipient r ON r.message_id = m.id ORDER BY r.id")
+        }
+        store.close()
+        #expect(rows.map { $0[3] as String } == ["bob@local.test", "carol@local.test", "dave@far.test"])
+        #expect(rows.allSatisfy { ($0[0] as String) == "local" })
+        let first = String(decoding: rows[0][2] as Data, as: UTF8.self)
+        #expect(first.contains("Subject: from sendmail\r\n\r\nline one\r\n"))
+        #expect(!first.contains("not part"))
+        #expect(first.contains("Message-ID: <") && first.contains("Date: "))
+        let second = String(decoding: rows[1][2] as Data, as: UTF8.self)
+        #expect(!second.contains("dave@far.test")) // Bcc removed
+        #expect(second.hasSuffix("\r\n.\r\nbody\r\n")) // -oi keeps the lone dot
+
+        let json = try runProgram(bin, ["queue", "list", "--db", db, "--format", "json"])
+        #expect(json.status == 0)
+        let list = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]]
+        #expect(list?.count == 3)
+        #expect(list?.first?["from"] as? String == "alice@x.test")
+        #expect(list?.first?["state"] as? String == "queued")
+        let table = try runProgram(bin, ["queue", "list", "--db", db, "--domain", "far.test"])
+        #expect(table.stdout.contains("dave@far.test") && table.stdout.hasSuffix("1 recipient\n"))
+        let badState = try runProgram(bin, ["queue", "list", "--db", db, "--state", "lost"])
+        #expect(badState.status == 64)
+        let noDB = try runProgram(bin, ["queue", "list", "--db", dir.appendingPathComponent("none.sqlite").path])
+        #expect(noDB.status == 66)
+    }
+
+    @Test func helpExplainsEveryOption() throws {
+        let bin = try ternBinary()
+        let top = try runProgram(bin, ["--help"])
+        for sub in ["serve", "migrate", "sendmail", "queue"] { #expect(top.stdout.contains(sub)) }
+        let serve = try runProgram(bin, ["serve", "--help"])
+        for opt in ["--config", "--db", "--listen", "--hostname", "--relay-domain", "--trusted-network", "--max-message-size", "--log-level"] {
+            #expect(serve.stdout.contains(opt), "\(opt)")
+        }
+        let sendmail = try runProgram(bin, ["sendmail", "--help"])
+        for opt in ["-f", "-t", "-i", "-oi"] { #expect(sendmail.stdout.contains(opt)) }
+    }
+}
