@@ -1,0 +1,41 @@
+# Tern — the two commands: `make run` and `make test` (see README.md).
+# Each installs the Debian packages it needs first.
+
+BUILD_PACKAGES := libsqlite3-dev sqlite3
+TEST_PACKAGES  := swaks python3
+SWIFT_TEST_FLAGS ?=
+
+.PHONY: run test build release deps test-deps bench migrations clean
+
+## Build (release) and run the server on its defaults: ./tern-data/tern.sqlite, 127.0.0.1:2525.
+run: release
+	.build/release/tern serve $(ARGS)
+
+## Build and run every test (unit, integration, interop).
+test: deps test-deps
+	swift build --build-tests
+	swift test --skip-build $(SWIFT_TEST_FLAGS)
+
+build: deps
+	swift build
+
+release: deps
+	swift build -c release --product tern
+
+deps:
+	@tools/ensure-packages $(BUILD_PACKAGES)
+
+test-deps:
+	@tools/ensure-packages $(TEST_PACKAGES)
+
+## Intake benchmark (prints figures; not a test).
+bench: release
+	swift build -c release --product tern-bench-intake
+	tools/bench-intake
+
+## Regenerate the embedded copy of migrations/*.sql.
+migrations:
+	tools/gen-migrations
+
+clean:
+	rm -rf .build
