@@ -30,7 +30,7 @@ test-deps:
 
 ## Intake benchmark (prints figures; not a test).
 bench: release
-	swift build -c release --product tern-bench-intake
+	swift build -c release --product tern-loadgen
 	tools/bench-intake
 
 ## Regenerate the embedded copy of migrations/*.sql.

@@ -51,9 +51,19 @@ let package = Package(
         .testTarget(name: "TernMessageTests", dependencies: ["TernMessage"]),
         .testTarget(name: "TernStoreTests", dependencies: ["TernStore", "TernMessage", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TernIntakeTests", dependencies: ["TernIntake", "TernStore", "TernProtocol", "TernMessage"]),
+        .testTarget(name: "TernListenerTests", dependencies: [
+            "TernListener", "TernIntake", "TernStore", "TernProtocol", nioCore, logging,
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+        ]),
         .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore", "TernProtocol"]),
         .testTarget(name: "TernIntegrationTests", dependencies: [
             "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", nioCore, nioPosix, logging,
-        ]),
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ], exclude: ["interop"]),
     ]
 )
+
+// tools/: benchmarks (they print figures; tests never depend on timing).
+package.targets.append(.executableTarget(name: "tern-loadgen", path: "tools/loadgen",
+                                          swiftSettings: [.swiftLanguageMode(.v5)])) // a plain threaded tool
+package.products.append(.executable(name: "tern-loadgen", targets: ["tern-loadgen"]))

@@ -80,9 +80,12 @@ struct Serve: AsyncParsableCommand {
             try? await group.shutdownGracefully()
             throw fail("\(error)", code: 71) // EX_OSERR
         }
+        let stats = store.commitStats
         store.close()
         try? await group.shutdownGracefully()
-        logger.info("tern stopped; database closed")
+        logger.notice("tern stopped; database closed", metadata: [
+            "commits": "\(stats.commits)", "committed_requests": "\(stats.requests)",
+        ])
     }
 }
 

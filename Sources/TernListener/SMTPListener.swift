@@ -84,7 +84,7 @@ public final class SMTPListener: Service, Sendable {
         for (host, port) in config.listen {
             let channel = try await bootstrap.bind(host: host, port: port).get()
             channels.append(channel)
-            logger.info("listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+            logger.notice("listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
         }
     }
 

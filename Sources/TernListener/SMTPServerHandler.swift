@@ -26,6 +26,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var committing = false
     private var closing = false
     private var shutdownRequested = false
+    private var readPaused = false
     private var timeout: Scheduled<Void>? = nil
     private var context: ChannelHandlerContext? = nil
     private var logger: Logger
@@ -83,9 +84,18 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         } else {
             input!.writeBuffer(&bytes)
         }
-        if !committing { armTimeout(context: context) }
+        if !committing {
+            armTimeout(context: context)
+        } else if input!.readableBytes > SMTPServerHandler.maxBufferedWhileCommitting {
+            // A client that floods while its message commits waits for us.
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+            readPaused = true
+        }
         process(context: context)
     }
+
+    /// Input held while a commit is pending before reading pauses.
+    static let maxBufferedWhileCommitting = 1 << 20
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         logger.debug("connection error", metadata: ["error": "\(error)"])
@@ -138,6 +148,10 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func commitFinished(_ outcome: CommitOutcome) {
         committing = false
         guard let context, !closing else { return } // the client left: the message is committed, no one to tell
+        if readPaused {
+            readPaused = false
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        }
         if case .accepted(let id) = outcome { logger.debug("queued", metadata: ["msg": "\(id)"]) }
         if case .reply(let replies, let close) = session.commitFinished(outcome) {
             send(replies, context: context)

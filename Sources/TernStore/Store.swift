@@ -59,9 +59,7 @@ public final class Store: Sendable {
     /// and closes every connection.
     public func close() {
         writer.close()
-        try? pool.writeWithoutTransaction { db in
-            _ = try? db.checkpoint(.truncate)
-        }
+        _ = try? pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
         try? pool.close()
     }
 
