@@ -15,16 +15,19 @@ public struct TernSettings: Sendable {
     public var relayDomains: [String] = []
     public var trustedNetworks: [IPNetwork] = IPNetwork.loopback
     public var logLevel: String = "info"
-    public var maxMessageSize: Int = 26_214_400
-    public var maxRecipients: Int = 1000
-    public var maxCommandLine: Int = 512
-    public var maxTextLine: Int = 1000
-    public var maxErrors: Int = 20
-    public var maxConnections: Int = 1000
-    public var maxConnectionsPerClient: Int = 50
-    public var commandTimeout: Int64 = 300
-    public var dataTimeout: Int64 = 180
-    public var shutdownGrace: Int64 = 30
+    public var maxMessageSize = defaults.session.maxMessageSize
+    public var maxRecipients = defaults.session.maxRecipients
+    public var maxCommandLine = defaults.session.maxCommandLine
+    public var maxTextLine = defaults.session.maxTextLine
+    public var maxErrors = defaults.session.maxErrors
+    public var maxConnections = defaults.maxConnections
+    public var maxConnectionsPerClient = defaults.maxConnectionsPerClient
+    public var commandTimeout = defaults.commandTimeoutSeconds
+    public var dataTimeout = defaults.dataTimeoutSeconds
+    public var shutdownGrace = defaults.shutdownGraceSeconds
+
+    /// The listener's own defaults are the one source of the default limits.
+    static let defaults = ListenerConfig(session: SessionConfig(hostname: "localhost"))
 
     public init() {}
 

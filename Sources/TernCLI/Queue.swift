@@ -33,6 +33,7 @@ struct Queue: ParsableCommand {
         var limit: Int = 1000
 
         func run() throws {
+            bootstrapLogging(level: "warning")
             let valid = ["queued", "inflight", "deferred", "held", "delivered", "bounced", "expired", "suppressed"]
             if let s = state, !valid.contains(s) {
                 throw fail("unknown state '\(s)' (one of \(valid.joined(separator: ", ")))", code: 64)
@@ -81,28 +82,7 @@ public enum QueueFormatter {
         return renderTable(header: header, rows: rows) + "\(entries.count) recipient\(entries.count == 1 ? "" : "s")\n"
     }
 
-    static func isoTime(_ ms: Int64) -> String { utcTimestamp(millis: ms) }
-}
-
-/// `YYYY-MM-DD HH:MM:SS` in UTC.
-func utcTimestamp(millis: Int64) -> String {
-    let secs = millis / 1000
-    let days = secs / 86400, sod = secs % 86400
-    let (y, m, d) = civilFromDays(days)
-    func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
-    return "\(y)-\(two(m))-\(two(d)) \(two(sod / 3600)):\(two(sod / 60 % 60)):\(two(sod % 60))"
-}
-
-func civilFromDays(_ z0: Int64) -> (Int64, Int64, Int64) {
-    let z = z0 + 719468
-    let era = (z >= 0 ? z : z - 146096) / 146097
-    let doe = z - era * 146097
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-    let mp = (5 * doy + 2) / 153
-    let d = doy - (153 * mp + 2) / 5 + 1
-    let m = mp < 10 ? mp + 3 : mp - 9
-    return (yoe + era * 400 + (m <= 2 ? 1 : 0), m, d)
+    static func isoTime(_ ms: Int64) -> String { RFC5322Date.timestamp(millis: ms) }
 }
 
 /// Left-aligned columns separated by two spaces.
@@ -112,7 +92,15 @@ func renderTable(header: [String], rows: [[String]]) -> String {
     func line(_ cells: [String]) -> String {
         cells.enumerated().map { i, c in
             i == cells.count - 1 ? c : c + String(repeating: " ", count: widths[i] - c.count)
-        }.joined(separator: "  ") + "\n"
+        }.joined(separator: "  ").trimmingTrailingSpaces() + "\n"
     }
     return line(header) + rows.map(line).joined()
+}
+
+extension String {
+    func trimmingTrailingSpaces() -> String {
+        var s = Substring(self)
+        while s.last == " " { s = s.dropLast() }
+        return String(s)
+    }
 }

@@ -37,6 +37,7 @@ struct Sendmail: AsyncParsableCommand {
     var recipients: [String] = []
 
     func run() async throws {
+        bootstrapLogging(level: "warning") // stderr; stdout stays clean for callers
         let settings = try common.settings()
         let input = FileHandle.standardInput.readDataToEndOfFile()
         let prepared = SendmailInput.prepare(Array(input), stopAtDot: !(ignoreDots || ignoreDotsOI), readHeaders: readHeaders)

@@ -96,6 +96,7 @@ struct Migrate: ParsableCommand {
     @OptionGroup var common: DatabaseOptions
 
     func run() throws {
+        bootstrapLogging(level: "warning")
         let settings = try common.settings()
         do {
             let store = try Store(path: settings.db)

@@ -94,7 +94,8 @@ public final class SMTPListener: Service, Sendable {
         for channel in channels.all { try? await channel.close() }
         registry.beginShutdown()
         let deadline = NIODeadline.now() + .seconds(config.shutdownGraceSeconds)
-        while registry.count > 0 && NIODeadline.now() < deadline {
+        // Cancellation (the service group's own deadline) ends the wait at once.
+        while registry.count > 0 && NIODeadline.now() < deadline && !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(20))
         }
         if registry.count > 0 {

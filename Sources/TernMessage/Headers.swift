@@ -139,6 +139,16 @@ public enum RFC5322Date {
         return "\(weekday), \(d) \(months[Int(m) - 1]) \(y) \(two(secOfDay / 3600)):\(two(secOfDay / 60 % 60)):\(two(secOfDay % 60)) +0000"
     }
 
+    /// `YYYY-MM-DD HH:MM:SS` in UTC, for tables people read.
+    public static func timestamp(millis: Int64) -> String {
+        let secs = millis >= 0 ? millis / 1000 : (millis - 999) / 1000
+        let dayNumber = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400
+        let sod = secs - dayNumber * 86400
+        let (y, m, d) = civil(fromDays: dayNumber)
+        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        return "\(y)-\(two(m))-\(two(d)) \(two(sod / 3600)):\(two(sod / 60 % 60)):\(two(sod % 60))"
+    }
+
     /// Howard Hinnant's days-from-civil inverse.
     static func civil(fromDays z0: Int64) -> (Int64, Int64, Int64) {
         let z = z0 + 719468

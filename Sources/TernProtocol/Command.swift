@@ -195,19 +195,13 @@ public enum CommandParser {
     }
 
     static func parseMail(_ rest: Substring, esmtp: Bool) -> Result<SMTPCommand, CommandError> {
-        guard let (pathText, rawParams) = splitPathAndParams(rest, keyword: "FROM:") else {
-            return .failure(CommandError(SMTPReply(501, .syntaxError, "Syntax: MAIL FROM:<address>")))
-        }
-        if !rawParams.isEmpty && !esmtp {
-            return .failure(CommandError(SMTPReply(555, .invalidArguments, "MAIL parameters need EHLO")))
+        let pathText: Substring, pairs: [(String, Substring?)]
+        switch pathAndParameters(rest, keyword: "FROM:", verb: "MAIL", esmtp: esmtp) {
+        case .failure(let e): return .failure(e)
+        case .success(let v): (pathText, pairs) = v
         }
         var params = MailParameters()
-        var seen = Set<String>()
-        for raw in rawParams {
-            let (key, value) = splitParam(raw)
-            guard seen.insert(key).inserted else {
-                return .failure(CommandError(SMTPReply(501, .invalidArguments, "Duplicate parameter \(key)")))
-            }
+        for (key, value) in pairs {
             switch key {
             case "SIZE": // RFC 1870: 1*20DIGIT
                 guard let v = value, !v.isEmpty, v.count <= 20, v.allSatisfy({ $0.isASCII && $0.isNumber }) else {
@@ -245,19 +239,13 @@ public enum CommandParser {
     }
 
     static func parseRcpt(_ rest: Substring, esmtp: Bool) -> Result<SMTPCommand, CommandError> {
-        guard let (pathText, rawParams) = splitPathAndParams(rest, keyword: "TO:") else {
-            return .failure(CommandError(SMTPReply(501, .syntaxError, "Syntax: RCPT TO:<address>")))
-        }
-        if !rawParams.isEmpty && !esmtp {
-            return .failure(CommandError(SMTPReply(555, .invalidArguments, "RCPT parameters need EHLO")))
+        let pathText: Substring, pairs: [(String, Substring?)]
+        switch pathAndParameters(rest, keyword: "TO:", verb: "RCPT", esmtp: esmtp) {
+        case .failure(let e): return .failure(e)
+        case .success(let v): (pathText, pairs) = v
         }
         var params = RecipientParameters()
-        var seen = Set<String>()
-        for raw in rawParams {
-            let (key, value) = splitParam(raw)
-            guard seen.insert(key).inserted else {
-                return .failure(CommandError(SMTPReply(501, .invalidArguments, "Duplicate parameter \(key)")))
-            }
+        for (key, value) in pairs {
             switch key {
             case "NOTIFY":
                 guard let v = value, let n = Notify.parse(v) else {
@@ -283,6 +271,29 @@ public enum CommandParser {
         case .success(let p): return .success(.rcpt(p, params))
         case .failure(let e): return .failure(pathError(e, sender: false))
         }
+    }
+
+    /// The path and the `KEY[=value]` pairs of MAIL/RCPT (RFC 5321 §4.1.2
+    /// Mail-parameters), each key once, and only after EHLO.
+    static func pathAndParameters(_ rest: Substring, keyword: String, verb: String, esmtp: Bool)
+        -> Result<(Substring, [(String, Substring?)]), CommandError>
+    {
+        guard let (pathText, rawParams) = splitPathAndParams(rest, keyword: keyword) else {
+            return .failure(CommandError(SMTPReply(501, .syntaxError, "Syntax: \(verb) \(keyword)<address>")))
+        }
+        if !rawParams.isEmpty && !esmtp {
+            return .failure(CommandError(SMTPReply(555, .invalidArguments, "\(verb) parameters need EHLO")))
+        }
+        var seen = Set<String>()
+        var pairs: [(String, Substring?)] = []
+        for raw in rawParams {
+            let (key, value) = splitParam(raw)
+            guard seen.insert(key).inserted else {
+                return .failure(CommandError(SMTPReply(501, .invalidArguments, "Duplicate parameter \(key)")))
+            }
+            pairs.append((key, value))
+        }
+        return .success((pathText, pairs))
     }
 
     static func splitParam(_ raw: Substring) -> (String, Substring?) {

@@ -109,6 +109,7 @@ public struct SMTPServerSession: Sendable {
     private var mailFrom: SMTPPath? = nil
     private var mailParams = MailParameters()
     private var recipients: [EnvelopeRecipient] = []
+    private var recipientKeys: Set<String> = []
     private var usedBDAT = false
     private var body = ByteBuffer()
     private var bodySize = 0
@@ -311,8 +312,8 @@ public struct SMTPServerSession: Sendable {
             overshoot += 1
             return overshoot > config.recipientOvershootLimit ? error(reply) : .reply([reply], close: false)
         }
-        let key = mailbox.localPart + "@" + mailbox.normalizedDomain
-        if !recipients.contains(where: { $0.mailbox.localPart + "@" + $0.mailbox.normalizedDomain == key }) {
+        // The same mailbox twice is one recipient (domains compare case-insensitively).
+        if recipientKeys.insert(mailbox.localPart + "@" + mailbox.normalizedDomain).inserted {
             recipients.append(EnvelopeRecipient(mailbox: mailbox, notify: params.notify, orcpt: params.orcpt))
         }
         return ok(SMTPReply(250, .destinationOK, "Ok"))
@@ -443,6 +444,7 @@ public struct SMTPServerSession: Sendable {
         mailFrom = nil
         mailParams = MailParameters()
         recipients = []
+        recipientKeys = []
         usedBDAT = false
         body = ByteBuffer()
         bodySize = 0

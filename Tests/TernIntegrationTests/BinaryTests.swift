@@ -99,11 +99,13 @@ final class ServeProcess: @unchecked Sendable {
         let migrate = try runProgram(bin, ["migrate", "--db", db])
         #expect(migrate.status == 0)
         #expect(migrate.stdout.contains("schema version \(Migrator.knownVersion)"))
+        #expect(migrate.stdout.split(separator: "\n").count == 1)
 
         let sent = try runProgram(bin, ["sendmail", "--db", db, "-f", "alice@x.test", "bob@local.test"],
                                   stdin: "Subject: from sendmail\n\nline one\n.\nnot part of the message\n")
         #expect(sent.status == 0, "\(sent.stderr)")
         #expect(sent.stderr.contains("queued as"))
+        #expect(sent.stdout.isEmpty) // nothing but the report, and that on stderr
         let viaHeaders = try runProgram(bin, ["sendmail", "--db", db, "-t", "-oi"],
                                         stdin: "To: Carol <carol@local.test>\nBcc: dave@far.test\nSubject: t\n\n.\nbody\n")
         #expect(viaHeaders.status == 0, "\(viaHeaders.stderr)")

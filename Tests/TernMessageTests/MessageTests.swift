@@ -49,3 +49,11 @@ import Testing
         #expect(QueueID.make(millis: 1_000).prefix(10) < QueueID.make(millis: 2_000).prefix(10))
     }
 }
+
+@Suite struct TimestampTests {
+    @Test func tableTimestamps() {
+        #expect(RFC5322Date.timestamp(millis: 0) == "1970-01-01 00:00:00")
+        #expect(RFC5322Date.timestamp(millis: 1_795_943_877_436) == "2026-11-29 09:17:57")
+        #expect(RFC5322Date.timestamp(millis: 951_868_799_000) == "2000-02-29 23:59:59")
+    }
+}
