@@ -27,6 +27,9 @@ let package = Package(
         .target(name: "TernProtocol", dependencies: [nioCore]),
         // RFC 5322 headers: parse, Received:, dates, queue ids.
         .target(name: "TernMessage"),
+        // Routing: static routes, MX planning, the Resolver protocol and its c-ares implementation.
+        .systemLibrary(name: "CAres", path: "Sources/CAres", pkgConfig: "libcares", providers: [.apt(["libc-ares-dev"])]),
+        .target(name: "TernRouting", dependencies: ["TernProtocol", "CAres", logging]),
         // The only module that opens SQLite: migrations, group-commit writer, queries.
         .target(name: "TernStore", dependencies: [
             .product(name: "GRDB", package: "GRDB.swift"), "TernMessage", logging,
@@ -48,6 +51,7 @@ let package = Package(
         .executableTarget(name: "tern", dependencies: ["TernCLI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "TernProtocolTests", dependencies: ["TernProtocol", nioCore]),
+        .testTarget(name: "TernRoutingTests", dependencies: ["TernRouting", "TernProtocol"]),
         .testTarget(name: "TernMessageTests", dependencies: ["TernMessage"]),
         .testTarget(name: "TernStoreTests", dependencies: ["TernStore", "TernMessage", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TernIntakeTests", dependencies: ["TernIntake", "TernStore", "TernProtocol", "TernMessage"]),

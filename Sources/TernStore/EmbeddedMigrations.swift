@@ -100,5 +100,17 @@ CREATE INDEX event_message ON event (message_id, at);
 CREATE INDEX event_recipient ON event (recipient_id, at) WHERE recipient_id IS NOT NULL;
 CREATE INDEX event_at ON event (at);
 """#),
+        (2, "0002_delivery", #"""
+-- 0002: what delivery needs beyond 0001.
+
+-- When the one delay DSN (RFC 3464 Action: delayed) for a recipient was queued.
+ALTER TABLE recipient ADD COLUMN delay_notified_at INTEGER;
+
+-- For a DSN message (origin 'dsn'): the message it reports on.
+ALTER TABLE message ADD COLUMN dsn_for INTEGER;
+
+-- The most recent attempts first, per MX host (routing stats, circuit breaker).
+CREATE INDEX attempt_mx_host ON attempt (mx_host, started_at) WHERE mx_host IS NOT NULL;
+"""#),
     ]
 }

@@ -1,0 +1,215 @@
+// The delivery side of the store: find due destinations, claim recipients
+// with a lease in one UPDATE … RETURNING (DESIGN.md), and record what a
+// delivery attempt did — attempt rows, recipient transitions, events and any
+// DSN message — in one transaction (DESIGN.md promise 2). Called by the
+// scheduler; the decisions (retry times, expiry, which DSN) are the
+// scheduler's, the store only carries them out.
+
+import Foundation
+import GRDB
+
+/// A recipient handed to a worker, with its lease.
+public struct ClaimedRecipient: Sendable, Equatable {
+    public var id: Int64
+    public var messageID: Int64
+    public var address: String
+    public var domain: String
+    public var attempts: Int
+    public var notify: String?
+    public var orcpt: String?
+    public var createdAt: Int64
+    public var delayNotifiedAt: Int64?
+}
+
+/// The message fields delivery needs.
+public struct StoredMessage: Sendable {
+    public var id: Int64
+    public var queueID: String
+    public var receivedAt: Int64
+    public var mailFrom: String
+    public var body: Data
+    public var envID: String?
+    public var ret: String?
+    public var bodyType: String?
+    public var smtputf8: Bool
+    public var origin: String
+}
+
+/// The new state of one recipient after an attempt or an operator action.
+public struct RecipientTransition: Sendable {
+    public var recipientID: Int64
+    public var messageID: Int64
+    /// queued, deferred, delivered, bounced, expired, held, suppressed.
+    public var state: String
+    public var nextAttemptAt: Int64?
+    public var countsAsAttempt: Bool
+    public var code: Int?
+    public var enhanced: String?
+    public var text: String?
+    public var markDelayNotified: Bool
+    /// The event written with it (`delivered`, `deferred`, `bounced`, …).
+    public var event: String
+    public var eventDetail: String?
+
+    public init(recipientID: Int64, messageID: Int64, state: String, nextAttemptAt: Int64?, countsAsAttempt: Bool,
+                code: Int?, enhanced: String?, text: String?, markDelayNotified: Bool = false, event: String,
+                eventDetail: String? = nil) {
+        self.recipientID = recipientID
+        self.messageID = messageID
+        self.state = state
+        self.nextAttemptAt = nextAttemptAt
+        self.countsAsAttempt = countsAsAttempt
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+        self.markDelayNotified = markDelayNotified
+        self.event = event
+        self.eventDetail = eventDetail
+    }
+}
+
+public struct NewAttempt: Sendable {
+    public var recipientID: Int64
+    public var startedAt: Int64
+    public var endedAt: Int64
+    public var mxHost: String?
+    public var mxAddress: String?
+    public var sourceAddress: String?
+    public var tls: String?
+    public var code: Int?
+    public var enhanced: String?
+    public var text: String?
+    public var outcome: String
+    public var category: String?
+
+    public init(recipientID: Int64, startedAt: Int64, endedAt: Int64, mxHost: String?, mxAddress: String?,
+                sourceAddress: String? = nil, tls: String?, code: Int?, enhanced: String?, text: String?,
+                outcome: String, category: String?) {
+        self.recipientID = recipientID
+        self.startedAt = startedAt
+        self.endedAt = endedAt
+        self.mxHost = mxHost
+        self.mxAddress = mxAddress
+        self.sourceAddress = sourceAddress
+        self.tls = tls
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+        self.outcome = outcome
+        self.category = category
+    }
+}
+
+/// Everything one attempt (or operator action) changes, committed together.
+public struct OutcomeBatch: Sendable {
+    public var at: Int64
+    public var attempts: [NewAttempt] = []
+    public var transitions: [RecipientTransition] = []
+    /// DSN messages (origin `dsn`), with `dsnFor` set to the reported message.
+    public var dsns: [(message: NewMessage, dsnFor: Int64)] = []
+
+    public init(at: Int64) { self.at = at }
+}
+
+extension Store {
+    /// Domains with claimable recipients and their earliest due time.
+    public func dueDomains() throws -> [(domain: String, nextAttemptAt: Int64)] {
+        try read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT domain, min(next_attempt_at) FROM recipient
+                 WHERE state IN ('queued', 'deferred') GROUP BY domain
+                """).map { ($0[0], $0[1]) }
+        }
+    }
+
+    /// Claims up to `limit` due recipients of `domain` with a lease, in
+    /// next_attempt_at order (the DESIGN.md claim).
+    public func claim(domain: String, now: Int64, owner: String, leaseUntil: Int64, limit: Int) async throws -> [ClaimedRecipient] {
+        try await write { db in
+            let stmt = try db.cachedStatement(sql: """
+                UPDATE recipient SET state = 'inflight', lease_owner = :owner, lease_expires_at = :lease
+                 WHERE id IN (SELECT id FROM recipient
+                               WHERE state IN ('queued', 'deferred') AND next_attempt_at <= :now AND domain = :domain
+                               ORDER BY next_attempt_at, id LIMIT :limit)
+                RETURNING id, message_id, address, domain, attempts, notify, orcpt, created_at, delay_notified_at
+                """)
+            let rows = try Row.fetchAll(stmt, arguments: ["owner": owner, "lease": leaseUntil, "now": now, "domain": domain, "limit": limit])
+            return rows.map { r in
+                ClaimedRecipient(id: r[0], messageID: r[1], address: r[2], domain: r[3], attempts: r[4], notify: r[5],
+                                 orcpt: r[6], createdAt: r[7], delayNotifiedAt: r[8])
+            }.sorted { ($0.messageID, $0.id) < ($1.messageID, $1.id) }
+        }
+    }
+
+    public func message(id: Int64) throws -> StoredMessage? {
+        try read { db in
+            try Row.fetchOne(db, sql: """
+                SELECT id, queue_id, received_at, mail_from, body, env_id, ret, body_type, smtputf8, origin
+                  FROM message WHERE id = ?
+                """, arguments: [id]).map { r in
+                StoredMessage(id: r[0], queueID: r[1], receivedAt: r[2], mailFrom: r[3], body: r[4] ?? Data(),
+                              envID: r[5], ret: r[6], bodyType: r[7], smtputf8: (r[8] as Int) != 0, origin: r[9])
+            }
+        }
+    }
+
+    /// Earliest next_attempt_at of any claimable recipient.
+    public func nextDueTime() throws -> Int64? {
+        try read { db in
+            try Int64.fetchOne(db, sql: "SELECT min(next_attempt_at) FROM recipient WHERE state IN ('queued', 'deferred')")
+        }
+    }
+
+    /// Commits a batch of outcomes in one transaction.
+    public func record(_ batch: OutcomeBatch) async throws {
+        _ = try await write { db in try Store.apply(batch, db); return 0 }
+    }
+
+    static func apply(_ batch: OutcomeBatch, _ db: Database) throws {
+        let attempt = try db.cachedStatement(sql: """
+            INSERT INTO attempt (recipient_id, started_at, ended_at, mx_host, mx_address, source_address, tls,
+                                 code, enhanced, text, outcome, category)
+            VALUES (:recipient_id, :started_at, :ended_at, :mx_host, :mx_address, :source_address, :tls,
+                    :code, :enhanced, :text, :outcome, :category)
+            """)
+        for a in batch.attempts {
+            try attempt.execute(arguments: [
+                "recipient_id": a.recipientID, "started_at": a.startedAt, "ended_at": a.endedAt, "mx_host": a.mxHost,
+                "mx_address": a.mxAddress, "source_address": a.sourceAddress, "tls": a.tls, "code": a.code,
+                "enhanced": a.enhanced, "text": a.text, "outcome": a.outcome, "category": a.category,
+            ])
+        }
+        let update = try db.cachedStatement(sql: """
+            UPDATE recipient
+               SET state = :state,
+                   attempts = attempts + :inc,
+                   next_attempt_at = coalesce(:next, next_attempt_at),
+                   lease_owner = NULL, lease_expires_at = NULL,
+                   last_code = coalesce(:code, last_code),
+                   last_enhanced = coalesce(:enhanced, last_enhanced),
+                   last_text = coalesce(:text, last_text),
+                   delay_notified_at = CASE WHEN :delay THEN :at ELSE delay_notified_at END,
+                   final_at = CASE WHEN :state IN ('delivered', 'bounced', 'expired', 'suppressed') THEN :at ELSE NULL END
+             WHERE id = :id
+            """)
+        let event = try db.cachedStatement(sql: """
+            INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (:at, :kind, :message_id, :recipient_id, :detail)
+            """)
+        for t in batch.transitions {
+            try update.execute(arguments: [
+                "state": t.state, "inc": t.countsAsAttempt ? 1 : 0, "next": t.nextAttemptAt, "code": t.code,
+                "enhanced": t.enhanced, "text": t.text, "delay": t.markDelayNotified, "at": batch.at, "id": t.recipientID,
+            ])
+            try event.execute(arguments: ["at": batch.at, "kind": t.event, "message_id": t.messageID,
+                                          "recipient_id": t.recipientID, "detail": t.eventDetail])
+        }
+        for (dsn, original) in batch.dsns {
+            let id = try Store.insert(dsn, db)
+            try db.execute(sql: "UPDATE message SET dsn_for = ? WHERE id = ?", arguments: [original, id])
+            try event.execute(arguments: [
+                "at": batch.at, "kind": "dsn_queued", "message_id": original, "recipient_id": nil,
+                "detail": JSON.object([("dsn_queue_id", .string(dsn.queueID)), ("to", .string(dsn.recipients.first?.address ?? ""))]).text,
+            ])
+        }
+    }
+}
