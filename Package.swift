@@ -30,6 +30,8 @@ let package = Package(
         // Routing: static routes, MX planning, the Resolver protocol and its c-ares implementation.
         .systemLibrary(name: "CAres", path: "Sources/CAres", pkgConfig: "libcares", providers: [.apt(["libc-ares-dev"])]),
         .target(name: "TernRouting", dependencies: ["TernProtocol", "CAres", logging]),
+        // Delivery: the DeliveryAgent protocol and the SwiftNIO SMTP client.
+        .target(name: "TernDelivery", dependencies: ["TernProtocol", "TernRouting", nioCore, nioPosix, logging]),
         // The only module that opens SQLite: migrations, group-commit writer, queries.
         .target(name: "TernStore", dependencies: [
             .product(name: "GRDB", package: "GRDB.swift"), "TernMessage", logging,
@@ -48,10 +50,13 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
+        // Test helpers shared by test targets (a scripted SMTP sink); not in the product.
+        .target(name: "TernTestSupport", dependencies: [nioCore, nioPosix, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
         .executableTarget(name: "tern", dependencies: ["TernCLI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "TernProtocolTests", dependencies: ["TernProtocol", nioCore]),
         .testTarget(name: "TernRoutingTests", dependencies: ["TernRouting", "TernProtocol"]),
+        .testTarget(name: "TernDeliveryTests", dependencies: ["TernDelivery", "TernProtocol", "TernRouting", "TernTestSupport", nioCore, nioPosix]),
         .testTarget(name: "TernMessageTests", dependencies: ["TernMessage"]),
         .testTarget(name: "TernStoreTests", dependencies: ["TernStore", "TernMessage", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TernIntakeTests", dependencies: ["TernIntake", "TernStore", "TernProtocol", "TernMessage"]),

@@ -13,7 +13,7 @@ import TernProtocol
 import Glibc
 #endif
 
-public final class CAresResolver: Resolver, @unchecked Sendable {
+public final class CAresResolver: DNSResolver, @unchecked Sendable {
     // C_IN and the RR types (RFC 1035, RFC 3596).
     static let classIN: Int32 = 1
     static let typeA: Int32 = 1

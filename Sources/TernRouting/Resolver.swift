@@ -23,14 +23,14 @@ public enum DNSAnswer<T: Sendable>: Sendable {
     case temporaryFailure(String)
 }
 
-public protocol Resolver: Sendable {
+public protocol DNSResolver: Sendable {
     func mx(_ domain: String) async -> DNSAnswer<[MXRecord]>
     /// A and AAAA together (IPv4 first).
     func addresses(_ host: String) async -> DNSAnswer<[IPAddress]>
 }
 
 /// A resolver that answers from tables (tests, and `--resolver none`).
-public struct StaticResolver: Resolver {
+public struct StaticResolver: DNSResolver {
     public var mxRecords: [String: [MXRecord]]
     public var hosts: [String: [IPAddress]]
     public var nxdomains: Set<String>

@@ -67,14 +67,14 @@ public struct StaticRoute: Sendable, Equatable {
 
 public struct Router: Sendable {
     public var routes: [StaticRoute]
-    public var resolver: any Resolver
+    public var resolver: any DNSResolver
     /// Port for MX delivery (25; tests use another).
     public var remotePort: Int
     /// Most hops tried for one domain (Postfix's smtp_mx_address_limit).
     public var maxHops: Int
     let shuffle: @Sendable ([MXRecord]) -> [MXRecord]
 
-    public init(routes: [StaticRoute] = [], resolver: any Resolver, remotePort: Int = 25, maxHops: Int = 10,
+    public init(routes: [StaticRoute] = [], resolver: any DNSResolver, remotePort: Int = 25, maxHops: Int = 10,
                 shuffle: @escaping @Sendable ([MXRecord]) -> [MXRecord] = { $0.shuffled() }) {
         self.routes = routes
         self.resolver = resolver

@@ -1,0 +1,273 @@
+// The SMTP client (RFC 5321 §3, §4) on SwiftNIO: connects to one hop, reads
+// the greeting, says EHLO (HELO when EHLO is refused), then carries
+// messages: RSET between them, MAIL/RCPT/DATA pipelined when the server
+// offers PIPELINING, per-phase timeouts from RFC 5321 §4.5.3.2, and every
+// reply mapped to an outcome per recipient.
+
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import TernProtocol
+import TernRouting
+
+/// Client settings; timeouts in seconds (defaults are RFC 5321 §4.5.3.2's).
+public struct ClientConfig: Sendable {
+    /// The name we give in EHLO/HELO.
+    public var heloName: String
+    public var connectTimeout: Int64 = 30
+    public var greetingTimeout: Int64 = 300
+    public var ehloTimeout: Int64 = 300
+    public var mailTimeout: Int64 = 300
+    public var rcptTimeout: Int64 = 300
+    public var dataInitTimeout: Int64 = 120
+    public var dataBlockTimeout: Int64 = 180
+    public var dataEndTimeout: Int64 = 600
+    public var quitTimeout: Int64 = 10
+
+    public init(heloName: String) { self.heloName = heloName }
+
+    /// Every timeout set to `seconds` (tests).
+    public mutating func setAllTimeouts(_ seconds: Int64) {
+        greetingTimeout = seconds; ehloTimeout = seconds; mailTimeout = seconds; rcptTimeout = seconds
+        dataInitTimeout = seconds; dataBlockTimeout = seconds; dataEndTimeout = seconds; quitTimeout = seconds
+        connectTimeout = seconds
+    }
+}
+
+enum OpenResult {
+    case success(SMTPClientConnection)
+    case failure(SMTPReply)
+}
+
+final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
+    // Used by one worker at a time; the handler is only touched on its loop.
+    let channel: Channel
+    let handler: NIOLoopBound<SMTPReplyHandler>
+    let config: ClientConfig
+    private(set) var capabilities: ServerCapabilities
+    private(set) var context: AttemptContext
+    private var broken = false
+    private var transactions = 0
+
+    private init(channel: Channel, handler: NIOLoopBound<SMTPReplyHandler>, config: ClientConfig, hop: Hop) {
+        self.channel = channel
+        self.handler = handler
+        self.config = config
+        self.capabilities = ServerCapabilities()
+        self.context = AttemptContext(mxHost: hop.host, mxAddress: hop.address.description)
+    }
+
+    var isReusable: Bool { !broken && channel.isActive }
+
+    /// Connects, reads the greeting and introduces itself. On failure, the
+    /// reply to record (4xx: try the next hop).
+    static func open(_ hop: Hop, config: ClientConfig, group: EventLoopGroup) async -> OpenResult {
+        let channel: Channel
+        let handler: NIOLoopBound<SMTPReplyHandler>
+        do {
+            let address = try SocketAddress(ipAddress: hop.address.description, port: hop.port)
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.seconds(config.connectTimeout))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { ch in
+                    ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(SMTPReplyHandler()) }
+                }
+                .connect(to: address).get()
+            handler = try await channel.eventLoop.submit {
+                NIOLoopBound(try channel.pipeline.syncOperations.handler(type: SMTPReplyHandler.self), eventLoop: channel.eventLoop)
+            }.get()
+        } catch {
+            return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "connect to \(hop) failed: \(error)"))
+        }
+        let c = SMTPClientConnection(channel: channel, handler: handler, config: config, hop: hop)
+        do {
+            let greeting = try await c.expect(config.greetingTimeout)
+            guard greeting.code == 220 else {
+                await c.close()
+                return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "\(hop) greeted with: \(greeting)"))
+            }
+            let ehlo = try await c.exchange(["EHLO \(config.heloName)"], config.ehloTimeout)[0]
+            if ehlo.code == 250 {
+                c.capabilities = ServerCapabilities(ehloReply: ehlo)
+            } else {
+                let helo = try await c.exchange(["HELO \(config.heloName)"], config.ehloTimeout)[0]
+                guard helo.code == 250 else {
+                    await c.close()
+                    return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "\(hop) refused EHLO and HELO: \(helo)"))
+                }
+            }
+            c.context.remoteDSN = c.capabilities.dsn
+            return .success(c)
+        } catch {
+            await c.abort()
+            return .failure(SMTPReply(451, .connectionDropped, "\(hop) failed before mail: \(error)"))
+        }
+    }
+
+    private func expect(_ seconds: Int64) async throws -> SMTPReply {
+        let h = handler
+        let loop = channel.eventLoop
+        return try await loop.flatSubmit { h.value.expect(timeout: .seconds(seconds), loop: loop) }.get()
+    }
+
+    /// Writes the lines in one go and reads one reply per line, in order.
+    private func exchange(_ lines: [String], _ seconds: Int64...) async throws -> [SMTPReply] {
+        try await exchange(lines, timeouts: lines.indices.map { seconds[min($0, seconds.count - 1)] })
+    }
+
+    private func exchange(_ lines: [String], timeouts: [Int64]) async throws -> [SMTPReply] {
+        let h = handler
+        let loop = channel.eventLoop
+        let channel = self.channel
+        var bytes = channel.allocator.buffer(capacity: lines.reduce(0) { $0 + $1.utf8.count + 2 })
+        for l in lines { bytes.writeString(l); bytes.writeStaticString("\r\n") }
+        let futures = try await loop.submit { () -> [EventLoopFuture<SMTPReply>] in
+            // Register the waits before writing, so no reply can come first.
+            let fs = timeouts.map { h.value.expect(timeout: .seconds($0), loop: loop) }
+            channel.writeAndFlush(bytes, promise: nil)
+            return fs
+        }.get()
+        var replies: [SMTPReply] = []
+        for f in futures {
+            let r = try await f.get()
+            if r.code == 421 { broken = true } // RFC 5321 §3.8: the server is closing
+            replies.append(r)
+        }
+        return replies
+    }
+
+    private func write(_ bytes: [UInt8], expectWithin seconds: Int64) async throws -> SMTPReply {
+        let h = handler
+        let loop = channel.eventLoop
+        let channel = self.channel
+        var buffer = channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        let future = try await loop.submit { () -> EventLoopFuture<SMTPReply> in
+            let f = h.value.expect(timeout: .seconds(seconds), loop: loop)
+            channel.writeAndFlush(buffer, promise: nil)
+            return f
+        }.get()
+        return try await future.get()
+    }
+
+    func send(_ message: OutboundMessage) async -> [Int64: RecipientOutcome] {
+        let env = message.envelope
+        var results: [Int64: RecipientOutcome] = [:]
+        if let refusal = ClientProtocol.preflight(env, capabilities) {
+            for r in env.recipients { results[r.id] = .bounced(refusal) }
+            return results
+        }
+        let caps = capabilities
+        var phase = "MAIL"
+        do {
+            var lines: [String] = []
+            if transactions > 0 { lines.append("RSET") }
+            lines.append(ClientProtocol.mailCommand(env, caps))
+            lines += env.recipients.map { ClientProtocol.rcptCommand($0, caps) }
+            transactions += 1
+            var mailReply: SMTPReply
+            var rcptReplies: [SMTPReply] = []
+            var dataReply: SMTPReply? = nil
+            if caps.pipelining {
+                // RFC 2920: RSET, MAIL, RCPT… and DATA in one group.
+                let timeouts = lines.map { $0 == "RSET" || $0.hasPrefix("MAIL") ? config.mailTimeout : config.rcptTimeout } + [config.dataInitTimeout]
+                var replies = try await exchange(lines + ["DATA"], timeouts: timeouts)
+                if lines.first == "RSET" { replies.removeFirst() }
+                mailReply = replies.removeFirst()
+                rcptReplies = Array(replies.prefix(env.recipients.count))
+                dataReply = replies.last
+            } else {
+                if lines.first == "RSET" { _ = try await exchange(["RSET"], config.mailTimeout) }
+                mailReply = try await exchange([ClientProtocol.mailCommand(env, caps)], config.mailTimeout)[0]
+                if mailReply.code == 250 {
+                    phase = "RCPT"
+                    for r in env.recipients {
+                        rcptReplies.append(try await exchange([ClientProtocol.rcptCommand(r, caps)], config.rcptTimeout)[0])
+                    }
+                    if rcptReplies.contains(where: { $0.code / 100 == 2 }) {
+                        phase = "DATA"
+                        dataReply = try await exchange(["DATA"], config.dataInitTimeout)[0]
+                    }
+                }
+            }
+            if mailReply.code / 100 != 2 {
+                for r in env.recipients { results[r.id] = RecipientOutcome.from(mailReply) }
+                if dataReply?.code == 354 { _ = try? await write(Array(".\r\n".utf8), expectWithin: config.dataEndTimeout) }
+                return results
+            }
+            var accepted: [ClientRecipient] = []
+            for (r, reply) in zip(env.recipients, rcptReplies) {
+                if reply.code / 100 == 2 { accepted.append(r) } else { results[r.id] = RecipientOutcome.from(reply) }
+            }
+            guard let data = dataReply, !accepted.isEmpty else {
+                if dataReply?.code == 354 { _ = try? await write(Array(".\r\n".utf8), expectWithin: config.dataEndTimeout) }
+                return results
+            }
+            guard data.code == 354 else {
+                for r in accepted { results[r.id] = RecipientOutcome.from(data) }
+                return results
+            }
+            phase = "end of data"
+            let final = try await write(ClientProtocol.dataText(message.body), expectWithin: config.dataEndTimeout)
+            if final.code == 421 { broken = true }
+            for r in accepted { results[r.id] = RecipientOutcome.from(final) }
+            return results
+        } catch {
+            // Timeouts and dropped connections are temporary; a reply lost after
+            // the final dot may mean the message arrived (a possible duplicate).
+            broken = true
+            let reply = SMTPReply(451, .connectionDropped, "lost connection with \(context.mxHost ?? "server") during \(phase): \(error)")
+            for r in env.recipients where results[r.id] == nil { results[r.id] = .deferred(reply) }
+            return results
+        }
+    }
+
+    func close() async {
+        if isReusable {
+            _ = try? await exchange(["QUIT"], config.quitTimeout)
+        }
+        await abort()
+    }
+
+    private func abort() async {
+        broken = true
+        try? await channel.close()
+    }
+}
+
+/// The production agent: routes the domain, then tries each hop in order
+/// until one greets and accepts EHLO/HELO.
+public final class SMTPDeliveryAgent: DeliveryAgent {
+    let router: Router
+    let config: ClientConfig
+    let group: EventLoopGroup
+    let logger: Logger
+
+    public init(router: Router, config: ClientConfig, group: EventLoopGroup, logger: Logger = Logger(label: "tern.delivery")) {
+        self.router = router
+        self.config = config
+        self.group = group
+        self.logger = logger
+    }
+
+    public func connect(domain: String) async -> ConnectOutcome {
+        switch await router.plan(domain) {
+        case .bounce(let r), .deferral(let r):
+            return .failed(r, AttemptContext())
+        case .hops(let hops):
+            var last: (SMTPReply, AttemptContext)? = nil
+            for hop in hops {
+                switch await SMTPClientConnection.open(hop, config: config, group: group) {
+                case .success(let c):
+                    return .connected(c)
+                case .failure(let reply):
+                    logger.info("hop failed", metadata: ["mx": "\(hop)", "reply": "\(reply)"])
+                    last = (reply, AttemptContext(mxHost: hop.host, mxAddress: hop.address.description))
+                }
+            }
+            let (reply, ctx) = last ?? (SMTPReply(451, EnhancedStatus(4, 4, 4), "no route to \(domain)"), AttemptContext())
+            return .failed(reply, ctx)
+        }
+    }
+}

@@ -1,0 +1,92 @@
+// Inbound half of the SMTP client: turns bytes into replies and hands each
+// to the oldest waiting request, in order — which is all PIPELINING needs
+// (RFC 2920 §3.1: replies come in command order). Each wait has a deadline;
+// a missed one fails every waiter and closes the connection.
+
+import NIOCore
+import TernProtocol
+
+enum ClientFault: Error, CustomStringConvertible {
+    case timeout
+    case closed
+    case protocolError(String)
+
+    var description: String {
+        switch self {
+        case .timeout: return "timeout"
+        case .closed: return "connection closed"
+        case .protocolError(let s): return "protocol error: \(s)"
+        }
+    }
+}
+
+final class SMTPReplyHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private var buffer = ByteBuffer()
+    private var parser = ReplyParser()
+    private var waiting = CircularBuffer<(promise: EventLoopPromise<SMTPReply>, timer: Scheduled<Void>)>()
+    private var early = CircularBuffer<SMTPReply>()
+    private var failure: ClientFault? = nil
+    private var context: ChannelHandlerContext? = nil
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// A future for the next reply; must be called on the channel's loop.
+    func expect(timeout: TimeAmount, loop: EventLoop) -> EventLoopFuture<SMTPReply> {
+        if let r = early.popFirst() { return loop.makeSucceededFuture(r) }
+        if let f = failure { return loop.makeFailedFuture(f) }
+        let promise = loop.makePromise(of: SMTPReply.self)
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let timer = loop.scheduleTask(in: timeout) { bound.value.fail(.timeout) }
+        waiting.append((promise, timer))
+        return promise.futureResult
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        buffer.writeBuffer(&bytes)
+        while let lf = buffer.readableBytesView.firstIndex(of: 10) {
+            let length = lf - buffer.readerIndex
+            var line = buffer.readString(length: length) ?? ""
+            buffer.moveReaderIndex(forwardBy: 1)
+            if line.hasSuffix("\r") { line.removeLast() }
+            do {
+                if let reply = try parser.feed(line) { deliver(reply) }
+            } catch {
+                fail(.protocolError("bad reply line: \(line.prefix(80))"))
+                return
+            }
+        }
+        if buffer.readableBytes > 64 * 1024 { fail(.protocolError("reply line too long")) }
+        buffer.discardReadBytes()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        fail(.closed)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        fail(.protocolError("\(error)"))
+    }
+
+    private func deliver(_ reply: SMTPReply) {
+        if let w = waiting.popFirst() {
+            w.timer.cancel()
+            w.promise.succeed(reply)
+        } else {
+            early.append(reply)
+        }
+    }
+
+    private func fail(_ fault: ClientFault) {
+        if failure == nil { failure = fault }
+        while let w = waiting.popFirst() {
+            w.timer.cancel()
+            w.promise.fail(fault)
+        }
+        context?.close(promise: nil)
+    }
+}

@@ -1,0 +1,209 @@
+// The client side of SMTP as pure code: reply parsing (RFC 5321 §4.2),
+// EHLO capabilities, the MAIL/RCPT commands with their ESMTP parameters,
+// dot-stuffing (RFC 5321 §4.5.2) and the mapping of replies to per-recipient
+// outcomes. The delivery module carries these out over a socket.
+
+/// Assembles reply lines into replies, enhanced codes split off (RFC 2034).
+public struct ReplyParser: Sendable {
+    private var code: Int? = nil
+    private var lines: [String] = []
+
+    public init() {}
+
+    public enum Failure: Error, Equatable { case malformed(String) }
+
+    /// Feeds one line (without CRLF); returns a reply when this line ends one.
+    public mutating func feed(_ line: String) throws -> SMTPReply? {
+        let scalars = Array(line.utf8)
+        guard scalars.count >= 3, scalars[0...2].allSatisfy({ $0 >= 48 && $0 <= 57 }),
+              let c = Int(String(decoding: scalars[0...2], as: UTF8.self)), (200...599).contains(c) else {
+            throw Failure.malformed(line)
+        }
+        if let current = code, current != c { throw Failure.malformed(line) }
+        code = c
+        let separator: UInt8 = scalars.count > 3 ? scalars[3] : 32
+        guard separator == 32 || separator == UInt8(ascii: "-") else { throw Failure.malformed(line) }
+        lines.append(scalars.count > 4 ? String(decoding: scalars[4...], as: UTF8.self) : "")
+        if separator == UInt8(ascii: "-") { return nil }
+        defer { code = nil; lines = [] }
+        return ReplyParser.make(c, lines)
+    }
+
+    static func make(_ code: Int, _ lines: [String]) -> SMTPReply {
+        // The enhanced code, when present, starts every line; keep it once.
+        var enhanced: EnhancedStatus? = nil
+        var texts = lines
+        if let first = lines.first?.split(separator: " ", maxSplits: 1).first,
+           let e = EnhancedStatus(parsing: first), e.klass == code / 100 {
+            enhanced = e
+            texts = lines.map { l in
+                let parts = l.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
+                if let p = parts.first, EnhancedStatus(parsing: p) != nil { return parts.count > 1 ? String(parts[1]) : "" }
+                return l
+            }
+        }
+        return SMTPReply(code, enhanced, lines: texts.isEmpty ? [""] : texts)
+    }
+}
+
+/// What a server offered in its EHLO reply.
+public struct ServerCapabilities: Sendable, Equatable {
+    public var esmtp: Bool
+    public var keywords: [String: String]
+
+    public init(ehloReply: SMTPReply) {
+        esmtp = true
+        var k: [String: String] = [:]
+        for line in ehloReply.lines.dropFirst() {
+            let parts = line.split(separator: " ", maxSplits: 1)
+            guard let key = parts.first else { continue }
+            k[key.uppercased()] = parts.count > 1 ? String(parts[1]) : ""
+        }
+        keywords = k
+    }
+
+    /// After HELO: nothing.
+    public init() {
+        esmtp = false
+        keywords = [:]
+    }
+
+    public func has(_ keyword: String) -> Bool { keywords[keyword] != nil }
+    public var pipelining: Bool { has("PIPELINING") }
+    public var dsn: Bool { has("DSN") }
+    public var smtputf8: Bool { has("SMTPUTF8") }
+    public var eightBitMIME: Bool { has("8BITMIME") }
+    public var startTLS: Bool { has("STARTTLS") }
+    /// RFC 1870: the fixed limit, when one was given (0 means none).
+    public var sizeLimit: Int? {
+        guard let v = keywords["SIZE"], let n = Int(v.trimmingCharacters()), n > 0 else { return nil }
+        return n
+    }
+}
+
+extension String {
+    func trimmingCharacters() -> String {
+        var s = Substring(self)
+        while s.first == " " { s = s.dropFirst() }
+        while s.last == " " { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+/// One recipient as the client sends it.
+public struct ClientRecipient: Sendable, Equatable {
+    public var id: Int64
+    public var address: String
+    public var notify: String?
+    /// Stored form `type;address`.
+    public var orcpt: String?
+    public init(id: Int64, address: String, notify: String?, orcpt: String?) {
+        self.id = id
+        self.address = address
+        self.notify = notify
+        self.orcpt = orcpt
+    }
+}
+
+/// The envelope of one outbound transaction.
+public struct ClientEnvelope: Sendable {
+    public var mailFrom: String
+    public var size: Int
+    public var bodyType: String?
+    public var smtputf8: Bool
+    public var ret: String?
+    public var envID: String?
+    public var recipients: [ClientRecipient]
+
+    public init(mailFrom: String, size: Int, bodyType: String?, smtputf8: Bool, ret: String?, envID: String?, recipients: [ClientRecipient]) {
+        self.mailFrom = mailFrom
+        self.size = size
+        self.bodyType = bodyType
+        self.smtputf8 = smtputf8
+        self.ret = ret
+        self.envID = envID
+        self.recipients = recipients
+    }
+
+    /// True when an address is non-ASCII (RFC 6531 needs the server's SMTPUTF8).
+    public var needsSMTPUTF8: Bool {
+        smtputf8 || !([mailFrom] + recipients.map(\.address)).allSatisfy { $0.unicodeScalars.allSatisfy(\.isASCII) }
+    }
+}
+
+/// The outcome for one recipient of one attempt.
+public enum RecipientOutcome: Sendable, Equatable {
+    case delivered(SMTPReply)
+    case deferred(SMTPReply)
+    case bounced(SMTPReply)
+
+    public var reply: SMTPReply {
+        switch self { case .delivered(let r), .deferred(let r), .bounced(let r): return r }
+    }
+
+    /// 2xx delivered, 4xx deferred, 5xx bounced (RFC 5321 §4.2.1).
+    public static func from(_ reply: SMTPReply) -> RecipientOutcome {
+        if reply.code < 400 { return .delivered(reply) }
+        if reply.code < 500 { return .deferred(reply) }
+        return .bounced(reply)
+    }
+}
+
+public enum ClientProtocol {
+    /// A refusal decided before anything is sent (SIZE, SMTPUTF8), or nil.
+    public static func preflight(_ env: ClientEnvelope, _ caps: ServerCapabilities) -> SMTPReply? {
+        if let limit = caps.sizeLimit, env.size > limit {
+            return SMTPReply(552, .messageTooBig, "Message of \(env.size) bytes exceeds the remote server's SIZE limit of \(limit)")
+        }
+        if env.needsSMTPUTF8 && !caps.smtputf8 {
+            return SMTPReply(553, .nonASCIINotPermitted, "Message needs SMTPUTF8, which the remote server does not offer")
+        }
+        return nil
+    }
+
+    /// `MAIL FROM:<…>` with the parameters this server understands.
+    public static func mailCommand(_ env: ClientEnvelope, _ caps: ServerCapabilities) -> String {
+        var s = "MAIL FROM:<\(env.mailFrom)>"
+        guard caps.esmtp else { return s }
+        if caps.has("SIZE") { s += " SIZE=\(env.size)" }
+        if env.bodyType == "8BITMIME" && caps.eightBitMIME { s += " BODY=8BITMIME" }
+        if env.needsSMTPUTF8 && caps.smtputf8 { s += " SMTPUTF8" }
+        if caps.dsn {
+            if let r = env.ret { s += " RET=\(r)" }
+            if let e = env.envID { s += " ENVID=\(XText.encode(e))" }
+        }
+        return s
+    }
+
+    /// `RCPT TO:<…>`, passing NOTIFY and ORCPT on to a DSN server (RFC 3461 §5.2).
+    public static func rcptCommand(_ r: ClientRecipient, _ caps: ServerCapabilities) -> String {
+        var s = "RCPT TO:<\(r.address)>"
+        guard caps.dsn else { return s }
+        if let n = r.notify, !n.isEmpty { s += " NOTIFY=\(n)" }
+        if let o = r.orcpt, let semi = o.firstIndex(of: ";") {
+            s += " ORCPT=\(o[..<semi]);\(XText.encode(String(o[o.index(after: semi)...])))"
+        }
+        return s
+    }
+
+    /// The message as DATA text: CRLF line ends (a bare LF becomes CRLF),
+    /// leading dots doubled, and the terminating `.`.
+    public static func dataText(_ body: some Collection<UInt8>) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(body.count + body.count / 50 + 8)
+        var atLineStart = true
+        var previous: UInt8 = 0
+        for b in body {
+            if atLineStart && b == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
+            if b == 10 && previous != 13 { out.append(13) }
+            out.append(b)
+            atLineStart = b == 10
+            previous = b
+        }
+        if !out.isEmpty && !(out.count >= 2 && out[out.count - 2] == 13 && out[out.count - 1] == 10) {
+            if out.last == 13 { out.append(10) } else { out += [13, 10] }
+        }
+        out += Array(".\r\n".utf8)
+        return out
+    }
+}

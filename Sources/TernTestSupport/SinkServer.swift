@@ -1,0 +1,151 @@
+// A scripted SMTP sink for tests, on an ephemeral loopback port. Replies
+// depend on the recipient's local part:
+//   temp…     RCPT 451 4.2.1        perm… / unknown…  RCPT 550 5.1.1
+//   tempdata… 451 4.3.0 after DATA  rejectdata…       554 5.6.0 after DATA
+//   dropdata… closes after the final dot without a reply
+//   slowdata… never answers the final dot
+// anything else is accepted. The greeting and the EHLO extensions are set
+// per server. Every accepted message is recorded.
+
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+public struct SinkMessage: Sendable, Equatable {
+    public var mailCommand: String
+    public var rcptCommands: [String]
+    public var data: String
+}
+
+public final class SinkServer: Sendable {
+    public struct Config: Sendable {
+        public var greeting = "220 sink.test ESMTP sink"
+        public var acceptEHLO = true
+        public var extensions = ["PIPELINING", "8BITMIME", "DSN", "SIZE 10000000", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+        public init() {}
+    }
+
+    public let port: Int
+    let channel: Channel
+    let state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>
+
+    public var messages: [SinkMessage] { state.withLockedValue { $0.messages } }
+    public var commands: [String] { state.withLockedValue { $0.commands } }
+    public var connections: Int { state.withLockedValue { $0.connections } }
+
+    private init(port: Int, channel: Channel, state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>) {
+        self.port = port
+        self.channel = channel
+        self.state = state
+    }
+
+    public static func start(_ config: Config = Config(), group: EventLoopGroup, host: String = "127.0.0.1") async throws -> SinkServer {
+        let state = NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>(([], [], 0))
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(SinkHandler(config: config, state: state)) }
+            }
+            .bind(host: host, port: 0).get()
+        return SinkServer(port: channel.localAddress!.port!, channel: channel, state: state)
+    }
+
+    public func stop() async {
+        try? await channel.close()
+    }
+}
+
+final class SinkHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let config: SinkServer.Config
+    let state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>
+    var buffer = ByteBuffer()
+    var inData = false
+    var mail: String? = nil
+    var rcpts: [String] = []
+    var data: [String] = []
+    var dead = false
+
+    init(config: SinkServer.Config, state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>) {
+        self.config = config
+        self.state = state
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        state.withLockedValue { $0.connections += 1 }
+        reply(config.greeting, context)
+        if !config.greeting.hasPrefix("220") { context.close(promise: nil); dead = true }
+    }
+
+    func reply(_ text: String, _ context: ChannelHandlerContext) {
+        context.writeAndFlush(NIOAny(ByteBuffer(string: text + "\r\n")), promise: nil)
+    }
+
+    func local(_ rcpt: String) -> String {
+        guard let open = rcpt.firstIndex(of: "<") else { return "" }
+        return String(rcpt[rcpt.index(after: open)...].prefix { $0 != "@" && $0 != ">" }).lowercased()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data incoming: NIOAny) {
+        var bytes = unwrapInboundIn(incoming)
+        buffer.writeBuffer(&bytes)
+        while !dead, let lf = buffer.readableBytesView.firstIndex(of: 10) {
+            var line = buffer.readString(length: lf - buffer.readerIndex) ?? ""
+            buffer.moveReaderIndex(forwardBy: 1)
+            if line.hasSuffix("\r") { line.removeLast() }
+            if inData { dataLine(line, context) } else { command(line, context) }
+        }
+    }
+
+    func command(_ line: String, _ context: ChannelHandlerContext) {
+        state.withLockedValue { $0.commands.append(line) }
+        let verb = line.prefix(4).uppercased()
+        switch verb {
+        case "EHLO":
+            if config.acceptEHLO {
+                let lines = ["sink.test"] + config.extensions
+                reply(lines.enumerated().map { i, l in "250\(i == lines.count - 1 ? " " : "-")\(l)" }.joined(separator: "\r\n"), context)
+            } else {
+                reply("502 5.5.1 EHLO not supported", context)
+            }
+        case "HELO": reply("250 sink.test", context)
+        case "MAIL": mail = line; rcpts = []; reply("250 2.1.0 Ok", context)
+        case "RCPT":
+            let l = local(line)
+            if l.hasPrefix("temp") && !l.hasPrefix("tempdata") { reply("451 4.2.1 Mailbox busy, try later", context) }
+            else if l.hasPrefix("perm") || l.hasPrefix("unknown") { reply("550 5.1.1 No such user here", context) }
+            else { rcpts.append(line); reply("250 2.1.5 Ok", context) }
+        case "DATA":
+            if mail == nil || rcpts.isEmpty { reply("503 5.5.1 No valid recipients", context) }
+            else { inData = true; data = []; reply("354 End data with <CR><LF>.<CR><LF>", context) }
+        case "RSET": mail = nil; rcpts = []; reply("250 2.0.0 Ok", context)
+        case "NOOP": reply("250 2.0.0 Ok", context)
+        case "QUIT": reply("221 2.0.0 Bye", context); context.close(promise: nil); dead = true
+        default: reply("500 5.5.1 Unknown command", context)
+        }
+    }
+
+    func dataLine(_ line: String, _ context: ChannelHandlerContext) {
+        guard line == "." else {
+            data.append(line.hasPrefix(".") ? String(line.dropFirst()) : line)
+            return
+        }
+        inData = false
+        let locals = rcpts.map(local)
+        defer { mail = nil; rcpts = [] }
+        if locals.contains(where: { $0.hasPrefix("dropdata") }) { context.close(promise: nil); dead = true; return }
+        if locals.contains(where: { $0.hasPrefix("slowdata") }) { return }
+        if locals.contains(where: { $0.hasPrefix("tempdata") }) { reply("451 4.3.0 Try again later", context); return }
+        if locals.contains(where: { $0.hasPrefix("rejectdata") }) { reply("554 5.6.0 Content rejected", context); return }
+        let message = SinkMessage(mailCommand: mail ?? "", rcptCommands: rcpts, data: data.joined(separator: "\r\n") + "\r\n")
+        state.withLockedValue { $0.messages.append(message) }
+        reply("250 2.0.0 Ok: queued as SINK\(state.withLockedValue { $0.messages.count })", context)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        dead = true
+        context.fireChannelInactive()
+    }
+}

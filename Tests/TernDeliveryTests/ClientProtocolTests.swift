@@ -1,0 +1,68 @@
+import Testing
+@testable import TernProtocol
+
+@Suite struct ClientProtocolTests {
+    @Test func replyParser() throws {
+        var p = ReplyParser()
+        #expect(try p.feed("250-mx.test greets you") == nil)
+        #expect(try p.feed("250-PIPELINING") == nil)
+        let r = try #require(try p.feed("250 SIZE 1000"))
+        #expect(r.code == 250 && r.lines == ["mx.test greets you", "PIPELINING", "SIZE 1000"] && r.enhanced == nil)
+        let e = try #require(try p.feed("550 5.1.1 no such user"))
+        #expect(e.enhanced == .badDestinationMailbox && e.text == "no such user")
+        #expect(try p.feed("221") == SMTPReply(221, nil, ""))
+        // An enhanced code of the wrong class is text, not a code.
+        #expect(try p.feed("250 4.0.0 odd")?.enhanced == nil)
+        var bad = ReplyParser()
+        #expect(throws: ReplyParser.Failure.self) { try bad.feed("hello") }
+        #expect(throws: ReplyParser.Failure.self) { try bad.feed("99 x") }
+        var mixed = ReplyParser()
+        _ = try mixed.feed("250-a")
+        #expect(throws: ReplyParser.Failure.self) { try mixed.feed("251 b") }
+    }
+
+    let env = ClientEnvelope(mailFrom: "a@x.test", size: 1234, bodyType: "8BITMIME", smtputf8: false, ret: "HDRS", envID: "id+1",
+                             recipients: [ClientRecipient(id: 1, address: "b@y.test", notify: "SUCCESS,FAILURE", orcpt: "rfc822;b=orig@y.test")])
+
+    @Test func commandsFollowCapabilities() {
+        let full = ServerCapabilities(ehloReply: SMTPReply(250, nil, lines: ["mx", "PIPELINING", "SIZE 5000", "DSN", "8BITMIME", "SMTPUTF8"]))
+        #expect(full.pipelining && full.dsn && full.sizeLimit == 5000)
+        #expect(ClientProtocol.mailCommand(env, full) == "MAIL FROM:<a@x.test> SIZE=1234 BODY=8BITMIME RET=HDRS ENVID=id+2B1")
+        #expect(ClientProtocol.rcptCommand(env.recipients[0], full) == "RCPT TO:<b@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+3Dorig@y.test")
+        let bare = ServerCapabilities(ehloReply: SMTPReply(250, nil, lines: ["mx"]))
+        #expect(ClientProtocol.mailCommand(env, bare) == "MAIL FROM:<a@x.test>")
+        #expect(ClientProtocol.rcptCommand(env.recipients[0], bare) == "RCPT TO:<b@y.test>")
+        #expect(ClientProtocol.mailCommand(env, ServerCapabilities()) == "MAIL FROM:<a@x.test>") // HELO: no parameters
+        var null = env
+        null.mailFrom = ""
+        #expect(ClientProtocol.mailCommand(null, bare) == "MAIL FROM:<>")
+    }
+
+    @Test func preflightRefusals() {
+        let small = ServerCapabilities(ehloReply: SMTPReply(250, nil, lines: ["mx", "SIZE 1000"]))
+        #expect(ClientProtocol.preflight(env, small)?.wireText.hasPrefix("552 5.3.4") == true)
+        let unlimited = ServerCapabilities(ehloReply: SMTPReply(250, nil, lines: ["mx", "SIZE 0"]))
+        #expect(ClientProtocol.preflight(env, unlimited) == nil)
+        var utf8 = env
+        utf8.recipients[0].address = "jörg@y.test"
+        #expect(ClientProtocol.preflight(utf8, unlimited)?.enhanced == .nonASCIINotPermitted)
+        let withUTF8 = ServerCapabilities(ehloReply: SMTPReply(250, nil, lines: ["mx", "SMTPUTF8"]))
+        #expect(ClientProtocol.preflight(utf8, withUTF8) == nil)
+        #expect(ClientProtocol.mailCommand(utf8, withUTF8) == "MAIL FROM:<a@x.test> SMTPUTF8")
+    }
+
+    @Test func dataTextStuffsDotsAndFixesLineEnds() {
+        func t(_ s: String) -> String { String(decoding: ClientProtocol.dataText(Array(s.utf8)), as: UTF8.self) }
+        #expect(t("a\r\n.b\r\n..c\r\n") == "a\r\n..b\r\n...c\r\n.\r\n")
+        #expect(t(".\r\n") == "..\r\n.\r\n")
+        #expect(t("bare\nlf") == "bare\r\nlf\r\n.\r\n")
+        #expect(t("") == ".\r\n")
+        #expect(t("x\r") == "x\r\n.\r\n")
+    }
+
+    @Test func outcomesFromReplies() {
+        #expect(RecipientOutcome.from(SMTPReply(250, .ok, "ok")) == .delivered(SMTPReply(250, .ok, "ok")))
+        #expect(RecipientOutcome.from(SMTPReply(451, .systemError, "x")) == .deferred(SMTPReply(451, .systemError, "x")))
+        #expect(RecipientOutcome.from(SMTPReply(550, .badDestinationMailbox, "x")) == .bounced(SMTPReply(550, .badDestinationMailbox, "x")))
+    }
+}

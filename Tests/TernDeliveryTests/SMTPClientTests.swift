@@ -1,0 +1,155 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+@testable import TernDelivery
+import TernProtocol
+import TernRouting
+import TernTestSupport
+
+let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+
+func agent(port: Int, routes: [StaticRoute]? = nil, resolver: any DNSResolver = StaticResolver(), timeouts: Int64 = 5) -> SMTPDeliveryAgent {
+    var config = ClientConfig(heloName: "tern.test")
+    config.setAllTimeouts(timeouts)
+    let router = Router(routes: routes ?? [StaticRoute(domain: "*", host: "127.0.0.1", port: port)], resolver: resolver,
+                        remotePort: port, shuffle: { $0 })
+    return SMTPDeliveryAgent(router: router, config: config, group: group)
+}
+
+func message(_ rcpts: [String], from: String = "a@x.test", body: String = "Subject: t\r\n\r\nhello\r\n.dot\r\n", smtputf8: Bool = false) -> OutboundMessage {
+    let recipients = rcpts.enumerated().map { ClientRecipient(id: Int64($0.offset + 1), address: $0.element, notify: "SUCCESS,FAILURE", orcpt: "rfc822;\($0.element)") }
+    return OutboundMessage(messageID: 1, queueID: "Q1",
+                           envelope: ClientEnvelope(mailFrom: from, size: body.utf8.count, bodyType: "8BITMIME", smtputf8: smtputf8,
+                                                    ret: "FULL", envID: "E1", recipients: recipients),
+                           body: Data(body.utf8))
+}
+
+func connect(_ a: SMTPDeliveryAgent, _ domain: String = "y.test") async throws -> any DeliveryConnection {
+    guard case .connected(let c) = await a.connect(domain: domain) else { throw ClientFault.closed }
+    return c
+}
+
+func codes(_ r: [Int64: RecipientOutcome]) -> [String] {
+    r.keys.sorted().map { k in
+        switch r[k]! {
+        case .delivered(let x): return "delivered \(x.code)"
+        case .deferred(let x): return "deferred \(x.code) \(x.enhanced.map { "\($0)" } ?? "")"
+        case .bounced(let x): return "bounced \(x.code) \(x.enhanced.map { "\($0)" } ?? "")"
+        }
+    }
+}
+
+@Suite(.serialized) struct SMTPClientTests {
+    @Test func pipelinedMixedRecipientsWithDSNParameters() async throws {
+        let sink = try await SinkServer.start(group: group)
+        defer { Task { await sink.stop() } }
+        let c = try await connect(agent(port: sink.port))
+        #expect(c.context.mxAddress == "127.0.0.1" && c.context.remoteDSN)
+        let r = await c.send(message(["ok@y.test", "temp@y.test", "perm@y.test", "ok2@y.test"]))
+        #expect(codes(r) == ["delivered 250", "deferred 451 4.2.1", "bounced 550 5.1.1", "delivered 250"])
+        let m = try #require(sink.messages.first)
+        #expect(m.mailCommand == "MAIL FROM:<a@x.test> SIZE=27 BODY=8BITMIME RET=FULL ENVID=E1")
+        #expect(m.rcptCommands == ["RCPT TO:<ok@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;ok@y.test",
+                                   "RCPT TO:<ok2@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;ok2@y.test"])
+        #expect(m.data == "Subject: t\r\n\r\nhello\r\n.dot\r\n")
+        // The same connection carries a second message, after RSET.
+        #expect(c.isReusable)
+        #expect(codes(await c.send(message(["ok3@y.test"]))) == ["delivered 250"])
+        #expect(sink.commands.contains("RSET"))
+        #expect(sink.connections == 1)
+        await c.close()
+        #expect(sink.commands.last == "QUIT")
+    }
+
+    @Test func withoutPipeliningOrDSN() async throws {
+        var config = SinkServer.Config()
+        config.extensions = ["8BITMIME"]
+        let sink = try await SinkServer.start(config, group: group)
+        defer { Task { await sink.stop() } }
+        let c = try await connect(agent(port: sink.port))
+        #expect(!c.context.remoteDSN)
+        #expect(codes(await c.send(message(["ok@y.test", "perm@y.test"]))) == ["delivered 250", "bounced 550 5.1.1"])
+        #expect(sink.messages.first?.mailCommand == "MAIL FROM:<a@x.test> BODY=8BITMIME")
+        #expect(sink.messages.first?.rcptCommands == ["RCPT TO:<ok@y.test>"])
+        // All recipients refused: no DATA is sent.
+        #expect(codes(await c.send(message(["perm@y.test"]))) == ["bounced 550 5.1.1"])
+        #expect(!sink.commands.suffix(3).contains("DATA"))
+        await c.close()
+    }
+
+    @Test func heloFallbackSendsNoParameters() async throws {
+        var config = SinkServer.Config()
+        config.acceptEHLO = false
+        let sink = try await SinkServer.start(config, group: group)
+        defer { Task { await sink.stop() } }
+        let c = try await connect(agent(port: sink.port))
+        #expect(codes(await c.send(message(["ok@y.test"]))) == ["delivered 250"])
+        #expect(sink.commands.contains("HELO tern.test"))
+        #expect(sink.messages.first?.mailCommand == "MAIL FROM:<a@x.test>")
+        await c.close()
+    }
+
+    @Test func sizeAndSMTPUTF8AreCheckedBeforeSending() async throws {
+        var config = SinkServer.Config()
+        config.extensions = ["PIPELINING", "SIZE 10"]
+        let sink = try await SinkServer.start(config, group: group)
+        defer { Task { await sink.stop() } }
+        let c = try await connect(agent(port: sink.port))
+        #expect(codes(await c.send(message(["ok@y.test"]))) == ["bounced 552 5.3.4"])
+        #expect(codes(await c.send(message(["jörg@y.test"], body: "x\r\n"))) == ["bounced 553 5.6.7"])
+        #expect(!sink.commands.contains { $0.hasPrefix("MAIL") })
+        await c.close()
+    }
+
+    @Test func failoverToTheNextHop() async throws {
+        // The second MX listens on 127.0.0.2; the first greets with 421, then one refuses connections.
+        let good = try await SinkServer.start(group: group, host: "127.0.0.2")
+        defer { Task { await good.stop() } }
+        var busyConfig = SinkServer.Config()
+        busyConfig.greeting = "421 4.3.2 busy"
+        let busy = try await SinkServer.start(busyConfig, group: group, host: "127.0.0.1")
+        defer { Task { await busy.stop() } }
+        let resolver = StaticResolver(
+            mx: ["y.test": [MXRecord(preference: 10, host: "busy.y.test"), MXRecord(preference: 20, host: "good.y.test")],
+                 "z.test": [MXRecord(preference: 10, host: "dead.z.test"), MXRecord(preference: 20, host: "good.y.test")]],
+            hosts: ["busy.y.test": [IPAddress("127.0.0.1")!], "good.y.test": [IPAddress("127.0.0.2")!], "dead.z.test": [IPAddress("127.0.0.3")!]])
+        // MX delivery uses one port for every host: give each sink the other's port via static routes instead.
+        let viaMX = agent(port: good.port, routes: [], resolver: resolver)
+        let c = try await connect(viaMX, "z.test") // 127.0.0.3:port refuses; 127.0.0.2 answers
+        #expect(c.context.mxHost == "good.y.test")
+        await c.close()
+        let busyFirst = agent(port: busy.port, routes: [StaticRoute(domain: "y.test", host: "127.0.0.1", port: busy.port)])
+        guard case .failed(let reply, let ctx) = await busyFirst.connect(domain: "y.test") else { Issue.record("421 greeting must fail"); return }
+        #expect(reply.code == 451 && reply.text.contains("421"))
+        #expect(ctx.mxAddress == "127.0.0.1")
+    }
+
+    @Test func routingFailuresComeBackAsReplies() async throws {
+        let a = agent(port: 9, routes: [], resolver: StaticResolver(mx: ["null.test": [MXRecord(preference: 0, host: ".")]], nxdomains: ["gone.test"]))
+        guard case .failed(let nx, _) = await a.connect(domain: "gone.test") else { Issue.record("NXDOMAIN"); return }
+        #expect(nx.code == 550 && nx.enhanced == .badDestinationSystem)
+        guard case .failed(let null, _) = await a.connect(domain: "null.test") else { Issue.record("null MX"); return }
+        #expect(null.enhanced == .nullMX)
+        // Nothing listens: a temporary failure naming the hop.
+        let dead = agent(port: 1, routes: [StaticRoute(domain: "*", host: "127.0.0.1", port: 1)])
+        guard case .failed(let refused, let ctx) = await dead.connect(domain: "y.test") else { Issue.record("refused"); return }
+        #expect(refused.code == 451 && ctx.mxAddress == "127.0.0.1")
+    }
+
+    @Test func lostAndLateRepliesDefer() async throws {
+        let sink = try await SinkServer.start(group: group)
+        defer { Task { await sink.stop() } }
+        let c = try await connect(agent(port: sink.port))
+        let dropped = await c.send(message(["dropdata@y.test"]))
+        #expect(codes(dropped) == ["deferred 451 4.4.2"])
+        #expect(dropped[1]?.reply.text.contains("end of data") == true)
+        #expect(!c.isReusable)
+        let slow = try await connect(agent(port: sink.port, timeouts: 1))
+        #expect(codes(await slow.send(message(["slowdata@y.test"]))) == ["deferred 451 4.4.2"])
+        let after = try await connect(agent(port: sink.port))
+        #expect(codes(await after.send(message(["tempdata@y.test", "ok@y.test"]))) == ["deferred 451 4.3.0", "deferred 451 4.3.0"])
+        #expect(codes(await after.send(message(["rejectdata@y.test"]))) == ["bounced 554 5.6.0"])
+        await after.close()
+    }
+}
