@@ -32,6 +32,8 @@ let package = Package(
         .target(name: "TernRouting", dependencies: ["TernProtocol", "CAres", logging]),
         // Delivery: the DeliveryAgent protocol and the SwiftNIO SMTP client.
         .target(name: "TernDelivery", dependencies: ["TernProtocol", "TernRouting", nioCore, nioPosix, logging]),
+        // Scheduler: claims, concurrency, retries, expiry, DSNs; delivery only through DeliveryAgent.
+        .target(name: "TernScheduler", dependencies: ["TernDelivery", "TernStore", "TernMessage", "TernProtocol", logging, lifecycle]),
         // The only module that opens SQLite: migrations, group-commit writer, queries.
         .target(name: "TernStore", dependencies: [
             .product(name: "GRDB", package: "GRDB.swift"), "TernMessage", logging,
@@ -57,6 +59,9 @@ let package = Package(
         .testTarget(name: "TernProtocolTests", dependencies: ["TernProtocol", nioCore]),
         .testTarget(name: "TernRoutingTests", dependencies: ["TernRouting", "TernProtocol"]),
         .testTarget(name: "TernDeliveryTests", dependencies: ["TernDelivery", "TernProtocol", "TernRouting", "TernTestSupport", nioCore, nioPosix]),
+        .testTarget(name: "TernSchedulerTests", dependencies: [
+            "TernScheduler", "TernDelivery", "TernStore", "TernProtocol", .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
         .testTarget(name: "TernMessageTests", dependencies: ["TernMessage"]),
         .testTarget(name: "TernStoreTests", dependencies: ["TernStore", "TernMessage", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TernIntakeTests", dependencies: ["TernIntake", "TernStore", "TernProtocol", "TernMessage"]),

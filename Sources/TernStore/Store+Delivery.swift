@@ -112,13 +112,59 @@ public struct OutcomeBatch: Sendable {
 }
 
 extension Store {
-    /// Domains with claimable recipients and their earliest due time.
-    public func dueDomains() throws -> [(domain: String, nextAttemptAt: Int64)] {
+    /// Domains with claimable recipients: the earliest due time and how many are due now.
+    public func dueDomains(now: Int64) throws -> [(domain: String, nextAttemptAt: Int64, dueCount: Int)] {
         try read { db in
             try Row.fetchAll(db, sql: """
-                SELECT domain, min(next_attempt_at) FROM recipient
+                SELECT domain, min(next_attempt_at), sum(next_attempt_at <= :now) FROM recipient
                  WHERE state IN ('queued', 'deferred') GROUP BY domain
-                """).map { ($0[0], $0[1]) }
+                """, arguments: ["now": now]).map { ($0[0], $0[1], $0[2]) }
+        }
+    }
+
+    /// Returns in-flight recipients whose lease ran out (or, with
+    /// `everyOtherOwner`, that another process instance holds — at start-up
+    /// those cannot be live) to their claimable state, with a `lease_expired`
+    /// event each. Returns how many.
+    public func recoverLeases(now: Int64, owner: String, everyOtherOwner: Bool) async throws -> Int {
+        let stale = try read { db in
+            try Int.fetchOne(db, sql: """
+                SELECT count(*) FROM recipient
+                 WHERE state = 'inflight' AND (lease_expires_at < :now OR (:all AND lease_owner <> :owner))
+                """, arguments: ["now": now, "all": everyOtherOwner, "owner": owner]) ?? 0
+        }
+        if stale == 0 { return 0 }
+        return try await write { db in
+            let rows = try Row.fetchAll(db, sql: """
+                UPDATE recipient
+                   SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+                       lease_owner = NULL, lease_expires_at = NULL
+                 WHERE state = 'inflight' AND (lease_expires_at < :now OR (:all AND lease_owner <> :owner))
+                RETURNING id, message_id
+                """, arguments: ["now": now, "all": everyOtherOwner, "owner": owner])
+            let event = try db.cachedStatement(sql: """
+                INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (:at, 'lease_expired', :m, :r, NULL)
+                """)
+            for r in rows { try event.execute(arguments: ["at": now, "m": r[1] as Int64, "r": r[0] as Int64]) }
+            return rows.count
+        }
+    }
+
+    /// Gives back claimed recipients that were not tried (no event: nothing happened to them).
+    public func releaseLeases(_ ids: [Int64], owner: String) async throws -> Int {
+        guard !ids.isEmpty else { return 0 }
+        return try await write { db in
+            var n = 0
+            let stmt = try db.cachedStatement(sql: """
+                UPDATE recipient SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+                       lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = :id AND state = 'inflight' AND lease_owner = :owner
+                """)
+            for id in ids {
+                try stmt.execute(arguments: ["id": id, "owner": owner])
+                n += db.changesCount
+            }
+            return n
         }
     }
 

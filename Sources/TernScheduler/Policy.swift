@@ -1,0 +1,145 @@
+// The scheduler's decisions as pure functions: when to retry (RFC 5321
+// §4.5.4.1: retry for days, at growing intervals), when a recipient has
+// waited too long (4.4.7), and which DSN an outcome earns under RFC 3461's
+// NOTIFY rules.
+
+import Foundation
+import TernDelivery
+import TernMessage
+import TernProtocol
+import TernStore
+
+public struct RetrySchedule: Sendable, Equatable {
+    /// First retry after this long (default 5 minutes)…
+    public var firstDelayMillis: Int64 = 300_000
+    /// …doubling each time up to this (default 4000 s, Postfix's maximal_backoff_time).
+    public var maxDelayMillis: Int64 = 4_000_000
+    /// ±fraction of random spread, so retries of a burst do not arrive together.
+    public var jitter: Double = 0.1
+
+    public init(firstDelayMillis: Int64 = 300_000, maxDelayMillis: Int64 = 4_000_000, jitter: Double = 0.1) {
+        self.firstDelayMillis = firstDelayMillis
+        self.maxDelayMillis = maxDelayMillis
+        self.jitter = jitter
+    }
+
+    /// The wait after the `attempt`-th failed attempt (1-based); `random` in [0, 1).
+    public func delay(afterAttempt attempt: Int, random: Double) -> Int64 {
+        let doublings = min(max(attempt - 1, 0), 40)
+        let (product, overflow) = firstDelayMillis.multipliedReportingOverflow(by: Int64(1) << Int64(min(doublings, 30)))
+        let base = overflow || doublings >= 30 ? maxDelayMillis : min(product, maxDelayMillis)
+        let factor = 1 + jitter * (2 * random - 1)
+        return max(1000, Int64(Double(base) * factor))
+    }
+}
+
+/// Parsed RFC 3461 NOTIFY as stored (`nil` is the default: failure and delay).
+public struct NotifyPolicy: Sendable {
+    public let never: Bool, success: Bool, failure: Bool, delay: Bool
+
+    public init(_ stored: String?) {
+        guard let s = stored else {
+            never = false; success = false; failure = true; delay = true
+            return
+        }
+        let parts = Set(s.uppercased().split(separator: ","))
+        never = parts.contains("NEVER")
+        success = parts.contains("SUCCESS")
+        failure = parts.contains("FAILURE")
+        delay = parts.contains("DELAY")
+    }
+}
+
+public struct PolicyConfig: Sendable {
+    public var retry = RetrySchedule()
+    /// After this, a deferred recipient expires (default 5 days).
+    public var maxQueueLifetimeMillis: Int64 = 5 * 86_400_000
+    /// A delay DSN goes out once after this (default 4 hours; 0 disables).
+    public var delayWarningMillis: Int64 = 4 * 3_600_000
+    public init() {}
+}
+
+/// What one outcome does to one recipient.
+public struct Decision: Sendable {
+    public var transition: RecipientTransition
+    public var dsn: DSNRecipient?
+}
+
+public enum Policy {
+    static func status(_ r: SMTPReply) -> String {
+        r.enhanced?.description ?? "\(r.code / 100).0.0"
+    }
+
+    static func detail(_ reply: SMTPReply, _ ctx: AttemptContext) -> String {
+        JSON.object([
+            ("code", .int(reply.code)), ("enhanced", reply.enhanced.map { .string($0.description) } ?? .null),
+            ("text", .string(reply.text)), ("mx", ctx.mxHost.map(JSON.string) ?? .null),
+            ("address", ctx.mxAddress.map(JSON.string) ?? .null),
+        ]).text
+    }
+
+    public static func decide(_ outcome: RecipientOutcome, for r: ClaimedRecipient, sender: String, context ctx: AttemptContext,
+                              now: Int64, config: PolicyConfig, random: Double) -> Decision {
+        let notify = NotifyPolicy(r.notify)
+        let canReport = !sender.isEmpty && !notify.never
+        let reply = outcome.reply
+        let diagnostic = reply.wireText.trimmingCharacters(in: ["\r", "\n"]).replacingOccurrences(of: "\r\n", with: " ")
+        func dsn(_ action: DSNAction, status: String, retryUntil: Int64? = nil) -> DSNRecipient {
+            DSNRecipient(finalRecipient: r.address, originalRecipient: r.orcpt, action: action, status: status,
+                         remoteMTA: ctx.mxHost, diagnostic: diagnostic, lastAttempt: now, willRetryUntil: retryUntil)
+        }
+        let base = RecipientTransition(recipientID: r.id, messageID: r.messageID, state: "", nextAttemptAt: nil,
+                                       countsAsAttempt: true, code: reply.code, enhanced: reply.enhanced?.description,
+                                       text: reply.text, event: "", eventDetail: detail(reply, ctx))
+        switch outcome {
+        case .delivered:
+            var t = base
+            t.state = "delivered"
+            t.event = "delivered"
+            // RFC 3461 §6.2.2: a server that offers DSN takes NOTIFY=SUCCESS on;
+            // otherwise we report "relayed".
+            let report = canReport && notify.success && !ctx.remoteDSN ? dsn(.relayed, status: status(reply)) : nil
+            return Decision(transition: t, dsn: report)
+        case .bounced:
+            var t = base
+            t.state = "bounced"
+            t.event = "bounced"
+            return Decision(transition: t, dsn: canReport && notify.failure ? dsn(.failed, status: status(reply)) : nil)
+        case .deferred:
+            let deadline = r.createdAt + config.maxQueueLifetimeMillis
+            var t = base
+            if now >= deadline {
+                // RFC 3463 4.4.7: delivery time expired; the last reply is the diagnostic.
+                t.state = "expired"
+                t.event = "expired"
+                t.enhanced = EnhancedStatus.deliveryTimeExpired.description
+                return Decision(transition: t, dsn: canReport && notify.failure ? dsn(.failed, status: "4.4.7") : nil)
+            }
+            let attemptNumber = r.attempts + 1
+            t.state = "deferred"
+            t.event = "deferred"
+            t.nextAttemptAt = min(now + config.retry.delay(afterAttempt: attemptNumber, random: random), deadline)
+            var report: DSNRecipient? = nil
+            if config.delayWarningMillis > 0, r.delayNotifiedAt == nil, now - r.createdAt >= config.delayWarningMillis,
+               canReport, notify.delay {
+                report = dsn(.delayed, status: status(reply), retryUntil: deadline)
+                t.markDelayNotified = true
+            }
+            return Decision(transition: t, dsn: report)
+        }
+    }
+
+    public static func attempt(_ outcome: RecipientOutcome, for r: ClaimedRecipient, context ctx: AttemptContext,
+                               started: Int64, ended: Int64, category: String?) -> NewAttempt {
+        let reply = outcome.reply
+        let kind: String
+        switch outcome {
+        case .delivered: kind = "delivered"
+        case .deferred: kind = "deferred"
+        case .bounced: kind = "bounced"
+        }
+        return NewAttempt(recipientID: r.id, startedAt: started, endedAt: ended, mxHost: ctx.mxHost, mxAddress: ctx.mxAddress,
+                          tls: ctx.tls, code: reply.code, enhanced: reply.enhanced?.description, text: reply.text,
+                          outcome: kind, category: category)
+    }
+}

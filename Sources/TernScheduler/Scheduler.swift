@@ -1,0 +1,299 @@
+// The scheduler (DESIGN.md): finds due destinations, runs workers that claim
+// recipients with a lease and hand them to delivery over reused
+// connections, and records each message's outcome — attempts, transitions,
+// events, DSNs — in one transaction. Limits: connections in total and per
+// destination, messages per connection. One slow domain only holds its own
+// workers. No busy polling: it sleeps until the next due time or a wake-up
+// (intake, a finished worker).
+
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+import TernDelivery
+import TernMessage
+import TernProtocol
+import TernStore
+
+public struct SchedulerConfig: Sendable {
+    /// Reporting-MTA of our DSNs, and their From: domain.
+    public var hostname: String
+    public var maxConnections = 100
+    public var maxConnectionsPerDestination = 20
+    public var messagesPerConnection = 100
+    /// Recipients a worker claims at a time.
+    public var claimBatch = 20
+    public var leaseMillis: Int64 = 10 * 60_000
+    /// Longest sleep between passes when nothing is due.
+    public var idleWakeMillis: Int64 = 60_000
+    public var policy = PolicyConfig()
+
+    public init(hostname: String) { self.hostname = hostname }
+}
+
+public final class Scheduler: Service, Sendable {
+    let store: Store
+    let agent: any DeliveryAgent
+    let config: SchedulerConfig
+    let clock: any TernClock
+    let random: @Sendable () -> Double
+    let logger: Logger
+    /// This process's lease owner id.
+    public let owner: String
+
+    struct State: ~Copyable {
+        var active: [String: Int] = [:]
+        var total = 0
+        var stopping = false
+        var workers: [Task<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+    private let wakeup = Wakeup()
+
+    public init(store: Store, agent: any DeliveryAgent, config: SchedulerConfig, clock: any TernClock = SystemClock(),
+                random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }, logger: Logger = Logger(label: "tern.scheduler")) {
+        self.store = store
+        self.agent = agent
+        self.config = config
+        self.clock = clock
+        self.random = random
+        self.logger = logger
+        self.owner = "\(config.hostname):\(getpid()):\(UInt32.random(in: 0...UInt32.max))"
+    }
+
+    /// New work may be due now (intake committed a message, an operator flushed).
+    public func wake() { wakeup.signal() }
+
+    // MARK: - Service
+
+    public func run() async throws {
+        let recovered = (try? await store.recoverLeases(now: clock.now(), owner: owner, everyOtherOwner: true)) ?? 0
+        if recovered > 0 { logger.notice("released leases of an earlier instance", metadata: ["recipients": "\(recovered)"]) }
+        await withGracefulShutdownHandler {
+            while !state.withLock({ $0.stopping }) && !Task.isCancelled {
+                await startDueWorkers()
+                let delay = sleepTime()
+                await wakeup.wait(milliseconds: delay)
+            }
+        } onGracefulShutdown: {
+            self.state.withLock { $0.stopping = true }
+            self.wakeup.signal()
+        }
+        for w in state.withLock({ $0.workers }) { await w.value }
+    }
+
+    /// One pass for tests: start every due worker and wait until all are done.
+    public func runDue() async {
+        await startDueWorkers()
+        while true {
+            let workers = state.withLock { s -> [Task<Void, Never>] in
+                let w = s.workers
+                s.workers.removeAll()
+                return w
+            }
+            if workers.isEmpty { return }
+            for w in workers { await w.value }
+        }
+    }
+
+    private func sleepTime() -> Int64 {
+        guard let next = try? store.nextDueTime() else { return config.idleWakeMillis }
+        return max(0, min(next - clock.now(), config.idleWakeMillis))
+    }
+
+    // MARK: - Workers
+
+    func startDueWorkers() async {
+        let now = clock.now()
+        if let n = try? await store.recoverLeases(now: now, owner: owner, everyOtherOwner: false), n > 0 {
+            logger.warning("leases expired; recipients are claimable again", metadata: ["recipients": "\(n)"])
+        }
+        guard let due = try? store.dueDomains(now: now) else { return }
+        // Fairness: earliest due first, each domain at most its share.
+        for d in due.sorted(by: { $0.nextAttemptAt < $1.nextAttemptAt }) where d.nextAttemptAt <= now {
+            let wanted = min(config.maxConnectionsPerDestination, max(1, (d.dueCount + 4) / 5))
+            while true {
+                let start = state.withLock { s -> Bool in
+                    guard !s.stopping, s.total < config.maxConnections, s.active[d.domain, default: 0] < wanted else { return false }
+                    s.total += 1
+                    s.active[d.domain, default: 0] += 1
+                    return true
+                }
+                if !start { break }
+                let domain = d.domain
+                let task = Task { await self.work(domain) }
+                state.withLock { $0.workers.append(task) }
+            }
+        }
+        state.withLock { $0.workers.removeAll { $0.isCancelled } }
+    }
+
+    private func finished(_ domain: String) {
+        state.withLock { s in
+            s.total -= 1
+            let n = s.active[domain, default: 1] - 1
+            s.active[domain] = n == 0 ? nil : n
+        }
+        wakeup.signal()
+    }
+
+    private var stopping: Bool { state.withLock { $0.stopping } }
+
+    private func claim(_ domain: String) async -> [ClaimedRecipient] {
+        let now = clock.now()
+        do {
+            return try await store.claim(domain: domain, now: now, owner: owner, leaseUntil: now + config.leaseMillis, limit: config.claimBatch)
+        } catch {
+            logger.error("claim failed", metadata: ["domain": "\(domain)", "error": "\(error)"])
+            return []
+        }
+    }
+
+    func work(_ domain: String) async {
+        defer { finished(domain) }
+        var claimed = await claim(domain)
+        guard !claimed.isEmpty else { return }
+        let started = clock.now()
+        switch await agent.connect(domain: domain) {
+        case .failed(let reply, let ctx):
+            // The whole destination is unreachable (or does not exist): every
+            // due recipient of it shares this outcome now, not one batch per pass.
+            let outcome = RecipientOutcome.from(reply)
+            while !claimed.isEmpty {
+                await record(claimed, outcomes: [:], fallback: outcome, context: ctx, started: started)
+                if stopping { break }
+                claimed = await claim(domain)
+            }
+        case .connected(let connection):
+            var sent = 0
+            outer: while !claimed.isEmpty {
+                let byMessage = Dictionary(grouping: claimed, by: \.messageID).sorted { $0.key < $1.key }
+                for (index, (messageID, recipients)) in byMessage.enumerated() {
+                    if !connection.isReusable || stopping || sent >= config.messagesPerConnection {
+                        // Not sent: give these back untouched.
+                        let rest = byMessage[index...].flatMap(\.value)
+                        _ = try? await store.releaseLeases(rest.map(\.id), owner: owner)
+                        break outer
+                    }
+                    await deliver(messageID, recipients, over: connection)
+                    sent += 1
+                }
+                if !connection.isReusable || stopping || sent >= config.messagesPerConnection { break }
+                claimed = await claim(domain)
+            }
+            await connection.close()
+        }
+    }
+
+    private func deliver(_ messageID: Int64, _ recipients: [ClaimedRecipient], over connection: any DeliveryConnection) async {
+        let started = clock.now()
+        guard let stored = try? store.message(id: messageID) else {
+            logger.error("claimed recipients of a missing message", metadata: ["msg": "\(messageID)"])
+            _ = try? await store.releaseLeases(recipients.map(\.id), owner: owner)
+            return
+        }
+        let envelope = ClientEnvelope(
+            mailFrom: stored.mailFrom, size: stored.body.count, bodyType: stored.bodyType, smtputf8: stored.smtputf8,
+            ret: stored.ret, envID: stored.envID,
+            recipients: recipients.map { ClientRecipient(id: $0.id, address: $0.address, notify: $0.notify, orcpt: $0.orcpt) })
+        let outcomes = await connection.send(OutboundMessage(messageID: messageID, queueID: stored.queueID, envelope: envelope, body: stored.body))
+        let fallback = RecipientOutcome.deferred(SMTPReply(451, .systemError, "no result for this recipient"))
+        await record(recipients, outcomes: outcomes, fallback: fallback, context: connection.context, started: started, message: stored)
+    }
+
+    /// One transaction for one message's recipients (or one claimed batch on
+    /// a connect failure): attempts, transitions, events and DSNs.
+    private func record(_ recipients: [ClaimedRecipient], outcomes: [Int64: RecipientOutcome], fallback: RecipientOutcome,
+                        context: AttemptContext, started: Int64, message: StoredMessage? = nil) async {
+        let now = clock.now()
+        for (messageID, group) in Dictionary(grouping: recipients, by: \.messageID) {
+            guard let stored = message ?? (try? store.message(id: messageID)) else { continue }
+            var batch = OutcomeBatch(at: now)
+            var reports: [DSNRecipient] = []
+            for r in group {
+                let outcome = outcomes[r.id] ?? fallback
+                let decision = Policy.decide(outcome, for: r, sender: stored.mailFrom, context: context, now: now,
+                                             config: config.policy, random: random())
+                batch.attempts.append(Policy.attempt(outcome, for: r, context: context, started: started, ended: now, category: nil))
+                batch.transitions.append(decision.transition)
+                if let d = decision.dsn { reports.append(d) }
+                logger.info("\(decision.transition.state)", metadata: [
+                    "msg": "\(stored.queueID)", "rcpt": "\(r.address)", "mx": "\(context.mxHost ?? "-")",
+                    "reply": "\(outcome.reply)",
+                ])
+            }
+            // One report per kind (failed, delayed, relayed) for this message.
+            let kinds = Dictionary(grouping: reports, by: \.action.rawValue)
+            for kind in kinds.keys.sorted() {
+                batch.dsns.append((dsnMessage(for: stored, kinds[kind]!, at: now), stored.id))
+            }
+            do {
+                try await store.record(batch)
+            } catch {
+                // Nothing was written: the leases expire and the recipients are retried.
+                logger.error("could not record outcomes", metadata: ["msg": "\(stored.queueID)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// The DSN (RFC 3464) for some recipients of `original`, addressed to its sender.
+    func dsnMessage(for original: StoredMessage, _ recipients: [DSNRecipient], at now: Int64) -> NewMessage {
+        let queueID = QueueID.make(millis: now)
+        let messageID = "\(queueID).dsn@\(config.hostname)"
+        let report = DSNReport(reportingMTA: config.hostname, originalQueueID: original.queueID, originalEnvelopeID: original.envID,
+                               arrivalDate: original.receivedAt, sender: original.mailFrom, recipients: recipients,
+                               original: Array(original.body), returnFull: original.ret == "FULL", date: now, messageID: messageID)
+        let body = report.render()
+        let senderDomain: String
+        if case .success(let m) = AddressParser.parseMailbox(Substring(original.mailFrom), allowUTF8: true) {
+            senderDomain = m.normalizedDomain
+        } else {
+            senderDomain = String(original.mailFrom.split(separator: "@").last ?? "").lowercased()
+        }
+        return NewMessage(queueID: queueID, receivedAt: now, mailFrom: "", body: Data(body), clientAddress: nil, helo: nil,
+                          headerMessageID: messageID, envID: nil, ret: nil, bodyType: "8BITMIME", smtputf8: report.needsUTF8,
+                          origin: "dsn", recipients: [NewRecipient(address: original.mailFrom, domain: senderDomain, notify: "NEVER")])
+    }
+}
+
+/// A one-slot wake-up signal with a timeout.
+final class Wakeup: Sendable {
+    private let state = Mutex<(pending: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func signal() {
+        let w = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if let w = s.waiter {
+                s.waiter = nil
+                return w
+            }
+            s.pending = true
+            return nil
+        }
+        w?.resume()
+    }
+
+    func wait(milliseconds: Int64) async {
+        if state.withLock({ s in defer { s.pending = false }; return s.pending }) { return }
+        if milliseconds <= 0 { return }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withCheckedContinuation { cont in
+                    let ready = self.state.withLock { s -> Bool in
+                        if s.pending { s.pending = false; return true }
+                        s.waiter = cont
+                        return false
+                    }
+                    if ready { cont.resume() }
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: .milliseconds(milliseconds))
+                if !Task.isCancelled { self.signal() }
+            }
+            await group.next()
+            group.cancelAll()
+        }
+        // A timer that fired after the signal leaves a stale wake-up: harmless (one extra pass).
+    }
+}

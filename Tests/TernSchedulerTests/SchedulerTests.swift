@@ -1,0 +1,298 @@
+import Foundation
+import GRDB
+import Synchronization
+import Testing
+import TernDelivery
+import TernProtocol
+@testable import TernScheduler
+@testable import TernStore
+
+/// A delivery agent whose outcomes follow the recipient's local part:
+/// ok… delivered, temp… deferred, perm… bounced. Domains can be down (451)
+/// or nonexistent (550). It counts connections and their concurrency.
+final class FakeAgent: DeliveryAgent, @unchecked Sendable {
+    let lock = NSLock()
+    var down: Set<String> = []
+    var gone: Set<String> = []
+    var remoteDSN = false
+    var breakAfterFirstMessage = false
+    var allOK = false
+    private(set) var connections = 0
+    private(set) var open: [String: Int] = [:]
+    private(set) var maxOpen: [String: Int] = [:]
+    private(set) var sent: [OutboundMessage] = []
+
+    func connect(domain: String) async -> ConnectOutcome { lock.withLock { connectLocked(domain) } }
+
+    private func connectLocked(_ domain: String) -> ConnectOutcome {
+        if down.contains(domain) {
+            return .failed(SMTPReply(451, EnhancedStatus(4, 4, 1), "connect to mx.\(domain) failed"), AttemptContext(mxHost: "mx.\(domain)", mxAddress: "127.0.0.9"))
+        }
+        if gone.contains(domain) { return .failed(SMTPReply(550, .badDestinationSystem, "Host or domain name not found"), AttemptContext()) }
+        connections += 1
+        open[domain, default: 0] += 1
+        maxOpen[domain] = max(maxOpen[domain, default: 0], open[domain]!)
+        return .connected(FakeConnection(agent: self, domain: domain))
+    }
+
+    func closed(_ domain: String) { lock.withLock { open[domain]! -= 1 } }
+    func record(_ m: OutboundMessage) { lock.withLock { sent.append(m) } }
+}
+
+final class FakeConnection: DeliveryConnection, @unchecked Sendable {
+    let agent: FakeAgent
+    let domain: String
+    var messages = 0
+    init(agent: FakeAgent, domain: String) { self.agent = agent; self.domain = domain }
+    var context: AttemptContext { AttemptContext(mxHost: "mx.\(domain)", mxAddress: "127.0.0.1", tls: nil, remoteDSN: agent.remoteDSN) }
+    var isReusable: Bool { !(agent.breakAfterFirstMessage && messages >= 1) }
+    func send(_ m: OutboundMessage) async -> [Int64: RecipientOutcome] {
+        messages += 1
+        agent.record(m)
+        var out: [Int64: RecipientOutcome] = [:]
+        for r in m.envelope.recipients {
+            let local = r.address.prefix { $0 != "@" }
+            if agent.allOK || local.hasPrefix("ok") { out[r.id] = .delivered(SMTPReply(250, .ok, "queued as X")) }
+            else if local.hasPrefix("temp") { out[r.id] = .deferred(SMTPReply(451, EnhancedStatus(4, 2, 1), "mailbox busy")) }
+            else { out[r.id] = .bounced(SMTPReply(550, .badDestinationMailbox, "no such user")) }
+        }
+        return out
+    }
+    func close() async { agent.closed(domain) }
+}
+
+struct Harness {
+    let store: Store
+    let clock = ManualClock()
+    let agent = FakeAgent()
+    let scheduler: Scheduler
+
+    init(_ edit: (inout SchedulerConfig) -> Void = { _ in }) throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("tern-sched-\(UUID().uuidString)/t.sqlite").path
+        store = try Store(path: path)
+        var config = SchedulerConfig(hostname: "mx.tern.test")
+        edit(&config)
+        scheduler = Scheduler(store: store, agent: agent, config: config, clock: clock, random: { 0.5 }) // no jitter
+    }
+
+    @discardableResult
+    func submit(_ rcpts: [String], from: String = "alice@sender.test", notify: String? = nil, orcpt: Bool = false, ret: String? = nil) async throws -> Int64 {
+        let recipients = rcpts.map { NewRecipient(address: $0, domain: String($0.split(separator: "@")[1]), notify: notify, orcpt: orcpt ? "rfc822;orig-\($0)" : nil) }
+        let m = NewMessage(queueID: UUID().uuidString, receivedAt: clock.now(), mailFrom: from,
+                           body: Data("Subject: test\r\nMessage-ID: <orig@sender.test>\r\n\r\nbody line\r\n".utf8),
+                           clientAddress: "127.0.0.1", helo: "c", headerMessageID: "orig@sender.test", envID: "ENV-1", ret: ret,
+                           bodyType: nil, smtputf8: false, origin: "smtp", recipients: recipients)
+        return try await store.insertMessage(m)
+    }
+
+    func rows(_ sql: String) throws -> [Row] { try store.read { db in try Row.fetchAll(db, sql: sql) } }
+    func state(_ address: String) throws -> String? { try rows("SELECT state FROM recipient WHERE address = '\(address)'").first?[0] }
+    func dsns() throws -> [Row] { try rows("SELECT m.id, m.mail_from, m.body, m.dsn_for, r.address, r.notify FROM message m JOIN recipient r ON r.message_id = m.id WHERE m.origin = 'dsn' ORDER BY m.id") }
+}
+
+@Suite struct PolicyTests {
+    @Test func retryScheduleDoublesToTheCap() {
+        let r = RetrySchedule()
+        #expect((1...7).map { r.delay(afterAttempt: $0, random: 0.5) } == [300_000, 600_000, 1_200_000, 2_400_000, 4_000_000, 4_000_000, 4_000_000])
+        #expect(r.delay(afterAttempt: 1, random: 0) == 270_000)       // -10 %
+        #expect(r.delay(afterAttempt: 1, random: 0.999_999) == 329_999) // +10 %
+        #expect(r.delay(afterAttempt: 1000, random: 0.5) == 4_000_000)
+    }
+
+    @Test func notifyDefaults() {
+        let d = NotifyPolicy(nil)
+        #expect(!d.never && !d.success && d.failure && d.delay)
+        let s = NotifyPolicy("SUCCESS")
+        #expect(s.success && !s.failure && !s.delay)
+        #expect(NotifyPolicy("NEVER").never)
+    }
+}
+
+@Suite struct SchedulerTests {
+    @Test func deliveredWritesAttemptStateAndEvent() async throws {
+        let h = try Harness()
+        try await h.submit(["ok1@a.test", "ok2@a.test"])
+        await h.scheduler.runDue()
+        #expect(try h.state("ok1@a.test") == "delivered")
+        #expect(try h.state("ok2@a.test") == "delivered")
+        #expect(h.agent.sent.count == 1) // both recipients in one SMTP transaction
+        let attempt = try #require(try h.rows("SELECT outcome, mx_host, mx_address, code, enhanced FROM attempt ORDER BY id").first)
+        #expect(attempt[0] as String == "delivered" && attempt[1] as String == "mx.a.test" && attempt[3] as Int == 250)
+        #expect(try h.rows("SELECT count(*) FROM event WHERE kind = 'delivered'").first?[0] as Int? == 2)
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE final_at IS NOT NULL AND attempts = 1 AND lease_owner IS NULL").first?[0] as Int? == 2)
+        #expect(try h.dsns().isEmpty)
+    }
+
+    @Test func deferredRecipientsWaitForTheirRetryTime() async throws {
+        let h = try Harness()
+        try await h.submit(["temp@b.test"])
+        let t0 = h.clock.now()
+        await h.scheduler.runDue()
+        #expect(try h.state("temp@b.test") == "deferred")
+        #expect(try h.rows("SELECT next_attempt_at FROM recipient").first?[0] as Int64? == t0 + 300_000)
+        await h.scheduler.runDue()
+        #expect(h.agent.connections == 1) // not due: nothing was tried
+        h.clock.advance(seconds: 299)
+        await h.scheduler.runDue()
+        #expect(h.agent.connections == 1)
+        h.clock.advance(seconds: 1)
+        await h.scheduler.runDue()
+        #expect(h.agent.connections == 2)
+        #expect(try h.rows("SELECT next_attempt_at - \(t0) FROM recipient").first?[0] as Int64? == 300_000 + 600_000)
+        h.agent.allOK = true
+        h.clock.advance(seconds: 600)
+        await h.scheduler.runDue()
+        #expect(try h.state("temp@b.test") == "delivered")
+        #expect(try h.rows("SELECT attempts FROM recipient").first?[0] as Int? == 3)
+        #expect(try h.rows("SELECT group_concat(outcome) FROM (SELECT outcome FROM attempt ORDER BY id)").first?[0] as String? == "deferred,deferred,delivered")
+        #expect(try h.rows("SELECT group_concat(kind) FROM (SELECT kind FROM event WHERE recipient_id IS NOT NULL ORDER BY id)").first?[0] as String? == "deferred,deferred,delivered")
+    }
+
+    @Test func bounceQueuesOneDSNInTheSameTransaction() async throws {
+        let h = try Harness()
+        let id = try await h.submit(["perm1@c.test", "perm2@c.test", "ok@c.test"], orcpt: true)
+        await h.scheduler.runDue()
+        #expect(try h.state("perm1@c.test") == "bounced")
+        let dsns = try h.dsns()
+        #expect(dsns.count == 1)
+        let dsn = try #require(dsns.first)
+        #expect(dsn[1] as String == "")                      // from the null sender
+        #expect(dsn[3] as Int64 == id)                       // dsn_for
+        #expect(dsn[4] as String == "alice@sender.test")     // to the original sender
+        #expect(dsn[5] as String == "NEVER")
+        let text = String(decoding: dsn[2] as Data, as: UTF8.self)
+        #expect(text.contains("Content-Type: multipart/report; report-type=delivery-status;"))
+        #expect(text.contains("Final-Recipient: rfc822; perm1@c.test\r\nOriginal-Recipient: rfc822; orig-perm1@c.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.c.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user"))
+        #expect(text.contains("perm2@c.test") && !text.contains("Final-Recipient: rfc822; ok@c.test"))
+        #expect(text.contains("Original-Envelope-Id: ENV-1"))
+        #expect(text.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: test\r\n")) // RET=HDRS by default
+        #expect(!text.contains("body line"))
+        #expect(try h.rows("SELECT count(*) FROM event WHERE kind = 'dsn_queued' AND message_id = \(id)").first?[0] as Int? == 1)
+        // The DSN is itself queued for delivery to the sender's domain.
+        #expect(try h.rows("SELECT domain, state FROM recipient WHERE address = 'alice@sender.test'").first?[0] as String? == "sender.test")
+    }
+
+    @Test func retFullReturnsTheWholeMessage() async throws {
+        let h = try Harness()
+        try await h.submit(["perm@c.test"], ret: "FULL")
+        await h.scheduler.runDue()
+        let text = String(decoding: try h.dsns().first?[2] as Data? ?? Data(), as: UTF8.self)
+        #expect(text.contains("Content-Type: message/rfc822\r\n\r\nSubject: test\r\n"))
+        #expect(text.contains("body line"))
+    }
+
+    @Test func noDSNForTheNullSenderOrNotifyNever() async throws {
+        let h = try Harness()
+        try await h.submit(["perm1@c.test"], from: "")
+        try await h.submit(["perm2@c.test"], notify: "NEVER")
+        try await h.submit(["perm3@c.test"], notify: "SUCCESS") // failure not asked for
+        await h.scheduler.runDue()
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'bounced'").first?[0] as Int? == 3)
+        #expect(try h.dsns().isEmpty)
+    }
+
+    @Test func successDSNOnlyWhenTheNextHopCannotSendOne() async throws {
+        let h = try Harness()
+        try await h.submit(["ok@d.test"], notify: "SUCCESS")
+        await h.scheduler.runDue()
+        let text = String(decoding: try h.dsns().first?[2] as Data? ?? Data(), as: UTF8.self)
+        #expect(text.contains("Action: relayed\r\nStatus: 2.0.0"))
+        let h2 = try Harness()
+        h2.agent.remoteDSN = true // NOTIFY went on to the next hop (RFC 3461 §6.2.2)
+        try await h2.submit(["ok@d.test"], notify: "SUCCESS")
+        await h2.scheduler.runDue()
+        #expect(try h2.dsns().isEmpty)
+    }
+
+    @Test func delayDSNOnceThenExpiryWith447() async throws {
+        let h = try Harness()
+        try await h.submit(["temp@e.test"])
+        var delayed = 0
+        // Retry for five days; every attempt defers.
+        for _ in 0..<200 {
+            await h.scheduler.runDue()
+            delayed = try h.dsns().filter { String(decoding: $0[2] as Data, as: UTF8.self).contains("Action: delayed") }.count
+            if try h.state("temp@e.test") == "expired" { break }
+            guard let next = try h.rows("SELECT next_attempt_at FROM recipient WHERE address = 'temp@e.test'").first?[0] as Int64? else { break }
+            h.clock.advance(ms: max(0, next - h.clock.now()))
+        }
+        #expect(try h.state("temp@e.test") == "expired")
+        #expect(delayed == 1) // exactly one delay notice
+        let r = try #require(try h.rows("SELECT last_enhanced, created_at, final_at, delay_notified_at FROM recipient WHERE address = 'temp@e.test'").first)
+        #expect(r[0] as String == "4.4.7")
+        #expect((r[2] as Int64) - (r[1] as Int64) == 5 * 86_400_000) // the last try is at the lifetime, not later
+        #expect((r[3] as Int64) - (r[1] as Int64) >= 4 * 3_600_000)
+        let failed = try h.dsns().map { String(decoding: $0[2] as Data, as: UTF8.self) }.filter { $0.contains("Action: failed") }
+        #expect(failed.count == 1)
+        #expect(failed.first?.contains("Status: 4.4.7") == true)
+        #expect(try h.rows("SELECT count(*) FROM event WHERE kind = 'expired'").first?[0] as Int? == 1)
+    }
+
+    @Test func unreachableAndNonexistentDestinations() async throws {
+        let h = try Harness { $0.claimBatch = 2 }
+        h.agent.down = ["down.test"]
+        h.agent.gone = ["gone.test"]
+        for i in 0..<5 { try await h.submit(["u\(i)@down.test"]) }
+        try await h.submit(["x@gone.test"])
+        await h.scheduler.runDue()
+        // Every due recipient of the dead domain is deferred in this pass, not one batch.
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE domain = 'down.test' AND state = 'deferred' AND last_code = 451").first?[0] as Int? == 5)
+        #expect(try h.rows("SELECT count(*) FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE r.domain = 'down.test' AND a.mx_host = 'mx.down.test'").first?[0] as Int? == 5)
+        #expect(try h.state("x@gone.test") == "bounced")
+        #expect(try h.dsns().count == 1)
+    }
+
+    @Test func connectionsAreReusedAndLimited() async throws {
+        let h = try Harness { c in
+            c.maxConnectionsPerDestination = 3
+            c.messagesPerConnection = 5
+            c.claimBatch = 2
+        }
+        for i in 0..<40 { try await h.submit(["ok\(i)@f.test"]) }
+        try await h.submit(["ok@g.test"])
+        await h.scheduler.runDue()
+        while try h.rows("SELECT count(*) FROM recipient WHERE state = 'queued'").first?[0] as Int? ?? 0 > 0 {
+            await h.scheduler.runDue()
+        }
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] as Int? == 41)
+        #expect(h.agent.maxOpen["f.test"]! <= 3)
+        #expect(h.agent.connections >= 9) // 40 messages, 5 per connection, plus g.test
+        #expect(h.agent.sent.count == 41)
+    }
+
+    @Test func untriedRecipientsAreReleasedWhenAConnectionBreaks() async throws {
+        let h = try Harness { $0.claimBatch = 10; $0.maxConnectionsPerDestination = 1 }
+        h.agent.breakAfterFirstMessage = true
+        for i in 0..<3 { try await h.submit(["ok\(i)@h.test"]) }
+        await h.scheduler.runDue()
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] as Int? == 1)
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'queued' AND attempts = 0 AND lease_owner IS NULL").first?[0] as Int? == 2)
+        await h.scheduler.runDue()
+        await h.scheduler.runDue()
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] as Int? == 3)
+    }
+
+    @Test func leasesOfADeadInstanceAreRecovered() async throws {
+        let h = try Harness()
+        let id = try await h.submit(["ok@i.test"])
+        try h.store.writeDirect { db in
+            try db.execute(sql: "UPDATE recipient SET state = 'inflight', lease_owner = 'dead', lease_expires_at = ? WHERE message_id = ?",
+                           arguments: [h.clock.now() + 600_000, id])
+        }
+        await h.scheduler.runDue()
+        #expect(try h.state("ok@i.test") == "inflight") // the lease is still valid for a live owner
+        #expect(try await h.store.recoverLeases(now: h.clock.now(), owner: h.scheduler.owner, everyOtherOwner: true) == 1)
+        #expect(try h.rows("SELECT count(*) FROM event WHERE kind = 'lease_expired'").first?[0] as Int? == 1)
+        await h.scheduler.runDue()
+        #expect(try h.state("ok@i.test") == "delivered")
+        // A lease that simply runs out is swept by the next pass.
+        let id2 = try await h.submit(["ok2@i.test"])
+        try h.store.writeDirect { db in
+            try db.execute(sql: "UPDATE recipient SET state = 'inflight', lease_owner = 'x', lease_expires_at = ? WHERE message_id = ?",
+                           arguments: [h.clock.now() - 1, id2])
+        }
+        await h.scheduler.runDue()
+        await h.scheduler.runDue()
+        #expect(try h.state("ok2@i.test") == "delivered")
+    }
+}
