@@ -1,8 +1,8 @@
 # Tern — the two commands: `make run` and `make test` (see README.md).
 # Each installs the Debian packages it needs first.
 
-BUILD_PACKAGES := libsqlite3-dev sqlite3
-TEST_PACKAGES  := swaks python3
+BUILD_PACKAGES := libsqlite3-dev sqlite3 libc-ares-dev pkg-config
+TEST_PACKAGES  := swaks python3 python3-aiosmtpd dnsmasq-base
 SWIFT_TEST_FLAGS ?=
 
 .PHONY: run test build release deps test-deps bench migrations clean

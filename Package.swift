@@ -47,8 +47,8 @@ let package = Package(
         ]),
         // `tern` subcommands and configuration (TOML + flags).
         .target(name: "TernCLI", dependencies: [
-            "TernProtocol", "TernMessage", "TernStore", "TernIntake", "TernListener",
-            nioCore, nioPosix, logging, lifecycle,
+            "TernProtocol", "TernMessage", "TernStore", "TernIntake", "TernListener", "TernRouting", "TernDelivery",
+            "TernScheduler", nioCore, nioPosix, logging, lifecycle,
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
@@ -71,8 +71,8 @@ let package = Package(
         ]),
         .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore", "TernProtocol"]),
         .testTarget(name: "TernIntegrationTests", dependencies: [
-            "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", nioCore, nioPosix, logging,
-            .product(name: "GRDB", package: "GRDB.swift"),
+            "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", "TernRouting", "TernDelivery",
+            "TernScheduler", "TernTestSupport", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),
         ], exclude: ["interop"]),
     ]
 )

@@ -6,6 +6,8 @@ import Foundation
 import TOMLKit
 import TernListener
 import TernProtocol
+import TernRouting
+import TernScheduler
 
 /// Everything `tern serve` needs, resolved.
 public struct TernSettings: Sendable {
@@ -25,6 +27,33 @@ public struct TernSettings: Sendable {
     public var commandTimeout = defaults.commandTimeoutSeconds
     public var dataTimeout = defaults.dataTimeoutSeconds
     public var shutdownGrace = defaults.shutdownGraceSeconds
+    // Delivery
+    public var routes: [StaticRoute] = []
+    /// DNS servers as HOST:PORT; empty means the system's (/etc/resolv.conf).
+    public var resolvers: [String] = []
+    public var remotePort = 25
+    public var deliveryMaxConnections = deliveryDefaults.maxConnections
+    public var deliveryMaxPerDestination = deliveryDefaults.maxConnectionsPerDestination
+    public var deliveryMessagesPerConnection = deliveryDefaults.messagesPerConnection
+    public var retryFirst = deliveryDefaults.policy.retry.firstDelayMillis / 1000
+    public var retryMax = deliveryDefaults.policy.retry.maxDelayMillis / 1000
+    public var maxQueueLifetime = deliveryDefaults.policy.maxQueueLifetimeMillis / 1000
+    public var delayWarning = deliveryDefaults.policy.delayWarningMillis / 1000
+    public var connectTimeout: Int64 = 30
+
+    static let deliveryDefaults = SchedulerConfig(hostname: "localhost")
+
+    /// The scheduler configuration these settings describe.
+    public var schedulerConfig: SchedulerConfig {
+        var c = SchedulerConfig(hostname: hostname)
+        c.maxConnections = deliveryMaxConnections
+        c.maxConnectionsPerDestination = deliveryMaxPerDestination
+        c.messagesPerConnection = deliveryMessagesPerConnection
+        c.policy.retry = RetrySchedule(firstDelayMillis: retryFirst * 1000, maxDelayMillis: retryMax * 1000)
+        c.policy.maxQueueLifetimeMillis = maxQueueLifetime * 1000
+        c.policy.delayWarningMillis = delayWarning * 1000
+        return c
+    }
 
     /// The listener's own defaults are the one source of the default limits.
     static let defaults = ListenerConfig(session: SessionConfig(hostname: "localhost"))
@@ -66,7 +95,12 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 }
 
 extension TernSettings {
-    static let topKeys: Set<String> = ["hostname", "db", "listen", "relay_domains", "trusted_networks", "log_level", "limits"]
+    static let topKeys: Set<String> = ["hostname", "db", "listen", "relay_domains", "trusted_networks", "log_level", "limits",
+                                       "routes", "resolvers", "remote_port", "delivery"]
+    static let deliveryKeys: Set<String> = [
+        "max_connections", "max_connections_per_destination", "messages_per_connection", "retry_first", "retry_max",
+        "max_queue_lifetime", "delay_warning", "connect_timeout",
+    ]
     static let limitKeys: Set<String> = [
         "max_message_size", "max_recipients", "max_command_line", "max_text_line", "max_errors", "max_connections",
         "max_connections_per_client", "command_timeout", "data_timeout", "shutdown_grace",
@@ -107,6 +141,23 @@ extension TernSettings {
         if let v = try strings(table, "listen") { listen = try v.map(TernSettings.parseListen) }
         if let v = try strings(table, "relay_domains") { relayDomains = v }
         if let v = try strings(table, "trusted_networks") { trustedNetworks = try v.map(TernSettings.parseNetwork) }
+        if let v = try strings(table, "routes") { routes = try v.map(TernSettings.parseRoute) }
+        if let v = try strings(table, "resolvers") { resolvers = try v.map(TernSettings.checkResolver) }
+        if let v = try int(table, "remote_port") { remotePort = v }
+        if let d = table["delivery"] {
+            guard let delivery = d.table else { throw ConfigError("\(source): 'delivery' must be a table") }
+            for key in delivery.keys where !TernSettings.deliveryKeys.contains(key) {
+                throw ConfigError("\(source): unknown key 'delivery.\(key)' (known: \(TernSettings.deliveryKeys.sorted().joined(separator: ", ")))")
+            }
+            if let v = try int(delivery, "max_connections") { deliveryMaxConnections = v }
+            if let v = try int(delivery, "max_connections_per_destination") { deliveryMaxPerDestination = v }
+            if let v = try int(delivery, "messages_per_connection") { deliveryMessagesPerConnection = v }
+            if let v = try int(delivery, "retry_first") { retryFirst = Int64(v) }
+            if let v = try int(delivery, "retry_max") { retryMax = Int64(v) }
+            if let v = try int(delivery, "max_queue_lifetime") { maxQueueLifetime = Int64(v) }
+            if let v = try int(delivery, "delay_warning") { delayWarning = Int64(v) }
+            if let v = try int(delivery, "connect_timeout") { connectTimeout = Int64(v) }
+        }
         if let l = table["limits"] {
             guard let limits = l.table else { throw ConfigError("\(source): 'limits' must be a table") }
             for key in limits.keys where !TernSettings.limitKeys.contains(key) {
@@ -141,6 +192,12 @@ extension TernSettings {
         if maxConnections < 1 || maxConnectionsPerClient < 1 { throw ConfigError("connection limits must be at least 1") }
         if commandTimeout < 1 || dataTimeout < 1 { throw ConfigError("timeouts must be at least 1 second") }
         if hostname.isEmpty { throw ConfigError("hostname must not be empty") }
+        if !(1...65535).contains(remotePort) { throw ConfigError("remote_port must be 1-65535") }
+        if deliveryMaxConnections < 1 || deliveryMaxPerDestination < 1 || deliveryMessagesPerConnection < 1 {
+            throw ConfigError("delivery limits must be at least 1")
+        }
+        if retryFirst < 1 || retryMax < retryFirst { throw ConfigError("delivery.retry_first must be ≥ 1 and ≤ delivery.retry_max") }
+        if maxQueueLifetime < 1 { throw ConfigError("delivery.max_queue_lifetime must be at least 1 second") }
     }
 
     /// `HOST:PORT`, `[IPv6]:PORT` or `:PORT` (all addresses).
@@ -163,6 +220,22 @@ extension TernSettings {
             throw ConfigError("bad port in listen address '\(text)'")
         }
         return (host.isEmpty ? "0.0.0.0" : String(host), port)
+    }
+
+    public static func parseRoute(_ text: String) throws -> StaticRoute {
+        guard let r = StaticRoute(parsing: text) else {
+            throw ConfigError("bad route '\(text)' (use DOMAIN=HOST[:PORT], HOST a name, an IPv4 address or [IPv6]; DOMAIN * for every domain)")
+        }
+        return r
+    }
+
+    /// `HOST:PORT` or `[IPv6]:PORT` of a DNS server.
+    public static func checkResolver(_ text: String) throws -> String {
+        let (host, port) = try parseListen(text)
+        guard IPAddress(host) != nil, port > 0 else {
+            throw ConfigError("bad resolver '\(text)' (use IP:PORT such as 127.0.0.1:53 or [::1]:53)")
+        }
+        return text
     }
 
     public static func parseNetwork(_ text: String) throws -> IPNetwork {

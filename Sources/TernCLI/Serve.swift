@@ -5,8 +5,11 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import TernDelivery
 import TernIntake
 import TernListener
+import TernRouting
+import TernScheduler
 import TernStore
 
 struct Serve: AsyncParsableCommand {
@@ -35,6 +38,15 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("max-message-size"), help: ArgumentHelp("Largest message accepted, in bytes, advertised with SIZE (default 26214400).", valueName: "BYTES"))
     var maxMessageSize: Int?
 
+    @Option(name: .long, help: ArgumentHelp("Deliver mail for DOMAIN to HOST (a name, an IPv4 address or [IPv6]) instead of its MX; repeatable; DOMAIN * is a smarthost for every domain.", valueName: "DOMAIN=HOST[:PORT]"))
+    var route: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("DNS server for MX and address look-ups; repeatable (default: the system's, from /etc/resolv.conf).", valueName: "HOST:PORT"))
+    var resolver: [String] = []
+
+    @Option(name: .customLong("remote-port"), help: ArgumentHelp("Port for delivery to MX hosts (default 25; for test set-ups).", valueName: "PORT"))
+    var remotePort: Int?
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (default info).", valueName: "LEVEL"))
     var logLevel: String?
 
@@ -46,6 +58,9 @@ struct Serve: AsyncParsableCommand {
         if !trustedNetworks.isEmpty { s.trustedNetworks = try trustedNetworks.map(TernSettings.parseNetwork) }
         if let m = maxMessageSize { s.maxMessageSize = m }
         if let l = logLevel { s.logLevel = try TernSettings.checkLogLevel(l) }
+        if !route.isEmpty { s.routes = try route.map(TernSettings.parseRoute) }
+        if !resolver.isEmpty { s.resolvers = try resolver.map(TernSettings.checkResolver) }
+        if let p = remotePort { s.remotePort = p }
         try s.validate()
         return s
     }
@@ -61,26 +76,43 @@ struct Serve: AsyncParsableCommand {
         } catch {
             throw fail("cannot open database \(settings.db): \(error)", code: 74) // EX_IOERR
         }
-        let intake = Intake(store: store, hostname: settings.hostname, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: NIOCore.System.coreCount)
+        let resolver: CAresResolver
+        do {
+            resolver = try CAresResolver(servers: settings.resolvers.isEmpty ? nil : settings.resolvers)
+        } catch {
+            throw fail("\(error)", code: 78)
+        }
+        let router = Router(routes: settings.routes, resolver: resolver, remotePort: settings.remotePort)
+        var client = ClientConfig(heloName: settings.hostname)
+        client.connectTimeout = settings.connectTimeout
+        let agent = SMTPDeliveryAgent(router: router, config: client, group: group, logger: logger)
+        let scheduler = Scheduler(store: store, agent: agent, config: settings.schedulerConfig, logger: logger)
+        let intake = Intake(store: store, hostname: settings.hostname, logger: logger, onAccepted: { scheduler.wake() })
         let listener = SMTPListener(config: settings.listenerConfig, intake: intake, group: group, logger: logger)
         logger.info("tern starting", metadata: [
             "db": "\(settings.db)", "hostname": "\(settings.hostname)",
             "relay_domains": "\(settings.relayDomains)", "trusted": "\(settings.trustedNetworks.map(\.description))",
+            "routes": "\(settings.routes.map { "\($0.domain)=\($0.host)\($0.port.map { ":\($0)" } ?? "")" })",
+            "resolvers": "\(settings.resolvers.isEmpty ? ["system"] : settings.resolvers)",
         ])
+        // Shut down in reverse order: the listener stops taking mail first,
+        // then the scheduler finishes the deliveries in progress.
         var groupConfig = ServiceGroupConfiguration(
-            services: [.init(service: listener)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        groupConfig.maximumGracefulShutdownDuration = Duration.seconds(settings.shutdownGrace + 5)
+            services: [.init(service: scheduler), .init(service: listener)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        groupConfig.maximumGracefulShutdownDuration = .seconds(settings.shutdownGrace + 5)
         let services = ServiceGroup(configuration: groupConfig)
         do {
             try await services.run()
         } catch {
-            logger.error("listener failed", metadata: ["error": "\(error)"])
+            logger.error("service failed", metadata: ["error": "\(error)"])
+            resolver.shutdown()
             store.close()
             try? await group.shutdownGracefully()
             throw fail("\(error)", code: 71) // EX_OSERR
         }
         let stats = store.commitStats
+        resolver.shutdown()
         store.close()
         try? await group.shutdownGracefully()
         logger.notice("tern stopped; database closed", metadata: [

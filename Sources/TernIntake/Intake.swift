@@ -22,14 +22,17 @@ public final class Intake: Sendable {
     public let hostname: String
     let clock: @Sendable () -> Int64
     let logger: Logger
+    let onAccepted: @Sendable () -> Void
 
-    /// `clock` returns Unix milliseconds (injected so tests control time).
+    /// `clock` returns Unix milliseconds (injected so tests control time);
+    /// `onAccepted` runs after each commit (the scheduler's wake-up).
     public init(store: Store, hostname: String, logger: Logger = Logger(label: "tern.intake"),
-                clock: @escaping @Sendable () -> Int64 = { nowMillis() }) {
+                clock: @escaping @Sendable () -> Int64 = { nowMillis() }, onAccepted: @escaping @Sendable () -> Void = {}) {
         self.store = store
         self.hostname = hostname
         self.logger = logger
         self.clock = clock
+        self.onAccepted = onAccepted
     }
 
     /// Commits one message; `completion` gets the queue id, or the reply to
@@ -52,6 +55,7 @@ public final class Intake: Sendable {
                     "nrcpt": "\(message.recipients.count)", "peer": "\(message.clientAddress ?? "local")",
                 ])
                 completion(.accepted(queueID: message.queueID))
+                self.onAccepted()
             case .failure(.constraint(let why)) where retries > 0 && why.contains("queue_id"):
                 // Two processes drew the same queue id: draw again.
                 self.accept(envelope, body: body, origin: origin, authUser: authUser, retries: retries - 1,

@@ -24,8 +24,9 @@ public struct SchedulerConfig: Sendable {
     /// Recipients a worker claims at a time.
     public var claimBatch = 20
     public var leaseMillis: Int64 = 10 * 60_000
-    /// Longest sleep between passes when nothing is due.
-    public var idleWakeMillis: Int64 = 60_000
+    /// Longest sleep between passes; also how soon mail queued by another
+    /// process (`tern sendmail`) is noticed.
+    public var idleWakeMillis: Int64 = 5_000
     public var policy = PolicyConfig()
 
     public init(hostname: String) { self.hostname = hostname }
@@ -99,7 +100,10 @@ public final class Scheduler: Service, Sendable {
 
     private func sleepTime() -> Int64 {
         guard let next = try? store.nextDueTime() else { return config.idleWakeMillis }
-        return max(0, min(next - clock.now(), config.idleWakeMillis))
+        let wait = next - clock.now()
+        // Due now but not started: its destination is at its connection limit,
+        // and a finishing worker will wake us. Never spin.
+        return wait <= 0 ? config.idleWakeMillis : min(wait, config.idleWakeMillis)
     }
 
     // MARK: - Workers
@@ -275,7 +279,16 @@ final class Wakeup: Sendable {
 
     func wait(milliseconds: Int64) async {
         if state.withLock({ s in defer { s.pending = false }; return s.pending }) { return }
-        if milliseconds <= 0 { return }
+        if milliseconds <= 0 || Task.isCancelled { return }
+        // A continuation does not see cancellation: the handler wakes it.
+        await withTaskCancellationHandler {
+            await race(milliseconds)
+        } onCancel: {
+            self.signal()
+        }
+    }
+
+    private func race(_ milliseconds: Int64) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 await withCheckedContinuation { cont in

@@ -20,6 +20,14 @@ final class ServeProcess: @unchecked Sendable {
     private var collected = ""
 
     init(_ args: [String]) throws {
+        // This machine's DNS server is not on loopback: every Tern a test
+        // starts must resolve through a loopback server or a smarthost route.
+        let resolver = args.firstIndex(of: "--resolver").map { args[$0 + 1] }
+        let smarthost = args.indices.contains { args[$0] == "--route" && args[$0 + 1].hasPrefix("*=") }
+        guard smarthost || (resolver.map { $0.hasPrefix("127.") || $0.hasPrefix("[::1]") } ?? false) else {
+            Issue.record("tern serve started without a loopback --resolver or a '*' --route: it would query the system resolver")
+            throw ClientError.closed
+        }
         process.executableURL = URL(fileURLWithPath: try ternBinary())
         process.arguments = ["serve"] + args
         process.standardError = errPipe
@@ -48,11 +56,10 @@ final class ServeProcess: @unchecked Sendable {
     }
 
     func terminate() async -> Int32 {
-        process.terminate() // SIGTERM
-        for _ in 0..<500 where process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-        return process.terminationStatus
+        kill(process.processIdentifier, SIGTERM)
+        if let status = waitForExit(process, seconds: 20) { return status }
+        kill(process.processIdentifier, SIGKILL)
+        return waitForExit(process, seconds: 10) ?? -1
     }
 }
 
@@ -60,7 +67,8 @@ final class ServeProcess: @unchecked Sendable {
     @Test func serveAcceptsAndStopsCleanlyOnSIGTERM() async throws {
         let dir = try tempFolder()
         let db = dir.appendingPathComponent("q/tern.sqlite").path
-        let serve = try ServeProcess(["--listen", "127.0.0.1:0", "--db", db, "--hostname", "mx.test", "--relay-domain", "local.test"])
+        let serve = try ServeProcess(["--listen", "127.0.0.1:0", "--db", db, "--hostname", "mx.test", "--relay-domain", "local.test",
+                                      "--resolver", "127.0.0.1:9"])
         let port = try await serve.port()
         let c = try RawClient(port: port)
         #expect(try c.readReply().last == "mx.test ESMTP Tern")
@@ -75,9 +83,60 @@ final class ServeProcess: @unchecked Sendable {
         // The WAL was checkpointed into the database on close.
         let walSize = (try? FileManager.default.attributesOfItem(atPath: db + "-wal")[.size] as? Int) ?? 0
         #expect(walSize == 0)
+        // Kept, whether or not the scheduler tried it before SIGTERM: the resolver
+        // (a dead loopback port) can only give a temporary DNS failure.
         let store = try Store(path: db)
-        #expect(try store.stateCounts() == ["queued": 1])
+        let counts = try store.stateCounts()
+        #expect(counts == ["queued": 1] || counts == ["deferred": 1], "\(counts)")
+        let reasons = try store.read { db in try String.fetchAll(db, sql: "SELECT enhanced FROM attempt") }
+        #expect(reasons.allSatisfy { $0 == "4.4.3" }, "\(reasons)")
         store.close()
+    }
+
+    /// The whole chain with programs nobody here wrote: MX records from
+    /// dnsmasq on a loopback port, aiosmtpd as the receiving MTA.
+    @Test func serveDeliversByMXFromDnsmasqToAiosmtpd() async throws {
+        let mta = try await Aiosmtpd.start()
+        defer { mta.child.stop() }
+        let dns = try await Dnsmasq.start([
+            "--mx-host=mail.test,mx1.mail.test,10", "--host-record=mx1.mail.test,127.0.0.1",
+            "--mx-host=sender.test,mx1.mail.test,10",
+        ])
+        defer { dns.child.stop() }
+        let dir = try tempFolder()
+        let db = dir.appendingPathComponent("tern.sqlite").path
+        let serve = try ServeProcess(["--listen", "127.0.0.1:0", "--db", db, "--hostname", "mx.tern.test",
+                                      "--resolver", "127.0.0.1:\(dns.port)", "--remote-port", "\(mta.port)"])
+        let port = try await serve.port()
+        let c = try RawClient(port: port)
+        _ = try c.readReply()
+        _ = try c.command("EHLO client.test")
+        #expect(try c.sendMessage(from: "ann@sender.test", to: ["bea@mail.test", "nobody@missing.test"],
+                                  body: "Subject: via MX\r\n\r\nhello\r\n").status == "250 2.0.0")
+        // bea@ arrives; missing.test is NXDOMAIN, so ann@sender.test gets a DSN — also delivered by MX.
+        #expect(await eventually { mta.messages().count == 2 }, "\(serve.log)\n\(dns.child.log)")
+        let status = await serve.terminate()
+        #expect(status == 0)
+        let messages = mta.messages()
+        #expect(messages.first { ($0["rcpt_tos"] as? [String]) == ["bea@mail.test"] } != nil)
+        let report = try #require(messages.first { ($0["mail_from"] as? String) == "<>" })
+        #expect(report["rcpt_tos"] as? [String] == ["ann@sender.test"])
+        let dsn = try parseDSN(report["content"] as? String ?? "")
+        let r = (dsn["per_recipient"] as? [[String: String]])?.first
+        #expect(r?["Final-Recipient"] == "rfc822; nobody@missing.test")
+        #expect(r?["Status"] == "5.1.2")
+        let store = try Store(path: db)
+        defer { store.close() }
+        let rows = try store.read { db in
+            try Row.fetchAll(db, sql: "SELECT r.address, r.state, a.mx_host, a.mx_address, r.last_enhanced FROM recipient r JOIN attempt a ON a.recipient_id = r.id ORDER BY r.id")
+        }
+        #expect(rows.map { $0[0] as String } == ["bea@mail.test", "nobody@missing.test", "ann@sender.test"])
+        #expect(rows[0][1] as String == "delivered" && rows[0][2] as String == "mx1.mail.test" && rows[0][3] as String == "127.0.0.1")
+        #expect(rows[1][1] as String == "bounced" && rows[1][4] as String == "5.1.2")
+        #expect(rows[2][1] as String == "delivered")
+        // dnsmasq answered the queries: MX and A for mail.test, MX for missing.test.
+        #expect(dns.child.log.contains("query[MX] mail.test"))
+        #expect(dns.child.log.contains("query[MX] missing.test"))
     }
 
     @Test func serveRefusesBadConfiguration() throws {

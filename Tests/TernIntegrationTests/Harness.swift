@@ -6,13 +6,24 @@ import Logging
 import NIOCore
 import NIOPosix
 import Testing
+import TernDelivery
 @testable import TernIntake
 @testable import TernListener
 import TernProtocol
+import TernRouting
+import TernScheduler
 @testable import TernStore
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Delivery for a TestServer: where mail goes and how fast retries come.
+struct DeliverySetup {
+    var routes: [StaticRoute]
+    var resolver: any DNSResolver = StaticResolver()
+    var remotePort = 25
+    var edit: @Sendable (inout SchedulerConfig) -> Void = { _ in }
+}
 
 final class TestServer: Sendable {
     let store: Store
@@ -20,37 +31,56 @@ final class TestServer: Sendable {
     let group: MultiThreadedEventLoopGroup
     let port: Int
     let dbPath: String
+    let scheduler: Scheduler?
+    let schedulerTask: Task<Void, Never>?
 
-    static func start(_ edit: (inout ListenerConfig) -> Void = { _ in }) async throws -> TestServer {
+    static func start(delivery: DeliverySetup? = nil, _ edit: (inout ListenerConfig) -> Void = { _ in }) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-it-\(UUID().uuidString)")
         let dbPath = dir.appendingPathComponent("tern.sqlite").path
         let store = try Store(path: dbPath)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        let intake = Intake(store: store, hostname: "mx.test", logger: logger)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        var scheduler: Scheduler? = nil
+        if let d = delivery {
+            var client = ClientConfig(heloName: "mx.test")
+            client.setAllTimeouts(10)
+            let agent = SMTPDeliveryAgent(router: Router(routes: d.routes, resolver: d.resolver, remotePort: d.remotePort),
+                                          config: client, group: group, logger: logger)
+            var sc = SchedulerConfig(hostname: "mx.test")
+            d.edit(&sc)
+            scheduler = Scheduler(store: store, agent: agent, config: sc, logger: logger)
+        }
+        let s = scheduler
+        let intake = Intake(store: store, hostname: "mx.test", logger: logger, onAccepted: { s?.wake() })
         var session = SessionConfig(hostname: "mx.test")
         session.relay = RelayPolicy(relayDomains: ["local.test"])
         var config = ListenerConfig(session: session)
         config.listen = [("127.0.0.1", 0)]
         config.shutdownGraceSeconds = 5
         edit(&config)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let listener = SMTPListener(config: config, intake: intake, group: group, logger: logger)
         try await listener.start()
         let port = listener.boundAddresses.first!.port!
-        return TestServer(store: store, listener: listener, group: group, port: port, dbPath: dbPath)
+        let task = scheduler.map { sch in Task { _ = try? await sch.run() } }
+        return TestServer(store: store, listener: listener, group: group, port: port, dbPath: dbPath, scheduler: scheduler, schedulerTask: task)
     }
 
-    private init(store: Store, listener: SMTPListener, group: MultiThreadedEventLoopGroup, port: Int, dbPath: String) {
+    private init(store: Store, listener: SMTPListener, group: MultiThreadedEventLoopGroup, port: Int, dbPath: String,
+                 scheduler: Scheduler?, schedulerTask: Task<Void, Never>?) {
         self.store = store
         self.listener = listener
         self.group = group
         self.port = port
         self.dbPath = dbPath
+        self.scheduler = scheduler
+        self.schedulerTask = schedulerTask
     }
 
     func stop() async {
         await listener.stop()
+        schedulerTask?.cancel()
+        await schedulerTask?.value
         store.close()
         try? await group.shutdownGracefully()
     }
@@ -188,8 +218,25 @@ func runProgram(_ program: String, _ args: [String], stdin: String? = nil, envir
     try inp.fileHandleForWriting.close()
     let o = out.fileHandleForReading.readDataToEndOfFile()
     let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return ProcessResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    let status = waitForExit(p, seconds: 120) ?? -1
+    return ProcessResult(status: status, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
+
+/// Reaps a child ourselves, bounded. Foundation's `waitUntilExit` can hang
+/// on Linux while its monitor thread blocks in wait4 on another live child.
+func waitForExit(_ p: Process, seconds: Double) -> Int32? {
+    let pid = p.processIdentifier
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        var status: Int32 = 0
+        let r = waitpid(pid, &status, WNOHANG)
+        if r == pid {
+            return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        }
+        if r == -1 && errno == ECHILD && !p.isRunning { return p.terminationStatus } // Foundation reaped it
+        usleep(10_000)
+    }
+    return nil
 }
 
 /// A required external tool: a missing one fails the test (CI installs them).
@@ -213,4 +260,138 @@ func ternBinary() throws -> String {
     }
     Issue.record("the tern executable is not built; run `swift build` before `swift test` (make test does)")
     throw ClientError.closed
+}
+
+/// Waits (bounded: 20 s) until `condition` holds; false if it never did.
+func eventually(_ condition: () throws -> Bool) async -> Bool {
+    for _ in 0..<1000 {
+        if (try? condition()) == true { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return false
+}
+
+extension RawClient {
+    /// One message through a whole transaction; returns the final reply.
+    func sendMessage(from: String, to: [String], body: String, mailParams: String = "", rcptParams: String = "") throws -> Reply {
+        try send("MAIL FROM:<\(from)>\(mailParams)\r\n" + to.map { "RCPT TO:<\($0)>\(rcptParams)\r\n" }.joined() + "DATA\r\n")
+        let replies = try readReplies(to.count + 2)
+        guard replies.last?.code == 354 else { return replies.first { $0.code >= 400 } ?? replies.last! }
+        try send(body + ".\r\n")
+        return try readReply()
+    }
+}
+
+/// A child process we start for interop and must stop with SIGKILL (a child
+/// inherits the test thread's blocked signals, so SIGTERM may never arrive).
+final class ChildProcess: @unchecked Sendable {
+    let process: Process
+    let outputLock = NSLock()
+    var output = ""
+
+    init(_ executable: String, _ args: [String]) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = args
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        pipe.fileHandleForReading.readabilityHandler = { [weak self] h in
+            let d = h.availableData
+            guard let self, !d.isEmpty else { return }
+            self.outputLock.withLock { self.output += String(decoding: d, as: UTF8.self) }
+        }
+        try process.run()
+    }
+
+    var log: String { outputLock.withLock { output } }
+
+    /// Waits (bounded) for a line matching `prefix`; returns the rest of it.
+    func waitFor(_ prefix: String) async -> String? {
+        for _ in 0..<500 {
+            for line in log.split(separator: "\n") where line.hasPrefix(prefix) { return String(line.dropFirst(prefix.count)) }
+            if !process.isRunning { return nil }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return nil
+    }
+
+    func stop() {
+        kill(process.processIdentifier, SIGKILL)
+        _ = waitForExit(process, seconds: 10)
+    }
+}
+
+/// aiosmtpd (Debian's python3-aiosmtpd, for /usr/bin/python3) as the receiving MTA.
+struct Aiosmtpd {
+    let child: ChildProcess
+    let port: Int
+    let outdir: URL
+
+    static func start() async throws -> Aiosmtpd {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"),
+              try runProgram("/usr/bin/python3", ["-c", "import aiosmtpd"]).status == 0 else {
+            Issue.record("python3-aiosmtpd is not installed; run .ci/run or `make test-deps` (interop tests never skip)")
+            throw ClientError.closed
+        }
+        let outdir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-aiosmtpd-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: outdir, withIntermediateDirectories: true)
+        let script = repoRoot.appendingPathComponent("Tests/TernIntegrationTests/interop/aiosmtpd_sink.py").path
+        let child = try ChildProcess("/usr/bin/python3", [script, outdir.path])
+        guard let p = await child.waitFor("PORT "), let port = Int(p) else {
+            child.stop()
+            Issue.record("aiosmtpd did not start: \(child.log)")
+            throw ClientError.closed
+        }
+        return Aiosmtpd(child: child, port: port, outdir: outdir)
+    }
+
+    /// The messages received so far, in order.
+    func messages() -> [[String: Any]] {
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: outdir.path)) ?? [])
+            .filter { $0.hasSuffix(".json") }.sorted { Int($0.dropLast(5))! < Int($1.dropLast(5))! }
+        return files.compactMap { f in
+            (try? Data(contentsOf: outdir.appendingPathComponent(f))).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
+        }
+    }
+}
+
+/// dnsmasq serving the test zone on a loopback port (never the system resolver).
+struct Dnsmasq {
+    let child: ChildProcess
+    let port: Int
+
+    static func start(_ records: [String]) async throws -> Dnsmasq {
+        guard let exe = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            Issue.record("dnsmasq is not installed; run .ci/run or `make test-deps` (interop tests never skip)")
+            throw ClientError.closed
+        }
+        // Pick a free UDP port by binding to port 0.
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        close(fd)
+        // --local=/test/: names under .test that are not defined are NXDOMAIN, never forwarded.
+        let child = try ChildProcess(exe, ["--no-daemon", "--port=\(port)", "--listen-address=127.0.0.1", "--bind-interfaces",
+                                           "--no-resolv", "--no-hosts", "--local=/test/", "--pid-file=", "--user=root", "--log-queries"] + records)
+        _ = await child.waitFor("dnsmasq: started")
+        return Dnsmasq(child: child, port: port)
+    }
+}
+
+/// Parses a DSN with Python's email package (interop/check_dsn.py).
+func parseDSN(_ text: String) throws -> [String: Any] {
+    let file = FileManager.default.temporaryDirectory.appendingPathComponent("dsn-\(UUID().uuidString).eml")
+    try Data(text.utf8).write(to: file)
+    let r = try runProgram("python3", [repoRoot.appendingPathComponent("Tests/TernIntegrationTests/interop/check_dsn.py").path, file.path])
+    guard r.status == 0, let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] else {
+        Issue.record("check_dsn.py failed: \(r.stderr)")
+        return [:]
+    }
+    return json
 }

@@ -110,7 +110,11 @@ import Glibc
         p.standardOutput = FileHandle.nullDevice
         try p.run()
         // SIGKILL: a child inherits the test thread's blocked signals, so SIGTERM may never arrive.
-        defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        defer {
+            kill(p.processIdentifier, SIGKILL)
+            var status: Int32 = 0
+            waitpid(p.processIdentifier, &status, 0) // not waitUntilExit: it can hang on Linux
+        }
         let resolver = try CAresResolver(servers: ["127.0.0.1:\(port)"], timeoutMillis: 500, tries: 3)
         defer { resolver.shutdown() }
         // dnsmasq needs a moment to bind; retry the first query briefly.

@@ -1,0 +1,95 @@
+// Delivery end to end: a client sends to the listener, the scheduler
+// delivers through the real SMTP client to a receiving MTA — our scripted
+// sink, and aiosmtpd, which nobody here wrote — and DSNs are checked with
+// Python's email package.
+
+import Foundation
+import GRDB
+import NIOPosix
+import Testing
+import TernRouting
+import TernTestSupport
+@testable import TernStore
+
+let server0Group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+
+@Suite(.serialized) struct DeliveryTests {
+    @Test func relayThroughTheSchedulerWithBounceAndDeferral() async throws {
+        let sink = try await SinkServer.start(group: server0Group)
+        defer { Task { await sink.stop() } }
+        let server = try await TestServer.start(delivery: DeliverySetup(routes: [StaticRoute(domain: "*", host: "127.0.0.1", port: sink.port)]))
+        defer { Task { await server.stop() } }
+        let c = try RawClient(port: server.port)
+        _ = try c.readReply()
+        _ = try c.command("EHLO client.test")
+        let reply = try c.sendMessage(from: "alice@sender.test", to: ["ok@far.test", "perm@far.test", "temp@far.test"],
+                                      body: "Subject: e2e\r\nMessage-ID: <e2e@sender.test>\r\n\r\nhello\r\n..dotted\r\n",
+                                      mailParams: " RET=HDRS ENVID=E2E", rcptParams: " NOTIFY=FAILURE,DELAY")
+        #expect(reply.status == "250 2.0.0")
+        // The message reaches the sink, and so does the DSN for perm@ (routed back through the sink).
+        #expect(await eventually { sink.messages.count == 2 })
+        let original = try #require(sink.messages.first { $0.mailCommand.hasPrefix("MAIL FROM:<alice@sender.test>") })
+        #expect(original.rcptCommands == ["RCPT TO:<ok@far.test> NOTIFY=FAILURE,DELAY"])
+        #expect(original.data.hasPrefix("Received: from client.test ([127.0.0.1])\r\n\tby mx.test (Tern) with ESMTP id "))
+        #expect(original.data.hasSuffix("Subject: e2e\r\nMessage-ID: <e2e@sender.test>\r\n\r\nhello\r\n.dotted\r\n"))
+        #expect(await eventually { try server.count("SELECT count(*) FROM recipient WHERE state = 'delivered'") == 2 })
+        #expect(try server.count("SELECT count(*) FROM recipient WHERE address = 'perm@far.test' AND state = 'bounced' AND last_enhanced = '5.1.1'") == 1)
+        #expect(try server.count("SELECT count(*) FROM recipient WHERE address = 'temp@far.test' AND state = 'deferred' AND attempts = 1 AND next_attempt_at > \(nowMillis() + 200_000)") == 1)
+        #expect(try server.count("SELECT count(*) FROM attempt WHERE mx_address = '127.0.0.1' AND mx_host = '127.0.0.1'") == 4)
+        // The DSN, parsed by Python's email package.
+        let dsnMessage = try #require(sink.messages.first { $0.mailCommand.hasPrefix("MAIL FROM:<>") })
+        #expect(dsnMessage.rcptCommands.first?.hasPrefix("RCPT TO:<alice@sender.test> NOTIFY=NEVER") == true)
+        let dsn = try parseDSN(dsnMessage.data)
+        #expect(dsn["content_type"] as? String == "multipart/report")
+        #expect(dsn["report_type"] as? String == "delivery-status")
+        #expect(dsn["parts"] as? [String] == ["text/plain", "message/delivery-status", "text/rfc822-headers"])
+        #expect((dsn["defects"] as? [String])?.isEmpty == true)
+        #expect(dsn["auto_submitted"] as? String == "auto-replied")
+        let perMessage = dsn["per_message"] as? [String: String]
+        #expect(perMessage?["Reporting-MTA"] == "dns; mx.test")
+        #expect(perMessage?["Original-Envelope-Id"] == "E2E")
+        #expect(perMessage?["Arrival-Date"] != nil)
+        let recipients = dsn["per_recipient"] as? [[String: String]] ?? []
+        #expect(recipients.count == 1)
+        #expect(recipients.first?["Final-Recipient"] == "rfc822; perm@far.test")
+        #expect(recipients.first?["Action"] == "failed")
+        #expect(recipients.first?["Status"] == "5.1.1")
+        #expect(recipients.first?["Remote-MTA"] == "dns; 127.0.0.1")
+        #expect(recipients.first?["Diagnostic-Code"]?.hasPrefix("smtp; 550 5.1.1") == true)
+        #expect(recipients.first?["Last-Attempt-Date"] != nil)
+        #expect((dsn["returned_headers"] as? String)?.contains("Subject: e2e") == true)
+    }
+
+    @Test func aiosmtpdAsTheReceivingMTA() async throws {
+        let mta = try await Aiosmtpd.start()
+        defer { mta.child.stop() }
+        let server = try await TestServer.start(delivery: DeliverySetup(routes: [StaticRoute(domain: "*", host: "127.0.0.1", port: mta.port)]))
+        defer { Task { await server.stop() } }
+        let c = try RawClient(port: server.port)
+        _ = try c.readReply()
+        _ = try c.command("EHLO client.test")
+        // aiosmtpd offers no DSN, so NOTIFY=SUCCESS earns a "relayed" report from us (RFC 3461 §6.2.2).
+        #expect(try c.sendMessage(from: "bob@sender.test", to: ["carol@far.test"], body: "Subject: to aiosmtpd\r\n\r\nhi\r\n",
+                                  mailParams: " RET=FULL", rcptParams: " NOTIFY=SUCCESS ORCPT=rfc822;carol+40orig.test").status == "250 2.0.0")
+        #expect(try c.sendMessage(from: "bob@sender.test", to: ["perm@far.test"], body: "Subject: refused\r\n\r\nx\r\n").status == "250 2.0.0")
+        #expect(try c.sendMessage(from: "jörg@sender.test", to: ["zoë@far.test"], body: "Subject: utf8\r\n\r\nü\r\n", mailParams: " SMTPUTF8 BODY=8BITMIME").status == "250 2.0.0")
+        #expect(await eventually { mta.messages().count == 4 }) // three originals minus one refused, plus two DSNs
+        let messages = mta.messages()
+        let toCarol = try #require(messages.first { ($0["rcpt_tos"] as? [String]) == ["carol@far.test"] })
+        #expect(toCarol["mail_from"] as? String == "bob@sender.test")
+        #expect((toCarol["content"] as? String)?.contains("by mx.test (Tern) with ESMTP") == true)
+        let utf8 = try #require(messages.first { ($0["rcpt_tos"] as? [String]) == ["zoë@far.test"] })
+        #expect((utf8["mail_options"] as? [String])?.contains("SMTPUTF8") == true)
+        #expect((utf8["content"] as? String)?.hasSuffix("Subject: utf8\r\n\r\nü\r\n") == true)
+        let reports = messages.filter { ($0["mail_from"] as? String) == "<>" } // aiosmtpd records the null sender as "<>"
+        #expect(reports.count == 2)
+        let parsed = try reports.map { try parseDSN($0["content"] as? String ?? "") }
+        let relayed = try #require(parsed.first { (($0["per_recipient"] as? [[String: String]])?.first?["Action"]) == "relayed" })
+        #expect((relayed["per_recipient"] as? [[String: String]])?.first?["Original-Recipient"] == "rfc822; carol@orig.test")
+        #expect(relayed["parts"] as? [String] == ["text/plain", "message/delivery-status", "message/rfc822"])
+        #expect(relayed["returned_subject"] as? String == "to aiosmtpd")
+        let failed = try #require(parsed.first { (($0["per_recipient"] as? [[String: String]])?.first?["Action"]) == "failed" })
+        #expect((failed["per_recipient"] as? [[String: String]])?.first?["Diagnostic-Code"]?.contains("550 5.1.1 No such user (aiosmtpd)") == true)
+        #expect(try server.count("SELECT count(*) FROM recipient WHERE state = 'delivered'") == 4)
+    }
+}
