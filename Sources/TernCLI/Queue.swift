@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import TernMessage
+import TernScheduler
 import TernStore
 
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
@@ -11,8 +12,9 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
 
 struct Queue: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Inspect the queue.",
-        subcommands: [List.self])
+        abstract: "Inspect and administer the queue (each change is one transaction with an event per recipient).",
+        discussion: "A running server picks up flushed or released mail within a few seconds.",
+        subcommands: [List.self, Show.self, Flush.self, Hold.self, Release.self, Delete.self, Bounce.self])
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -38,15 +40,9 @@ struct Queue: ParsableCommand {
             if let s = state, !valid.contains(s) {
                 throw fail("unknown state '\(s)' (one of \(valid.joined(separator: ", ")))", code: 64)
             }
-            let settings = try common.settings()
-            guard FileManager.default.fileExists(atPath: settings.db) else {
-                throw fail("no database at \(settings.db) (start `tern serve` or run `tern migrate` first)", code: 66)
-            }
-            var options = StoreOptions()
-            options.migrate = false
+            let (store, _) = try openExisting(common)
             let entries: [QueueEntry]
             do {
-                let store = try Store(path: settings.db, options: options)
                 entries = try store.queueEntries(QueueFilter(state: state, domain: domain, limit: limit))
                 store.close()
             } catch {
@@ -54,6 +50,140 @@ struct Queue: ParsableCommand {
             }
             print(format == .json ? QueueFormatter.json(entries) : QueueFormatter.table(entries), terminator: "")
         }
+    }
+}
+
+/// Opens an existing database without migrating it.
+func openExisting(_ common: DatabaseOptions) throws -> (Store, TernSettings) {
+    let settings = try common.settings()
+    guard FileManager.default.fileExists(atPath: settings.db) else {
+        throw fail("no database at \(settings.db) (start `tern serve` or run `tern migrate` first)", code: 66)
+    }
+    var options = StoreOptions()
+    options.migrate = false
+    do {
+        return (try Store(path: settings.db, options: options), settings)
+    } catch {
+        throw fail("\(error)", code: 74)
+    }
+}
+
+/// `ID` or `--domain D` (or, where allowed, neither: everything).
+struct SelectorOptions: ParsableArguments {
+    @Argument(help: "Queue id of the message (as in the 250 reply and `tern queue list`).")
+    var queueID: String?
+
+    @Option(help: "Every matching recipient of this domain instead.")
+    var domain: String?
+
+    func selector(allowAll: Bool) throws -> QueueSelector {
+        switch (queueID, domain) {
+        case (let q?, nil): return .queueID(q)
+        case (nil, let d?): return .domain(d)
+        case (nil, nil) where allowAll: return .all
+        case (nil, nil): throw fail("name a queue id or --domain", code: 64)
+        default: throw fail("give a queue id or --domain, not both", code: 64)
+        }
+    }
+}
+
+/// The shared body of hold/release/flush/delete/bounce.
+protocol AdminCommand: AsyncParsableCommand {
+    var common: DatabaseOptions { get }
+    var target: SelectorOptions { get }
+    var format: OutputFormat { get }
+    static var verb: String { get }
+    static var allowAll: Bool { get }
+    func perform(_ admin: QueueAdmin, _ selector: QueueSelector, now: Int64) async throws -> AdminResult
+}
+
+extension AdminCommand {
+    static var allowAll: Bool { false }
+
+    func run() async throws {
+        bootstrapLogging(level: "warning")
+        let selector = try target.selector(allowAll: Self.allowAll)
+        let (store, settings) = try openExisting(common)
+        defer { store.close() }
+        let result: AdminResult
+        do {
+            result = try await perform(QueueAdmin(store: store, hostname: settings.hostname), selector, now: nowMillis())
+        } catch {
+            throw fail("\(error)", code: 75)
+        }
+        if format == .json {
+            print(JSON.object([("action", .string(Self.verb)), ("changed", .int(result.changed)), ("inflight_skipped", .int(result.inflight))]).text)
+        } else {
+            var line = "\(Self.verb): \(result.changed) recipient\(result.changed == 1 ? "" : "s")"
+            if result.inflight > 0 { line += " (\(result.inflight) in delivery right now left alone; try again)" }
+            print(line)
+        }
+        if result.changed == 0 && result.inflight == 0, case .queueID(let q) = selector, (try? store.messageDetail(queueID: q)) == nil {
+            throw fail("no message with queue id \(q)", code: 67)
+        }
+    }
+}
+
+extension Queue {
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one message: envelope, recipients, every attempt and every event.")
+        @OptionGroup var common: DatabaseOptions
+        @Argument(help: "Queue id.") var queueID: String
+        @Option(help: "table or json.") var format: OutputFormat = .table
+
+        func run() throws {
+            bootstrapLogging(level: "warning")
+            let (store, _) = try openExisting(common)
+            defer { store.close() }
+            guard let d = try store.messageDetail(queueID: queueID) else { throw fail("no message with queue id \(queueID)", code: 67) }
+            print(format == .json ? QueueFormatter.detailJSON(d) : QueueFormatter.detailTable(d), terminator: "")
+        }
+    }
+
+    struct Flush: AdminCommand {
+        static let configuration = CommandConfiguration(abstract: "Make queued and deferred recipients due now (all, one message, or one domain).")
+        static let verb = "flushed"
+        static let allowAll = true
+        @OptionGroup var common: DatabaseOptions
+        @OptionGroup var target: SelectorOptions
+        @Option(help: "table or json.") var format: OutputFormat = .table
+        func perform(_ a: QueueAdmin, _ s: QueueSelector, now: Int64) async throws -> AdminResult { try await a.flush(s, now: now) }
+    }
+
+    struct Hold: AdminCommand {
+        static let configuration = CommandConfiguration(abstract: "Hold queued and deferred recipients: no delivery until released.")
+        static let verb = "held"
+        @OptionGroup var common: DatabaseOptions
+        @OptionGroup var target: SelectorOptions
+        @Option(help: "table or json.") var format: OutputFormat = .table
+        func perform(_ a: QueueAdmin, _ s: QueueSelector, now: Int64) async throws -> AdminResult { try await a.hold(s, now: now) }
+    }
+
+    struct Release: AdminCommand {
+        static let configuration = CommandConfiguration(abstract: "Release held recipients; they are due at once.")
+        static let verb = "released"
+        @OptionGroup var common: DatabaseOptions
+        @OptionGroup var target: SelectorOptions
+        @Option(help: "table or json.") var format: OutputFormat = .table
+        func perform(_ a: QueueAdmin, _ s: QueueSelector, now: Int64) async throws -> AdminResult { try await a.release(s, now: now) }
+    }
+
+    struct Delete: AdminCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete recipients (and a message left with none) without notice; a 'deleted' event stays in the log.")
+        static let verb = "deleted"
+        @OptionGroup var common: DatabaseOptions
+        @OptionGroup var target: SelectorOptions
+        @Option(help: "table or json.") var format: OutputFormat = .table
+        func perform(_ a: QueueAdmin, _ s: QueueSelector, now: Int64) async throws -> AdminResult { try await a.delete(s, now: now) }
+    }
+
+    struct Bounce: AdminCommand {
+        static let configuration = CommandConfiguration(abstract: "Fail queued, deferred and held recipients now (550 5.0.0) and send the sender a DSN as NOTIFY asks.")
+        static let verb = "bounced"
+        @OptionGroup var common: DatabaseOptions
+        @OptionGroup var target: SelectorOptions
+        @Option(help: "table or json.") var format: OutputFormat = .table
+        func perform(_ a: QueueAdmin, _ s: QueueSelector, now: Int64) async throws -> AdminResult { try await a.bounce(s, now: now) }
     }
 }
 
@@ -83,6 +213,46 @@ public enum QueueFormatter {
     }
 
     static func isoTime(_ ms: Int64) -> String { RFC5322Date.timestamp(millis: ms) }
+
+    static func cell(_ v: JSON, _ column: String) -> String {
+        switch v {
+        case .null: return ""
+        case .int64(let i) where column.hasSuffix("_at"): return isoTime(i)
+        case .int64(let i): return String(i)
+        case .int(let i): return String(i)
+        case .string(let s): return s
+        default: return v.text
+        }
+    }
+
+    static func fieldsTable(_ rows: [Fields]) -> String {
+        guard let first = rows.first else { return "(none)\n" }
+        return renderTable(header: first.map { $0.0.uppercased() }, rows: rows.map { $0.map { cell($0.1, $0.0) } })
+    }
+
+    public static func detailTable(_ d: MessageDetail) -> String {
+        let m = d.message
+        var out = "queue id:    \(m.queueID)\n"
+        out += "received:    \(isoTime(m.receivedAt)) UTC from \(d.clientAddress ?? "local") (\(d.helo ?? "-"))\n"
+        out += "sender:      <\(m.mailFrom)>\n"
+        out += "size:        \(m.body.count) bytes; origin \(m.origin)\n"
+        if let id = d.headerMessageID { out += "message-id:  <\(id)>\n" }
+        out += "\nRECIPIENTS\n" + fieldsTable(d.recipients)
+        out += "\nATTEMPTS\n" + fieldsTable(d.attempts)
+        out += "\nEVENTS\n" + fieldsTable(d.events)
+        return out
+    }
+
+    public static func detailJSON(_ d: MessageDetail) -> String {
+        let m = d.message
+        func rows(_ r: [Fields]) -> JSON { .array(r.map { JSON.object($0) }) }
+        return JSON.object([
+            ("queue_id", .string(m.queueID)), ("received_at", .int64(m.receivedAt)), ("from", .string(m.mailFrom)),
+            ("size", .int(m.body.count)), ("origin", .string(m.origin)), ("client_address", d.clientAddress.map(JSON.string) ?? .null),
+            ("helo", d.helo.map(JSON.string) ?? .null), ("message_id", d.headerMessageID.map(JSON.string) ?? .null),
+            ("recipients", rows(d.recipients)), ("attempts", rows(d.attempts)), ("events", rows(d.events)),
+        ]).text + "\n"
+    }
 }
 
 /// Left-aligned columns separated by two spaces.

@@ -241,23 +241,8 @@ public final class Scheduler: Service, Sendable {
         }
     }
 
-    /// The DSN (RFC 3464) for some recipients of `original`, addressed to its sender.
     func dsnMessage(for original: StoredMessage, _ recipients: [DSNRecipient], at now: Int64) -> NewMessage {
-        let queueID = QueueID.make(millis: now)
-        let messageID = "\(queueID).dsn@\(config.hostname)"
-        let report = DSNReport(reportingMTA: config.hostname, originalQueueID: original.queueID, originalEnvelopeID: original.envID,
-                               arrivalDate: original.receivedAt, sender: original.mailFrom, recipients: recipients,
-                               original: Array(original.body), returnFull: original.ret == "FULL", date: now, messageID: messageID)
-        let body = report.render()
-        let senderDomain: String
-        if case .success(let m) = AddressParser.parseMailbox(Substring(original.mailFrom), allowUTF8: true) {
-            senderDomain = m.normalizedDomain
-        } else {
-            senderDomain = String(original.mailFrom.split(separator: "@").last ?? "").lowercased()
-        }
-        return NewMessage(queueID: queueID, receivedAt: now, mailFrom: "", body: Data(body), clientAddress: nil, helo: nil,
-                          headerMessageID: messageID, envID: nil, ret: nil, bodyType: "8BITMIME", smtputf8: report.needsUTF8,
-                          origin: "dsn", recipients: [NewRecipient(address: original.mailFrom, domain: senderDomain, notify: "NEVER")])
+        DSNFactory.message(for: original, recipients, hostname: config.hostname, at: now)
     }
 }
 

@@ -202,6 +202,38 @@ final class ServeProcess: @unchecked Sendable {
         #expect(noDB.status == 66)
     }
 
+    @Test func queueAdministration() throws {
+        let dir = try tempFolder()
+        let db = dir.appendingPathComponent("tern.sqlite").path
+        let bin = try ternBinary()
+        let sent = try runProgram(bin, ["sendmail", "--db", db, "-f", "ann@x.test", "bob@y.test", "cat@z.test"], stdin: "Subject: admin\n\nx\n")
+        let queueID = try #require(sent.stderr.split(separator: " ").last.map { String($0.dropLast()) })
+        func json(_ args: [String]) throws -> [String: Any] {
+            let r = try runProgram(bin, ["queue"] + args + ["--db", db, "--format", "json"])
+            #expect(r.status == 0, "\(args): \(r.stderr)")
+            return (try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
+        }
+        #expect(try json(["hold", queueID])["changed"] as? Int == 2)
+        #expect(try json(["release", "--domain", "y.test"])["changed"] as? Int == 1)
+        #expect(try json(["flush"])["changed"] as? Int == 1)
+        // cat@z.test is still held; bounce takes held recipients too, and queues a DSN to ann@x.test.
+        #expect(try json(["bounce", "--domain", "z.test"])["changed"] as? Int == 1)
+        let show = try json(["show", queueID])
+        let recipients = show["recipients"] as? [[String: Any]] ?? []
+        #expect(recipients.count == 2)
+        #expect(show["from"] as? String == "ann@x.test")
+        let events = (show["events"] as? [[String: Any]] ?? []).compactMap { $0["kind"] as? String }
+        #expect(events == ["received", "held", "held", "released", "flushed", "bounced", "dsn_queued"])
+        #expect(recipients.compactMap { $0["state"] as? String } == ["queued", "bounced"])
+        let table = try runProgram(bin, ["queue", "show", queueID, "--db", db])
+        #expect(table.stdout.contains("RECIPIENTS") && table.stdout.contains("bob@y.test") && table.stdout.contains("EVENTS"))
+        #expect(try json(["delete", queueID])["changed"] as? Int == 2)
+        let gone = try runProgram(bin, ["queue", "show", queueID, "--db", db])
+        #expect(gone.status == 67)
+        let neither = try runProgram(bin, ["queue", "hold", "--db", db])
+        #expect(neither.status == 64)
+    }
+
     @Test func helpExplainsEveryOption() throws {
         let bin = try ternBinary()
         let top = try runProgram(bin, ["--help"])

@@ -296,3 +296,51 @@ struct Harness {
         #expect(try h.state("ok2@i.test") == "delivered")
     }
 }
+
+@Suite struct QueueAdminTests {
+    @Test func holdReleaseFlushBounceDelete() async throws {
+        let h = try Harness()
+        let admin = QueueAdmin(store: h.store, hostname: "mx.tern.test")
+        let first = try await h.submit(["ok1@j.test", "ok2@k.test"])
+        let queueID = try #require(try h.rows("SELECT queue_id FROM message WHERE id = \(first)").first?[0] as String?)
+        // hold by domain: the k.test recipient waits, j.test goes.
+        #expect(try await admin.hold(.domain("k.test"), now: h.clock.now()) == AdminResult(changed: 1, inflight: 0))
+        await h.scheduler.runDue()
+        #expect(try h.state("ok1@j.test") == "delivered")
+        #expect(try h.state("ok2@k.test") == "held")
+        #expect(try await admin.release(.queueID(queueID), now: h.clock.now()).changed == 1)
+        await h.scheduler.runDue()
+        #expect(try h.state("ok2@k.test") == "delivered")
+        // flush makes a deferred recipient due now.
+        try await h.submit(["temp@l.test"])
+        await h.scheduler.runDue()
+        #expect(try await admin.flush(.all, now: h.clock.now()).changed == 1)
+        #expect(try h.rows("SELECT next_attempt_at FROM recipient WHERE address = 'temp@l.test'").first?[0] as Int64? == h.clock.now())
+        // bounce: fails it now, with a DSN (default NOTIFY includes FAILURE).
+        #expect(try await admin.bounce(.domain("l.test"), now: h.clock.now()).changed == 1)
+        #expect(try h.state("temp@l.test") == "bounced")
+        #expect(try h.rows("SELECT last_code, last_enhanced, attempts FROM recipient WHERE address = 'temp@l.test'").first.map { "\($0[0] as Int) \($0[1] as String) \($0[2] as Int)" } == "550 5.0.0 1")
+        #expect(try h.dsns().count == 1)
+        // delete: gone, with an event left in the log.
+        let doomed = try await h.submit(["x@m.test"])
+        #expect(try await admin.delete(.domain("m.test"), now: h.clock.now()).changed == 1)
+        #expect(try h.rows("SELECT count(*) FROM message WHERE id = \(doomed)").first?[0] as Int? == 0)
+        #expect(try h.rows("SELECT count(*) FROM event WHERE kind = 'deleted' AND message_id = \(doomed)").first?[0] as Int? == 1)
+        for kind in ["held", "released", "flushed", "bounced", "dsn_queued"] {
+            #expect(try h.rows("SELECT count(*) FROM event WHERE kind = '\(kind)'").first?[0] as Int? ?? 0 >= 1, "\(kind)")
+        }
+    }
+
+    @Test func recipientsInFlightAreLeftAlone() async throws {
+        let h = try Harness()
+        let admin = QueueAdmin(store: h.store, hostname: "mx.tern.test")
+        let id = try await h.submit(["a@n.test", "b@n.test"])
+        try h.store.writeDirect { db in
+            try db.execute(sql: "UPDATE recipient SET state = 'inflight', lease_owner = 'w', lease_expires_at = ? WHERE address = 'a@n.test'", arguments: [h.clock.now() + 60_000])
+        }
+        #expect(try await admin.hold(.domain("n.test"), now: h.clock.now()) == AdminResult(changed: 1, inflight: 1))
+        #expect(try await admin.delete(.domain("n.test"), now: h.clock.now()) == AdminResult(changed: 1, inflight: 1))
+        #expect(try h.state("a@n.test") == "inflight")
+        #expect(try h.rows("SELECT count(*) FROM message WHERE id = \(id)").first?[0] as Int? == 1) // still has a recipient
+    }
+}

@@ -1,0 +1,153 @@
+// Operator actions on the queue (`tern queue …`). Each is one transaction
+// that selects and changes in the same breath, so a running server's claim
+// cannot slip in between; recipients in flight are left alone (and counted).
+
+import Foundation
+import GRDB
+
+/// Which recipients an operator action applies to.
+public enum QueueSelector: Sendable {
+    case queueID(String)
+    case domain(String)
+    case all
+
+    var sql: (String, StatementArguments) {
+        switch self {
+        case .queueID(let q): return ("r.message_id = (SELECT id FROM message WHERE queue_id = :sel)", ["sel": q])
+        case .domain(let d): return ("r.domain = :sel", ["sel": d.lowercased()])
+        case .all: return ("1", [:])
+        }
+    }
+}
+
+public struct AdminResult: Sendable, Equatable {
+    public var changed: Int
+    /// Matching recipients skipped because a delivery holds them right now.
+    public var inflight: Int
+}
+
+/// One message with the details `tern queue show` prints.
+public struct MessageDetail: Sendable {
+    public var message: StoredMessage
+    public var clientAddress: String?
+    public var helo: String?
+    public var headerMessageID: String?
+    public var recipients: [Fields]
+    public var attempts: [Fields]
+    public var events: [Fields]
+}
+
+/// A row as ordered (column, value) pairs, for tables and JSON.
+public typealias Fields = [(String, JSON)]
+
+extension Row {
+    var fields: Fields {
+        columnNames.map { name in
+            let v: DatabaseValue = self[name]
+            switch v.storage {
+            case .null: return (name, .null)
+            case .int64(let i): return (name, .int64(i))
+            case .double(let d): return (name, .string(String(d)))
+            case .string(let s): return (name, .string(s))
+            case .blob(let b): return (name, .string("<\(b.count) bytes>"))
+            }
+        }
+    }
+}
+
+extension Store {
+    static let active = "('queued', 'deferred', 'held')"
+
+    /// Applies `build` to the matching recipients in `states`, message by
+    /// message, in one transaction.
+    public func adminTransition(_ selector: QueueSelector, states: [String], now: Int64,
+                                build: @escaping @Sendable (StoredMessage, [ClaimedRecipient]) -> OutcomeBatch) async throws -> AdminResult {
+        try await write { db in
+            let (cond, args) = selector.sql
+            let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = 'inflight' AND \(cond)", arguments: args) ?? 0
+            let stateList = states.map { "'\($0)'" }.joined(separator: ",")
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT r.id, r.message_id, r.address, r.domain, r.attempts, r.notify, r.orcpt, r.created_at, r.delay_notified_at
+                  FROM recipient r WHERE r.state IN (\(stateList)) AND \(cond) ORDER BY r.message_id, r.id
+                """, arguments: args)
+            let recipients = rows.map { r in
+                ClaimedRecipient(id: r[0], messageID: r[1], address: r[2], domain: r[3], attempts: r[4], notify: r[5],
+                                 orcpt: r[6], createdAt: r[7], delayNotifiedAt: r[8])
+            }
+            for (messageID, group) in Dictionary(grouping: recipients, by: \.messageID) {
+                guard let m = try Store.fetchMessage(messageID, db) else { continue }
+                try Store.apply(build(m, group), db)
+            }
+            return AdminResult(changed: recipients.count, inflight: inflight)
+        }
+    }
+
+    /// Makes matching queued or deferred recipients due now.
+    public func flush(_ selector: QueueSelector, now: Int64) async throws -> AdminResult {
+        try await write { db in
+            let (cond, args) = selector.sql
+            var a = args
+            a += ["now": now]
+            let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = 'inflight' AND \(cond)", arguments: args) ?? 0
+            let rows = try Row.fetchAll(db, sql: """
+                UPDATE recipient AS r SET next_attempt_at = :now
+                 WHERE r.state IN ('queued', 'deferred') AND \(cond) RETURNING id, message_id
+                """, arguments: a)
+            let event = try db.cachedStatement(sql: "INSERT INTO event (at, kind, message_id, recipient_id) VALUES (:at, 'flushed', :m, :r)")
+            for r in rows { try event.execute(arguments: ["at": now, "m": r[1] as Int64, "r": r[0] as Int64]) }
+            return AdminResult(changed: rows.count, inflight: inflight)
+        }
+    }
+
+    /// Removes matching recipients that are not in flight (and a message once
+    /// it has none left), leaving a `deleted` event for each.
+    public func delete(_ selector: QueueSelector, now: Int64) async throws -> AdminResult {
+        try await write { db in
+            let (cond, args) = selector.sql
+            let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = 'inflight' AND \(cond)", arguments: args) ?? 0
+            let rows = try Row.fetchAll(db, sql: """
+                DELETE FROM recipient AS r WHERE r.state <> 'inflight' AND \(cond)
+                RETURNING id, message_id, address, state
+                """, arguments: args)
+            let event = try db.cachedStatement(sql: "INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (:at, 'deleted', :m, :r, :d)")
+            for r in rows {
+                let detail = JSON.object([("address", .string(r[2])), ("state", .string(r[3]))]).text
+                try event.execute(arguments: ["at": now, "m": r[1] as Int64, "r": r[0] as Int64, "d": detail])
+            }
+            try db.execute(sql: "DELETE FROM message WHERE id IN (\(Set(rows.map { $0[1] as Int64 }).map(String.init).joined(separator: ",").nonEmpty ?? "NULL")) AND NOT EXISTS (SELECT 1 FROM recipient WHERE message_id = message.id)")
+            return AdminResult(changed: rows.count, inflight: inflight)
+        }
+    }
+
+    static func fetchMessage(_ id: Int64, _ db: Database) throws -> StoredMessage? {
+        try Row.fetchOne(db, sql: """
+            SELECT id, queue_id, received_at, mail_from, body, env_id, ret, body_type, smtputf8, origin FROM message WHERE id = ?
+            """, arguments: [id]).map { r in
+            StoredMessage(id: r[0], queueID: r[1], receivedAt: r[2], mailFrom: r[3], body: r[4] ?? Data(), envID: r[5], ret: r[6],
+                          bodyType: r[7], smtputf8: (r[8] as Int) != 0, origin: r[9])
+        }
+    }
+
+    /// Everything about one message, for `tern queue show`.
+    public func messageDetail(queueID: String) throws -> MessageDetail? {
+        try read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT id, client_address, helo, header_message_id FROM message WHERE queue_id = ?", arguments: [queueID]),
+                  let m = try Store.fetchMessage(row[0], db) else { return nil }
+            let recipients = try Row.fetchAll(db, sql: """
+                SELECT id, address, state, attempts, next_attempt_at, last_code, last_enhanced, last_text, notify, orcpt, final_at
+                  FROM recipient WHERE message_id = ? ORDER BY id
+                """, arguments: [m.id])
+            let attempts = try Row.fetchAll(db, sql: """
+                SELECT r.address, a.started_at, a.ended_at, a.mx_host, a.mx_address, a.tls, a.code, a.enhanced, a.text, a.outcome
+                  FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE r.message_id = ? ORDER BY a.id
+                """, arguments: [m.id])
+            let events = try Row.fetchAll(db, sql: "SELECT at, kind, recipient_id, detail FROM event WHERE message_id = ? ORDER BY id", arguments: [m.id])
+            return MessageDetail(message: m, clientAddress: row[1], helo: row[2], headerMessageID: row[3],
+                                 recipients: recipients.map(\.fields), attempts: attempts.map(\.fields), events: events.map(\.fields))
+        }
+    }
+}
+
+extension String {
+    var nonEmpty: String? { isEmpty ? nil : self }
+}
