@@ -28,10 +28,12 @@ deps:
 test-deps:
 	@tools/ensure-packages $(TEST_PACKAGES)
 
-## Intake benchmark (prints figures; not a test).
+## Benchmarks (print figures; not tests): intake, then end-to-end relay.
 bench: release
 	swift build -c release --product tern-loadgen
+	swift build -c release --product tern-sink
 	tools/bench-intake
+	tools/bench-relay
 
 ## Regenerate the embedded copy of migrations/*.sql.
 migrations:

@@ -81,3 +81,6 @@ let package = Package(
 package.targets.append(.executableTarget(name: "tern-loadgen", path: "tools/loadgen",
                                           swiftSettings: [.swiftLanguageMode(.v5)])) // a plain threaded tool
 package.products.append(.executable(name: "tern-loadgen", targets: ["tern-loadgen"]))
+package.targets.append(.executableTarget(name: "tern-sink", dependencies: ["TernTestSupport", .product(name: "NIOPosix", package: "swift-nio")],
+                                          path: "tools/sink", swiftSettings: [.swiftLanguageMode(.v5)]))
+package.products.append(.executable(name: "tern-sink", targets: ["tern-sink"]))

@@ -122,10 +122,11 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         let channel = self.channel
         var bytes = channel.allocator.buffer(capacity: lines.reduce(0) { $0 + $1.utf8.count + 2 })
         for l in lines { bytes.writeString(l); bytes.writeStaticString("\r\n") }
+        let payload = bytes
         let futures = try await loop.submit { () -> [EventLoopFuture<SMTPReply>] in
             // Register the waits before writing, so no reply can come first.
             let fs = timeouts.map { h.value.expect(timeout: .seconds($0), loop: loop) }
-            channel.writeAndFlush(bytes, promise: nil)
+            channel.writeAndFlush(payload, promise: nil)
             return fs
         }.get()
         var replies: [SMTPReply] = []
@@ -143,9 +144,10 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         let channel = self.channel
         var buffer = channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
+        let payload = buffer
         let future = try await loop.submit { () -> EventLoopFuture<SMTPReply> in
             let f = h.value.expect(timeout: .seconds(seconds), loop: loop)
-            channel.writeAndFlush(buffer, promise: nil)
+            channel.writeAndFlush(payload, promise: nil)
             return f
         }.get()
         return try await future.get()

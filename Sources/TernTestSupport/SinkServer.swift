@@ -22,32 +22,41 @@ public final class SinkServer: Sendable {
         public var greeting = "220 sink.test ESMTP sink"
         public var acceptEHLO = true
         public var extensions = ["PIPELINING", "8BITMIME", "DSN", "SIZE 10000000", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+        /// Keep each message (tests) or only count them (benchmarks).
+        public var record = true
         public init() {}
     }
 
     public let port: Int
     let channel: Channel
     let state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>
+    let counter: NIOLockedValueBox<Int>
+
+    /// Messages accepted so far (also when not recording).
+    public var count: Int { counter.withLockedValue { $0 } }
 
     public var messages: [SinkMessage] { state.withLockedValue { $0.messages } }
     public var commands: [String] { state.withLockedValue { $0.commands } }
     public var connections: Int { state.withLockedValue { $0.connections } }
 
-    private init(port: Int, channel: Channel, state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>) {
+    private init(port: Int, channel: Channel, state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>,
+                 counter: NIOLockedValueBox<Int>) {
         self.port = port
         self.channel = channel
         self.state = state
+        self.counter = counter
     }
 
     public static func start(_ config: Config = Config(), group: EventLoopGroup, host: String = "127.0.0.1") async throws -> SinkServer {
         let state = NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>(([], [], 0))
+        let counter = NIOLockedValueBox(0)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { ch in
-                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(SinkHandler(config: config, state: state)) }
+                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(SinkHandler(config: config, state: state, counter: counter)) }
             }
             .bind(host: host, port: 0).get()
-        return SinkServer(port: channel.localAddress!.port!, channel: channel, state: state)
+        return SinkServer(port: channel.localAddress!.port!, channel: channel, state: state, counter: counter)
     }
 
     public func stop() async {
@@ -61,6 +70,7 @@ final class SinkHandler: ChannelInboundHandler {
 
     let config: SinkServer.Config
     let state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>
+    let counter: NIOLockedValueBox<Int>
     var buffer = ByteBuffer()
     var inData = false
     var mail: String? = nil
@@ -68,9 +78,11 @@ final class SinkHandler: ChannelInboundHandler {
     var data: [String] = []
     var dead = false
 
-    init(config: SinkServer.Config, state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>) {
+    init(config: SinkServer.Config, state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>,
+         counter: NIOLockedValueBox<Int>) {
         self.config = config
         self.state = state
+        self.counter = counter
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -100,7 +112,7 @@ final class SinkHandler: ChannelInboundHandler {
     }
 
     func command(_ line: String, _ context: ChannelHandlerContext) {
-        state.withLockedValue { $0.commands.append(line) }
+        if config.record { state.withLockedValue { $0.commands.append(line) } }
         let verb = line.prefix(4).uppercased()
         switch verb {
         case "EHLO":
@@ -129,7 +141,7 @@ final class SinkHandler: ChannelInboundHandler {
 
     func dataLine(_ line: String, _ context: ChannelHandlerContext) {
         guard line == "." else {
-            data.append(line.hasPrefix(".") ? String(line.dropFirst()) : line)
+            if config.record { data.append(line.hasPrefix(".") ? String(line.dropFirst()) : line) }
             return
         }
         inData = false
@@ -139,9 +151,12 @@ final class SinkHandler: ChannelInboundHandler {
         if locals.contains(where: { $0.hasPrefix("slowdata") }) { return }
         if locals.contains(where: { $0.hasPrefix("tempdata") }) { reply("451 4.3.0 Try again later", context); return }
         if locals.contains(where: { $0.hasPrefix("rejectdata") }) { reply("554 5.6.0 Content rejected", context); return }
-        let message = SinkMessage(mailCommand: mail ?? "", rcptCommands: rcpts, data: data.joined(separator: "\r\n") + "\r\n")
-        state.withLockedValue { $0.messages.append(message) }
-        reply("250 2.0.0 Ok: queued as SINK\(state.withLockedValue { $0.messages.count })", context)
+        let n = counter.withLockedValue { c -> Int in c += 1; return c }
+        if config.record {
+            let message = SinkMessage(mailCommand: mail ?? "", rcptCommands: rcpts, data: data.joined(separator: "\r\n") + "\r\n")
+            state.withLockedValue { $0.messages.append(message) }
+        }
+        reply("250 2.0.0 Ok: queued as SINK\(n)", context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
