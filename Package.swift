@@ -16,6 +16,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -31,7 +32,9 @@ let package = Package(
         .systemLibrary(name: "CAres", path: "Sources/CAres", pkgConfig: "libcares", providers: [.apt(["libc-ares-dev"])]),
         .target(name: "TernRouting", dependencies: ["TernProtocol", "CAres", logging]),
         // Delivery: the DeliveryAgent protocol and the SwiftNIO SMTP client.
-        .target(name: "TernDelivery", dependencies: ["TernProtocol", "TernRouting", nioCore, nioPosix, logging]),
+        .target(name: "TernDelivery", dependencies: [
+            "TernProtocol", "TernRouting", nioCore, nioPosix, logging, .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
         // Scheduler: claims, concurrency, retries, expiry, DSNs; delivery only through DeliveryAgent.
         .target(name: "TernScheduler", dependencies: ["TernDelivery", "TernStore", "TernMessage", "TernProtocol", logging, lifecycle]),
         // The only module that opens SQLite: migrations, group-commit writer, queries.
@@ -53,12 +56,14 @@ let package = Package(
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         // Test helpers shared by test targets (a scripted SMTP sink); not in the product.
-        .target(name: "TernTestSupport", dependencies: [nioCore, nioPosix, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
+        .target(name: "TernTestSupport", dependencies: [
+            nioCore, nioPosix, .product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
         .executableTarget(name: "tern", dependencies: ["TernCLI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "TernProtocolTests", dependencies: ["TernProtocol", nioCore]),
         .testTarget(name: "TernRoutingTests", dependencies: ["TernRouting", "TernProtocol"]),
-        .testTarget(name: "TernDeliveryTests", dependencies: ["TernDelivery", "TernProtocol", "TernRouting", "TernTestSupport", nioCore, nioPosix]),
+        .testTarget(name: "TernDeliveryTests", dependencies: ["TernDelivery", "TernProtocol", "TernRouting", "TernTestSupport", nioCore, nioPosix, .product(name: "NIOSSL", package: "swift-nio-ssl")]),
         .testTarget(name: "TernSchedulerTests", dependencies: [
             "TernScheduler", "TernDelivery", "TernStore", "TernProtocol", .product(name: "GRDB", package: "GRDB.swift"),
         ]),

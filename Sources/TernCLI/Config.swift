@@ -4,6 +4,7 @@
 
 import Foundation
 import TOMLKit
+import TernDelivery
 import TernListener
 import TernProtocol
 import TernRouting
@@ -40,6 +41,8 @@ public struct TernSettings: Sendable {
     public var maxQueueLifetime = deliveryDefaults.policy.maxQueueLifetimeMillis / 1000
     public var delayWarning = deliveryDefaults.policy.delayWarningMillis / 1000
     public var connectTimeout: Int64 = 30
+    public var tlsPolicy: TLSPolicy = .may
+    public var tlsCAFile: String? = nil
 
     static let deliveryDefaults = SchedulerConfig(hostname: "localhost")
 
@@ -99,7 +102,7 @@ extension TernSettings {
                                        "routes", "resolvers", "remote_port", "delivery"]
     static let deliveryKeys: Set<String> = [
         "max_connections", "max_connections_per_destination", "messages_per_connection", "retry_first", "retry_max",
-        "max_queue_lifetime", "delay_warning", "connect_timeout",
+        "max_queue_lifetime", "delay_warning", "connect_timeout", "tls_policy", "tls_ca_file",
     ]
     static let limitKeys: Set<String> = [
         "max_message_size", "max_recipients", "max_command_line", "max_text_line", "max_errors", "max_connections",
@@ -157,6 +160,8 @@ extension TernSettings {
             if let v = try int(delivery, "max_queue_lifetime") { maxQueueLifetime = Int64(v) }
             if let v = try int(delivery, "delay_warning") { delayWarning = Int64(v) }
             if let v = try int(delivery, "connect_timeout") { connectTimeout = Int64(v) }
+            if let v = try string(delivery, "tls_policy") { tlsPolicy = try TernSettings.parseTLSPolicy(v) }
+            if let v = try string(delivery, "tls_ca_file") { tlsCAFile = v }
         }
         if let l = table["limits"] {
             guard let limits = l.table else { throw ConfigError("\(source): 'limits' must be a table") }
@@ -220,6 +225,13 @@ extension TernSettings {
             throw ConfigError("bad port in listen address '\(text)'")
         }
         return (host.isEmpty ? "0.0.0.0" : String(host), port)
+    }
+
+    public static func parseTLSPolicy(_ text: String) throws -> TLSPolicy {
+        guard let p = TLSPolicy(rawValue: text) else {
+            throw ConfigError("bad TLS policy '\(text)' (one of \(TLSPolicy.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        return p
     }
 
     public static func parseRoute(_ text: String) throws -> StaticRoute {

@@ -47,6 +47,12 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("remote-port"), help: ArgumentHelp("Port for delivery to MX hosts (default 25; for test set-ups).", valueName: "PORT"))
     var remotePort: Int?
 
+    @Option(name: .customLong("tls-policy"), help: ArgumentHelp("STARTTLS for delivery: none, may (when offered, unverified; default), require (always, unverified) or verify (always, certificate checked).", valueName: "POLICY"))
+    var tlsPolicy: String?
+
+    @Option(name: .customLong("tls-ca-file"), help: ArgumentHelp("Trusted roots (PEM) for --tls-policy verify (default: the system's).", valueName: "FILE"))
+    var tlsCAFile: String?
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (default info).", valueName: "LEVEL"))
     var logLevel: String?
 
@@ -61,6 +67,8 @@ struct Serve: AsyncParsableCommand {
         if !route.isEmpty { s.routes = try route.map(TernSettings.parseRoute) }
         if !resolver.isEmpty { s.resolvers = try resolver.map(TernSettings.checkResolver) }
         if let p = remotePort { s.remotePort = p }
+        if let t = tlsPolicy { s.tlsPolicy = try TernSettings.parseTLSPolicy(t) }
+        if let f = tlsCAFile { s.tlsCAFile = f }
         try s.validate()
         return s
     }
@@ -86,7 +94,14 @@ struct Serve: AsyncParsableCommand {
         let router = Router(routes: settings.routes, resolver: resolver, remotePort: settings.remotePort)
         var client = ClientConfig(heloName: settings.hostname)
         client.connectTimeout = settings.connectTimeout
-        let agent = SMTPDeliveryAgent(router: router, config: client, group: group, logger: logger)
+        client.tlsPolicy = settings.tlsPolicy
+        client.tlsCAFile = settings.tlsCAFile
+        let agent: SMTPDeliveryAgent
+        do {
+            agent = try SMTPDeliveryAgent(router: router, config: client, group: group, logger: logger)
+        } catch {
+            throw fail("TLS set-up failed: \(error)", code: 78)
+        }
         let scheduler = Scheduler(store: store, agent: agent, config: settings.schedulerConfig, logger: logger)
         let intake = Intake(store: store, hostname: settings.hostname, logger: logger, onAccepted: { scheduler.wake() })
         let listener = SMTPListener(config: settings.listenerConfig, intake: intake, group: group, logger: logger)

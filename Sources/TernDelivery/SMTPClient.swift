@@ -8,13 +8,30 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import TernProtocol
 import TernRouting
+
+/// When to use STARTTLS (RFC 3207).
+public enum TLSPolicy: String, Sendable, CaseIterable {
+    /// Never.
+    case none
+    /// When offered, without checking the certificate; plaintext when not
+    /// offered or when the handshake fails (opportunistic, RFC 7435).
+    case may
+    /// Always, without checking the certificate; defer otherwise.
+    case require
+    /// Always, with the certificate checked against trusted roots and the MX name; defer otherwise.
+    case verify
+}
 
 /// Client settings; timeouts in seconds (defaults are RFC 5321 §4.5.3.2's).
 public struct ClientConfig: Sendable {
     /// The name we give in EHLO/HELO.
     public var heloName: String
+    public var tlsPolicy: TLSPolicy = .may
+    /// Trusted roots for `verify` (PEM); nil for the system's.
+    public var tlsCAFile: String? = nil
     public var connectTimeout: Int64 = 30
     public var greetingTimeout: Int64 = 300
     public var ehloTimeout: Int64 = 300
@@ -38,6 +55,30 @@ public struct ClientConfig: Sendable {
 enum OpenResult {
     case success(SMTPClientConnection)
     case failure(SMTPReply)
+    /// STARTTLS was tried and failed (`may` retries the hop in plaintext).
+    case tlsFailure(SMTPReply)
+}
+
+/// TLS contexts, made once per agent (loading roots is not cheap).
+struct TLSContexts: Sendable {
+    let opportunistic: NIOSSLContext
+    let verifying: NIOSSLContext?
+
+    init(caFile: String?, needVerifying: Bool) throws {
+        var loose = TLSConfiguration.makeClientConfiguration()
+        loose.minimumTLSVersion = .tlsv12
+        loose.certificateVerification = .none
+        opportunistic = try NIOSSLContext(configuration: loose)
+        if needVerifying {
+            var strict = TLSConfiguration.makeClientConfiguration()
+            strict.minimumTLSVersion = .tlsv12
+            strict.certificateVerification = .fullVerification
+            if let f = caFile { strict.trustRoots = .file(f) }
+            verifying = try NIOSSLContext(configuration: strict)
+        } else {
+            verifying = nil
+        }
+    }
 }
 
 final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
@@ -62,7 +103,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
 
     /// Connects, reads the greeting and introduces itself. On failure, the
     /// reply to record (4xx: try the next hop).
-    static func open(_ hop: Hop, config: ClientConfig, group: EventLoopGroup) async -> OpenResult {
+    static func open(_ hop: Hop, config: ClientConfig, tls: TLSContexts?, group: EventLoopGroup) async -> OpenResult {
         let channel: Channel
         let handler: NIOLoopBound<SMTPReplyHandler>
         do {
@@ -97,6 +138,10 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                     return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "\(hop) refused EHLO and HELO: \(helo)"))
                 }
             }
+            if let failure = try await c.negotiateTLS(hop, tls: tls) {
+                await c.abort()
+                return failure
+            }
             c.context.remoteDSN = c.capabilities.dsn
             return .success(c)
         } catch {
@@ -104,6 +149,48 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             return .failure(SMTPReply(451, .connectionDropped, "\(hop) failed before mail: \(error)"))
         }
     }
+
+    /// STARTTLS per the policy; nil when the session may go on.
+    private func negotiateTLS(_ hop: Hop, tls: TLSContexts?) async throws -> OpenResult? {
+        let policy = config.tlsPolicy
+        guard policy != .none, let tls else { return nil }
+        guard capabilities.startTLS else {
+            if policy == .may { return nil }
+            return .failure(SMTPReply(451, EnhancedStatus(4, 7, 10), "\(hop) does not offer STARTTLS, which the TLS policy requires"))
+        }
+        let reply = try await exchange(["STARTTLS"], config.ehloTimeout)[0]
+        guard reply.code == 220 else {
+            if policy == .may { return nil }
+            return .failure(SMTPReply(451, EnhancedStatus(4, 7, 10), "\(hop) refused STARTTLS: \(reply)"))
+        }
+        do {
+            let sslContext = policy == .verify ? (tls.verifying ?? tls.opportunistic) : tls.opportunistic
+            // SNI and the name check use the MX host name; an address literal has none.
+            let name = IPAddress(hop.host) == nil && !hop.host.hasPrefix("[") ? hop.host : nil
+            let h = handler
+            let channel = self.channel
+            try await channel.eventLoop.submit {
+                h.value.discardBuffered()
+                let ssl = try NIOSSLClientHandler(context: sslContext, serverHostname: name)
+                try channel.pipeline.syncOperations.addHandler(ssl, position: .first)
+            }.get()
+            // RFC 3207 §4.2: forget what was learned before TLS and ask again.
+            let ehlo = try await exchange(["EHLO \(config.heloName)"], config.ehloTimeout)[0]
+            guard ehlo.code == 250 else { throw ClientFault.protocolError("EHLO after STARTTLS: \(ehlo)") }
+            capabilities = ServerCapabilities(ehloReply: ehlo)
+            let version = try? await channel.nioSSL_tlsVersion().get()
+            switch version {
+            case .tlsv13?: context.tls = "TLSv1.3"
+            case .tlsv12?: context.tls = "TLSv1.2"
+            case let v?: context.tls = "\(v)"
+            case nil: context.tls = "TLS"
+            }
+            return nil
+        } catch {
+            return .tlsFailure(SMTPReply(451, EnhancedStatus(4, 7, 5), "TLS with \(hop) failed: \(error)"))
+        }
+    }
+
 
     private func expect(_ seconds: Int64) async throws -> SMTPReply {
         let h = handler
@@ -245,12 +332,14 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
     let config: ClientConfig
     let group: EventLoopGroup
     let logger: Logger
+    let tls: TLSContexts?
 
-    public init(router: Router, config: ClientConfig, group: EventLoopGroup, logger: Logger = Logger(label: "tern.delivery")) {
+    public init(router: Router, config: ClientConfig, group: EventLoopGroup, logger: Logger = Logger(label: "tern.delivery")) throws {
         self.router = router
         self.config = config
         self.group = group
         self.logger = logger
+        self.tls = config.tlsPolicy == .none ? nil : try TLSContexts(caFile: config.tlsCAFile, needVerifying: config.tlsPolicy == .verify)
     }
 
     public func connect(domain: String) async -> ConnectOutcome {
@@ -260,10 +349,18 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
         case .hops(let hops):
             var last: (SMTPReply, AttemptContext)? = nil
             for hop in hops {
-                switch await SMTPClientConnection.open(hop, config: config, group: group) {
+                var result = await SMTPClientConnection.open(hop, config: config, tls: tls, group: group)
+                if case .tlsFailure(let reply) = result, config.tlsPolicy == .may {
+                    // Opportunistic TLS: a broken handshake is no reason not to deliver.
+                    logger.info("STARTTLS failed; retrying in plaintext", metadata: ["mx": "\(hop)", "reply": "\(reply)"])
+                    var plain = config
+                    plain.tlsPolicy = .none
+                    result = await SMTPClientConnection.open(hop, config: plain, tls: nil, group: group)
+                }
+                switch result {
                 case .success(let c):
                     return .connected(c)
-                case .failure(let reply):
+                case .failure(let reply), .tlsFailure(let reply):
                     logger.info("hop failed", metadata: ["mx": "\(hop)", "reply": "\(reply)"])
                     last = (reply, AttemptContext(mxHost: hop.host, mxAddress: hop.address.description))
                 }

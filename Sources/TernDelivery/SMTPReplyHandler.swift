@@ -44,6 +44,14 @@ final class SMTPReplyHandler: ChannelInboundHandler {
         return promise.futureResult
     }
 
+    /// Drops anything received but not yet read: after STARTTLS's 220, bytes
+    /// that came in the clear must not be taken as replies (RFC 3207 §4.2).
+    func discardBuffered() {
+        buffer.clear()
+        parser = ReplyParser()
+        early.removeAll()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
         buffer.writeBuffer(&bytes)

@@ -10,11 +10,14 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 public struct SinkMessage: Sendable, Equatable {
     public var mailCommand: String
     public var rcptCommands: [String]
     public var data: String
+    /// Received over TLS (after STARTTLS).
+    public var tls: Bool
 }
 
 public final class SinkServer: Sendable {
@@ -24,6 +27,10 @@ public final class SinkServer: Sendable {
         public var extensions = ["PIPELINING", "8BITMIME", "DSN", "SIZE 10000000", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
         /// Keep each message (tests) or only count them (benchmarks).
         public var record = true
+        /// Offer STARTTLS with this server context.
+        public var tls: NIOSSLContext? = nil
+        /// Answer STARTTLS with 220 and then hang up (a failed handshake).
+        public var breakTLS = false
         public init() {}
     }
 
@@ -77,6 +84,7 @@ final class SinkHandler: ChannelInboundHandler {
     var rcpts: [String] = []
     var data: [String] = []
     var dead = false
+    var tlsActive = false
 
     init(config: SinkServer.Config, state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>,
          counter: NIOLockedValueBox<Int>) {
@@ -117,7 +125,7 @@ final class SinkHandler: ChannelInboundHandler {
         switch verb {
         case "EHLO":
             if config.acceptEHLO {
-                let lines = ["sink.test"] + config.extensions
+                let lines = ["sink.test"] + config.extensions + (config.tls != nil && !tlsActive ? ["STARTTLS"] : [])
                 reply(lines.enumerated().map { i, l in "250\(i == lines.count - 1 ? " " : "-")\(l)" }.joined(separator: "\r\n"), context)
             } else {
                 reply("502 5.5.1 EHLO not supported", context)
@@ -132,6 +140,14 @@ final class SinkHandler: ChannelInboundHandler {
         case "DATA":
             if mail == nil || rcpts.isEmpty { reply("503 5.5.1 No valid recipients", context) }
             else { inData = true; data = []; reply("354 End data with <CR><LF>.<CR><LF>", context) }
+        case "STAR" where line.uppercased() == "STARTTLS" && config.tls != nil && !tlsActive:
+            reply("220 2.0.0 Ready to start TLS", context)
+            if config.breakTLS { context.close(promise: nil); dead = true; return }
+            buffer.clear() // RFC 3207 §4.2: nothing sent in the clear carries over
+            tlsActive = true
+            mail = nil
+            rcpts = []
+            try? context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: config.tls!), position: .first)
         case "RSET": mail = nil; rcpts = []; reply("250 2.0.0 Ok", context)
         case "NOOP": reply("250 2.0.0 Ok", context)
         case "QUIT": reply("221 2.0.0 Bye", context); context.close(promise: nil); dead = true
@@ -153,7 +169,7 @@ final class SinkHandler: ChannelInboundHandler {
         if locals.contains(where: { $0.hasPrefix("rejectdata") }) { reply("554 5.6.0 Content rejected", context); return }
         let n = counter.withLockedValue { c -> Int in c += 1; return c }
         if config.record {
-            let message = SinkMessage(mailCommand: mail ?? "", rcptCommands: rcpts, data: data.joined(separator: "\r\n") + "\r\n")
+            let message = SinkMessage(mailCommand: mail ?? "", rcptCommands: rcpts, data: data.joined(separator: "\r\n") + "\r\n", tls: tlsActive)
             state.withLockedValue { $0.messages.append(message) }
         }
         reply("250 2.0.0 Ok: queued as SINK\(n)", context)

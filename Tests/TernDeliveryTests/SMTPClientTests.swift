@@ -14,7 +14,7 @@ func agent(port: Int, routes: [StaticRoute]? = nil, resolver: any DNSResolver = 
     config.setAllTimeouts(timeouts)
     let router = Router(routes: routes ?? [StaticRoute(domain: "*", host: "127.0.0.1", port: port)], resolver: resolver,
                         remotePort: port, shuffle: { $0 })
-    return SMTPDeliveryAgent(router: router, config: config, group: group)
+    return try! SMTPDeliveryAgent(router: router, config: config, group: group)
 }
 
 func message(_ rcpts: [String], from: String = "a@x.test", body: String = "Subject: t\r\n\r\nhello\r\n.dot\r\n", smtputf8: Bool = false) -> OutboundMessage {

@@ -45,7 +45,7 @@ final class TestServer: Sendable {
         if let d = delivery {
             var client = ClientConfig(heloName: "mx.test")
             client.setAllTimeouts(10)
-            let agent = SMTPDeliveryAgent(router: Router(routes: d.routes, resolver: d.resolver, remotePort: d.remotePort),
+            let agent = try SMTPDeliveryAgent(router: Router(routes: d.routes, resolver: d.resolver, remotePort: d.remotePort),
                                           config: client, group: group, logger: logger)
             var sc = SchedulerConfig(hostname: "mx.test")
             d.edit(&sc)
