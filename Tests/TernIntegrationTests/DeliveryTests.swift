@@ -60,6 +60,44 @@ let server0Group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         #expect((dsn["returned_headers"] as? String)?.contains("Subject: e2e") == true)
     }
 
+    /// A 421 greeting, a connection dropped after the final dot and a reply
+    /// that never comes: each ends deferred, with its attempt and event.
+    @Test func troubleAtTheRemoteEndDefers() async throws {
+        let sink = try await SinkServer.start(group: server0Group)
+        defer { Task { await sink.stop() } }
+        var busyConfig = SinkServer.Config()
+        busyConfig.greeting = "421 4.3.2 too busy"
+        let busy = try await SinkServer.start(busyConfig, group: server0Group)
+        defer { Task { await busy.stop() } }
+        let routes = [StaticRoute(domain: "busy.test", host: "127.0.0.1", port: busy.port),
+                      StaticRoute(domain: "*", host: "127.0.0.1", port: sink.port)]
+        let server = try await TestServer.start(delivery: DeliverySetup(routes: routes, clientTimeout: 1))
+        defer { Task { await server.stop() } }
+        let c = try RawClient(port: server.port)
+        _ = try c.readReply()
+        _ = try c.command("EHLO client.test")
+        for rcpt in ["a@busy.test", "dropdata@far.test", "slowdata@slow.test"] {
+            #expect(try c.sendMessage(from: "s@sender.test", to: [rcpt], body: "Subject: trouble\r\n\r\nx\r\n").status == "250 2.0.0")
+        }
+        #expect(await eventually { try server.count("SELECT count(*) FROM recipient WHERE state = 'deferred'") == 3 })
+        func row(_ address: String) throws -> (String, Int, String) {
+            let r = try server.store.read { db in
+                try Row.fetchOne(db, sql: """
+                    SELECT a.outcome, a.code, a.text FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE r.address = ?
+                    """, arguments: [address])
+            }
+            return (r?[0] ?? "", r?[1] ?? 0, r?[2] ?? "")
+        }
+        let greeting = try row("a@busy.test")
+        #expect(greeting.0 == "deferred" && greeting.1 == 451 && greeting.2.contains("421 4.3.2 too busy"))
+        let dropped = try row("dropdata@far.test")
+        #expect(dropped.0 == "deferred" && dropped.1 == 451 && dropped.2.contains("during end of data"))
+        let slow = try row("slowdata@slow.test")
+        #expect(slow.0 == "deferred" && slow.1 == 451 && slow.2.contains("timeout"))
+        #expect(try server.count("SELECT count(*) FROM event WHERE kind = 'deferred'") == 3)
+        #expect(try server.count("SELECT count(*) FROM message WHERE origin = 'dsn'") == 0) // no DSN for a first deferral
+    }
+
     @Test func aiosmtpdAsTheReceivingMTA() async throws {
         let mta = try await Aiosmtpd.start()
         defer { mta.child.stop() }

@@ -22,6 +22,7 @@ struct DeliverySetup {
     var routes: [StaticRoute]
     var resolver: any DNSResolver = StaticResolver()
     var remotePort = 25
+    var clientTimeout: Int64 = 10
     var edit: @Sendable (inout SchedulerConfig) -> Void = { _ in }
 }
 
@@ -44,7 +45,7 @@ final class TestServer: Sendable {
         var scheduler: Scheduler? = nil
         if let d = delivery {
             var client = ClientConfig(heloName: "mx.test")
-            client.setAllTimeouts(10)
+            client.setAllTimeouts(d.clientTimeout)
             let agent = try SMTPDeliveryAgent(router: Router(routes: d.routes, resolver: d.resolver, remotePort: d.remotePort),
                                           config: client, group: group, logger: logger)
             var sc = SchedulerConfig(hostname: "mx.test")
