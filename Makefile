@@ -15,6 +15,7 @@ run: release
 test: deps test-deps
 	swift build --build-tests
 	swift test --skip-build $(SWIFT_TEST_FLAGS)
+	tools/crash-test --kills 3 --messages 500 --tern .build/debug/tern
 
 build: deps
 	swift build

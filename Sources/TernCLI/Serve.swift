@@ -1,7 +1,10 @@
 // `tern serve`: run the SMTP listener in the foreground until SIGTERM/SIGINT.
 
 import ArgumentParser
+import Dispatch
+import Foundation
 import Logging
+import Synchronization
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -103,6 +106,24 @@ struct Serve: AsyncParsableCommand {
             throw fail("TLS set-up failed: \(error)", code: 78)
         }
         let scheduler = Scheduler(store: store, agent: agent, config: settings.schedulerConfig, logger: logger)
+        // Start-up recovery: SQLite has replayed the WAL on open; check the
+        // pages, return leases of the previous run, and say what is queued.
+        do {
+            let check = try store.quickCheck()
+            guard check == ["ok"] else {
+                throw fail("database check failed (\(check.prefix(3).joined(separator: "; "))); run `tern doctor`", code: 74)
+            }
+            let recovered = try await store.recoverLeases(now: nowMillis(), owner: scheduler.owner, everyOtherOwner: true)
+            let q = try store.summary()
+            logger.notice("queue recovered", metadata: [
+                "queued": "\(q.count("queued"))", "deferred": "\(q.count("deferred"))", "held": "\(q.count("held"))",
+                "inflight_recovered": "\(recovered)", "integrity": "ok",
+            ])
+        } catch let e as ExitCode {
+            throw e
+        } catch {
+            throw fail("cannot read the queue: \(error)", code: 74)
+        }
         let intake = Intake(store: store, hostname: settings.hostname, logger: logger, onAccepted: { scheduler.wake() })
         let listener = SMTPListener(config: settings.listenerConfig, intake: intake, group: group, logger: logger)
         logger.info("tern starting", metadata: [
@@ -117,8 +138,20 @@ struct Serve: AsyncParsableCommand {
             services: [.init(service: scheduler), .init(service: listener)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .seconds(settings.shutdownGrace + 5)
         let services = ServiceGroup(configuration: groupConfig)
+        // A second SIGTERM/SIGINT ends the grace period at once (nothing is
+        // lost: open SMTP transactions were not acknowledged, leases expire).
+        let running = Task { try await services.run() }
+        let signals = SignalCounter(signals: [SIGTERM, SIGINT]) { count in
+            if count == 2 {
+                logger.warning("second signal: stopping now")
+                running.cancel()
+            }
+        }
+        defer { signals.cancel() }
         do {
-            try await services.run()
+            try await running.value
+        } catch is CancellationError {
+            logger.notice("stopped before the grace period ended")
         } catch {
             logger.error("service failed", metadata: ["error": "\(error)"])
             resolver.shutdown()
@@ -154,4 +187,25 @@ struct Migrate: ParsableCommand {
             throw fail("\(error)", code: 74)
         }
     }
+}
+
+/// Counts deliveries of some signals (alongside ServiceLifecycle's own handlers).
+final class SignalCounter: @unchecked Sendable { // sources are only created and cancelled
+    private let sources: [any DispatchSourceSignal]
+
+    init(signals: [Int32], onSignal: @escaping @Sendable (Int) -> Void) {
+        let count = Mutex(0)
+        sources = signals.map { sig in
+            signal(sig, SIG_IGN) // a dispatch source sees the signal only when its default action is off
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                let n = count.withLock { c -> Int in c += 1; return c }
+                onSignal(n)
+            }
+            source.resume()
+            return source
+        }
+    }
+
+    func cancel() { sources.forEach { $0.cancel() } }
 }

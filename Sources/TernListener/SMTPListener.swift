@@ -36,6 +36,8 @@ public final class SMTPListener: Service, Sendable {
     let registry = SessionRegistry()
     public let limiter: ConnectionLimiter
     private let channels = BoundChannels()
+    /// Set when shutdown begins: new connections are told 421 4.3.2.
+    private let draining = NIOLockedValueBox(false)
 
     public init(config: ListenerConfig, intake: Intake, group: EventLoopGroup, logger: Logger = Logger(label: "tern.smtpd")) {
         self.config = config
@@ -57,12 +59,19 @@ public final class SMTPListener: Service, Sendable {
         let relay = config.session.relay
         let exempt = config.trustedExemptFromClientLimit
         let hostname = config.session.hostname
+        let draining = self.draining
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 512)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
+                if draining.withLockedValue({ $0 }) {
+                    let reply = SMTPReply(421, .systemNotAccepting, "\(hostname) Service shutting down, try again later")
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(RefusalHandler(reply: reply))
+                    }
+                }
                 let ipText = channel.remoteAddress?.ipAddress ?? ""
                 let ip = IPAddress(ipText)
                 let trusted = relay.isTrusted(ip)
@@ -91,7 +100,8 @@ public final class SMTPListener: Service, Sendable {
     /// Stops accepting, lets sessions finish their transaction for up to the
     /// grace period, then closes the rest.
     public func stop() async {
-        for channel in channels.all { try? await channel.close() }
+        // Keep listening, but only to say 421 4.3.2, until open sessions are done.
+        draining.withLockedValue { $0 = true }
         registry.beginShutdown()
         let deadline = NIODeadline.now() + .seconds(config.shutdownGraceSeconds)
         // Cancellation (the service group's own deadline) ends the wait at once.
@@ -102,6 +112,7 @@ public final class SMTPListener: Service, Sendable {
             logger.warning("closing sessions still open at the shutdown deadline", metadata: ["sessions": "\(registry.count)"])
             registry.forceCloseAll()
         }
+        for channel in channels.all { try? await channel.close() }
     }
 
     /// Service entry: serve until graceful shutdown is requested.

@@ -66,6 +66,13 @@ public final class Scheduler: Service, Sendable {
     /// New work may be due now (intake committed a message, an operator flushed).
     public func wake() { wakeup.signal() }
 
+    /// Graceful stop: no new claims; deliveries in progress finish and are
+    /// recorded; `run()` returns once they have.
+    public func stop() {
+        state.withLock { $0.stopping = true }
+        wakeup.signal()
+    }
+
     // MARK: - Service
 
     public func run() async throws {
@@ -78,8 +85,7 @@ public final class Scheduler: Service, Sendable {
                 await wakeup.wait(milliseconds: delay)
             }
         } onGracefulShutdown: {
-            self.state.withLock { $0.stopping = true }
-            self.wakeup.signal()
+            self.stop()
         }
         for w in state.withLock({ $0.workers }) { await w.value }
     }

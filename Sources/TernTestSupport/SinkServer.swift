@@ -4,6 +4,7 @@
 //   tempdata… 451 4.3.0 after DATA  rejectdata…       554 5.6.0 after DATA
 //   dropdata… closes after the final dot without a reply
 //   slowdata… never answers the final dot
+//   delaydata… answers the final dot with 250 after half a second
 // anything else is accepted. The greeting and the EHLO extensions are set
 // per server. Every accepted message is recorded.
 
@@ -165,6 +166,15 @@ final class SinkHandler: ChannelInboundHandler {
         defer { mail = nil; rcpts = [] }
         if locals.contains(where: { $0.hasPrefix("dropdata") }) { context.close(promise: nil); dead = true; return }
         if locals.contains(where: { $0.hasPrefix("slowdata") }) { return }
+        if locals.contains(where: { $0.hasPrefix("delaydata") }) {
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: .milliseconds(500)) {
+                let (handler, ctx) = bound.value
+                handler.counter.withLockedValue { $0 += 1 }
+                handler.reply("250 2.0.0 Ok: late", ctx)
+            }
+            return
+        }
         if locals.contains(where: { $0.hasPrefix("tempdata") }) { reply("451 4.3.0 Try again later", context); return }
         if locals.contains(where: { $0.hasPrefix("rejectdata") }) { reply("554 5.6.0 Content rejected", context); return }
         let n = counter.withLockedValue { c -> Int in c += 1; return c }

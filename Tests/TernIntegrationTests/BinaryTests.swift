@@ -139,6 +139,53 @@ final class ServeProcess: @unchecked Sendable {
         #expect(dns.child.log.contains("query[MX] missing.test"))
     }
 
+    @Test func aSecondSIGTERMEndsTheGracePeriod() async throws {
+        let dir = try tempFolder()
+        let db = dir.appendingPathComponent("tern.sqlite").path
+        let file = dir.appendingPathComponent("tern.toml")
+        try Data("[limits]\nshutdown_grace = 120\n".utf8).write(to: file)
+        let serve = try ServeProcess(["--config", file.path, "--listen", "127.0.0.1:0", "--db", db, "--resolver", "127.0.0.1:9"])
+        let port = try await serve.port()
+        #expect(serve.log.contains("queue recovered") && serve.log.contains("inflight_recovered=0"))
+        let busy = try RawClient(port: port)
+        _ = try busy.readReply()
+        try busy.send("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n")
+        _ = try busy.readReplies(3)
+        kill(serve.process.processIdentifier, SIGTERM)
+        // The open transaction may finish: still served after the first signal.
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try busy.command("NOOP").status == "250 2.0.0")
+        kill(serve.process.processIdentifier, SIGTERM)
+        // Well before the 120 s grace period.
+        let status = waitForExit(serve.process, seconds: 30)
+        #expect(status != nil, "tern did not stop on the second SIGTERM:\n\(serve.log)")
+        #expect(serve.log.contains("second signal"))
+        #expect(busy.isClosedByPeer())
+        // Nothing half-done was left: the unacknowledged transaction is simply absent.
+        let store = try Store(path: db)
+        #expect(try store.stateCounts().isEmpty)
+        store.close()
+    }
+
+    @Test func doctorReportsHealthAndProblems() throws {
+        let dir = try tempFolder()
+        let db = dir.appendingPathComponent("tern.sqlite").path
+        let bin = try ternBinary()
+        _ = try runProgram(bin, ["sendmail", "--db", db, "bob@y.test"], stdin: "Subject: d\n\nx\n")
+        let ok = try runProgram(bin, ["doctor", "--db", db])
+        #expect(ok.status == 0, "\(ok.stdout)\(ok.stderr)")
+        #expect(ok.stdout.contains("integrity:     ok") && ok.stdout.contains("healthy"))
+        // Make one inconsistency: a message with no recipient.
+        _ = try runProgram("sqlite3", [db, "INSERT INTO message (queue_id, received_at, mail_from, size, origin) VALUES ('ORPHAN', 0, '', 0, 'smtp')"])
+        let bad = try runProgram(bin, ["doctor", "--db", db, "--format", "json"])
+        #expect(bad.status == 1)
+        let json = try JSONSerialization.jsonObject(with: Data(bad.stdout.utf8)) as? [String: Any]
+        #expect(json?["healthy"] as? Bool == false)
+        #expect((json?["inconsistencies"] as? [String: Int])?["message without recipients"] == 1)
+        #expect(json?["integrity"] as? [String] == ["ok"])
+        #expect(json?["schema_version"] as? Int == Migrator.knownVersion)
+    }
+
     @Test func serveRefusesBadConfiguration() throws {
         let dir = try tempFolder()
         let file = dir.appendingPathComponent("bad.toml")

@@ -98,6 +98,23 @@ let server0Group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         #expect(try server.count("SELECT count(*) FROM message WHERE origin = 'dsn'") == 0) // no DSN for a first deferral
     }
 
+    /// The remote's 250 arrives while the scheduler is stopping: it is still recorded.
+    @Test func aReplyDuringShutdownIsRecorded() async throws {
+        let sink = try await SinkServer.start(group: server0Group)
+        defer { Task { await sink.stop() } }
+        let server = try await TestServer.start(delivery: DeliverySetup(routes: [StaticRoute(domain: "*", host: "127.0.0.1", port: sink.port)]))
+        defer { Task { await server.stop() } }
+        let c = try RawClient(port: server.port)
+        _ = try c.readReply()
+        _ = try c.command("EHLO client.test")
+        #expect(try c.sendMessage(from: "s@sender.test", to: ["delaydata@far.test"], body: "Subject: late\r\n\r\nx\r\n").status == "250 2.0.0")
+        #expect(await eventually { try server.count("SELECT count(*) FROM recipient WHERE state = 'inflight'") == 1 })
+        server.scheduler!.stop()
+        await server.schedulerTask!.value // returns once the delivery in progress is recorded
+        #expect(try server.count("SELECT count(*) FROM recipient WHERE state = 'delivered'") == 1)
+        #expect(try server.count("SELECT count(*) FROM attempt WHERE outcome = 'delivered' AND text = 'Ok: late'") == 1)
+    }
+
     @Test func aiosmtpdAsTheReceivingMTA() async throws {
         let mta = try await Aiosmtpd.start()
         defer { mta.child.stop() }

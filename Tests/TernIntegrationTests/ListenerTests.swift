@@ -205,6 +205,10 @@ import Testing
         // The idle session is told at once; the busy one finishes its message first.
         #expect(try idle.readReply().status == "421 4.3.2")
         #expect(idle.isClosedByPeer())
+        // A client arriving during shutdown is told so, not refused at TCP level.
+        let late = try RawClient(port: server.port)
+        #expect(try late.readReply().status == "421 4.3.2")
+        #expect(late.isClosedByPeer())
         #expect(try busy.command("DATA").code == 354)
         try busy.send("Subject: last\r\n\r\nx\r\n.\r\n")
         #expect(try busy.readReply().status == "250 2.0.0")
