@@ -34,6 +34,7 @@ let package = Package(
         // Delivery: the DeliveryAgent protocol and the SwiftNIO SMTP client.
         .target(name: "TernDelivery", dependencies: [
             "TernProtocol", "TernRouting", nioCore, nioPosix, logging, .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
         // Scheduler: claims, concurrency, retries, expiry, DSNs; delivery only through DeliveryAgent.
         .target(name: "TernScheduler", dependencies: ["TernDelivery", "TernStore", "TernMessage", "TernProtocol", logging, lifecycle]),

@@ -135,14 +135,21 @@ struct Serve: AsyncParsableCommand {
         // Shut down in reverse order: the listener stops taking mail first,
         // then the scheduler finishes the deliveries in progress.
         var groupConfig = ServiceGroupConfiguration(
-            services: [.init(service: scheduler), .init(service: listener)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            services: [.init(service: scheduler), .init(service: listener)], logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .seconds(settings.shutdownGrace + 5)
         let services = ServiceGroup(configuration: groupConfig)
-        // A second SIGTERM/SIGINT ends the grace period at once (nothing is
-        // lost: open SMTP transactions were not acknowledged, leases expire).
+        // SIGTERM/SIGINT: the first starts a graceful shutdown, a second ends
+        // the grace period at once. One handler owns these signals (two
+        // dispatch sources for one signal do not both see it on Linux).
+        // Nothing is lost by stopping early: open SMTP transactions were never
+        // acknowledged, and claimed recipients keep their lease until the next
+        // start returns them.
         let running = Task { try await services.run() }
         let signals = SignalCounter(signals: [SIGTERM, SIGINT]) { count in
-            if count == 2 {
+            if count == 1 {
+                logger.notice("signal received: shutting down gracefully (a second signal stops at once)")
+                Task { await services.triggerGracefulShutdown() }
+            } else if count == 2 {
                 logger.warning("second signal: stopping now")
                 running.cancel()
             }
@@ -189,7 +196,8 @@ struct Migrate: ParsableCommand {
     }
 }
 
-/// Counts deliveries of some signals (alongside ServiceLifecycle's own handlers).
+
+/// Counts deliveries of some signals; the process's only handler for them.
 final class SignalCounter: @unchecked Sendable { // sources are only created and cancelled
     private let sources: [any DispatchSourceSignal]
 

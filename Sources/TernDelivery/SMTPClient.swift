@@ -6,6 +6,7 @@
 
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -108,16 +109,22 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         let handler: NIOLoopBound<SMTPReplyHandler>
         do {
             let address = try SocketAddress(ipAddress: hop.address.description, port: hop.port)
+            // Keep the handler itself: a server that greets 421 and hangs up may
+            // have emptied the pipeline before we could look it up there.
+            let slot = NIOLockedValueBox<NIOLoopBound<SMTPReplyHandler>?>(nil)
             channel = try await ClientBootstrap(group: group)
                 .connectTimeout(.seconds(config.connectTimeout))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { ch in
-                    ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(SMTPReplyHandler()) }
+                    ch.eventLoop.makeCompletedFuture {
+                        let h = SMTPReplyHandler()
+                        try ch.pipeline.syncOperations.addHandler(h)
+                        slot.withLockedValue { $0 = NIOLoopBound(h, eventLoop: ch.eventLoop) }
+                    }
                 }
                 .connect(to: address).get()
-            handler = try await channel.eventLoop.submit {
-                NIOLoopBound(try channel.pipeline.syncOperations.handler(type: SMTPReplyHandler.self), eventLoop: channel.eventLoop)
-            }.get()
+            guard let h = slot.withLockedValue({ $0 }) else { throw ClientFault.closed }
+            handler = h
         } catch {
             return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "connect to \(hop) failed: \(error)"))
         }
