@@ -63,7 +63,7 @@ let package = Package(
         .executableTarget(name: "tern", dependencies: ["TernCLI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "TernProtocolTests", dependencies: ["TernProtocol", nioCore]),
-        .testTarget(name: "TernRoutingTests", dependencies: ["TernRouting", "TernProtocol"]),
+        .testTarget(name: "TernRoutingTests", dependencies: ["TernRouting", "TernProtocol", "TernTestSupport"]),
         .testTarget(name: "TernDeliveryTests", dependencies: ["TernDelivery", "TernProtocol", "TernRouting", "TernTestSupport", nioCore, nioPosix, .product(name: "NIOSSL", package: "swift-nio-ssl")]),
         .testTarget(name: "TernSchedulerTests", dependencies: [
             "TernScheduler", "TernDelivery", "TernStore", "TernProtocol", .product(name: "GRDB", package: "GRDB.swift"),

@@ -41,6 +41,8 @@ public struct TernSettings: Sendable {
     public var maxQueueLifetime = deliveryDefaults.policy.maxQueueLifetimeMillis / 1000
     public var delayWarning = deliveryDefaults.policy.delayWarningMillis / 1000
     public var connectTimeout: Int64 = 30
+    /// Run the scheduler (false: accept and queue only).
+    public var deliver = true
     public var tlsPolicy: TLSPolicy = .may
     public var tlsCAFile: String? = nil
 
@@ -102,7 +104,7 @@ extension TernSettings {
                                        "routes", "resolvers", "remote_port", "delivery"]
     static let deliveryKeys: Set<String> = [
         "max_connections", "max_connections_per_destination", "messages_per_connection", "retry_first", "retry_max",
-        "max_queue_lifetime", "delay_warning", "connect_timeout", "tls_policy", "tls_ca_file",
+        "max_queue_lifetime", "delay_warning", "connect_timeout", "tls_policy", "tls_ca_file", "enabled",
     ]
     static let limitKeys: Set<String> = [
         "max_message_size", "max_recipients", "max_command_line", "max_text_line", "max_errors", "max_connections",
@@ -162,6 +164,10 @@ extension TernSettings {
             if let v = try int(delivery, "connect_timeout") { connectTimeout = Int64(v) }
             if let v = try string(delivery, "tls_policy") { tlsPolicy = try TernSettings.parseTLSPolicy(v) }
             if let v = try string(delivery, "tls_ca_file") { tlsCAFile = v }
+            if let v = delivery["enabled"] {
+                guard let b = v.bool else { throw ConfigError("\(source): 'delivery.enabled' must be true or false") }
+                deliver = b
+            }
         }
         if let l = table["limits"] {
             guard let limits = l.table else { throw ConfigError("\(source): 'limits' must be a table") }

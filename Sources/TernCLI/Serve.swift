@@ -56,6 +56,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("tls-ca-file"), help: ArgumentHelp("Trusted roots (PEM) for --tls-policy verify (default: the system's).", valueName: "FILE"))
     var tlsCAFile: String?
 
+    @Flag(name: .customLong("no-deliver"), help: "Accept and queue mail but deliver nothing (no scheduler, no DNS): maintenance, benchmarks of intake.")
+    var noDeliver = false
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (default info).", valueName: "LEVEL"))
     var logLevel: String?
 
@@ -72,6 +75,7 @@ struct Serve: AsyncParsableCommand {
         if let p = remotePort { s.remotePort = p }
         if let t = tlsPolicy { s.tlsPolicy = try TernSettings.parseTLSPolicy(t) }
         if let f = tlsCAFile { s.tlsCAFile = f }
+        if noDeliver { s.deliver = false }
         try s.validate()
         return s
     }
@@ -134,8 +138,10 @@ struct Serve: AsyncParsableCommand {
         ])
         // Shut down in reverse order: the listener stops taking mail first,
         // then the scheduler finishes the deliveries in progress.
-        var groupConfig = ServiceGroupConfiguration(
-            services: [.init(service: scheduler), .init(service: listener)], logger: logger)
+        if !settings.deliver { logger.notice("delivery is off (--no-deliver): mail is accepted and queued only") }
+        let serviceList: [ServiceGroupConfiguration.ServiceConfiguration] =
+            settings.deliver ? [.init(service: scheduler), .init(service: listener)] : [.init(service: listener)]
+        var groupConfig = ServiceGroupConfiguration(services: serviceList, logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .seconds(settings.shutdownGrace + 5)
         let services = ServiceGroup(configuration: groupConfig)
         // SIGTERM/SIGINT: the first starts a graceful shutdown, a second ends

@@ -167,6 +167,23 @@ final class ServeProcess: @unchecked Sendable {
         store.close()
     }
 
+    @Test func noDeliverQueuesOnly() async throws {
+        let dir = try tempFolder()
+        let db = dir.appendingPathComponent("tern.sqlite").path
+        let serve = try ServeProcess(["--listen", "127.0.0.1:0", "--db", db, "--no-deliver", "--resolver", "127.0.0.1:9"])
+        let port = try await serve.port()
+        #expect(serve.log.contains("delivery is off"))
+        let c = try RawClient(port: port)
+        _ = try c.readReply()
+        _ = try c.command("EHLO c.test")
+        #expect(try c.sendMessage(from: "a@x.test", to: ["b@y.test"], body: "Subject: q\r\n\r\nx\r\n").status == "250 2.0.0")
+        #expect(await serve.terminate() == 0)
+        let store = try Store(path: db)
+        defer { store.close() }
+        #expect(try store.stateCounts() == ["queued": 1])
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM attempt") } == 0)
+    }
+
     @Test func doctorReportsHealthAndProblems() throws {
         let dir = try tempFolder()
         let db = dir.appendingPathComponent("tern.sqlite").path

@@ -12,6 +12,7 @@ import TernDelivery
 import TernProtocol
 import TernRouting
 import TernScheduler
+import TernTestSupport
 @testable import TernStore
 #if canImport(Glibc)
 import Glibc
@@ -367,16 +368,7 @@ struct Dnsmasq {
             Issue.record("dnsmasq is not installed; run .ci/run or `make test-deps` (interop tests never skip)")
             throw ClientError.closed
         }
-        // Pick a free UDP port by binding to port 0.
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        let port = Int(UInt16(bigEndian: addr.sin_port))
-        close(fd)
+        let port = freeLoopbackUDPPort()
         // --local=/test/: names under .test that are not defined are NXDOMAIN, never forwarded.
         let child = try ChildProcess(exe, ["--no-daemon", "--port=\(port)", "--listen-address=127.0.0.1", "--bind-interfaces",
                                            "--no-resolv", "--no-hosts", "--local=/test/", "--pid-file=", "--user=root", "--log-queries"] + records)

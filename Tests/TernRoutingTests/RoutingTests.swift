@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TernProtocol
 @testable import TernRouting
+import TernTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -80,25 +81,13 @@ import Glibc
 
 /// c-ares against a real DNS server (dnsmasq) on a loopback port.
 @Suite(.serialized) struct CAresTests {
-    func freeUDPPort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        return Int(UInt16(bigEndian: addr.sin_port))
-    }
-
     @Test func mxAndAddressesFromDnsmasq() async throws {
         let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].first { FileManager.default.isExecutableFile(atPath: $0) }
         guard let dnsmasq else {
             Issue.record("dnsmasq is not installed; run .ci/run or `make test-deps` (interop tests never skip)")
             return
         }
-        let port = freeUDPPort()
+        let port = freeLoopbackUDPPort()
         let p = Process()
         p.executableURL = URL(fileURLWithPath: dnsmasq)
         p.arguments = ["--no-daemon", "--port=\(port)", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
