@@ -46,7 +46,9 @@ public final class Scheduler: Service, Sendable {
         var active: [String: Int] = [:]
         var total = 0
         var stopping = false
-        var workers: [Task<Void, Never>] = []
+        /// Running workers by id; each removes itself when done.
+        var workers: [Int: Task<Void, Never>] = [:]
+        var nextWorkerID = 0
     }
 
     private let state = Mutex(State())
@@ -87,18 +89,14 @@ public final class Scheduler: Service, Sendable {
         } onGracefulShutdown: {
             self.stop()
         }
-        for w in state.withLock({ $0.workers }) { await w.value }
+        for w in state.withLock({ Array($0.workers.values) }) { await w.value }
     }
 
     /// One pass for tests: start every due worker and wait until all are done.
     public func runDue() async {
         await startDueWorkers()
         while true {
-            let workers = state.withLock { s -> [Task<Void, Never>] in
-                let w = s.workers
-                s.workers.removeAll()
-                return w
-            }
+            let workers = state.withLock { Array($0.workers.values) }
             if workers.isEmpty { return }
             for w in workers { await w.value }
         }
@@ -124,29 +122,34 @@ public final class Scheduler: Service, Sendable {
         for d in due.sorted(by: { $0.nextAttemptAt < $1.nextAttemptAt }) where d.nextAttemptAt <= now {
             let wanted = min(config.maxConnectionsPerDestination, max(1, (d.dueCount + 4) / 5))
             while true {
-                let start = state.withLock { s -> Bool in
-                    guard !s.stopping, s.total < config.maxConnections, s.active[d.domain, default: 0] < wanted else { return false }
+                let domain = d.domain
+                let started = state.withLock { s -> Bool in
+                    guard !s.stopping, s.total < config.maxConnections, s.active[domain, default: 0] < wanted else { return false }
                     s.total += 1
-                    s.active[d.domain, default: 0] += 1
+                    s.active[domain, default: 0] += 1
+                    // Registered under the lock: the worker's own removal waits for it.
+                    let id = s.nextWorkerID
+                    s.nextWorkerID += 1
+                    s.workers[id] = Task { await self.work(domain, id: id) }
                     return true
                 }
-                if !start { break }
-                let domain = d.domain
-                let task = Task { await self.work(domain) }
-                state.withLock { $0.workers.append(task) }
+                if !started { break }
             }
         }
-        state.withLock { $0.workers.removeAll { $0.isCancelled } }
     }
 
-    private func finished(_ domain: String) {
+    private func finished(_ domain: String, id: Int) {
         state.withLock { s in
             s.total -= 1
             let n = s.active[domain, default: 1] - 1
             s.active[domain] = n == 0 ? nil : n
+            s.workers[id] = nil
         }
         wakeup.signal()
     }
+
+    /// Workers running now (tests).
+    var runningWorkers: Int { state.withLock { $0.workers.count } }
 
     private var stopping: Bool { state.withLock { $0.stopping } }
 
@@ -160,8 +163,8 @@ public final class Scheduler: Service, Sendable {
         }
     }
 
-    func work(_ domain: String) async {
-        defer { finished(domain) }
+    func work(_ domain: String, id: Int) async {
+        defer { finished(domain, id: id) }
         var claimed = await claim(domain)
         guard !claimed.isEmpty else { return }
         let started = clock.now()

@@ -167,6 +167,25 @@ final class ServeProcess: @unchecked Sendable {
         store.close()
     }
 
+    /// After a crash, recipients the dead process held are returned at start
+    /// and counted in the start-up line.
+    @Test func startupReleasesLeasesOfTheDeadProcess() async throws {
+        let dir = try tempFolder()
+        let db = dir.appendingPathComponent("tern.sqlite").path
+        let bin = try ternBinary()
+        _ = try runProgram(bin, ["sendmail", "--db", db, "a@x.test", "b@x.test"], stdin: "Subject: s\n\nx\n")
+        let crashed = try runProgram("sqlite3", [db, "UPDATE recipient SET state = 'inflight', lease_owner = 'dead:1', lease_expires_at = 9999999999999"])
+        #expect(crashed.status == 0)
+        let serve = try ServeProcess(["--listen", "127.0.0.1:0", "--db", db, "--no-deliver", "--resolver", "127.0.0.1:9"])
+        _ = try await serve.port()
+        #expect(serve.log.contains("inflight_recovered=2") && serve.log.contains("queued=2"), "\(serve.log)")
+        #expect(await serve.terminate() == 0)
+        let store = try Store(path: db)
+        defer { store.close() }
+        #expect(try store.stateCounts() == ["queued": 2])
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM event WHERE kind = 'lease_expired'") } == 2)
+    }
+
     @Test func noDeliverQueuesOnly() async throws {
         let dir = try tempFolder()
         let db = dir.appendingPathComponent("tern.sqlite").path

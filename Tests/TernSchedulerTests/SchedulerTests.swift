@@ -256,6 +256,7 @@ struct Harness {
         }
         #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] as Int? == 41)
         #expect(h.agent.maxOpen["f.test"]! <= 3)
+        #expect(h.scheduler.runningWorkers == 0) // finished workers are not kept
         #expect(h.agent.connections >= 9) // 40 messages, 5 per connection, plus g.test
         #expect(h.agent.sent.count == 41)
     }
