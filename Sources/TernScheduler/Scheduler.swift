@@ -77,9 +77,10 @@ public final class Scheduler: Service, Sendable {
 
     // MARK: - Service
 
+    /// Runs until graceful shutdown. Leases of an earlier process are the
+    /// composition root's to release before this starts (`tern serve` does,
+    /// and logs the count); each pass here sweeps leases that ran out.
     public func run() async throws {
-        let recovered = (try? await store.recoverLeases(now: clock.now(), owner: owner, everyOtherOwner: true)) ?? 0
-        if recovered > 0 { logger.notice("released leases of an earlier instance", metadata: ["recipients": "\(recovered)"]) }
         await withGracefulShutdownHandler {
             while !state.withLock({ $0.stopping }) && !Task.isCancelled {
                 await startDueWorkers()
