@@ -13,15 +13,23 @@ import TernTestSupport
 
 let server0Group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
+extension TestServer {
+    /// A client connected to this server, past the greeting and EHLO.
+    func greetedClient() throws -> RawClient {
+        let c = try RawClient(port: port)
+        _ = try c.readReply()
+        _ = try c.command("EHLO client.test")
+        return c
+    }
+}
+
 @Suite(.serialized) struct DeliveryTests {
     @Test func relayThroughTheSchedulerWithBounceAndDeferral() async throws {
         let sink = try await SinkServer.start(group: server0Group)
         defer { Task { await sink.stop() } }
         let server = try await TestServer.start(delivery: DeliverySetup(routes: [StaticRoute(domain: "*", host: "127.0.0.1", port: sink.port)]))
         defer { Task { await server.stop() } }
-        let c = try RawClient(port: server.port)
-        _ = try c.readReply()
-        _ = try c.command("EHLO client.test")
+        let c = try server.greetedClient()
         let reply = try c.sendMessage(from: "alice@sender.test", to: ["ok@far.test", "perm@far.test", "temp@far.test"],
                                       body: "Subject: e2e\r\nMessage-ID: <e2e@sender.test>\r\n\r\nhello\r\n..dotted\r\n",
                                       mailParams: " RET=HDRS ENVID=E2E", rcptParams: " NOTIFY=FAILURE,DELAY")
@@ -73,9 +81,7 @@ let server0Group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
                       StaticRoute(domain: "*", host: "127.0.0.1", port: sink.port)]
         let server = try await TestServer.start(delivery: DeliverySetup(routes: routes, clientTimeout: 1))
         defer { Task { await server.stop() } }
-        let c = try RawClient(port: server.port)
-        _ = try c.readReply()
-        _ = try c.command("EHLO client.test")
+        let c = try server.greetedClient()
         for rcpt in ["a@busy.test", "dropdata@far.test", "slowdata@slow.test"] {
             #expect(try c.sendMessage(from: "s@sender.test", to: [rcpt], body: "Subject: trouble\r\n\r\nx\r\n").status == "250 2.0.0")
         }
@@ -104,9 +110,7 @@ let server0Group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { Task { await sink.stop() } }
         let server = try await TestServer.start(delivery: DeliverySetup(routes: [StaticRoute(domain: "*", host: "127.0.0.1", port: sink.port)]))
         defer { Task { await server.stop() } }
-        let c = try RawClient(port: server.port)
-        _ = try c.readReply()
-        _ = try c.command("EHLO client.test")
+        let c = try server.greetedClient()
         #expect(try c.sendMessage(from: "s@sender.test", to: ["delaydata@far.test"], body: "Subject: late\r\n\r\nx\r\n").status == "250 2.0.0")
         // Stop once the message is on the wire (before that, a stopping worker
         // rightly gives the recipient back untried).
@@ -122,9 +126,7 @@ let server0Group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { mta.child.stop() }
         let server = try await TestServer.start(delivery: DeliverySetup(routes: [StaticRoute(domain: "*", host: "127.0.0.1", port: mta.port)]))
         defer { Task { await server.stop() } }
-        let c = try RawClient(port: server.port)
-        _ = try c.readReply()
-        _ = try c.command("EHLO client.test")
+        let c = try server.greetedClient()
         // aiosmtpd offers no DSN, so NOTIFY=SUCCESS earns a "relayed" report from us (RFC 3461 §6.2.2).
         #expect(try c.sendMessage(from: "bob@sender.test", to: ["carol@far.test"], body: "Subject: to aiosmtpd\r\n\r\nhi\r\n",
                                   mailParams: " RET=FULL", rcptParams: " NOTIFY=SUCCESS ORCPT=rfc822;carol+40orig.test").status == "250 2.0.0")
