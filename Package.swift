@@ -47,13 +47,14 @@ let package = Package(
         // SwiftNIO SMTP server carrying out the session machine's actions.
         .target(name: "TernListener", dependencies: [
             "TernProtocol", "TernIntake", nioCore, nioPosix, logging, lifecycle,
-            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOTLS", package: "swift-nio"),
         ]),
         // `tern` subcommands and configuration (TOML + flags).
         .target(name: "TernCLI", dependencies: [
             "TernProtocol", "TernMessage", "TernStore", "TernIntake", "TernListener", "TernRouting", "TernDelivery",
             "TernScheduler", nioCore, nioPosix, logging, lifecycle,
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         // Test helpers shared by test targets (a scripted SMTP sink); not in the product.
@@ -79,6 +80,7 @@ let package = Package(
         .testTarget(name: "TernIntegrationTests", dependencies: [
             "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", "TernRouting", "TernDelivery",
             "TernScheduler", "TernTestSupport", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], exclude: ["interop"]),
     ]
 )

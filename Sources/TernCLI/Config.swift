@@ -41,6 +41,9 @@ public struct TernSettings: Sendable {
     public var maxQueueLifetime = deliveryDefaults.policy.maxQueueLifetimeMillis / 1000
     public var delayWarning = deliveryDefaults.policy.delayWarningMillis / 1000
     public var connectTimeout: Int64 = 30
+    /// Certificate chain and key (PEM) for STARTTLS on the listeners.
+    public var tlsCert: String? = nil
+    public var tlsKey: String? = nil
     /// Run the scheduler (false: accept and queue only).
     public var deliver = true
     public var tlsPolicy: TLSPolicy = .may
@@ -101,7 +104,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 
 extension TernSettings {
     static let topKeys: Set<String> = ["hostname", "db", "listen", "relay_domains", "trusted_networks", "log_level", "limits",
-                                       "routes", "resolvers", "remote_port", "delivery"]
+                                       "routes", "resolvers", "remote_port", "delivery", "tls_cert", "tls_key"]
     static let deliveryKeys: Set<String> = [
         "max_connections", "max_connections_per_destination", "messages_per_connection", "retry_first", "retry_max",
         "max_queue_lifetime", "delay_warning", "connect_timeout", "tls_policy", "tls_ca_file", "enabled",
@@ -146,6 +149,8 @@ extension TernSettings {
         if let v = try strings(table, "listen") { listen = try v.map(TernSettings.parseListen) }
         if let v = try strings(table, "relay_domains") { relayDomains = v }
         if let v = try strings(table, "trusted_networks") { trustedNetworks = try v.map(TernSettings.parseNetwork) }
+        if let v = try string(table, "tls_cert") { tlsCert = v }
+        if let v = try string(table, "tls_key") { tlsKey = v }
         if let v = try strings(table, "routes") { routes = try v.map(TernSettings.parseRoute) }
         if let v = try strings(table, "resolvers") { resolvers = try v.map(TernSettings.checkResolver) }
         if let v = try int(table, "remote_port") { remotePort = v }
@@ -204,6 +209,7 @@ extension TernSettings {
         if commandTimeout < 1 || dataTimeout < 1 { throw ConfigError("timeouts must be at least 1 second") }
         if hostname.isEmpty { throw ConfigError("hostname must not be empty") }
         if !(1...65535).contains(remotePort) { throw ConfigError("remote_port must be 1-65535") }
+        if (tlsCert == nil) != (tlsKey == nil) { throw ConfigError("tls_cert and tls_key go together") }
         if deliveryMaxConnections < 1 || deliveryMaxPerDestination < 1 || deliveryMessagesPerConnection < 1 {
             throw ConfigError("delivery limits must be at least 1")
         }

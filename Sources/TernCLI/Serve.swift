@@ -7,6 +7,7 @@ import Logging
 import Synchronization
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import TernDelivery
 import TernIntake
@@ -56,6 +57,12 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("tls-ca-file"), help: ArgumentHelp("Trusted roots (PEM) for --tls-policy verify (default: the system's).", valueName: "FILE"))
     var tlsCAFile: String?
 
+    @Option(name: .customLong("tls-cert"), help: ArgumentHelp("Certificate chain (PEM) for STARTTLS on the listeners (TLS 1.2 and 1.3); with --tls-key.", valueName: "FILE"))
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: ArgumentHelp("Private key (PEM) of --tls-cert.", valueName: "FILE"))
+    var tlsKey: String?
+
     @Flag(name: .customLong("no-deliver"), help: "Accept and queue mail but deliver nothing (no scheduler, no DNS): maintenance, benchmarks of intake.")
     var noDeliver = false
 
@@ -76,6 +83,8 @@ struct Serve: AsyncParsableCommand {
         if let t = tlsPolicy { s.tlsPolicy = try TernSettings.parseTLSPolicy(t) }
         if let f = tlsCAFile { s.tlsCAFile = f }
         if noDeliver { s.deliver = false }
+        if let c = tlsCert { s.tlsCert = c }
+        if let k = tlsKey { s.tlsKey = k }
         try s.validate()
         return s
     }
@@ -129,7 +138,19 @@ struct Serve: AsyncParsableCommand {
             throw fail("cannot read the queue: \(error)", code: 74)
         }
         let intake = Intake(store: store, hostname: settings.hostname, logger: logger, onAccepted: { scheduler.wake() })
-        let listener = SMTPListener(config: settings.listenerConfig, intake: intake, group: group, logger: logger)
+        var listenerConfig = settings.listenerConfig
+        if let cert = settings.tlsCert, let key = settings.tlsKey {
+            do {
+                var tls = TLSConfiguration.makeServerConfiguration(
+                    certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
+                    privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+                tls.minimumTLSVersion = .tlsv12
+                listenerConfig.tls = try NIOSSLContext(configuration: tls)
+            } catch {
+                throw fail("cannot load the TLS certificate or key (\(cert), \(key)): \(error)", code: 78)
+            }
+        }
+        let listener = SMTPListener(config: listenerConfig, intake: intake, group: group, logger: logger)
         logger.info("tern starting", metadata: [
             "db": "\(settings.db)", "hostname": "\(settings.hostname)",
             "relay_domains": "\(settings.relayDomains)", "trusted": "\(settings.trustedNetworks.map(\.description))",

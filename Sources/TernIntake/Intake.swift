@@ -88,11 +88,12 @@ public final class Intake: Sendable {
         let now = clock()
         let queueID = QueueID.make(millis: now)
         let headers = body.withUnsafeReadableBytes { HeaderBlock($0) }
-        let received = ReceivedHeader(
+        var received = ReceivedHeader(
             helo: envelope.helo, clientAddress: envelope.clientAddress, byHost: hostname,
             protocolName: envelope.protocolName, queueID: queueID,
             forRecipient: envelope.recipients.count == 1 ? envelope.recipients[0].mailbox.address : nil,
             date: now)
+        received.tls = envelope.tls
         var prefix = origin == .local ? localReceived(queueID: queueID, now: now) : received.field
         var messageID = headers.first("Message-ID").flatMap(TernMessage.messageID(fromFieldValue:))
         if origin == .local || origin == .submission {

@@ -7,6 +7,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import TernIntake
 import TernProtocol
@@ -24,6 +25,8 @@ public struct ListenerConfig: Sendable {
     /// How long open transactions may run on after shutdown begins.
     public var shutdownGraceSeconds: Int64 = 30
     public var origin: Origin = .smtp
+    /// Offer STARTTLS with this context (RFC 3207).
+    public var tls: NIOSSLContext? = nil
 
     public init(session: SessionConfig) { self.session = session }
 }
@@ -52,9 +55,11 @@ public final class SMTPListener: Service, Sendable {
 
     /// Binds every listen address.
     public func start() async throws {
+        var session = config.session
+        session.startTLS = config.tls != nil
         let settings = SMTPServerHandler.Settings(
-            session: config.session, commandTimeout: .seconds(config.commandTimeoutSeconds),
-            dataTimeout: .seconds(config.dataTimeoutSeconds), origin: config.origin)
+            session: session, commandTimeout: .seconds(config.commandTimeoutSeconds),
+            dataTimeout: .seconds(config.dataTimeoutSeconds), origin: config.origin, tls: config.tls)
         let intake = self.intake, registry = self.registry, limiter = self.limiter, logger = self.logger
         let relay = config.session.relay
         let exempt = config.trustedExemptFromClientLimit

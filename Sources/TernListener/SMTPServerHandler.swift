@@ -6,6 +6,8 @@
 
 import Logging
 import NIOCore
+import NIOSSL
+import NIOTLS
 import TernIntake
 import TernProtocol
 
@@ -18,6 +20,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         var commandTimeout: TimeAmount
         var dataTimeout: TimeAmount
         var origin: Origin
+        var tls: NIOSSLContext? = nil
     }
 
     private var session: SMTPServerSession
@@ -27,6 +30,8 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var closing = false
     private var shutdownRequested = false
     private var readPaused = false
+    /// Between STARTTLS's 220 and the end of the handshake.
+    private var awaitingTLS = false
     private var timeout: Scheduled<Void>? = nil
     private var context: ChannelHandlerContext? = nil
     private var logger: Logger
@@ -105,7 +110,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Decodes and handles frames until input runs out, a commit starts, or the session closes.
     private func process(context: ChannelHandlerContext) {
         var wrote = false
-        while !committing && !closing, var buffer = input {
+        while !committing && !closing && !awaitingTLS, var buffer = input {
             framer.mode = session.inputMode
             input = nil // avoid a copy-on-write while the framer consumes
             let frame = framer.next(&buffer)
@@ -122,6 +127,12 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
                 timeout?.cancel()
                 if wrote { context.flush(); wrote = false }
                 startCommit(envelope, body: body, context: context)
+            case .startTLS(let reply):
+                send([reply], context: context)
+                context.flush()
+                wrote = false
+                beginTLS(context: context)
+                return
             }
             if shutdownRequested && !committing && !session.inTransaction {
                 send([session.shuttingDown()], context: context)
@@ -135,6 +146,42 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
             input!.discardReadBytes()
         }
         if wrote { context.flush() }
+    }
+
+    /// RFC 3207 §4.2: whatever the client sent after STARTTLS in the clear is
+    /// dropped unread (the CVE-2011-0411 class of command injection); the
+    /// 220 is already on its way, below the TLS handler added now.
+    private func beginTLS(context: ChannelHandlerContext) {
+        input = nil
+        framer = SMTPFramer(commandLineLimit: settings.session.maxCommandLine + SMTPFramer.extensionAllowance,
+                            textLineLimit: settings.session.maxTextLine)
+        guard let tls = settings.tls else { context.close(promise: nil); return }
+        awaitingTLS = true
+        do {
+            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls), position: .first)
+        } catch {
+            logger.warning("cannot start TLS", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent, awaitingTLS {
+            let version = (try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion
+            let description: String
+            switch version {
+            case .tlsv13?: description = "TLSv1.3"
+            case .tlsv12?: description = "TLSv1.2"
+            case let v?: description = "\(v)"
+            case nil: description = "TLS"
+            }
+            awaitingTLS = false
+            session.tlsEstablished(description)
+            logger.debug("TLS established", metadata: ["tls": "\(description)"])
+            armTimeout(context: context)
+            process(context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func startCommit(_ envelope: Envelope, body: ByteBuffer, context: ChannelHandlerContext) {

@@ -97,6 +97,8 @@ public struct ReceivedHeader: Sendable {
     /// Named only when there is exactly one recipient (privacy of Bcc).
     public var forRecipient: String?
     public var date: Int64 // Unix ms
+    /// The TLS protocol the message came over, as a comment.
+    public var tls: String? = nil
 
     public init(helo: String, clientAddress: String, byHost: String, protocolName: String,
                 queueID: String, forRecipient: String?, date: Int64) {
@@ -114,6 +116,7 @@ public struct ReceivedHeader: Sendable {
         let literal = clientAddress.contains(":") ? "[IPv6:\(clientAddress)]" : "[\(clientAddress)]"
         var s = "Received: from \(sanitize(helo)) (\(literal))\r\n"
         s += "\tby \(byHost) (Tern) with \(protocolName) id \(queueID)"
+        if let t = tls { s += "\r\n\t(using \(sanitize(t)))" }
         if let r = forRecipient { s += "\r\n\tfor <\(sanitize(r))>" }
         s += "; \(RFC5322Date.format(millis: date))\r\n"
         return s

@@ -21,6 +21,8 @@ public struct SessionConfig: Sendable {
     /// errors (Postfix's smtpd_recipient_overshoot_limit).
     public var recipientOvershootLimit: Int = 1000
     public var relay: RelayPolicy = RelayPolicy()
+    /// STARTTLS is offered (a certificate is configured).
+    public var startTLS = false
 
     public init(hostname: String) { self.hostname = hostname }
 }
@@ -61,6 +63,8 @@ public struct Envelope: Sendable {
     public var mailFrom: Mailbox?
     public var parameters: MailParameters
     public var recipients: [EnvelopeRecipient]
+    /// The TLS protocol the message came over, if any.
+    public var tls: String? = nil
 
     public init(clientAddress: String, helo: String, protocolName: String, mailFrom: Mailbox?,
                 parameters: MailParameters, recipients: [EnvelopeRecipient]) {
@@ -76,6 +80,10 @@ public struct Envelope: Sendable {
 public enum SessionAction: Sendable {
     /// Write these replies; close the connection afterwards when `close`.
     case reply([SMTPReply], close: Bool)
+    /// Write this 220, drop any input already buffered (RFC 3207 §4.2, the
+    /// CVE-2011-0411 class of injection), then start the TLS handshake; call
+    /// `tlsEstablished` once it completes.
+    case startTLS(SMTPReply)
     /// Hand the message to intake; call `commitFinished` with the result, and
     /// read no further frames until then.
     case commit(Envelope, body: ByteBuffer)
@@ -118,6 +126,8 @@ public struct SMTPServerSession: Sendable {
     private var pendingChunk: (reply: SMTPReply?, last: Bool)? = nil
     public private(set) var errorCount = 0
     private var overshoot = 0
+    /// The TLS protocol in use (nil in the clear), for `Received:`.
+    public private(set) var tls: String? = nil
 
     public init(config: SessionConfig, client: ClientInfo) {
         self.config = config
@@ -251,7 +261,13 @@ public struct SMTPServerSession: Sendable {
                 "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
                 "See RFC 5321; Tern's README describes its extensions",
             ]))
-        case .starttls, .auth:
+        case .starttls:
+            guard config.startTLS else { return error(SMTPReply(502, .invalidCommand, "Error: command not implemented")) }
+            guard tls == nil else { return error(SMTPReply(503, .invalidCommand, "Error: TLS already active")) }
+            guard helo != nil, esmtp else { return error(SMTPReply(503, .invalidCommand, "Error: send EHLO first")) }
+            guard state == .ready else { return error(SMTPReply(503, .invalidCommand, "Error: STARTTLS inside a mail transaction")) }
+            return .startTLS(SMTPReply(220, .ok, "Ready to start TLS"))
+        case .auth:
             return error(SMTPReply(502, .invalidCommand, "Error: command not implemented"))
         }
     }
@@ -267,7 +283,17 @@ public struct SMTPServerSession: Sendable {
             "CHUNKING",
             "DSN",
             "HELP",
-        ]
+        ] + (config.startTLS && tls == nil ? ["STARTTLS"] : [])
+    }
+
+    /// The handshake finished: RFC 3207 §4.2, the session starts over (the
+    /// client must say EHLO again) and knows nothing from before TLS.
+    public mutating func tlsEstablished(_ description: String) {
+        resetTransaction()
+        helo = nil
+        esmtp = false
+        tls = description
+        state = .greeting
     }
 
     private mutating func mail(_ path: SMTPPath, _ params: MailParameters) -> SessionAction? {
@@ -429,9 +455,12 @@ public struct SMTPServerSession: Sendable {
     private mutating func startCommit() -> SessionAction {
         let from: Mailbox?
         if case .mailbox(let m) = mailFrom { from = m } else { from = nil }
-        let proto = mailParams.smtputf8 ? "UTF8SMTP" : (esmtp ? "ESMTP" : "SMTP")
-        let envelope = Envelope(clientAddress: client.addressText, helo: helo ?? "", protocolName: proto,
+        // RFC 3848 / RFC 6531 §3.7.3: an S for TLS.
+        let base = mailParams.smtputf8 ? "UTF8SMTP" : (esmtp ? "ESMTP" : "SMTP")
+        let proto = tls == nil ? base : base + "S"
+        var envelope = Envelope(clientAddress: client.addressText, helo: helo ?? "", protocolName: proto,
                                 mailFrom: from, parameters: mailParams, recipients: recipients)
+        envelope.tls = tls
         let message = body
         body = ByteBuffer()
         state = .committing

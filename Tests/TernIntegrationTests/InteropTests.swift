@@ -3,6 +3,7 @@
 
 import Foundation
 import GRDB
+import NIOSSL
 import Testing
 @testable import TernStore
 
@@ -61,6 +62,44 @@ import Testing
         #expect(utf8.first?[0] as Int? == 1)
         #expect(utf8.first?[1] as String? == "jörg@x.test")
         #expect(try server.count("SELECT count(*) FROM recipient r JOIN message m ON m.id = r.message_id WHERE m.header_message_id = 'many@py.test'") == 100)
+    }
+
+    @Test func startTLSWithSmtplibAndOpenSSL() async throws {
+        try requireTool("openssl")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-stls-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let cert = dir.appendingPathComponent("cert.pem").path, key = dir.appendingPathComponent("key.pem").path
+        let made = try runProgram("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+                                              "-subj", "/CN=mx.tls.test", "-addext", "subjectAltName=DNS:mx.tls.test"])
+        #expect(made.status == 0)
+        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
+                                                           privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+        tls.minimumTLSVersion = .tlsv12
+        let context = try NIOSSLContext(configuration: tls)
+        let server = try await TestServer.start { $0.tls = context }
+        defer { Task { await server.stop() } }
+        let script = repoRoot.appendingPathComponent("Tests/TernIntegrationTests/interop/starttls_client.py").path
+        let r = try runProgram("python3", [script, String(server.port), cert])
+        #expect(r.status == 0, "\(r.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.stdout)\(r.stderr)")
+        #expect(json["offered"] as? Bool == true)
+        #expect(json["starttls"] as? Int == 220)
+        #expect((json["tls_version"] as? String)?.hasPrefix("TLSv1.") == true)
+        #expect(json["offered_after"] as? Bool == false)
+        #expect((json["data"] as? [Any])?.first as? Int == 250)
+        #expect(json["injection_starttls"] as? String == "220 2.0.0 Ready to start TLS")
+        #expect((json["injection_first_reply"] as? String)?.hasPrefix("503 5.5.1") == true)
+        #expect((json["injection_ehlo"] as? String)?.hasPrefix("250-") == true)
+        #expect((json["injection_quit"] as? String)?.hasPrefix("221") == true)
+        #expect(try server.count("SELECT count(*) FROM message WHERE mail_from = 'evil@x.test'") == 0)
+        let body = try server.store.read { db in try Data.fetchOne(db, sql: "SELECT body FROM message WHERE header_message_id = 'tls@py.test'") }
+        let text = String(decoding: body ?? Data(), as: UTF8.self)
+        #expect(text.contains(" with ESMTPS id ") && text.contains("(using TLSv1."), "\(text.prefix(300))")
+        // openssl s_client drives the STARTTLS dialog itself, then our lines.
+        let s = try runProgram("openssl", ["s_client", "-starttls", "smtp", "-connect", "127.0.0.1:\(server.port)", "-crlf", "-quiet"],
+                               stdin: "EHLO openssl.test\nQUIT\n")
+        #expect(s.stdout.contains("250-mx.test greets openssl.test"), "\(s.stdout)\(s.stderr)")
+        #expect(s.stdout.contains("221 2.0.0 Bye"))
     }
 
     @Test func swaks() async throws {

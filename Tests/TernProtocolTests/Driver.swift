@@ -41,6 +41,11 @@ struct Driver {
         case .reply(let rs, let close):
             replies += rs
             if close { closed = true }
+        case .startTLS(let r):
+            // As the listener does: the 220, drop what was buffered, handshake.
+            replies.append(r)
+            buffer.clear()
+            session.tlsEstablished("TLSv1.3")
         case .commit(let env, let body):
             commits.append((env, String(decoding: body.readableBytesView, as: UTF8.self)))
             apply(session.commitFinished(outcome))

@@ -247,3 +247,46 @@ import Testing
         #expect(s.shuttingDown().code == 421)
     }
 }
+
+@Suite struct StartTLSTests {
+    func tlsDriver() -> Driver { Driver(config: Driver.config { $0.startTLS = true }) }
+
+    @Test func offeredOnlyWithACertificateAndOnlyOnce() {
+        var plain = Driver()
+        plain.feed("EHLO c.test\r\nSTARTTLS\r\n")
+        #expect(!plain.replies[0].lines.contains("STARTTLS"))
+        #expect(plain.last == "502 5.5.1")
+        var d = tlsDriver()
+        d.feed("STARTTLS\r\n")
+        #expect(d.last == "503 5.5.1") // EHLO first
+        d.feed("EHLO c.test\r\n")
+        #expect(d.replies.last!.lines.contains("STARTTLS"))
+        d.feed("MAIL FROM:<a@x.test>\r\nSTARTTLS\r\nRSET\r\n")
+        #expect(d.codes.suffix(3) == ["250 2.1.0", "503 5.5.1", "250 2.0.0"]) // not inside a transaction
+    }
+
+    @Test func theSessionStartsOverAfterTheHandshake() {
+        var s = SMTPServerSession(config: Driver.config { $0.startTLS = true }, client: ClientInfo(address: nil, addressText: "192.0.2.1", trusted: true))
+        for l in ["EHLO c.test", "STARTTLS"] {
+            let a = s.receive(.line(ByteBuffer(string: l), .crlf))
+            if l == "STARTTLS" {
+                guard case .startTLS(let r)? = a else { Issue.record("expected startTLS"); return }
+                #expect(r.wireText == "220 2.0.0 Ready to start TLS\r\n")
+            }
+        }
+        s.tlsEstablished("TLSv1.3")
+        // RFC 3207 §4.2: nothing from before TLS counts; EHLO again.
+        guard case .reply(let r, _)? = s.receive(.line(ByteBuffer(string: "MAIL FROM:<a@x.test>"), .crlf)) else { Issue.record("reply"); return }
+        #expect(r.first?.code == 503)
+        guard case .reply(let ehlo, _)? = s.receive(.line(ByteBuffer(string: "EHLO c.test"), .crlf)) else { Issue.record("ehlo"); return }
+        #expect(!ehlo[0].lines.contains("STARTTLS"))
+        guard case .reply(let again, _)? = s.receive(.line(ByteBuffer(string: "STARTTLS"), .crlf)) else { Issue.record("again"); return }
+        #expect(again.first?.code == 503)
+        for l in ["MAIL FROM:<a@x.test>", "RCPT TO:<b@local.test>", "DATA", "x", "."] {
+            if case .commit(let env, _)? = s.receive(.line(ByteBuffer(string: l), .crlf)) {
+                #expect(env.protocolName == "ESMTPS")
+                #expect(env.tls == "TLSv1.3")
+            }
+        }
+    }
+}
