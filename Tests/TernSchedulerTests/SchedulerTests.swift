@@ -17,6 +17,10 @@ final class FakeAgent: DeliveryAgent, @unchecked Sendable {
     var remoteDSN = false
     var breakAfterFirstMessage = false
     var allOK = false
+    /// Sends to these domains wait until `releaseSlow()`.
+    var slow: Set<String> = []
+    private var slowWaiters: [CheckedContinuation<Void, Never>] = []
+    private var slowOpen = false
     private(set) var connections = 0
     private(set) var open: [String: Int] = [:]
     private(set) var maxOpen: [String: Int] = [:]
@@ -36,6 +40,26 @@ final class FakeAgent: DeliveryAgent, @unchecked Sendable {
     }
 
     func closed(_ domain: String) { lock.withLock { open[domain]! -= 1 } }
+
+    func waitIfSlow(_ domain: String) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let wait = lock.withLock { () -> Bool in
+                guard slow.contains(domain), !slowOpen else { return false }
+                slowWaiters.append(c)
+                return true
+            }
+            if !wait { c.resume() }
+        }
+    }
+
+    func releaseSlow() {
+        let waiters = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+            slowOpen = true
+            defer { slowWaiters = [] }
+            return slowWaiters
+        }
+        waiters.forEach { $0.resume() }
+    }
     func record(_ m: OutboundMessage) { lock.withLock { sent.append(m) } }
 }
 
@@ -47,6 +71,7 @@ final class FakeConnection: DeliveryConnection, @unchecked Sendable {
     var context: AttemptContext { AttemptContext(mxHost: "mx.\(domain)", mxAddress: "127.0.0.1", tls: nil, remoteDSN: agent.remoteDSN) }
     var isReusable: Bool { !(agent.breakAfterFirstMessage && messages >= 1) }
     func send(_ m: OutboundMessage) async -> [Int64: RecipientOutcome] {
+        await agent.waitIfSlow(domain)
         messages += 1
         agent.record(m)
         var out: [Int64: RecipientOutcome] = [:]
@@ -251,14 +276,38 @@ struct Harness {
         for i in 0..<40 { try await h.submit(["ok\(i)@f.test"]) }
         try await h.submit(["ok@g.test"])
         await h.scheduler.runDue()
-        while try h.rows("SELECT count(*) FROM recipient WHERE state = 'queued'").first?[0] as Int? ?? 0 > 0 {
-            await h.scheduler.runDue()
+        for _ in 0..<50 where try h.rows("SELECT count(*) FROM recipient WHERE state = 'queued'").first?[0] as Int? ?? 0 > 0 {
+            await h.scheduler.runDue() // bounded: a regression fails the test instead of hanging it
         }
         #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] as Int? == 41)
         #expect(h.agent.maxOpen["f.test"]! <= 3)
         #expect(h.scheduler.runningWorkers == 0) // finished workers are not kept
         #expect(h.agent.connections >= 9) // 40 messages, 5 per connection, plus g.test
         #expect(h.agent.sent.count == 41)
+    }
+
+    /// One slow destination holds only its own connections.
+    @Test func aSlowDomainDoesNotHoldBackOthers() async throws {
+        let h = try Harness { $0.maxConnectionsPerDestination = 2; $0.maxConnections = 4 }
+        h.agent.slow = ["slow.test"]
+        for i in 0..<10 { try await h.submit(["ok\(i)@slow.test"]) }
+        try await h.submit(["ok@fast.test"])
+        let pass = Task { await h.scheduler.runDue() }
+        // fast.test is delivered while slow.test's sends are still hanging.
+        var fastDone = false
+        for _ in 0..<500 {
+            if try h.state("ok@fast.test") == "delivered" { fastDone = true; break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(fastDone)
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE domain = 'slow.test' AND state = 'delivered'").first?[0] as Int? == 0)
+        #expect(h.agent.maxOpen["slow.test"] ?? 0 <= 2)
+        h.agent.releaseSlow()
+        await pass.value
+        for _ in 0..<50 where try h.rows("SELECT count(*) FROM recipient WHERE state <> 'delivered'").first?[0] as Int? ?? 0 > 0 {
+            await h.scheduler.runDue()
+        }
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE domain = 'slow.test' AND state = 'delivered'").first?[0] as Int? == 10)
     }
 
     @Test func untriedRecipientsAreReleasedWhenAConnectionBreaks() async throws {
