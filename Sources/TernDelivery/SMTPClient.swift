@@ -211,12 +211,22 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     }
 
     private func exchange(_ lines: [String], timeouts: [Int64]) async throws -> [SMTPReply] {
+        var bytes = channel.allocator.buffer(capacity: lines.reduce(0) { $0 + $1.utf8.count + 2 })
+        for l in lines { bytes.writeString(l); bytes.writeStaticString("\r\n") }
+        return try await sendAndExpect(bytes, timeouts: timeouts)
+    }
+
+    private func write(_ bytes: [UInt8], expectWithin seconds: Int64) async throws -> SMTPReply {
+        var buffer = channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        return try await sendAndExpect(buffer, timeouts: [seconds])[0]
+    }
+
+    /// Writes `payload` and reads one reply per timeout, in order.
+    private func sendAndExpect(_ payload: ByteBuffer, timeouts: [Int64]) async throws -> [SMTPReply] {
         let h = handler
         let loop = channel.eventLoop
         let channel = self.channel
-        var bytes = channel.allocator.buffer(capacity: lines.reduce(0) { $0 + $1.utf8.count + 2 })
-        for l in lines { bytes.writeString(l); bytes.writeStaticString("\r\n") }
-        let payload = bytes
         let futures = try await loop.submit { () -> [EventLoopFuture<SMTPReply>] in
             // Register the waits before writing, so no reply can come first.
             let fs = timeouts.map { h.value.expect(timeout: .seconds($0), loop: loop) }
@@ -230,21 +240,6 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             replies.append(r)
         }
         return replies
-    }
-
-    private func write(_ bytes: [UInt8], expectWithin seconds: Int64) async throws -> SMTPReply {
-        let h = handler
-        let loop = channel.eventLoop
-        let channel = self.channel
-        var buffer = channel.allocator.buffer(capacity: bytes.count)
-        buffer.writeBytes(bytes)
-        let payload = buffer
-        let future = try await loop.submit { () -> EventLoopFuture<SMTPReply> in
-            let f = h.value.expect(timeout: .seconds(seconds), loop: loop)
-            channel.writeAndFlush(payload, promise: nil)
-            return f
-        }.get()
-        return try await future.get()
     }
 
     func send(_ message: OutboundMessage) async -> [Int64: RecipientOutcome] {
@@ -306,7 +301,6 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             }
             phase = "end of data"
             let final = try await write(ClientProtocol.dataText(message.body), expectWithin: config.dataEndTimeout)
-            if final.code == 421 { broken = true }
             for r in accepted { results[r.id] = RecipientOutcome.from(final) }
             return results
         } catch {
