@@ -83,9 +83,8 @@ public final class Scheduler: Service, Sendable {
     public func run() async throws {
         await withGracefulShutdownHandler {
             while !state.withLock({ $0.stopping }) && !Task.isCancelled {
-                await startDueWorkers()
-                let delay = sleepTime()
-                await wakeup.wait(milliseconds: delay)
+                let next = await startDueWorkers()
+                await wakeup.wait(milliseconds: sleepTime(next))
             }
         } onGracefulShutdown: {
             self.stop()
@@ -103,8 +102,9 @@ public final class Scheduler: Service, Sendable {
         }
     }
 
-    private func sleepTime() -> Int64 {
-        guard let next = try? store.nextDueTime() else { return config.idleWakeMillis }
+    /// How long to sleep when the earliest claimable recipient is due at `next`.
+    private func sleepTime(_ next: Int64?) -> Int64 {
+        guard let next else { return config.idleWakeMillis }
         let wait = next - clock.now()
         // Due now but not started: its destination is at its connection limit,
         // and a finishing worker will wake us. Never spin.
@@ -113,12 +113,15 @@ public final class Scheduler: Service, Sendable {
 
     // MARK: - Workers
 
-    func startDueWorkers() async {
+    /// Starts workers for due destinations; returns the earliest
+    /// next_attempt_at of any claimable recipient (from the same query).
+    @discardableResult
+    func startDueWorkers() async -> Int64? {
         let now = clock.now()
         if let n = try? await store.recoverLeases(now: now, owner: owner, everyOtherOwner: false), n > 0 {
             logger.warning("leases expired; recipients are claimable again", metadata: ["recipients": "\(n)"])
         }
-        guard let due = try? store.dueDomains(now: now) else { return }
+        guard let due = try? store.dueDomains(now: now) else { return nil }
         // Fairness: earliest due first, each domain at most its share.
         for d in due.sorted(by: { $0.nextAttemptAt < $1.nextAttemptAt }) where d.nextAttemptAt <= now {
             let wanted = min(config.maxConnectionsPerDestination, max(1, (d.dueCount + 4) / 5))
@@ -137,6 +140,7 @@ public final class Scheduler: Service, Sendable {
                 if !started { break }
             }
         }
+        return due.map(\.nextAttemptAt).min()
     }
 
     private func finished(_ domain: String, id: Int) {

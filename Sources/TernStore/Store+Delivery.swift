@@ -191,13 +191,6 @@ extension Store {
         try read { db in try Store.fetchMessage(id, db) }
     }
 
-    /// Earliest next_attempt_at of any claimable recipient.
-    public func nextDueTime() throws -> Int64? {
-        try read { db in
-            try Int64.fetchOne(db, sql: "SELECT min(next_attempt_at) FROM recipient WHERE state IN ('queued', 'deferred')")
-        }
-    }
-
     /// Commits a batch of outcomes in one transaction.
     public func record(_ batch: OutcomeBatch) async throws {
         _ = try await write { db in try Store.apply(batch, db); return 0 }
