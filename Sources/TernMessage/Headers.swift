@@ -133,23 +133,26 @@ public enum RFC5322Date {
     static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
     public static func format(millis: Int64) -> String {
-        let secs = millis >= 0 ? millis / 1000 : (millis - 999) / 1000
-        let dayNumber = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400
-        let secOfDay = secs - dayNumber * 86400
-        let (y, m, d) = civil(fromDays: dayNumber)
-        let weekday = days[Int(((dayNumber % 7) + 7) % 7)]
-        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        return "\(weekday), \(d) \(months[Int(m) - 1]) \(y) \(two(secOfDay / 3600)):\(two(secOfDay / 60 % 60)):\(two(secOfDay % 60)) +0000"
+        let t = split(millis)
+        let weekday = days[Int(((t.dayNumber % 7) + 7) % 7)]
+        return "\(weekday), \(t.day) \(months[Int(t.month) - 1]) \(t.year) \(t.clock) +0000"
     }
 
     /// `YYYY-MM-DD HH:MM:SS` in UTC, for tables people read.
     public static func timestamp(millis: Int64) -> String {
+        let t = split(millis)
+        return "\(t.year)-\(two(t.month))-\(two(t.day)) \(t.clock)"
+    }
+
+    static func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
+
+    /// Unix milliseconds as a civil UTC date, its day number and `HH:MM:SS`.
+    static func split(_ millis: Int64) -> (year: Int64, month: Int64, day: Int64, dayNumber: Int64, clock: String) {
         let secs = millis >= 0 ? millis / 1000 : (millis - 999) / 1000
         let dayNumber = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400
         let sod = secs - dayNumber * 86400
         let (y, m, d) = civil(fromDays: dayNumber)
-        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        return "\(y)-\(two(m))-\(two(d)) \(two(sod / 3600)):\(two(sod / 60 % 60)):\(two(sod % 60))"
+        return (y, m, d, dayNumber, "\(two(sod / 3600)):\(two(sod / 60 % 60)):\(two(sod % 60))")
     }
 
     /// Howard Hinnant's days-from-civil inverse.
