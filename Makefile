@@ -2,7 +2,7 @@
 # Each installs the Debian packages it needs first.
 
 BUILD_PACKAGES := libsqlite3-dev sqlite3 libc-ares-dev pkg-config
-TEST_PACKAGES  := swaks python3 python3-aiosmtpd dnsmasq-base openssl
+TEST_PACKAGES  := swaks libnet-ssleay-perl python3 python3-aiosmtpd dnsmasq-base openssl
 SWIFT_TEST_FLAGS ?=
 
 .PHONY: run test build release deps test-deps bench migrations clean

@@ -22,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
     ],
     targets: [
         // Pure SMTP: commands, replies, addresses, the session state machine, framing.
@@ -44,6 +46,11 @@ let package = Package(
         ]),
         // Postfix's cleanup role: the one path by which mail enters the store.
         .target(name: "TernIntake", dependencies: ["TernProtocol", "TernMessage", "TernStore", logging]),
+        // Accounts for SMTP AUTH: PBKDF2 password hashes, the failed-login throttle, the Authenticator.
+        .target(name: "TernAuth", dependencies: [
+            "TernProtocol", "TernStore", logging, nioPosix, .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "CryptoExtras", package: "swift-crypto"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ]),
         // SwiftNIO SMTP server carrying out the session machine's actions.
         .target(name: "TernListener", dependencies: [
             "TernProtocol", "TernIntake", nioCore, nioPosix, logging, lifecycle,
@@ -53,7 +60,8 @@ let package = Package(
         // `tern` subcommands and configuration (TOML + flags).
         .target(name: "TernCLI", dependencies: [
             "TernProtocol", "TernMessage", "TernStore", "TernIntake", "TernListener", "TernRouting", "TernDelivery",
-            "TernScheduler", nioCore, nioPosix, logging, lifecycle,
+            "TernScheduler", "TernAuth", nioCore, nioPosix, logging, lifecycle,
+            .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
@@ -76,10 +84,11 @@ let package = Package(
             "TernListener", "TernIntake", "TernStore", "TernProtocol", nioCore, logging,
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
-        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore", "TernProtocol"]),
+        .testTarget(name: "TernAuthTests", dependencies: ["TernAuth", "TernStore", "TernProtocol", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
+        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore", "TernProtocol", "TernListener"]),
         .testTarget(name: "TernIntegrationTests", dependencies: [
             "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", "TernRouting", "TernDelivery",
-            "TernScheduler", "TernTestSupport", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),
+            "TernScheduler", "TernTestSupport", "TernAuth", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], exclude: ["interop"]),
     ]

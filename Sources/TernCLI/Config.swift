@@ -4,6 +4,7 @@
 
 import Foundation
 import TOMLKit
+import TernAuth
 import TernDelivery
 import TernListener
 import TernProtocol
@@ -14,7 +15,7 @@ import TernScheduler
 public struct TernSettings: Sendable {
     public var hostname: String = TernSettings.defaultHostname()
     public var db: String = "./tern-data/tern.sqlite"
-    public var listen: [(host: String, port: Int)] = [("127.0.0.1", 2525)]
+    public var listen: [ListenAddress] = [ListenAddress("127.0.0.1", 2525)]
     public var relayDomains: [String] = []
     public var trustedNetworks: [IPNetwork] = IPNetwork.loopback
     public var logLevel: String = "info"
@@ -48,6 +49,17 @@ public struct TernSettings: Sendable {
     public var deliver = true
     public var tlsPolicy: TLSPolicy = .may
     public var tlsCAFile: String? = nil
+    // SMTP AUTH: the failed-login throttle.
+    public var authMaxFailures = ThrottlePolicy().maxFailures
+    public var authFailureWindow = ThrottlePolicy().windowMillis / 1000
+
+    /// The throttle these settings describe.
+    public var throttlePolicy: ThrottlePolicy {
+        var p = ThrottlePolicy()
+        p.maxFailures = authMaxFailures
+        p.windowMillis = authFailureWindow * 1000
+        return p
+    }
 
     static let deliveryDefaults = SchedulerConfig(hostname: "localhost")
 
@@ -103,8 +115,10 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 }
 
 extension TernSettings {
-    static let topKeys: Set<String> = ["hostname", "db", "listen", "relay_domains", "trusted_networks", "log_level", "limits",
-                                       "routes", "resolvers", "remote_port", "delivery", "tls_cert", "tls_key"]
+    static let topKeys: Set<String> = ["hostname", "db", "listen", "listener", "relay_domains", "trusted_networks", "log_level",
+                                       "limits", "routes", "resolvers", "remote_port", "delivery", "tls_cert", "tls_key", "auth"]
+    static let listenerKeys: Set<String> = ["address", "role", "plaintext_auth"]
+    static let authKeys: Set<String> = ["max_failures", "failure_window"]
     static let deliveryKeys: Set<String> = [
         "max_connections", "max_connections_per_destination", "messages_per_connection", "retry_first", "retry_max",
         "max_queue_lifetime", "delay_warning", "connect_timeout", "tls_policy", "tls_ca_file", "enabled",
@@ -146,7 +160,26 @@ extension TernSettings {
         if let v = try string(table, "hostname") { hostname = v }
         if let v = try string(table, "db") { db = v }
         if let v = try string(table, "log_level") { logLevel = try TernSettings.checkLogLevel(v) }
-        if let v = try strings(table, "listen") { listen = try v.map(TernSettings.parseListen) }
+        var listeners: [ListenAddress] = []
+        if let v = try strings(table, "listen") { listeners += try v.map(TernSettings.parseListen) }
+        if let l = table["listener"] {
+            guard let array = l.array else { throw ConfigError("\(source): 'listener' must be an array of tables ([[listener]])") }
+            for item in array {
+                guard let t = item.table else { throw ConfigError("\(source): 'listener' must be an array of tables ([[listener]])") }
+                for key in t.keys where !TernSettings.listenerKeys.contains(key) {
+                    throw ConfigError("\(source): unknown key 'listener.\(key)' (known: \(TernSettings.listenerKeys.sorted().joined(separator: ", ")))")
+                }
+                guard let address = try string(t, "address") else { throw ConfigError("\(source): a [[listener]] needs 'address'") }
+                var l = try TernSettings.parseListen(address)
+                if let r = try string(t, "role") { l.role = try TernSettings.parseRole(r) }
+                if let v = t["plaintext_auth"] {
+                    guard let b = v.bool else { throw ConfigError("\(source): 'listener.plaintext_auth' must be true or false") }
+                    l.plaintextAuth = b
+                }
+                listeners.append(l)
+            }
+        }
+        if !listeners.isEmpty { listen = listeners }
         if let v = try strings(table, "relay_domains") { relayDomains = v }
         if let v = try strings(table, "trusted_networks") { trustedNetworks = try v.map(TernSettings.parseNetwork) }
         if let v = try string(table, "tls_cert") { tlsCert = v }
@@ -173,6 +206,14 @@ extension TernSettings {
                 guard let b = v.bool else { throw ConfigError("\(source): 'delivery.enabled' must be true or false") }
                 deliver = b
             }
+        }
+        if let a = table["auth"] {
+            guard let auth = a.table else { throw ConfigError("\(source): 'auth' must be a table") }
+            for key in auth.keys where !TernSettings.authKeys.contains(key) {
+                throw ConfigError("\(source): unknown key 'auth.\(key)' (known: \(TernSettings.authKeys.sorted().joined(separator: ", ")))")
+            }
+            if let v = try int(auth, "max_failures") { authMaxFailures = v }
+            if let v = try int(auth, "failure_window") { authFailureWindow = Int64(v) }
         }
         if let l = table["limits"] {
             guard let limits = l.table else { throw ConfigError("\(source): 'limits' must be a table") }
@@ -210,6 +251,10 @@ extension TernSettings {
         if hostname.isEmpty { throw ConfigError("hostname must not be empty") }
         if !(1...65535).contains(remotePort) { throw ConfigError("remote_port must be 1-65535") }
         if (tlsCert == nil) != (tlsKey == nil) { throw ConfigError("tls_cert and tls_key go together") }
+        for l in listen where l.role.implicitTLS && tlsCert == nil {
+            throw ConfigError("the submissions listener \(l.host):\(l.port) needs tls_cert and tls_key (TLS from the first byte, RFC 8314)")
+        }
+        if authMaxFailures < 1 || authFailureWindow < 1 { throw ConfigError("auth.max_failures and auth.failure_window must be at least 1") }
         if deliveryMaxConnections < 1 || deliveryMaxPerDestination < 1 || deliveryMessagesPerConnection < 1 {
             throw ConfigError("delivery limits must be at least 1")
         }
@@ -217,8 +262,27 @@ extension TernSettings {
         if maxQueueLifetime < 1 { throw ConfigError("delivery.max_queue_lifetime must be at least 1 second") }
     }
 
+    /// `[ROLE@]HOST:PORT`: ROLE relay (the default), submission or submissions.
+    public static func parseListen(_ text: String) throws -> ListenAddress {
+        var role = ListenerRole.relay
+        var rest = Substring(text)
+        if let at = text.firstIndex(of: "@") {
+            role = try parseRole(String(text[..<at]))
+            rest = text[text.index(after: at)...]
+        }
+        let (host, port) = try parseHostPort(String(rest))
+        return ListenAddress(host, port, role: role)
+    }
+
+    public static func parseRole(_ text: String) throws -> ListenerRole {
+        guard let r = ListenerRole(rawValue: text) else {
+            throw ConfigError("bad listener role '\(text)' (one of \(ListenerRole.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        return r
+    }
+
     /// `HOST:PORT`, `[IPv6]:PORT` or `:PORT` (all addresses).
-    public static func parseListen(_ text: String) throws -> (host: String, port: Int) {
+    public static func parseHostPort(_ text: String) throws -> (host: String, port: Int) {
         var host: Substring, portText: Substring
         if text.hasPrefix("[") {
             guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
@@ -255,7 +319,7 @@ extension TernSettings {
 
     /// `HOST:PORT` or `[IPv6]:PORT` of a DNS server.
     public static func checkResolver(_ text: String) throws -> String {
-        let (host, port) = try parseListen(text)
+        let (host, port) = try parseHostPort(text)
         guard IPAddress(host) != nil, port > 0 else {
             throw ConfigError("bad resolver '\(text)' (use IP:PORT such as 127.0.0.1:53 or [::1]:53)")
         }

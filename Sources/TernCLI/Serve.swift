@@ -9,6 +9,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import ServiceLifecycle
+import TernAuth
 import TernDelivery
 import TernIntake
 import TernListener
@@ -27,7 +28,7 @@ struct Serve: AsyncParsableCommand {
 
     @OptionGroup var common: DatabaseOptions
 
-    @Option(name: .long, help: ArgumentHelp("Address to listen on; repeat for several (default 127.0.0.1:2525; port 0 picks a free port).", valueName: "HOST:PORT"))
+    @Option(name: .long, help: ArgumentHelp("Address to listen on; repeat for several (default 127.0.0.1:2525; port 0 picks a free port). ROLE is relay (default; port 25 rules), submission (AUTH required, STARTTLS) or submissions (TLS from the first byte, AUTH required).", valueName: "[ROLE@]HOST:PORT"))
     var listen: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("Name in the greeting, EHLO reply and Received: header (default: the system host name).", valueName: "NAME"))
@@ -57,7 +58,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("tls-ca-file"), help: ArgumentHelp("Trusted roots (PEM) for --tls-policy verify (default: the system's).", valueName: "FILE"))
     var tlsCAFile: String?
 
-    @Option(name: .customLong("tls-cert"), help: ArgumentHelp("Certificate chain (PEM) for STARTTLS on the listeners (TLS 1.2 and 1.3); with --tls-key.", valueName: "FILE"))
+    @Option(name: .customLong("tls-cert"), help: ArgumentHelp("Certificate chain (PEM) for STARTTLS and submissions listeners (TLS 1.2 and 1.3); with --tls-key; read again on SIGHUP.", valueName: "FILE"))
     var tlsCert: String?
 
     @Option(name: .customLong("tls-key"), help: ArgumentHelp("Private key (PEM) of --tls-cert.", valueName: "FILE"))
@@ -141,15 +142,13 @@ struct Serve: AsyncParsableCommand {
         var listenerConfig = settings.listenerConfig
         if let cert = settings.tlsCert, let key = settings.tlsKey {
             do {
-                var tls = TLSConfiguration.makeServerConfiguration(
-                    certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
-                    privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
-                tls.minimumTLSVersion = .tlsv12
-                listenerConfig.tls = try NIOSSLContext(configuration: tls)
+                listenerConfig.tls = try ServerTLS(certificate: cert, key: key)
             } catch {
                 throw fail("cannot load the TLS certificate or key (\(cert), \(key)): \(error)", code: 78)
             }
         }
+        let authenticator = AccountAuthenticator(store: store, throttle: AuthThrottle(policy: settings.throttlePolicy), logger: logger)
+        listenerConfig.authenticator = authenticator
         let listener = SMTPListener(config: listenerConfig, intake: intake, group: group, logger: logger)
         logger.info("tern starting", metadata: [
             "db": "\(settings.db)", "hostname": "\(settings.hostname)",
@@ -182,18 +181,32 @@ struct Serve: AsyncParsableCommand {
             }
         }
         defer { signals.cancel() }
+        // SIGHUP: read the certificate and key again; open connections keep theirs.
+        let tls = listenerConfig.tls
+        let reload = SignalCounter(signals: [SIGHUP]) { _ in
+            guard let tls else { logger.notice("SIGHUP: no TLS certificate configured, nothing to reload"); return }
+            do {
+                try tls.reload()
+                logger.notice("SIGHUP: TLS certificate reloaded", metadata: ["cert": "\(tls.certificatePath ?? "")"])
+            } catch {
+                logger.error("SIGHUP: cannot reload the TLS certificate; keeping the current one", metadata: ["error": "\(error)"])
+            }
+        }
+        defer { reload.cancel() }
         do {
             try await running.value
         } catch is CancellationError {
             logger.notice("stopped before the grace period ended")
         } catch {
             logger.error("service failed", metadata: ["error": "\(error)"])
+            await authenticator.shutdown()
             resolver.shutdown()
             store.close()
             try? await group.shutdownGracefully()
             throw fail("\(error)", code: 71) // EX_OSERR
         }
         let stats = store.commitStats
+        await authenticator.shutdown()
         resolver.shutdown()
         store.close()
         try? await group.shutdownGracefully()

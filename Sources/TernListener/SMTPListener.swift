@@ -12,9 +12,25 @@ import ServiceLifecycle
 import TernIntake
 import TernProtocol
 
+/// One address to listen on, and what for.
+public struct ListenAddress: Sendable, Equatable {
+    public var role: ListenerRole
+    public var host: String
+    /// 0 picks a free port (see `boundAddresses`).
+    public var port: Int
+    /// Offer AUTH without TLS to loopback clients on this listener.
+    public var plaintextAuth: Bool
+
+    public init(_ host: String, _ port: Int, role: ListenerRole = .relay, plaintextAuth: Bool = false) {
+        self.role = role
+        self.host = host
+        self.port = port
+        self.plaintextAuth = plaintextAuth
+    }
+}
+
 public struct ListenerConfig: Sendable {
-    /// `host:port` pairs; port 0 picks a free port (see `boundAddresses`).
-    public var listen: [(host: String, port: Int)] = [("127.0.0.1", 2525)]
+    public var listen: [ListenAddress] = [ListenAddress("127.0.0.1", 2525)]
     public var session: SessionConfig
     public var commandTimeoutSeconds: Int64 = 300
     public var dataTimeoutSeconds: Int64 = 180
@@ -24,9 +40,12 @@ public struct ListenerConfig: Sendable {
     public var trustedExemptFromClientLimit: Bool = true
     /// How long open transactions may run on after shutdown begins.
     public var shutdownGraceSeconds: Int64 = 30
+    /// The origin recorded for mail from `relay` listeners (submission listeners record `submission`).
     public var origin: Origin = .smtp
-    /// Offer STARTTLS with this context (RFC 3207).
-    public var tls: NIOSSLContext? = nil
+    /// Offer STARTTLS with this certificate (RFC 3207); required by `submissions` listeners.
+    public var tls: ServerTLS? = nil
+    /// Checks AUTH credentials; without one AUTH is not offered and submission listeners refuse MAIL.
+    public var authenticator: (any Authenticator)? = nil
 
     public init(session: SessionConfig) { self.session = session }
 }
@@ -50,22 +69,45 @@ public final class SMTPListener: Service, Sendable {
         self.limiter = ConnectionLimiter(maxTotal: config.maxConnections, maxPerAddress: config.maxConnectionsPerClient)
     }
 
-    /// The addresses actually bound (after `start`).
+    /// The addresses actually bound (after `start`), in the order of `config.listen`.
     public var boundAddresses: [SocketAddress] { channels.all.compactMap(\.localAddress) }
+
+    /// The handler settings for one listen address.
+    func settings(for address: ListenAddress) throws -> SMTPServerHandler.Settings {
+        if address.role.implicitTLS && config.tls == nil {
+            throw ListenerError("the \(address.role.rawValue) listener \(address.host):\(address.port) needs a TLS certificate (tls_cert, tls_key)")
+        }
+        var session = config.session
+        session.role = address.role
+        session.startTLS = config.tls != nil && !address.role.implicitTLS
+        session.authEnabled = config.authenticator != nil
+        session.plaintextAuthOnLoopback = address.plaintextAuth
+        return SMTPServerHandler.Settings(
+            session: session, commandTimeout: .seconds(config.commandTimeoutSeconds),
+            dataTimeout: .seconds(config.dataTimeoutSeconds),
+            origin: address.role == .relay ? config.origin : .submission, tls: config.tls,
+            authenticator: config.authenticator)
+    }
 
     /// Binds every listen address.
     public func start() async throws {
-        var session = config.session
-        session.startTLS = config.tls != nil
-        let settings = SMTPServerHandler.Settings(
-            session: session, commandTimeout: .seconds(config.commandTimeoutSeconds),
-            dataTimeout: .seconds(config.dataTimeoutSeconds), origin: config.origin, tls: config.tls)
+        let prepared = try config.listen.map { ($0, try settings(for: $0)) } // every error before the first bind
+        for (address, settings) in prepared {
+            let channel = try await bootstrap(settings).bind(host: address.host, port: address.port).get()
+            channels.append(channel)
+            logger.notice("listening", metadata: [
+                "address": "\(channel.localAddress.map { "\($0)" } ?? "?")", "role": "\(address.role.rawValue)",
+            ])
+        }
+    }
+
+    private func bootstrap(_ settings: SMTPServerHandler.Settings) -> ServerBootstrap {
         let intake = self.intake, registry = self.registry, limiter = self.limiter, logger = self.logger
         let relay = config.session.relay
         let exempt = config.trustedExemptFromClientLimit
         let hostname = config.session.hostname
         let draining = self.draining
-        let bootstrap = ServerBootstrap(group: group)
+        return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 512)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -92,14 +134,13 @@ public final class SMTPListener: Service, Sendable {
                 let handler = SMTPServerHandler(settings: settings, client: client, intake: intake, registry: registry,
                                                 logger: logger, onClose: { limiter.release(ip) })
                 return channel.eventLoop.makeCompletedFuture {
+                    // RFC 8314: on a submissions listener TLS starts with the first byte.
+                    if settings.session.role.implicitTLS, let tls = settings.tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                    }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
-        for (host, port) in config.listen {
-            let channel = try await bootstrap.bind(host: host, port: port).get()
-            channels.append(channel)
-            logger.notice("listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
-        }
     }
 
     /// Stops accepting, lets sessions finish their transaction for up to the
@@ -127,6 +168,11 @@ public final class SMTPListener: Service, Sendable {
         logger.info("shutting down: no new connections; finishing open transactions")
         await stop()
     }
+}
+
+public struct ListenerError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ d: String) { description = d }
 }
 
 /// The bound server channels.

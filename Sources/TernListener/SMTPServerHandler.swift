@@ -20,12 +20,14 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         var commandTimeout: TimeAmount
         var dataTimeout: TimeAmount
         var origin: Origin
-        var tls: NIOSSLContext? = nil
+        var tls: ServerTLS? = nil
+        var authenticator: (any Authenticator)? = nil
     }
 
     private var session: SMTPServerSession
     private var framer: SMTPFramer
     private var input: ByteBuffer? = nil
+    /// A commit or an authentication is pending: decode no further frames.
     private var committing = false
     private var closing = false
     private var shutdownRequested = false
@@ -65,8 +67,12 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelActive(context: ChannelHandlerContext) {
         registry.add(self, eventLoop: context.eventLoop)
         logger.debug("connect")
-        send([session.greeting()], context: context)
-        context.flush()
+        if settings.session.role.implicitTLS {
+            awaitingTLS = true // the greeting follows the handshake (RFC 8314 §3.3)
+        } else {
+            send([session.greeting()], context: context)
+            context.flush()
+        }
         armTimeout(context: context)
         context.fireChannelActive()
     }
@@ -133,6 +139,11 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
                 wrote = false
                 beginTLS(context: context)
                 return
+            case .authenticate(let credentials, let mechanism):
+                committing = true
+                timeout?.cancel()
+                if wrote { context.flush(); wrote = false }
+                startAuthentication(credentials, mechanism, context: context)
             }
             if shutdownRequested && !committing && !session.inTransaction {
                 send([session.shuttingDown()], context: context)
@@ -158,7 +169,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let tls = settings.tls else { context.close(promise: nil); return }
         awaitingTLS = true
         do {
-            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls), position: .first)
+            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context), position: .first)
         } catch {
             logger.warning("cannot start TLS", metadata: ["error": "\(error)"])
             context.close(promise: nil)
@@ -168,16 +179,14 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent, awaitingTLS {
             let version = (try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion
-            let description: String
-            switch version {
-            case .tlsv13?: description = "TLSv1.3"
-            case .tlsv12?: description = "TLSv1.2"
-            case let v?: description = "\(v)"
-            case nil: description = "TLS"
-            }
+            let description = tlsDescription(version)
             awaitingTLS = false
             session.tlsEstablished(description)
             logger.debug("TLS established", metadata: ["tls": "\(description)"])
+            if settings.session.role.implicitTLS {
+                send([session.greeting()], context: context)
+                context.flush()
+            }
             armTimeout(context: context)
             process(context: context)
         }
@@ -187,20 +196,45 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func startCommit(_ envelope: Envelope, body: ByteBuffer, context: ChannelHandlerContext) {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loop = context.eventLoop
-        intake.accept(envelope, body: body, origin: settings.origin) { outcome in
+        intake.accept(envelope, body: body, origin: settings.origin, authUser: envelope.authUser) { outcome in
             loop.execute { bound.value.commitFinished(outcome) }
         }
     }
 
+    /// Runs the Authenticator off the event loop; the credentials go nowhere else.
+    private func startAuthentication(_ credentials: Credentials, _ mechanism: SASLMechanism, context: ChannelHandlerContext) {
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        guard let authenticator = settings.authenticator else {
+            authFinished(.unavailable)
+            return
+        }
+        let client = session.client
+        Task {
+            let outcome = await authenticator.authenticate(credentials, mechanism: mechanism, client: client)
+            loop.execute { bound.value.authFinished(outcome) }
+        }
+    }
+
     private func commitFinished(_ outcome: CommitOutcome) {
+        if case .accepted(let id) = outcome { logger.debug("queued", metadata: ["msg": "\(id)"]) }
+        resume { $0.commitFinished(outcome) }
+    }
+
+    private func authFinished(_ outcome: AuthOutcome) {
+        resume { $0.authFinished(outcome) }
+    }
+
+    /// A commit or an authentication finished: give the session its result,
+    /// send the reply, and go on with any input that waited.
+    private func resume(_ step: (inout SMTPServerSession) -> SessionAction) {
         committing = false
-        guard let context, !closing else { return } // the client left: the message is committed, no one to tell
+        guard let context, !closing else { return } // the client left: nothing to tell (a commit stays committed)
         if readPaused {
             readPaused = false
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
         }
-        if case .accepted(let id) = outcome { logger.debug("queued", metadata: ["msg": "\(id)"]) }
-        if case .reply(let replies, let close) = session.commitFinished(outcome) {
+        if case .reply(let replies, let close) = step(&session) {
             send(replies, context: context)
             if close { closeAfterFlush(context: context); return }
         }
@@ -244,6 +278,12 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func timedOut() {
         guard let context, !closing, !committing else { return }
+        if awaitingTLS { // no TLS yet to say 421 over
+            logger.info("timeout during TLS handshake")
+            closing = true
+            context.close(promise: nil)
+            return
+        }
         logger.info("timeout", metadata: ["state": "\(session.state)"])
         send([session.timedOut()], context: context)
         closeAfterFlush(context: context)

@@ -71,6 +71,10 @@ public struct MailParameters: Sendable, Hashable {
     public var smtputf8 = false
     public var ret: DSNReturn?
     public var envelopeID: String?
+    /// RFC 4954 §5 `AUTH=`: the submitter a previous hop vouched for (xtext
+    /// decoded; "<>" when unknown). Parsed and not trusted: Tern records its
+    /// own authenticated user instead.
+    public var auth: String?
     public init() {}
 }
 
@@ -228,6 +232,11 @@ public enum CommandParser {
                     return .failure(CommandError(SMTPReply(501, .invalidArguments, "Bad ENVID parameter")))
                 }
                 params.envelopeID = decoded
+            case "AUTH": // RFC 4954 §5: xtext mailbox or "<>"
+                guard let v = value, !v.isEmpty, let decoded = XText.decode(v) else {
+                    return .failure(CommandError(SMTPReply(501, .invalidArguments, "Bad AUTH parameter")))
+                }
+                params.auth = decoded
             default:
                 return .failure(CommandError(SMTPReply(555, .invalidArguments, "Unsupported MAIL parameter \(key)")))
             }

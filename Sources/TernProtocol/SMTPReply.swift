@@ -56,6 +56,10 @@ extension EnhancedStatus {
     public static let nonASCIINotPermitted = EnhancedStatus(5, 6, 7)     // RFC 6531 non-ASCII addresses not permitted
     public static let securityPolicy = EnhancedStatus(5, 7, 1)           // delivery not authorized, message refused
     public static let tempSecurity = EnhancedStatus(4, 7, 0)             // other or undefined security status
+    public static let authSucceeded = EnhancedStatus(2, 7, 0)           // RFC 4954 §6: authentication succeeded
+    public static let securityError = EnhancedStatus(5, 7, 0)           // RFC 4954 §6: authentication required / aborted
+    public static let badCredentials = EnhancedStatus(5, 7, 8)          // RFC 4954 §6: authentication credentials invalid
+    public static let encryptionRequired = EnhancedStatus(5, 7, 11)     // RFC 5248: encryption required for mechanism
 }
 
 /// One SMTP reply: a three-digit code, an optional enhanced code, and text lines.

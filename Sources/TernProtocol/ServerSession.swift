@@ -23,6 +23,12 @@ public struct SessionConfig: Sendable {
     public var relay: RelayPolicy = RelayPolicy()
     /// STARTTLS is offered (a certificate is configured).
     public var startTLS = false
+    /// What the listener is for: relay rules, or submission with AUTH required.
+    public var role: ListenerRole = .relay
+    /// An Authenticator is configured, so AUTH can be offered (RFC 4954).
+    public var authEnabled = false
+    /// Offer AUTH without TLS to loopback clients (never to others).
+    public var plaintextAuthOnLoopback = false
 
     public init(hostname: String) { self.hostname = hostname }
 }
@@ -38,6 +44,11 @@ public struct ClientInfo: Sendable {
         self.address = address
         self.addressText = addressText
         self.trusted = trusted
+    }
+
+    public var isLoopback: Bool {
+        guard let ip = address?.unmapped else { return false }
+        return IPNetwork.loopback.contains { $0.contains(ip) }
     }
 }
 
@@ -65,6 +76,8 @@ public struct Envelope: Sendable {
     public var recipients: [EnvelopeRecipient]
     /// The TLS protocol the message came over, if any.
     public var tls: String? = nil
+    /// The account that authenticated (RFC 4954), if any.
+    public var authUser: String? = nil
 
     public init(clientAddress: String, helo: String, protocolName: String, mailFrom: Mailbox?,
                 parameters: MailParameters, recipients: [EnvelopeRecipient]) {
@@ -87,6 +100,9 @@ public enum SessionAction: Sendable {
     /// Hand the message to intake; call `commitFinished` with the result, and
     /// read no further frames until then.
     case commit(Envelope, body: ByteBuffer)
+    /// Check these credentials; call `authFinished` with the outcome, and read
+    /// no further frames until then. Never log the credentials.
+    case authenticate(Credentials, SASLMechanism)
 }
 
 /// What intake made of a transaction.
@@ -103,10 +119,13 @@ public struct SMTPServerSession: Sendable {
         case data          // reading DATA text
         case chunk         // reading a BDAT payload
         case committing    // waiting for intake
+        case auth          // reading SASL responses (RFC 4954 §4)
+        case authenticating // waiting for the Authenticator
         case closed
     }
 
     enum DataError { case tooBig, lineTooLong, bareNewline }
+    enum AuthStep: Equatable { case plain, loginUser, loginPassword(String) }
 
     public private(set) var state: State = .greeting
     public let config: SessionConfig
@@ -128,6 +147,9 @@ public struct SMTPServerSession: Sendable {
     private var overshoot = 0
     /// The TLS protocol in use (nil in the clear), for `Received:`.
     public private(set) var tls: String? = nil
+    /// The account this client authenticated as.
+    public private(set) var identity: AuthIdentity? = nil
+    private var authStep: AuthStep? = nil
 
     public init(config: SessionConfig, client: ClientInfo) {
         self.config = config
@@ -139,6 +161,11 @@ public struct SMTPServerSession: Sendable {
 
     /// True while a mail transaction is open (used for graceful shutdown).
     public var inTransaction: Bool { [.mail, .data, .chunk, .committing].contains(state) }
+
+    /// AUTH is offered now: configured, and over TLS (or plaintext allowed for loopback).
+    public var authOffered: Bool {
+        config.authEnabled && (tls != nil || (config.plaintextAuthOnLoopback && client.isLoopback))
+    }
 
     public func greeting() -> SMTPReply {
         SMTPReply(220, nil, "\(config.hostname) ESMTP Tern")
@@ -160,8 +187,14 @@ public struct SMTPServerSession: Sendable {
 
     public mutating func receive(_ frame: SMTPFrame) -> SessionAction? {
         switch (state, frame) {
-        case (.closed, _), (.committing, _):
+        case (.closed, _), (.committing, _), (.authenticating, _):
             return nil
+        case (.auth, .line(let line, _)):
+            return saslResponse(line)
+        case (.auth, _):
+            authStep = nil
+            state = .ready
+            return error(SMTPReply(500, .syntaxError, "Error: authentication exchange line too long"))
         case (.data, .line(let line, let ending)):
             return dataLine(line, ending)
         case (.data, .overlongLine(let length)):
@@ -267,8 +300,8 @@ public struct SMTPServerSession: Sendable {
             guard helo != nil, esmtp else { return error(SMTPReply(503, .invalidCommand, "Error: send EHLO first")) }
             guard state == .ready else { return error(SMTPReply(503, .invalidCommand, "Error: STARTTLS inside a mail transaction")) }
             return .startTLS(SMTPReply(220, .ok, "Ready to start TLS"))
-        case .auth:
-            return error(SMTPReply(502, .invalidCommand, "Error: command not implemented"))
+        case .auth(let arguments):
+            return auth(arguments)
         }
     }
 
@@ -284,6 +317,7 @@ public struct SMTPServerSession: Sendable {
             "DSN",
             "HELP",
         ] + (config.startTLS && tls == nil ? ["STARTTLS"] : [])
+          + (authOffered && identity == nil ? ["AUTH " + SASLMechanism.allCases.map(\.rawValue).joined(separator: " ")] : [])
     }
 
     /// The handshake finished: RFC 3207 §4.2, the session starts over (the
@@ -292,19 +326,134 @@ public struct SMTPServerSession: Sendable {
         resetTransaction()
         helo = nil
         esmtp = false
+        identity = nil
+        authStep = nil
         tls = description
         state = .greeting
+    }
+
+    // MARK: - AUTH (RFC 4954)
+
+    private mutating func auth(_ arguments: String) -> SessionAction? {
+        guard config.authEnabled else { return error(SMTPReply(502, .invalidCommand, "Error: authentication not enabled")) }
+        guard helo != nil, esmtp else { return error(SMTPReply(503, .invalidCommand, "Error: send EHLO first")) }
+        guard identity == nil else { return error(SMTPReply(503, .invalidCommand, "Error: already authenticated")) }
+        guard state == .ready else { return error(SMTPReply(503, .invalidCommand, "Error: AUTH not allowed in a mail transaction")) }
+        guard authOffered else {
+            return error(SMTPReply(538, .encryptionRequired, "Encryption required for requested authentication mechanism"))
+        }
+        let parts = arguments.split(separator: " ")
+        guard (1...2).contains(parts.count) else {
+            return error(SMTPReply(501, .invalidArguments, "Syntax: AUTH mechanism [initial-response]"))
+        }
+        guard let mechanism = SASLMechanism(rawValue: parts[0].uppercased()) else {
+            return error(SMTPReply(504, .invalidArguments, "Unrecognized authentication type"))
+        }
+        state = .auth
+        switch mechanism {
+        case .plain:
+            authStep = .plain
+            if parts.count == 2 { return saslResponse(parts[1]) }
+            return .reply([SMTPReply(334, nil, "")], close: false)
+        case .login:
+            authStep = .loginUser
+            if parts.count == 2 { return saslResponse(parts[1]) } // the user name as initial response
+            return .reply([SMTPReply(334, nil, "VXNlcm5hbWU6")], close: false) // "Username:"
+        }
+    }
+
+    private mutating func saslResponse(_ line: ByteBuffer) -> SessionAction? {
+        let text = line.getString(at: line.readerIndex, length: line.readableBytes) ?? "\u{0}"
+        return saslResponse(Substring(text))
+    }
+
+    private mutating func saslResponse(_ text: Substring) -> SessionAction? {
+        guard let step = authStep else { return nil }
+        if text == "*" {
+            endAuth()
+            return error(SMTPReply(501, .securityError, "Authentication cancelled"))
+        }
+        // RFC 4954 §4: "=" is an empty initial response.
+        guard let bytes = text == "=" ? [] : Base64.decode(text) else {
+            endAuth()
+            return error(SMTPReply(501, .syntaxError, "Cannot decode base64 response"))
+        }
+        switch step {
+        case .plain:
+            switch SASL.decodePlain(bytes) {
+            case .success(let credentials):
+                return startAuthentication(credentials, .plain)
+            case .failure(.authzidNotPermitted):
+                endAuth()
+                return error(SMTPReply(535, .badCredentials, "Authentication credentials invalid (authorization identity not permitted)"))
+            case .failure:
+                endAuth()
+                return error(SMTPReply(501, .syntaxError, "Malformed PLAIN response"))
+            }
+        case .loginUser:
+            guard case .success(let user) = SASL.decodeLoginField(bytes) else {
+                endAuth()
+                return error(SMTPReply(501, .syntaxError, "Malformed LOGIN user name"))
+            }
+            authStep = .loginPassword(user)
+            return .reply([SMTPReply(334, nil, "UGFzc3dvcmQ6")], close: false) // "Password:"
+        case .loginPassword(let user):
+            guard case .success(let password) = SASL.decodeLoginField(bytes) else {
+                endAuth()
+                return error(SMTPReply(501, .syntaxError, "Malformed LOGIN password"))
+            }
+            return startAuthentication(Credentials(username: user, password: password), .login)
+        }
+    }
+
+    private mutating func startAuthentication(_ credentials: Credentials, _ mechanism: SASLMechanism) -> SessionAction {
+        authStep = nil
+        state = .authenticating
+        return .authenticate(credentials, mechanism)
+    }
+
+    private mutating func endAuth() {
+        authStep = nil
+        state = .ready
+    }
+
+    /// The Authenticator's answer to `.authenticate`.
+    public mutating func authFinished(_ outcome: AuthOutcome) -> SessionAction {
+        guard state == .authenticating else { return .reply([], close: false) }
+        state = .ready
+        switch outcome {
+        case .success(let id):
+            identity = id
+            return ok(SMTPReply(235, .authSucceeded, "Authentication successful"))
+        case .failure:
+            return error(SMTPReply(535, .badCredentials, "Authentication credentials invalid"))
+        case .throttled:
+            return error(SMTPReply(454, .tempSecurity, "Too many failed authentication attempts from your address, try again later"))
+        case .unavailable:
+            return .reply([SMTPReply(454, .tempSecurity, "Temporary authentication failure")], close: false)
+        }
     }
 
     private mutating func mail(_ path: SMTPPath, _ params: MailParameters) -> SessionAction? {
         guard helo != nil else { return error(SMTPReply(503, .invalidCommand, "Error: send HELO/EHLO first")) }
         guard state == .ready else { return error(SMTPReply(503, .invalidCommand, "Error: nested MAIL command")) }
+        if config.role.requiresAuth && identity == nil {
+            return error(SMTPReply(530, .securityError, "Authentication required"))
+        }
         if let size = params.size, size > config.maxMessageSize {
             // RFC 1870 §6.2: permanent, the message is larger than the fixed limit.
             return error(SMTPReply(552, .messageTooBig, "Message size exceeds fixed maximum message size"))
         }
         if case .mailbox(let m) = path, m.needsSMTPUTF8, !params.smtputf8 {
             return error(SMTPReply(553, .nonASCIINotPermitted, "Non-ASCII sender address requires SMTPUTF8"))
+        }
+        if let id = identity {
+            // The account may only send as its own addresses (Postfix's reject_sender_login_mismatch).
+            let sender: Mailbox?
+            if case .mailbox(let m) = path { sender = m } else { sender = nil }
+            if !id.mayUse(sender: sender) {
+                return error(SMTPReply(553, .securityPolicy, "<\(sender?.address ?? "")>: Sender address not owned by user \(id.name)"))
+            }
         }
         mailFrom = path
         mailParams = params
@@ -326,7 +475,8 @@ public struct SMTPServerSession: Sendable {
             if m.needsSMTPUTF8 && !mailParams.smtputf8 {
                 return error(SMTPReply(553, .nonASCIINotPermitted, "Non-ASCII recipient address requires SMTPUTF8"))
             }
-            if let refusal = config.relay.check(m, clientTrusted: client.trusted) {
+            // An authenticated client may relay anywhere (RFC 6409 §4.3 leaves it to policy).
+            if let refusal = config.relay.check(m, clientTrusted: client.trusted || identity != nil) {
                 return error(refusal)
             }
             mailbox = m
@@ -455,12 +605,13 @@ public struct SMTPServerSession: Sendable {
     private mutating func startCommit() -> SessionAction {
         let from: Mailbox?
         if case .mailbox(let m) = mailFrom { from = m } else { from = nil }
-        // RFC 3848 / RFC 6531 §3.7.3: an S for TLS.
+        // RFC 3848 / RFC 6531 §3.7.3: an S for TLS, an A for AUTH.
         let base = mailParams.smtputf8 ? "UTF8SMTP" : (esmtp ? "ESMTP" : "SMTP")
-        let proto = tls == nil ? base : base + "S"
+        let proto = base + (tls == nil ? "" : "S") + (identity == nil ? "" : "A")
         var envelope = Envelope(clientAddress: client.addressText, helo: helo ?? "", protocolName: proto,
                                 mailFrom: from, parameters: mailParams, recipients: recipients)
         envelope.tls = tls
+        envelope.authUser = identity?.name
         let message = body
         body = ByteBuffer()
         state = .committing

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TernCLI
+import TernListener
 import TernProtocol
 @testable import TernStore
 
@@ -87,8 +88,11 @@ import TernProtocol
     }
 
     @Test func listenForms() throws {
-        #expect(try TernSettings.parseListen(":25") == ("0.0.0.0", 25))
-        #expect(try TernSettings.parseListen("[::1]:587") == ("::1", 587))
+        #expect(try TernSettings.parseListen(":25") == ListenAddress("0.0.0.0", 25))
+        #expect(try TernSettings.parseListen("[::1]:587") == ListenAddress("::1", 587))
+        #expect(try TernSettings.parseListen("submission@127.0.0.1:5587") == ListenAddress("127.0.0.1", 5587, role: .submission))
+        #expect(try TernSettings.parseListen("submissions@[::1]:465") == ListenAddress("::1", 465, role: .submissions))
+        #expect(throws: ConfigError.self) { try TernSettings.parseListen("smtps@127.0.0.1:465") }
         #expect(throws: ConfigError.self) { try TernSettings.parseListen("127.0.0.1:99999") }
         #expect(throws: ConfigError.self) { try TernSettings.parseListen("[::1]587") }
     }

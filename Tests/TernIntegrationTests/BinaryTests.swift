@@ -42,10 +42,10 @@ final class ServeProcess: @unchecked Sendable {
 
     var log: String { lock.lock(); defer { lock.unlock() }; return collected }
 
-    /// The port from the "listening" log line.
-    func port() async throws -> Int {
+    /// The port from the "listening" log line of the first listener with this role.
+    func port(role: String = "relay") async throws -> Int {
         for _ in 0..<500 {
-            if let r = log.range(of: #":(\d+) \[TernListener\] listening"#, options: .regularExpression) {
+            if let r = log.range(of: ":(\\d+) role=\(role) \\[TernListener\\] listening", options: .regularExpression) {
                 return Int(log[r].dropFirst().prefix(while: \.isNumber))!
             }
             if !process.isRunning { break }

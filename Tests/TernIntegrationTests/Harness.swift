@@ -58,7 +58,7 @@ final class TestServer: Sendable {
         var session = SessionConfig(hostname: "mx.test")
         session.relay = RelayPolicy(relayDomains: ["local.test"])
         var config = ListenerConfig(session: session)
-        config.listen = [("127.0.0.1", 0)]
+        config.listen = [ListenAddress("127.0.0.1", 0)]
         config.shutdownGraceSeconds = 5
         edit(&config)
         let listener = SMTPListener(config: config, intake: intake, group: group, logger: logger)

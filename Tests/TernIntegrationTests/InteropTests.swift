@@ -5,6 +5,7 @@ import Foundation
 import GRDB
 import NIOSSL
 import Testing
+import TernListener
 @testable import TernStore
 
 @Suite(.serialized) struct InteropTests {
@@ -72,11 +73,8 @@ import Testing
         let made = try runProgram("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
                                               "-subj", "/CN=mx.tls.test", "-addext", "subjectAltName=DNS:mx.tls.test"])
         #expect(made.status == 0)
-        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
-                                                           privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
-        tls.minimumTLSVersion = .tlsv12
-        let context = try NIOSSLContext(configuration: tls)
-        let server = try await TestServer.start { $0.tls = context }
+        let tls = try ServerTLS(certificate: cert, key: key)
+        let server = try await TestServer.start { $0.tls = tls }
         defer { Task { await server.stop() } }
         let script = repoRoot.appendingPathComponent("Tests/TernIntegrationTests/interop/starttls_client.py").path
         let r = try runProgram("python3", [script, String(server.port), cert])

@@ -11,6 +11,12 @@ struct Driver {
     var commits: [(envelope: Envelope, body: String)] = []
     var closed = false
     var outcome: CommitOutcome = .accepted(queueID: "QID1")
+    /// Accounts the stand-in authenticator knows: name → (password, allowed senders).
+    var accounts: [String: (password: String, senders: [String])] = [:]
+    /// Credentials the session handed out for checking.
+    var checked: [Credentials] = []
+    /// When set, every authentication ends this way instead.
+    var authOverride: AuthOutcome? = nil
 
     init(config: SessionConfig = Driver.config(), trusted: Bool = true, address: String = "127.0.0.1") {
         session = SMTPServerSession(config: config, client: ClientInfo(address: IPAddress(address), addressText: address, trusted: trusted))
@@ -49,6 +55,14 @@ struct Driver {
         case .commit(let env, let body):
             commits.append((env, String(decoding: body.readableBytesView, as: UTF8.self)))
             apply(session.commitFinished(outcome))
+        case .authenticate(let credentials, _):
+            checked.append(credentials)
+            if let o = authOverride { apply(session.authFinished(o)); return }
+            if let a = accounts[credentials.username], a.password == credentials.password {
+                apply(session.authFinished(.success(AuthIdentity(name: credentials.username, allowedSenders: a.senders))))
+            } else {
+                apply(session.authFinished(.failure))
+            }
         }
     }
 

@@ -1,0 +1,86 @@
+// The Authenticator the listener uses: accounts from the store, PBKDF2
+// verification on a small thread pool of its own (it is slow on purpose and
+// must not stall an event loop or the cooperative pool), the failed-login
+// throttle, and an event row for each failure. Passwords are never logged
+// and never stored in an event.
+
+import Logging
+import NIOPosix
+import TernProtocol
+import TernStore
+
+public final class AccountAuthenticator: Authenticator {
+    let store: Store
+    public let throttle: AuthThrottle
+    let pool: NIOThreadPool
+    let clock: @Sendable () -> Int64
+    let sleep: @Sendable (Int64) async -> Void
+    let logger: Logger
+
+    /// `clock` gives Unix milliseconds; `sleep` holds a failure's reply for
+    /// the throttle's delay (both injected for tests).
+    public init(store: Store, throttle: AuthThrottle = AuthThrottle(), threads: Int = 2,
+                logger: Logger = Logger(label: "tern.auth"),
+                clock: @escaping @Sendable () -> Int64 = { nowMillis() },
+                sleep: @escaping @Sendable (Int64) async -> Void = { ms in try? await Task.sleep(for: .milliseconds(ms)) }) {
+        self.store = store
+        self.throttle = throttle
+        self.pool = NIOThreadPool(numberOfThreads: threads)
+        self.pool.start()
+        self.clock = clock
+        self.sleep = sleep
+        self.logger = logger
+    }
+
+    public func shutdown() async {
+        try? await pool.shutdownGracefully()
+    }
+
+    public func authenticate(_ credentials: Credentials, mechanism: SASLMechanism, client: ClientInfo) async -> AuthOutcome {
+        let peer = client.addressText
+        let user = credentials.username
+        if throttle.checkBlocked(peer, now: clock()) {
+            logger.warning("authentication refused: too many failures", metadata: ["peer": "\(peer)", "user": "\(user)"])
+            await event("auth_blocked", peer: peer, user: user, mechanism: mechanism, failures: throttle.failures(peer, now: clock()))
+            return .throttled
+        }
+        let store = self.store
+        let password = credentials.password
+        let result: Account??
+        do {
+            result = try await pool.runIfActive { () -> Account?? in
+                let account = try store.account(named: user)
+                // An unknown name costs the same as a wrong password.
+                let ok = PasswordHasher.verify(password, against: account?.passwordHash ?? PasswordHasher.decoy)
+                return ok ? .some(account) : .some(nil)
+            }
+        } catch {
+            logger.error("authentication unavailable", metadata: ["error": "\(error)"])
+            return .unavailable
+        }
+        if case .some(.some(let account)) = result {
+            throttle.recordSuccess(peer)
+            logger.info("authenticated", metadata: ["peer": "\(peer)", "user": "\(account.name)", "mechanism": "\(mechanism.rawValue)"])
+            return .success(AuthIdentity(name: account.name, allowedSenders: account.senders))
+        }
+        let (failures, delay) = throttle.recordFailure(peer, now: clock())
+        logger.notice("authentication failed", metadata: [
+            "peer": "\(peer)", "user": "\(user)", "mechanism": "\(mechanism.rawValue)", "failures": "\(failures)",
+        ])
+        await event("auth_failed", peer: peer, user: user, mechanism: mechanism, failures: failures)
+        await sleep(delay)
+        return .failure
+    }
+
+    private func event(_ kind: String, peer: String, user: String, mechanism: SASLMechanism, failures: Int) async {
+        let detail = JSON.object([
+            ("client", .string(peer)), ("user", .string(user)), ("mechanism", .string(mechanism.rawValue)),
+            ("failures", .int(failures)),
+        ])
+        do {
+            try await store.recordEvent(kind: kind, detail: detail, at: clock())
+        } catch {
+            logger.warning("cannot record \(kind) event", metadata: ["error": "\(error)"])
+        }
+    }
+}
