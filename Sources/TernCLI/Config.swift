@@ -251,15 +251,20 @@ extension TernSettings {
         if hostname.isEmpty { throw ConfigError("hostname must not be empty") }
         if !(1...65535).contains(remotePort) { throw ConfigError("remote_port must be 1-65535") }
         if (tlsCert == nil) != (tlsKey == nil) { throw ConfigError("tls_cert and tls_key go together") }
-        for l in listen where l.role.implicitTLS && tlsCert == nil {
-            throw ConfigError("the submissions listener \(l.host):\(l.port) needs tls_cert and tls_key (TLS from the first byte, RFC 8314)")
-        }
         if authMaxFailures < 1 || authFailureWindow < 1 { throw ConfigError("auth.max_failures and auth.failure_window must be at least 1") }
         if deliveryMaxConnections < 1 || deliveryMaxPerDestination < 1 || deliveryMessagesPerConnection < 1 {
             throw ConfigError("delivery limits must be at least 1")
         }
         if retryFirst < 1 || retryMax < retryFirst { throw ConfigError("delivery.retry_first must be ≥ 1 and ≤ delivery.retry_max") }
         if maxQueueLifetime < 1 { throw ConfigError("delivery.max_queue_lifetime must be at least 1 second") }
+    }
+
+    /// Checks that need the file and the flags together (run by `serve` once both are applied).
+    public func validateForServe() throws {
+        try validate()
+        for l in listen where l.role.implicitTLS && tlsCert == nil {
+            throw ConfigError("the submissions listener \(l.host):\(l.port) needs tls_cert and tls_key (TLS from the first byte, RFC 8314)")
+        }
     }
 
     /// `[ROLE@]HOST:PORT`: ROLE relay (the default), submission or submissions.

@@ -86,7 +86,7 @@ struct Serve: AsyncParsableCommand {
         if noDeliver { s.deliver = false }
         if let c = tlsCert { s.tlsCert = c }
         if let k = tlsKey { s.tlsKey = k }
-        try s.validate()
+        try s.validateForServe()
         return s
     }
 

@@ -49,7 +49,38 @@ import TernProtocol
         #expect(l.session.relay.isRelayDomain("a.sub.example.test"))
     }
 
+    @Test func listenerRolesAndAuthFromTOML() throws {
+        var s = TernSettings()
+        try s.apply(toml: """
+            listen = ["127.0.0.1:25", "submission@127.0.0.1:587"]
+            tls_cert = "c.pem"
+            tls_key = "k.pem"
+            [[listener]]
+            address = "[::1]:465"
+            role = "submissions"
+            [[listener]]
+            address = "127.0.0.1:5587"
+            role = "submission"
+            plaintext_auth = true
+            [auth]
+            max_failures = 4
+            failure_window = 60
+            """)
+        #expect(s.listen == [ListenAddress("127.0.0.1", 25), ListenAddress("127.0.0.1", 587, role: .submission),
+                             ListenAddress("::1", 465, role: .submissions), ListenAddress("127.0.0.1", 5587, role: .submission, plaintextAuth: true)])
+        #expect(s.throttlePolicy.maxFailures == 4 && s.throttlePolicy.windowMillis == 60_000)
+        try s.validateForServe()
+        s.tlsCert = nil
+        s.tlsKey = nil
+        #expect(throws: ConfigError.self) { try s.validateForServe() } // submissions needs a certificate
+    }
+
     @Test(arguments: [
+        ("[[listener]]\nrole = \"submission\"", "needs 'address'"),
+        ("[[listener]]\naddress = \"127.0.0.1:1\"\nrole = \"smtps\"", "bad listener role 'smtps'"),
+        ("[[listener]]\naddress = \"127.0.0.1:1\"\nport = 2", "unknown key 'listener.port'"),
+        ("[auth]\nmax_failures = 0", "at least 1"),
+        ("[auth]\ndelay = 1", "unknown key 'auth.delay'"),
         ("hostnme = \"x\"", "unknown key 'hostnme'"),
         ("[limits]\nmax_size = 1", "unknown key 'limits.max_size'"),
         ("listen = \"127.0.0.1:25\"", "'listen' must be an array"),

@@ -32,16 +32,18 @@ final class TestServer: Sendable {
     let listener: SMTPListener
     let group: MultiThreadedEventLoopGroup
     let port: Int
+    /// Every bound port, in the order of `config.listen`.
+    let ports: [Int]
     let dbPath: String
     let scheduler: Scheduler?
     let schedulerTask: Task<Void, Never>?
 
-    static func start(delivery: DeliverySetup? = nil, _ edit: (inout ListenerConfig) -> Void = { _ in }) async throws -> TestServer {
+    static func start(delivery: DeliverySetup? = nil, logger: Logger? = nil,
+                      _ edit: (inout ListenerConfig, Store) -> Void = { _, _ in }) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-it-\(UUID().uuidString)")
         let dbPath = dir.appendingPathComponent("tern.sqlite").path
         let store = try Store(path: dbPath)
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
+        let logger = logger ?? { var l = Logger(label: "test"); l.logLevel = .critical; return l }()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         var scheduler: Scheduler? = nil
         if let d = delivery {
@@ -60,20 +62,26 @@ final class TestServer: Sendable {
         var config = ListenerConfig(session: session)
         config.listen = [ListenAddress("127.0.0.1", 0)]
         config.shutdownGraceSeconds = 5
-        edit(&config)
+        edit(&config, store)
         let listener = SMTPListener(config: config, intake: intake, group: group, logger: logger)
         try await listener.start()
-        let port = listener.boundAddresses.first!.port!
+        let ports = listener.boundAddresses.map { $0.port! }
         let task = scheduler.map { sch in Task { _ = try? await sch.run() } }
-        return TestServer(store: store, listener: listener, group: group, port: port, dbPath: dbPath, scheduler: scheduler, schedulerTask: task)
+        return TestServer(store: store, listener: listener, group: group, ports: ports, dbPath: dbPath, scheduler: scheduler, schedulerTask: task)
     }
 
-    private init(store: Store, listener: SMTPListener, group: MultiThreadedEventLoopGroup, port: Int, dbPath: String,
+    /// The common case: only the listener configuration changes.
+    static func start(delivery: DeliverySetup? = nil, _ edit: (inout ListenerConfig) -> Void) async throws -> TestServer {
+        try await start(delivery: delivery) { config, _ in edit(&config) }
+    }
+
+    private init(store: Store, listener: SMTPListener, group: MultiThreadedEventLoopGroup, ports: [Int], dbPath: String,
                  scheduler: Scheduler?, schedulerTask: Task<Void, Never>?) {
         self.store = store
         self.listener = listener
         self.group = group
-        self.port = port
+        self.port = ports[0]
+        self.ports = ports
         self.dbPath = dbPath
         self.scheduler = scheduler
         self.schedulerTask = schedulerTask
