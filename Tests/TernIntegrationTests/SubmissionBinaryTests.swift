@@ -88,6 +88,9 @@ import Testing
         let first = try fingerprint(submissions)
         #expect(first.contains("Fingerprint="), "\(first)")
         #expect(try tern(["tls", "self-signed", "--host", "mx.two.test", "--cert", cert, "--key", key, "--force"]).status == 0)
+        let open = try RawClient(port: submission) // a connection made before the reload stays up
+        _ = try open.readReply()
+        #expect(try open.command("EHLO open.test").code == 250)
         kill(serve.process.processIdentifier, SIGHUP)
         var second = first
         for _ in 0..<100 where second == first {
@@ -96,6 +99,7 @@ import Testing
         }
         #expect(second != first && second.contains("Fingerprint="))
         #expect(try fingerprint(submission, starttls: true) == second)
+        #expect(try open.command("NOOP").status == "250 2.0.0")
         // A broken file on SIGHUP keeps the current certificate.
         try Data("not a certificate".utf8).write(to: URL(fileURLWithPath: cert))
         kill(serve.process.processIdentifier, SIGHUP)
