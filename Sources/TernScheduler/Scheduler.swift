@@ -168,9 +168,52 @@ public final class Scheduler: Service, Sendable {
         }
     }
 
+    /// Claims recipients to deliver, settling the suppressed ones on the way.
+    private func claimDeliverable(_ domain: String) async -> [ClaimedRecipient] {
+        while true {
+            let claimed = await claim(domain)
+            if claimed.isEmpty { return [] }
+            let reasons: [String: String]
+            do {
+                reasons = try store.suppressed(claimed.map(\.address), now: clock.now())
+            } catch {
+                logger.error("suppression check failed; delivering", metadata: ["error": "\(error)"])
+                return claimed
+            }
+            if reasons.isEmpty { return claimed }
+            let (stopped, keep) = claimed.reduce(into: ([ClaimedRecipient](), [ClaimedRecipient]())) { acc, r in
+                if reasons[r.address.lowercased()] != nil { acc.0.append(r) } else { acc.1.append(r) }
+            }
+            await settleSuppressed(stopped, reasons: reasons)
+            if !keep.isEmpty || stopping { return keep }
+        }
+    }
+
+    /// One transaction per message: `suppressed` transitions, events, DSNs.
+    private func settleSuppressed(_ recipients: [ClaimedRecipient], reasons: [String: String]) async {
+        let now = clock.now()
+        for (messageID, group) in Dictionary(grouping: recipients, by: \.messageID) {
+            guard let stored = try? store.message(id: messageID) else { continue }
+            var batch = OutcomeBatch(at: now)
+            var reports: [DSNRecipient] = []
+            for r in group {
+                let d = Policy.suppress(r, reason: reasons[r.address.lowercased()] ?? "suppressed", sender: stored.mailFrom, now: now)
+                batch.transitions.append(d.transition)
+                if let report = d.dsn { reports.append(report) }
+                logger.info("suppressed", metadata: ["msg": "\(stored.queueID)", "rcpt": "\(r.address)"])
+            }
+            if !reports.isEmpty { batch.dsns.append((dsnMessage(for: stored, reports, at: now), stored.id)) }
+            do {
+                try await store.record(batch)
+            } catch {
+                logger.error("could not record suppressions", metadata: ["msg": "\(stored.queueID)", "error": "\(error)"])
+            }
+        }
+    }
+
     func work(_ domain: String, id: Int) async {
         defer { finished(domain, id: id) }
-        var claimed = await claim(domain)
+        var claimed = await claimDeliverable(domain)
         guard !claimed.isEmpty else { return }
         let started = clock.now()
         switch await agent.connect(domain: domain) {
@@ -181,7 +224,7 @@ public final class Scheduler: Service, Sendable {
             while !claimed.isEmpty {
                 await record(claimed, outcomes: [:], fallback: outcome, context: ctx, started: started)
                 if stopping { break }
-                claimed = await claim(domain)
+                claimed = await claimDeliverable(domain)
             }
         case .connected(let connection):
             var sent = 0
@@ -198,7 +241,7 @@ public final class Scheduler: Service, Sendable {
                     sent += 1
                 }
                 if !connection.isReusable || stopping || sent >= config.messagesPerConnection { break }
-                claimed = await claim(domain)
+                claimed = await claimDeliverable(domain)
             }
             await connection.close()
         }
@@ -233,8 +276,14 @@ public final class Scheduler: Service, Sendable {
                 let outcome = outcomes[r.id] ?? fallback
                 let decision = Policy.decide(outcome, for: r, sender: stored.mailFrom, context: context, now: now,
                                              config: config.policy, random: random())
-                batch.attempts.append(Policy.attempt(outcome, for: r, context: context, started: started, ended: now, category: nil))
+                batch.attempts.append(Policy.attempt(outcome, for: r, context: context, started: started, ended: now,
+                                                     category: Policy.category(outcome)))
                 batch.transitions.append(decision.transition)
+                if config.policy.suppressOnHardBounce && Policy.isNonexistentAddress(outcome) {
+                    let entry = Suppression(address: r.address, reason: "\(outcome.reply.code) \(outcome.reply.enhanced!) \(outcome.reply.text)",
+                                            source: "bounce", createdAt: now)
+                    batch.suppressions.append((entry, r.id, r.messageID))
+                }
                 if let d = decision.dsn { reports.append(d) }
                 logger.info("\(decision.transition.state)", metadata: [
                     "msg": "\(stored.queueID)", "rcpt": "\(r.address)", "mx": "\(context.mxHost ?? "-")",

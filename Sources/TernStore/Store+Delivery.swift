@@ -107,6 +107,9 @@ public struct OutcomeBatch: Sendable {
     public var transitions: [RecipientTransition] = []
     /// DSN messages (origin `dsn`), with `dsnFor` set to the reported message.
     public var dsns: [(message: NewMessage, dsnFor: Int64)] = []
+    /// Addresses a hard bounce put on the suppression list (kept if already there),
+    /// with the recipient and message whose bounce did it.
+    public var suppressions: [(entry: Suppression, recipientID: Int64, messageID: Int64)] = []
 
     public init(at: Int64) { self.at = at }
 }
@@ -233,6 +236,18 @@ extension Store {
             ])
             try event.execute(arguments: ["at": batch.at, "kind": t.event, "message_id": t.messageID,
                                           "recipient_id": t.recipientID, "detail": t.eventDetail])
+        }
+        let suppress = try db.cachedStatement(sql: """
+            INSERT OR IGNORE INTO suppression (address, reason, source, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+            """)
+        for (e, recipientID, messageID) in batch.suppressions {
+            try suppress.execute(arguments: [e.address, e.reason, e.source, e.createdAt, e.expiresAt])
+            if db.changesCount > 0 {
+                try event.execute(arguments: [
+                    "at": batch.at, "kind": "suppression_added", "message_id": messageID, "recipient_id": recipientID,
+                    "detail": JSON.object([("address", .string(e.address)), ("reason", .string(e.reason))]).text,
+                ])
+            }
         }
         for (dsn, original) in batch.dsns {
             let id = try Store.insert(dsn, db)

@@ -1,0 +1,66 @@
+// The suppression list through the scheduler: hard bounces add addresses,
+// suppressed recipients are settled without delivery (event, DSN per
+// NOTIFY), expired entries stop counting.
+import Foundation
+import GRDB
+import Testing
+import TernDelivery
+import TernProtocol
+@testable import TernScheduler
+@testable import TernStore
+
+@Suite struct SuppressionTests {
+    @Test func hardBounceSuppressesAndTheNextMessageIsNotDelivered() async throws {
+        let h = try Harness()
+        defer { h.store.close() }
+        try await h.submit(["perm-gone@far.test", "ok1@far.test"])
+        await h.scheduler.runDue()
+        #expect(try h.state("perm-gone@far.test") == "bounced")
+        let entries = try h.store.suppressions()
+        #expect(entries.map(\.address) == ["perm-gone@far.test"])
+        #expect(entries[0].source == "bounce" && entries[0].reason.hasPrefix("550 5.1.1"))
+        #expect(try h.rows("SELECT count(*) FROM event WHERE kind = 'suppression_added'").first?[0] as Int? == 1)
+        #expect(try h.rows("SELECT category FROM attempt WHERE outcome = 'bounced'").first?[0] as String? == "unknown_user")
+
+        // A later message to the same address (any case) is settled without a delivery attempt.
+        let sentBefore = h.agent.sent.count
+        h.clock.advance(ms: 1000)
+        let id = try await h.submit(["PERM-gone@far.test", "ok2@far.test"])
+        await h.scheduler.runDue()
+        #expect(try h.state("PERM-gone@far.test") == "suppressed")
+        #expect(try h.state("ok2@far.test") == "delivered")
+        let sentNow = h.agent.sent[sentBefore...].flatMap { $0.envelope.recipients.map(\.address) }
+        #expect(sentNow.contains("ok2@far.test") && !sentNow.contains("PERM-gone@far.test"))
+        let r = try h.rows("SELECT attempts, last_code, last_enhanced, final_at IS NOT NULL FROM recipient WHERE address = 'PERM-gone@far.test'")[0]
+        #expect(r[0] as Int == 0 && r[1] as Int == 550 && r[2] as String == "5.7.1" && r[3] as Bool)
+        #expect(try h.rows("SELECT count(*) FROM event WHERE kind = 'suppressed' AND message_id = \(id)").first?[0] as Int? == 1)
+        // The sender gets a failure DSN for it (default NOTIFY).
+        let dsns = try h.dsns().filter { $0["dsn_for"] as Int64? == id }
+        #expect(dsns.count == 1)
+        let body = String(decoding: dsns[0]["body"] as Data, as: UTF8.self)
+        #expect(body.contains("PERM-gone@far.test") && body.contains("Status: 5.7.1"))
+    }
+
+    @Test func notifyNeverAndOnlySuppressedAndExpiry() async throws {
+        let h = try Harness { $0.policy.suppressOnHardBounce = false }
+        defer { h.store.close() }
+        try await h.store.addSuppressions([
+            Suppression(address: "blocked@far.test", reason: "manual", source: "manual", createdAt: 0),
+            Suppression(address: "brief@far.test", reason: "for a while", source: "manual", createdAt: 0, expiresAt: 5_000),
+        ])
+        try await h.submit(["blocked@far.test"], notify: "NEVER")
+        await h.scheduler.runDue()
+        #expect(try h.state("blocked@far.test") == "suppressed")
+        #expect(h.agent.connections == 0) // nothing left to deliver: no connection at all
+        #expect(try h.dsns().isEmpty)     // NOTIFY=NEVER
+        // Hard bounces do not suppress when turned off.
+        try await h.submit(["perm-x@far.test"])
+        await h.scheduler.runDue()
+        #expect(try h.store.suppressions().map(\.address).sorted() == ["blocked@far.test", "brief@far.test"])
+        // An expired entry no longer suppresses.
+        h.clock.advance(ms: 10_000)
+        try await h.submit(["brief@far.test"])
+        await h.scheduler.runDue()
+        #expect(try h.state("brief@far.test") == "bounced") // delivered to the fake agent, which bounces this local part
+    }
+}
