@@ -10,6 +10,7 @@ import TernListener
 import TernProtocol
 import TernRouting
 import TernScheduler
+import TernStore
 
 /// Everything `tern serve` needs, resolved.
 public struct TernSettings: Sendable {
@@ -49,6 +50,11 @@ public struct TernSettings: Sendable {
     public var deliver = true
     public var tlsPolicy: TLSPolicy = .may
     public var tlsCAFile: String? = nil
+    /// Retention: `tern prune` and the periodic sweep of `tern serve`.
+    public var retention = RetentionPolicy()
+    /// Seconds between retention sweeps in `tern serve` (0: never).
+    public var retentionSweepSeconds: Int64 = 3600
+    public var suppressOnHardBounce = true
     // SMTP AUTH: the failed-login throttle.
     public var authMaxFailures = ThrottlePolicy().maxFailures
     public var authFailureWindow = ThrottlePolicy().windowMillis / 1000
@@ -72,6 +78,7 @@ public struct TernSettings: Sendable {
         c.policy.retry = RetrySchedule(firstDelayMillis: retryFirst * 1000, maxDelayMillis: retryMax * 1000)
         c.policy.maxQueueLifetimeMillis = maxQueueLifetime * 1000
         c.policy.delayWarningMillis = delayWarning * 1000
+        c.policy.suppressOnHardBounce = suppressOnHardBounce
         return c
     }
 
@@ -116,12 +123,14 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 
 extension TernSettings {
     static let topKeys: Set<String> = ["hostname", "db", "listen", "listener", "relay_domains", "trusted_networks", "log_level",
-                                       "limits", "routes", "resolvers", "remote_port", "delivery", "tls_cert", "tls_key", "auth"]
+                                       "limits", "routes", "resolvers", "remote_port", "delivery", "tls_cert", "tls_key", "auth",
+                                       "retention"]
+    static let retentionKeys: Set<String> = ["bodies", "history", "sweep_interval"]
     static let listenerKeys: Set<String> = ["address", "role", "plaintext_auth"]
     static let authKeys: Set<String> = ["max_failures", "failure_window"]
     static let deliveryKeys: Set<String> = [
         "max_connections", "max_connections_per_destination", "messages_per_connection", "retry_first", "retry_max",
-        "max_queue_lifetime", "delay_warning", "connect_timeout", "tls_policy", "tls_ca_file", "enabled",
+        "max_queue_lifetime", "delay_warning", "connect_timeout", "tls_policy", "tls_ca_file", "enabled", "suppress_on_hard_bounce",
     ]
     static let limitKeys: Set<String> = [
         "max_message_size", "max_recipients", "max_command_line", "max_text_line", "max_errors", "max_connections",
@@ -202,10 +211,23 @@ extension TernSettings {
             if let v = try int(delivery, "connect_timeout") { connectTimeout = Int64(v) }
             if let v = try string(delivery, "tls_policy") { tlsPolicy = try TernSettings.parseTLSPolicy(v) }
             if let v = try string(delivery, "tls_ca_file") { tlsCAFile = v }
+            if let v = delivery["suppress_on_hard_bounce"] {
+                guard let b = v.bool else { throw ConfigError("\(source): 'delivery.suppress_on_hard_bounce' must be true or false") }
+                suppressOnHardBounce = b
+            }
             if let v = delivery["enabled"] {
                 guard let b = v.bool else { throw ConfigError("\(source): 'delivery.enabled' must be true or false") }
                 deliver = b
             }
+        }
+        if let r = table["retention"] {
+            guard let ret = r.table else { throw ConfigError("\(source): 'retention' must be a table") }
+            for key in ret.keys where !TernSettings.retentionKeys.contains(key) {
+                throw ConfigError("\(source): unknown key 'retention.\(key)' (known: \(TernSettings.retentionKeys.sorted().joined(separator: ", ")))")
+            }
+            if let v = try int(ret, "bodies") { retention.bodyDays = v }
+            if let v = try int(ret, "history") { retention.historyDays = v }
+            if let v = try int(ret, "sweep_interval") { retentionSweepSeconds = Int64(v) }
         }
         if let a = table["auth"] {
             guard let auth = a.table else { throw ConfigError("\(source): 'auth' must be a table") }
@@ -251,6 +273,9 @@ extension TernSettings {
         if hostname.isEmpty { throw ConfigError("hostname must not be empty") }
         if !(1...65535).contains(remotePort) { throw ConfigError("remote_port must be 1-65535") }
         if (tlsCert == nil) != (tlsKey == nil) { throw ConfigError("tls_cert and tls_key go together") }
+        if retention.historyDays < retention.bodyDays {
+            throw ConfigError("retention.history (\(retention.historyDays) days) must be at least retention.bodies (\(retention.bodyDays))")
+        }
         if authMaxFailures < 1 || authFailureWindow < 1 { throw ConfigError("auth.max_failures and auth.failure_window must be at least 1") }
         if deliveryMaxConnections < 1 || deliveryMaxPerDestination < 1 || deliveryMessagesPerConnection < 1 {
             throw ConfigError("delivery limits must be at least 1")

@@ -53,14 +53,14 @@ struct Queue: ParsableCommand {
     }
 }
 
-/// Opens an existing database without migrating it.
+/// Opens an existing database (applying pending migrations, as `tern serve` would).
 func openExisting(_ common: DatabaseOptions) throws -> (Store, TernSettings) {
+    bootstrapLogging(level: "warning")
     let settings = try common.settings()
     guard FileManager.default.fileExists(atPath: settings.db) else {
         throw fail("no database at \(settings.db) (start `tern serve` or run `tern migrate` first)", code: 66)
     }
-    var options = StoreOptions()
-    options.migrate = false
+    let options = StoreOptions()
     do {
         return (try Store(path: settings.db, options: options), settings)
     } catch {

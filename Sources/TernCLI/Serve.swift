@@ -159,8 +159,9 @@ struct Serve: AsyncParsableCommand {
         // Shut down in reverse order: the listener stops taking mail first,
         // then the scheduler finishes the deliveries in progress.
         if !settings.deliver { logger.notice("delivery is off (--no-deliver): mail is accepted and queued only") }
+        let sweeper = RetentionSweeper(store: store, policy: settings.retention, intervalSeconds: settings.retentionSweepSeconds, logger: logger)
         let serviceList: [ServiceGroupConfiguration.ServiceConfiguration] =
-            settings.deliver ? [.init(service: scheduler), .init(service: listener)] : [.init(service: listener)]
+            [.init(service: sweeper)] + (settings.deliver ? [.init(service: scheduler)] : []) + [.init(service: listener)]
         var groupConfig = ServiceGroupConfiguration(services: serviceList, logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .seconds(settings.shutdownGrace + 5)
         let services = ServiceGroup(configuration: groupConfig)

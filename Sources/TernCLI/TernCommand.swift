@@ -4,6 +4,9 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Synchronization
+
+private let loggingBootstrapped = Mutex(false)
 
 public struct TernCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
@@ -13,7 +16,7 @@ public struct TernCommand: AsyncParsableCommand {
             Every message, recipient state, delivery attempt and event is a row in one SQLite
             file; query it with the sqlite3 shell. Start with `tern serve` and see README.md.
             """,
-        subcommands: [Serve.self, Migrate.self, Sendmail.self, Queue.self, User.self, TLS.self, Doctor.self]
+        subcommands: [Serve.self, Migrate.self, Sendmail.self, Queue.self, History.self, Stats.self, Suppress.self, Prune.self, User.self, TLS.self, Doctor.self]
     )
     public init() {}
 }
@@ -35,7 +38,9 @@ struct DatabaseOptions: ParsableArguments {
     }
 }
 
+/// Sets up logging to stderr once per process (later calls do nothing).
 func bootstrapLogging(level: String) {
+    guard loggingBootstrapped.withLock({ done in defer { done = true }; return !done }) else { return }
     let lvl = Logger.Level(rawValue: level) ?? .info
     LoggingSystem.bootstrap { label in
         var h = StreamLogHandler.standardError(label: label)

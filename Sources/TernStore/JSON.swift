@@ -6,6 +6,8 @@ public indirect enum JSON: Sendable, Equatable {
     case bool(Bool)
     case int(Int)
     case int64(Int64)
+    /// Finite numbers only; NaN and infinities are written as null.
+    case double(Double)
     case string(String)
     case array([JSON])
     case object([(String, JSON)])
@@ -24,6 +26,7 @@ public indirect enum JSON: Sendable, Equatable {
         case .bool(let b): out += b ? "true" : "false"
         case .int(let i): out += String(i)
         case .int64(let i): out += String(i)
+        case .double(let d): out += d.isFinite ? String(d) : "null"
         case .string(let s): JSON.quote(s, into: &out)
         case .array(let items):
             out += "["
