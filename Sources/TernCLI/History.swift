@@ -290,7 +290,7 @@ enum StatsFormatter {
         let roleRows = a.roleAccounts.map { [$0.role + "@", String($0.recipients), percent(share($0.recipients))] }
         let roleHeader = ["ROLE", "RCPTS", "SHARE"]
         let candidateRows = a.suppressionCandidates.map { [$0.address, String($0.count), time($0.lastAt), $0.lastReply ?? ""] }
-        let candidateHeader = ["ADDRESS", "FAILURES", "LAST", "LAST CODE"]
+        let candidateHeader = ["ADDRESS", "FAILURES", "LAST", "LAST REPLY"]
         if format == .csv {
             return renderCSV(header: ["section"] + domainHeader.map { $0.lowercased() }, rows: domainRows.map { ["domain"] + $0 })
                 + renderCSV(header: ["section"] + providerHeader.map { $0.lowercased() }, rows: providerRows.map { ["provider"] + $0 })

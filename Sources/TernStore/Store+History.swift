@@ -370,20 +370,21 @@ extension Store {
             // Final outcomes in the window (recipient_final_at range).
             a.repeatedBounces = try Row.fetchAll(db, sql: """
                 SELECT lower(address), count(*), max(final_at),
-                       (SELECT coalesce(last_code || ' ', '') || coalesce(last_enhanced || ' ', '') || coalesce(last_text, '')
-                          FROM recipient x WHERE x.address = max(r.address) AND x.state = 'bounced' ORDER BY x.final_at DESC LIMIT 1)
+                       -- with one max(), SQLite takes bare columns from that row: the last bounce's reply
+                       coalesce(last_code || ' ', '') || coalesce(last_enhanced || ' ', '') || coalesce(last_text, '')
                   FROM recipient r
                  WHERE r.final_at >= :since AND r.final_at < :until AND r.state = 'bounced'
                  GROUP BY lower(address) HAVING count(*) >= 2 ORDER BY count(*) DESC, lower(address) LIMIT :top
                 """, arguments: args).map { AddressCount(address: $0[0], count: $0[1], lastReply: $0[3], lastAt: $0[2]) }
             // Suppression candidates: bounced or expired twice or more, or one "no such user", and not suppressed yet.
             a.suppressionCandidates = try Row.fetchAll(db, sql: """
-                SELECT lower(address), count(*), max(final_at), max(coalesce(last_code || ' ', '') || coalesce(last_enhanced, ''))
+                SELECT lower(address), count(*), max(final_at),
+                       coalesce(last_code || ' ', '') || coalesce(last_enhanced || ' ', '') || coalesce(last_text, '')
                   FROM recipient r
                  WHERE r.final_at >= :since AND r.final_at < :until AND r.state IN ('bounced', 'expired')
                    AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.address = r.address)
                  GROUP BY lower(address)
-                HAVING count(*) >= 2 OR max(r.last_enhanced IN ('5.1.1', '5.1.2', '5.1.10'))
+                HAVING count(*) >= 2 OR sum(r.last_enhanced IN ('5.1.1', '5.1.2', '5.1.10')) > 0
                  ORDER BY count(*) DESC, lower(address) LIMIT :top
                 """, arguments: args).map { AddressCount(address: $0[0], count: $0[1], lastReply: $0[3], lastAt: $0[2]) }
             a.suppressedInWindow = try Int.fetchOne(db, sql: """
