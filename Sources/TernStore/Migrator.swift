@@ -12,6 +12,10 @@ public enum Migrator {
     /// Names and SQL of the embedded migrations (for `tern migrate --list` and tests).
     public static var embedded: [(version: Int, name: String, sql: String)] { EmbeddedMigrations.all }
 
+    /// Statements run after a migration's SQL, in its transaction (work the
+    /// SQL file cannot express as well, such as filling the rollups).
+    static var followUps: [Int: [String]] { [5: Rollups.rebuildStatements] }
+
     static let bookkeeping = """
         CREATE TABLE IF NOT EXISTS schema_migration (
             version    INTEGER PRIMARY KEY,
@@ -38,6 +42,7 @@ public enum Migrator {
                 for m in EmbeddedMigrations.all.sorted(by: { $0.version < $1.version }) where m.version > current {
                     try db.inTransaction(.immediate) {
                         try db.execute(sql: m.sql)
+                        for sql in followUps[m.version] ?? [] { try db.execute(sql: sql) }
                         try db.execute(sql: "INSERT INTO schema_migration (version, name, applied_at) VALUES (:v, :n, :t)",
                                        arguments: ["v": m.version, "n": m.name, "t": nowMillis()])
                         return .commit

@@ -105,6 +105,7 @@ extension Store {
         try await write { db in
             let (cond, args) = selector.sql
             let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = 'inflight' AND \(cond)", arguments: args) ?? 0
+            try Rollups.removeRecipients(where: "r.state <> 'inflight' AND \(cond)", args, db)
             let rows = try Row.fetchAll(db, sql: """
                 DELETE FROM recipient AS r WHERE r.state <> 'inflight' AND \(cond)
                 RETURNING id, message_id, address, state

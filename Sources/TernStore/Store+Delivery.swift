@@ -212,6 +212,7 @@ extension Store {
                 "mx_address": a.mxAddress, "source_address": a.sourceAddress, "tls": a.tls, "code": a.code,
                 "enhanced": a.enhanced, "text": a.text, "outcome": a.outcome, "category": a.category,
             ])
+            try Rollups.addAttempt(a, db)
         }
         let update = try db.cachedStatement(sql: """
             UPDATE recipient
@@ -225,15 +226,19 @@ extension Store {
                    delay_notified_at = CASE WHEN :delay THEN :at ELSE delay_notified_at END,
                    final_at = CASE WHEN :state IN ('delivered', 'bounced', 'expired', 'suppressed') THEN :at ELSE NULL END
              WHERE id = :id
+            RETURNING domain, address, created_at, final_at
             """)
         let event = try db.cachedStatement(sql: """
             INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (:at, :kind, :message_id, :recipient_id, :detail)
             """)
         for t in batch.transitions {
-            try update.execute(arguments: [
+            let row = try Row.fetchOne(update, arguments: [
                 "state": t.state, "inc": t.countsAsAttempt ? 1 : 0, "next": t.nextAttemptAt, "code": t.code,
                 "enhanced": t.enhanced, "text": t.text, "delay": t.markDelayNotified, "at": batch.at, "id": t.recipientID,
             ])
+            if let row, let finalAt: Int64 = row[3] {
+                try Rollups.addFinal(state: t.state, domain: row[0], address: row[1], createdAt: row[2], finalAt: finalAt, sign: 1, db)
+            }
             try event.execute(arguments: ["at": batch.at, "kind": t.event, "message_id": t.messageID,
                                           "recipient_id": t.recipientID, "detail": t.eventDetail])
         }

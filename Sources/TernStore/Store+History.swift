@@ -199,129 +199,221 @@ extension Store {
 
     // MARK: - Routes
 
-    /// Per destination domain, for recipients received in the window (the
-    /// windowed `domain_stats` view), with the MX hosts they went to.
+    /// Per destination domain: recipient figures for recipients received in
+    /// the window, attempt figures for attempts made in it. Whole days come
+    /// from the daily rollups, the rest of the window from the raw rows.
     public func domainStats(_ w: TimeWindow, limit: Int = 50) throws -> [DomainStats] {
-        try read { db in try Store.domainStats(w, limit: limit, db) }
+        try read { db in try Store.domainStats(w, limit: limit, db).rows }
     }
 
-    static func domainStats(_ w: TimeWindow, limit: Int, _ db: Database) throws -> [DomainStats] {
-        let args: StatementArguments = ["since": w.since, "until": w.until, "limit": limit]
-        var stats: [String: DomainStats] = [:]
-        var order: [String] = []
-        // Recipients by state (message_received_at range, then recipient_message).
-        for row in try Row.fetchAll(db, sql: """
-            SELECT r.domain, count(*), sum(r.state = 'delivered'), sum(r.state = 'bounced'), sum(r.state = 'expired'),
-                   sum(r.state = 'suppressed'), sum(r.state IN ('queued', 'deferred', 'inflight', 'held'))
-              FROM message m JOIN recipient r ON r.message_id = m.id
-             WHERE m.received_at >= :since AND m.received_at < :until
-             GROUP BY r.domain ORDER BY count(*) DESC, r.domain LIMIT :limit
-            """, arguments: args) {
-            var s = DomainStats(domain: row[0])
-            (s.recipients, s.delivered, s.bounced, s.expired, s.suppressed, s.waiting) = (row[1], row[2], row[3], row[4], row[5], row[6])
-            let final = s.delivered + s.bounced + s.expired
-            s.deliveryRate = final > 0 ? rounded(Double(s.delivered) / Double(final)) : nil
-            stats[s.domain] = s
-            order.append(s.domain)
+    /// A window as whole days (rollups) and the raw ranges around them.
+    struct WindowSplit {
+        var days: (Int64, Int64)?
+        var raw: [(Int64, Int64)]
+
+        init(_ w: TimeWindow) {
+            let day = Rollups.dayMillis
+            func floorDiv(_ a: Int64, _ b: Int64) -> Int64 { a >= 0 ? a / b : -((-a + b - 1) / b) }
+            let first = -floorDiv(-w.since, day), last = floorDiv(w.until, day)
+            if first < last {
+                days = (first, last)
+                raw = [(w.since, first * day), (last * day, w.until)].filter { $0.0 < $0.1 }
+            } else {
+                days = nil
+                raw = [(w.since, w.until)]
+            }
         }
-        guard !order.isEmpty else { return [] }
-        // Attempts of those recipients, their MX hosts, deferral replies, and time to deliver.
-        var deferralReplies: [String: [String: Int]] = [:]
+
+        /// `column` within the raw ranges (never empty: an impossible range stands in).
+        func rawCondition(_ column: String) -> (String, StatementArguments) {
+            let ranges = raw.isEmpty ? [(Int64(1), Int64(0))] : raw
+            var args = StatementArguments()
+            let text = ranges.enumerated().map { i, r -> String in
+                _ = args.append(contentsOf: ["r\(i)s": r.0, "r\(i)e": r.1])
+                return "(\(column) >= :r\(i)s AND \(column) < :r\(i)e)"
+            }.joined(separator: " OR ")
+            return ("(" + text + ")", args)
+        }
+
+        var dayArgs: StatementArguments { ["d0": days?.0 ?? 0, "d1": days?.1 ?? 0] }
+        var dayMillisArgs: StatementArguments {
+            ["m0": (days?.0 ?? 0) * Rollups.dayMillis, "m1": (days?.1 ?? 0) * Rollups.dayMillis]
+        }
+    }
+
+    struct AttemptAggregate {
+        var domain: String, host: String
+        var attempts = 0, delivered = 0, deferred = 0, bounced = 0, withTLS = 0
+        var sessionMillis: Int64 = 0
+        var histogram = [Int](repeating: 0, count: Rollups.buckets)
+    }
+
+    /// Attempts made in the window per (domain, MX host).
+    static func attemptAggregates(_ split: WindowSplit, _ db: Database) throws -> [AttemptAggregate] {
+        var out: [String: AttemptAggregate] = [:]
+        func add(_ row: Row, bucketColumn: Int?) {
+            let key = (row[0] as String) + "\u{0}" + (row[1] as String)
+            var a = out[key] ?? AttemptAggregate(domain: row[0], host: row[1])
+            a.attempts += row[2] as Int; a.delivered += row[3] as Int; a.deferred += row[4] as Int
+            a.bounced += row[5] as Int; a.withTLS += row[6] as Int; a.sessionMillis += row[7] as Int64
+            if let b = bucketColumn {
+                a.histogram[row[b] as Int] += row[2] as Int
+            } else {
+                for i in 0..<Rollups.buckets { a.histogram[i] += row[8 + i] as Int }
+            }
+            out[key] = a
+        }
+        if split.days != nil {
+            let sums = Rollups.sColumns.map { "sum(\($0))" }.joined(separator: ", ")
+            for row in try Row.fetchAll(db, sql: """
+                SELECT domain, mx_host, sum(attempts), sum(delivered), sum(deferred), sum(bounced), sum(with_tls), sum(session_ms), \(sums)
+                  FROM attempt_daily WHERE day >= :d0 AND day < :d1 GROUP BY domain, mx_host
+                """, arguments: split.dayArgs) { add(row, bucketColumn: nil) }
+        }
+        let (cond, args) = split.rawCondition("a.started_at")
+        for row in try Row.fetchAll(db, sql: """
+            SELECT r.domain, coalesce(a.mx_host, ''), count(*), sum(a.outcome = 'delivered'), sum(a.outcome = 'deferred'),
+                   sum(a.outcome = 'bounced'), sum(a.tls IS NOT NULL), sum(a.ended_at - a.started_at),
+                   \(Rollups.bucketSQL("a.ended_at - a.started_at", Rollups.sessionBounds)) AS bucket
+              FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE \(cond) GROUP BY 1, 2, bucket
+            """, arguments: args) { add(row, bucketColumn: 8) }
+        return Array(out.values)
+    }
+
+    static func domainStats(_ w: TimeWindow, limit: Int, _ db: Database) throws -> (rows: [DomainStats], total: Int) {
+        let split = WindowSplit(w)
+        var stats: [String: DomainStats] = [:]
+        var histograms: [String: [Int]] = [:]
+        func with(_ domain: String, _ change: (inout DomainStats) -> Void) {
+            var s = stats[domain] ?? DomainStats(domain: domain)
+            change(&s)
+            stats[domain] = s
+        }
+        let live = "state IN ('queued', 'deferred', 'inflight', 'held')"
+        if split.days != nil {
+            // Final recipients of the whole days, from the rollup; waiting ones from the live index.
+            let sums = Rollups.dColumns.map { "sum(\($0))" }.joined(separator: ", ")
+            for row in try Row.fetchAll(db, sql: """
+                SELECT domain, sum(delivered), sum(bounced), sum(expired), sum(suppressed), \(sums)
+                  FROM recipient_daily WHERE day >= :d0 AND day < :d1 GROUP BY domain
+                """, arguments: split.dayArgs) {
+                with(row[0]) { s in
+                    s.delivered += row[1]; s.bounced += row[2]; s.expired += row[3]; s.suppressed += row[4]
+                }
+                var h = histograms[row[0], default: [Int](repeating: 0, count: Rollups.buckets)]
+                for i in 0..<Rollups.buckets { h[i] += row[5 + i] as Int }
+                histograms[row[0]] = h
+            }
+            for row in try Row.fetchAll(db, sql: """
+                SELECT domain, count(*) FROM recipient WHERE \(live) AND created_at >= :m0 AND created_at < :m1 GROUP BY domain
+                """, arguments: split.dayMillisArgs) {
+                with(row[0]) { s in s.waiting += row[1] }
+            }
+        }
+        let (cond, args) = split.rawCondition("created_at")
+        let deliverBucket = Rollups.bucketSQL("(final_at - created_at)", Rollups.deliverBounds.map { $0 * 1000 })
+        for row in try Row.fetchAll(db, sql: """
+            SELECT domain, state, CASE WHEN state = 'delivered' THEN \(deliverBucket) END, count(*)
+              FROM recipient WHERE \(cond) GROUP BY 1, 2, 3
+            """, arguments: args) {
+            let n: Int = row[3]
+            let state: String = row[1]
+            with(row[0]) { s in
+                switch state {
+                case "delivered": s.delivered += n
+                case "bounced": s.bounced += n
+                case "expired": s.expired += n
+                case "suppressed": s.suppressed += n
+                default: s.waiting += n
+                }
+            }
+            if let b: Int = row[2] {
+                var h = histograms[row[0], default: [Int](repeating: 0, count: Rollups.buckets)]
+                h[b] += n
+                histograms[row[0]] = h
+            }
+        }
         var deferrals: [String: Int] = [:]
         var hostCounts: [String: [String: Int]] = [:]
-        for row in try Row.fetchAll(db, sql: """
-            SELECT r.domain, a.outcome, a.mx_host,
-                   CASE WHEN a.outcome = 'deferred'
-                        THEN coalesce(a.code || ' ', '') || coalesce(a.enhanced || ' ', '') || coalesce(a.text, '') END,
-                   count(*)
-              FROM message m JOIN recipient r ON r.message_id = m.id JOIN attempt a ON a.recipient_id = r.id
-             WHERE m.received_at >= :since AND m.received_at < :until
-             GROUP BY 1, 2, 3, 4
-            """, arguments: args) {
-            let domain: String = row[0]
-            guard stats[domain] != nil else { continue }
-            let n: Int = row[4]
-            stats[domain]!.attempts += n
-            if (row[1] as String) == "deferred" {
-                deferrals[domain, default: 0] += n
-                if let reply: String = row[3] { deferralReplies[domain, default: [:]][reply, default: 0] += n }
+        for a in try attemptAggregates(split, db) {
+            with(a.domain) { s in s.attempts += a.attempts }
+            deferrals[a.domain, default: 0] += a.deferred
+            if !a.host.isEmpty { hostCounts[a.domain, default: [:]][a.host, default: 0] += a.attempts }
+        }
+        var replies: [String: [String: Int]] = [:]
+        if split.days != nil {
+            for row in try Row.fetchAll(db, sql: """
+                SELECT domain, reply, sum(n) FROM deferral_daily WHERE day >= :d0 AND day < :d1 GROUP BY 1, 2
+                """, arguments: split.dayArgs) {
+                replies[row[0], default: [:]][row[1], default: 0] += row[2] as Int
             }
-            if let host: String = row[2] { hostCounts[domain, default: [:]][host, default: 0] += n }
         }
-        var times: [String: [Double]] = [:]
+        let (acond, aargs) = split.rawCondition("a.started_at")
         for row in try Row.fetchAll(db, sql: """
-            SELECT r.domain, (r.final_at - m.received_at) / 1000.0 FROM message m JOIN recipient r ON r.message_id = m.id
-             WHERE m.received_at >= :since AND m.received_at < :until AND r.state = 'delivered'
-            """, arguments: args) {
-            let d: String = row[0]
-            if stats[d] != nil { times[d, default: []].append(row[1]) }
+            SELECT r.domain, \(Rollups.replySQL("a.")), count(*) FROM attempt a JOIN recipient r ON r.id = a.recipient_id
+             WHERE a.outcome = 'deferred' AND \(acond) GROUP BY 1, 2
+            """, arguments: aargs) {
+            replies[row[0], default: [:]][row[1], default: 0] += row[2] as Int
         }
-        for d in order {
+        var total = 0
+        for d in Array(stats.keys) {
             var s = stats[d]!
+            s.recipients = s.delivered + s.bounced + s.expired + s.suppressed + s.waiting
+            total += s.recipients
+            let final = s.delivered + s.bounced + s.expired
+            s.deliveryRate = final > 0 ? rounded(Double(s.delivered) / Double(final)) : nil
             if s.attempts > 0 { s.deferralRate = rounded(Double(deferrals[d, default: 0]) / Double(s.attempts)) }
-            if var t = times[d], !t.isEmpty {
-                t.sort()
-                s.medianSeconds = t[(t.count + 1) / 2 - 1]
-                s.p95Seconds = t[(t.count * 95 + 99) / 100 - 1]
+            if let h = histograms[d] {
+                s.medianSeconds = Rollups.median(h, Rollups.deliverBounds, scale: 1)
+                s.p95Seconds = Rollups.p95(h, Rollups.deliverBounds, scale: 1)
             }
-            if let top = deferralReplies[d]?.max(by: { ($0.value, $1.key) < ($1.value, $0.key) }) {
+            if let top = replies[d]?.max(by: { ($0.value, $1.key) < ($1.value, $0.key) }) {
                 s.topDeferral = top.key
                 s.topDeferralCount = top.value
             }
             s.mxHosts = (hostCounts[d] ?? [:]).sorted { ($0.value, $1.key) > ($1.value, $0.key) }.map(\.key)
             stats[d] = s
         }
-        return order.map { stats[$0]! }
+        let rows = stats.values.sorted { ($0.recipients, $0.attempts, $1.domain) > ($1.recipients, $1.attempts, $0.domain) }
+        return (Array(rows.prefix(limit)), total)
     }
 
     /// Per MX host, for attempts started in the window (the windowed `mx_stats` view).
     public func mxStats(_ w: TimeWindow, now: Int64, limit: Int = 50) throws -> [MXStats] {
         try read { db in
-            let args: StatementArguments = ["since": w.since, "until": w.until, "limit": limit]
-            var out: [MXStats] = []
-            var index: [String: Int] = [:]
-            for row in try Row.fetchAll(db, sql: """
-                SELECT mx_host, count(*), 1.0 * sum(outcome = 'delivered') / count(*), 1.0 * sum(tls IS NOT NULL) / count(*),
-                       avg((ended_at - started_at) / 1000.0)
-                  FROM attempt WHERE started_at >= :since AND started_at < :until AND mx_host IS NOT NULL
-                 GROUP BY mx_host ORDER BY count(*) DESC, mx_host LIMIT :limit
-                """, arguments: args) {
-                index[row[0]] = out.count
-                out.append(MXStats(host: row[0], attempts: row[1], successRate: rounded(row[2]), tlsShare: rounded(row[3]),
-                                   meanSessionSeconds: (1000 * (row[4] as Double)).rounded() / 1000))
+            var hosts: [String: Store.AttemptAggregate] = [:]
+            var domains: [String: [(String, Int)]] = [:]
+            for a in try Store.attemptAggregates(WindowSplit(w), db) where !a.host.isEmpty {
+                var h = hosts[a.host] ?? Store.AttemptAggregate(domain: "", host: a.host)
+                h.attempts += a.attempts; h.delivered += a.delivered; h.withTLS += a.withTLS; h.sessionMillis += a.sessionMillis
+                for i in 0..<Rollups.buckets { h.histogram[i] += a.histogram[i] }
+                hosts[a.host] = h
+                domains[a.host, default: []].append((a.domain, a.attempts))
             }
-            var sessions: [String: [Double]] = [:]
-            for row in try Row.fetchAll(db, sql: """
-                SELECT a.mx_host, (a.ended_at - a.started_at) / 1000.0, a.outcome, a.started_at,
-                       coalesce(a.code || ' ', '') || coalesce(a.enhanced || ' ', '') || coalesce(a.text, ''), r.domain
-                  FROM attempt a JOIN recipient r ON r.id = a.recipient_id
-                 WHERE a.started_at >= :since AND a.started_at < :until AND a.mx_host IS NOT NULL
-                 ORDER BY a.started_at, a.id
-                """, arguments: args) {
-                guard let i = index[row[0]] else { continue }
-                sessions[row[0], default: []].append(row[1])
-                if (row[2] as String) != "delivered" {
-                    out[i].lastError = row[4]
-                    out[i].lastErrorAt = row[3]
-                }
-                let domain: String = row[5]
-                if !out[i].domains.contains(domain) { out[i].domains.append(domain) }
-            }
-            for i in out.indices {
-                if var t = sessions[out[i].host], !t.isEmpty {
-                    t.sort()
-                    out[i].p95SessionSeconds = t[(t.count * 95 + 99) / 100 - 1]
-                }
-            }
+            let top = hosts.values.sorted { ($0.attempts, $1.host) > ($1.attempts, $0.host) }.prefix(limit)
+            let lastError = try db.cachedStatement(sql: """
+                SELECT \(Rollups.replySQL("")), started_at FROM attempt
+                 WHERE mx_host = :host AND outcome <> 'delivered' AND started_at >= :since AND started_at < :until
+                 ORDER BY started_at DESC, id DESC LIMIT 1
+                """)
             let health = try db.cachedStatement(sql: "SELECT failures, cooldown_until FROM mx_health WHERE host = ?")
-            for i in out.indices {
-                if let h = try Row.fetchOne(health, arguments: [out[i].host]) {
-                    out[i].consecutiveFailures = h[0]
-                    let until: Int64? = h[1]
-                    out[i].coolingDownUntil = until.flatMap { $0 > now ? $0 : nil }
+            return try top.map { h in
+                var m = MXStats(host: h.host, attempts: h.attempts, successRate: rounded(Double(h.delivered) / Double(h.attempts)),
+                                tlsShare: rounded(Double(h.withTLS) / Double(h.attempts)),
+                                meanSessionSeconds: (Double(h.sessionMillis) / Double(h.attempts)).rounded() / 1000,
+                                p95SessionSeconds: Rollups.p95(h.histogram, Rollups.sessionBounds, scale: 0.001))
+                m.domains = (domains[h.host] ?? []).sorted { ($0.1, $1.0) > ($1.1, $0.0) }.map(\.0)
+                if let e = try Row.fetchOne(lastError, arguments: ["host": h.host, "since": w.since, "until": w.until]) {
+                    m.lastError = e[0]
+                    m.lastErrorAt = e[1]
                 }
+                if let row = try Row.fetchOne(health, arguments: [h.host]) {
+                    m.consecutiveFailures = row[0]
+                    let until: Int64? = row[1]
+                    m.coolingDownUntil = until.flatMap { $0 > now ? $0 : nil }
+                }
+                return m
             }
-            return out
         }
     }
 
@@ -343,6 +435,26 @@ extension Store {
 
     // MARK: - Recipient-list analytics
 
+    /// Recipients to role accounts: final ones of whole days from the rollup, the rest raw.
+    static func roleCounts(_ split: WindowSplit, _ db: Database) throws -> [(role: String, recipients: Int)] {
+        var counts: [String: Int] = [:]
+        let roles = Rollups.roleList, local = Rollups.localPartSQL
+        if split.days != nil {
+            for row in try Row.fetchAll(db, sql: "SELECT role, sum(n) FROM role_daily WHERE day >= :d0 AND day < :d1 GROUP BY role",
+                                        arguments: split.dayArgs) { counts[row[0], default: 0] += row[1] as Int }
+            for row in try Row.fetchAll(db, sql: """
+                SELECT \(local), count(*) FROM recipient
+                 WHERE state IN ('queued', 'deferred', 'inflight', 'held') AND created_at >= :m0 AND created_at < :m1
+                   AND \(local) IN (\(roles)) GROUP BY 1
+                """, arguments: split.dayMillisArgs) { counts[row[0], default: 0] += row[1] as Int }
+        }
+        let (cond, args) = split.rawCondition("created_at")
+        for row in try Row.fetchAll(db, sql: """
+            SELECT \(local), count(*) FROM recipient WHERE \(cond) AND \(local) IN (\(roles)) GROUP BY 1
+            """, arguments: args) { counts[row[0], default: 0] += row[1] as Int }
+        return counts.filter { $0.value > 0 }.map { ($0.key, $0.value) }.sorted { ($0.1, $1.0) > ($1.1, $0.0) }
+    }
+
     public static let roleAccounts = [
         "abuse", "admin", "administrator", "billing", "contact", "help", "hostmaster", "hr", "info", "marketing",
         "no-reply", "noc", "noreply", "office", "postmaster", "root", "sales", "security", "support", "webmaster",
@@ -352,20 +464,8 @@ extension Store {
         try read { db in
             var a = RecipientAnalytics()
             let args: StatementArguments = ["since": w.since, "until": w.until, "top": top]
-            a.perDomain = try Store.domainStats(w, limit: top, db)
-            // One pass over the window's recipients: total, roles.
-            let roles = Store.roleAccounts.map { "'\($0)'" }.joined(separator: ",")
-            for row in try Row.fetchAll(db, sql: """
-                SELECT lower(substr(r.address, 1, instr(r.address, '@') - 1)) AS local, count(*)
-                  FROM message m JOIN recipient r ON r.message_id = m.id
-                 WHERE m.received_at >= :since AND m.received_at < :until
-                 GROUP BY local IN (\(roles)), CASE WHEN local IN (\(roles)) THEN local END
-                """, arguments: args) {
-                let n: Int = row[1]
-                a.total += n
-                if let local: String = row[0], Store.roleAccounts.contains(local) { a.roleAccounts.append((local, n)) }
-            }
-            a.roleAccounts.sort { ($0.recipients, $1.role) > ($1.recipients, $0.role) }
+            (a.perDomain, a.total) = try Store.domainStats(w, limit: top, db)
+            a.roleAccounts = try Store.roleCounts(WindowSplit(w), db)
             a.domains = a.perDomain.map { ($0.domain, $0.recipients, $0.mxHosts.first) }
             // Final outcomes in the window (recipient_final_at range).
             a.repeatedBounces = try Row.fetchAll(db, sql: """

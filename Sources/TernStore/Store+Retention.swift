@@ -81,10 +81,19 @@ extension Store {
         _ = try await write { db in
             try db.execute(sql: "DELETE FROM suppression WHERE expires_at IS NOT NULL AND expires_at <= ?", arguments: [now])
             try db.execute(sql: "DELETE FROM mx_cache WHERE expires_at < ?", arguments: [now - 86_400_000])
+            // Rollups of days older than the history kept.
+            let day = historyCutoff / Rollups.dayMillis
+            for table in ["attempt_daily", "deferral_daily", "recipient_daily", "role_daily"] {
+                try db.execute(sql: "DELETE FROM \(table) WHERE day < ?", arguments: [day])
+            }
             return 0
         }
         let freeAfterDeletes = try read { db in try Int.fetchOne(db, sql: "PRAGMA freelist_count") ?? 0 }
-        try writeDirect { db in try db.execute(sql: "PRAGMA incremental_vacuum") }
+        // Give pages back, and let SQLite refresh its planner statistics where they went stale.
+        try writeDirect { db in
+            try db.execute(sql: "PRAGMA incremental_vacuum")
+            try db.execute(sql: "PRAGMA optimize")
+        }
         let freeAfter = try read { db in try Int.fetchOne(db, sql: "PRAGMA freelist_count") ?? 0 }
         result.freedPages = max(0, max(freeAfterDeletes, freeBefore) - freeAfter)
         return result

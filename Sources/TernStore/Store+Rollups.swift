@@ -1,0 +1,172 @@
+// Daily rollups (migration 0005): kept up to date inside the transactions
+// that write attempts and final transitions, rebuilt from the raw rows by
+// `tern stats rebuild` (and once when migration 0005 is applied).
+
+import Foundation
+import GRDB
+
+enum Rollups {
+    static let dayMillis: Int64 = 86_400_000
+    /// Time to deliver, upper bounds in seconds (the 20th bucket is everything above).
+    static let deliverBounds: [Int64] = [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800,
+                                         86400, 172_800, 432_000]
+    /// Session time, upper bounds in milliseconds.
+    static let sessionBounds: [Int64] = [50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500, 10000, 15000, 20000,
+                                         30000, 60000, 120_000, 300_000]
+    static let buckets = 20
+
+    static func bucket(_ value: Int64, _ bounds: [Int64]) -> Int {
+        bounds.firstIndex { value <= $0 } ?? bounds.count
+    }
+
+    /// The same bucket in SQL, for `expr` in the bounds' unit.
+    static func bucketSQL(_ expr: String, _ bounds: [Int64]) -> String {
+        "CASE " + bounds.enumerated().map { "WHEN \(expr) <= \($1) THEN \($0)" }.joined(separator: " ") + " ELSE \(bounds.count) END"
+    }
+
+    /// The upper bound of the bucket holding the value of rank ⌈p·n⌉ (the
+    /// same rank rule as the views' exact percentiles); nil when empty.
+    static func percentile(_ histogram: [Int], _ rankOf: (Int) -> Int, _ bounds: [Int64], scale: Double) -> Double? {
+        let n = histogram.reduce(0, +)
+        guard n > 0 else { return nil }
+        let rank = rankOf(n)
+        var seen = 0
+        for (i, c) in histogram.enumerated() {
+            seen += c
+            if seen >= rank { return Double(bounds[min(i, bounds.count - 1)]) * scale }
+        }
+        return Double(bounds.last!) * scale
+    }
+
+    static func median(_ h: [Int], _ bounds: [Int64], scale: Double) -> Double? { percentile(h, { ($0 + 1) / 2 }, bounds, scale: scale) }
+    static func p95(_ h: [Int], _ bounds: [Int64], scale: Double) -> Double? { percentile(h, { ($0 * 95 + 99) / 100 }, bounds, scale: scale) }
+
+    static var roleList: String { Store.roleAccounts.map { "'\($0)'" }.joined(separator: ",") }
+    static let localPartSQL = "lower(substr(address, 1, instr(address, '@') - 1))"
+
+    static let sColumns = (0..<buckets).map { "s\($0)" }
+    static let dColumns = (0..<buckets).map { "d\($0)" }
+
+    /// Recomputes every rollup from the raw rows.
+    static var rebuildStatements: [String] {
+        let sSums = (0..<buckets).map { "sum(sb = \($0))" }.joined(separator: ", ")
+        let dSums = (0..<buckets).map { "sum(state = 'delivered' AND db = \($0))" }.joined(separator: ", ")
+        return [
+            "DELETE FROM attempt_daily", "DELETE FROM deferral_daily", "DELETE FROM recipient_daily", "DELETE FROM role_daily",
+            """
+            INSERT INTO attempt_daily (day, domain, mx_host, attempts, delivered, deferred, bounced, with_tls, session_ms, \(sColumns.joined(separator: ", ")))
+            SELECT day, domain, mx_host, count(*), sum(outcome = 'delivered'), sum(outcome = 'deferred'), sum(outcome = 'bounced'),
+                   sum(tls IS NOT NULL), sum(ms), \(sSums)
+              FROM (SELECT a.started_at / \(dayMillis) AS day, r.domain, coalesce(a.mx_host, '') AS mx_host, a.outcome, a.tls,
+                           a.ended_at - a.started_at AS ms, \(bucketSQL("a.ended_at - a.started_at", sessionBounds)) AS sb
+                      FROM attempt a JOIN recipient r ON r.id = a.recipient_id)
+             GROUP BY day, domain, mx_host
+            """,
+            """
+            INSERT INTO deferral_daily (day, domain, reply, n)
+            SELECT a.started_at / \(dayMillis), r.domain, \(replySQL("a.")), count(*)
+              FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE a.outcome = 'deferred' GROUP BY 1, 2, 3
+            """,
+            """
+            INSERT INTO recipient_daily (day, domain, delivered, bounced, expired, suppressed, \(dColumns.joined(separator: ", ")))
+            SELECT day, domain, sum(state = 'delivered'), sum(state = 'bounced'), sum(state = 'expired'), sum(state = 'suppressed'), \(dSums)
+              FROM (SELECT created_at / \(dayMillis) AS day, domain, state,
+                           \(bucketSQL("(final_at - created_at)", deliverBounds.map { $0 * 1000 })) AS db
+                      FROM recipient WHERE final_at IS NOT NULL)
+             GROUP BY day, domain
+            """,
+            """
+            INSERT INTO role_daily (day, role, n)
+            SELECT created_at / \(dayMillis), \(localPartSQL), count(*) FROM recipient
+             WHERE final_at IS NOT NULL AND \(localPartSQL) IN (\(roleList)) GROUP BY 1, 2
+            """,
+        ]
+    }
+
+    /// "code enhanced text" of an attempt, as stored in deferral_daily.
+    static func replySQL(_ prefix: String) -> String {
+        "coalesce(\(prefix)code || ' ', '') || coalesce(\(prefix)enhanced || ' ', '') || coalesce(\(prefix)text, '')"
+    }
+
+    static func reply(code: Int?, enhanced: String?, text: String?) -> String {
+        (code.map { "\($0) " } ?? "") + (enhanced.map { "\($0) " } ?? "") + (text ?? "")
+    }
+
+    // MARK: - Kept in the writing transactions
+
+    /// An attempt row was inserted (sign +1) or is about to be deleted (−1).
+    static func addAttempt(_ a: NewAttempt, sign: Int = 1, _ db: Database) throws {
+        let day = a.startedAt / dayMillis
+        let ms = a.endedAt - a.startedAt
+        let s = sColumns[bucket(ms, sessionBounds)]
+        let stmt = try db.cachedStatement(sql: """
+            INSERT INTO attempt_daily (day, domain, mx_host, attempts, delivered, deferred, bounced, with_tls, session_ms, \(s))
+            VALUES (:day, (SELECT domain FROM recipient WHERE id = :rid), :mx, :n, :d, :f, :b, :tls, :ms, :n)
+            ON CONFLICT (day, domain, mx_host) DO UPDATE SET
+                attempts = attempts + :n, delivered = delivered + excluded.delivered, deferred = deferred + excluded.deferred,
+                bounced = bounced + excluded.bounced, with_tls = with_tls + excluded.with_tls,
+                session_ms = session_ms + excluded.session_ms, \(s) = \(s) + :n
+            """)
+        try stmt.execute(arguments: [
+            "day": day, "rid": a.recipientID, "mx": a.mxHost ?? "", "n": sign, "d": a.outcome == "delivered" ? sign : 0,
+            "f": a.outcome == "deferred" ? sign : 0, "b": a.outcome == "bounced" ? sign : 0, "tls": a.tls == nil ? 0 : sign,
+            "ms": ms * Int64(sign),
+        ])
+        if a.outcome == "deferred" {
+            try db.cachedStatement(sql: """
+                INSERT INTO deferral_daily (day, domain, reply, n) VALUES (:day, (SELECT domain FROM recipient WHERE id = :rid), :reply, :n)
+                ON CONFLICT (day, domain, reply) DO UPDATE SET n = n + :n
+                """).execute(arguments: ["day": day, "rid": a.recipientID, "n": sign,
+                                         "reply": reply(code: a.code, enhanced: a.enhanced, text: a.text)])
+        }
+    }
+
+    /// Takes the attempts and final states of recipients about to be deleted
+    /// out of the rollups, and drops rows left empty.
+    static func removeRecipients(where condition: String, _ args: StatementArguments, _ db: Database) throws {
+        for r in try Row.fetchAll(db, sql: """
+            SELECT a.recipient_id, a.started_at, a.ended_at, a.mx_host, a.tls, a.code, a.enhanced, a.text, a.outcome
+              FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE \(condition)
+            """, arguments: args) {
+            try addAttempt(NewAttempt(recipientID: r[0], startedAt: r[1], endedAt: r[2], mxHost: r[3], mxAddress: nil, tls: r[4],
+                                      code: r[5], enhanced: r[6], text: r[7], outcome: r[8], category: nil), sign: -1, db)
+        }
+        for r in try Row.fetchAll(db, sql: """
+            SELECT r.state, r.domain, r.address, r.created_at, r.final_at FROM recipient r WHERE r.final_at IS NOT NULL AND \(condition)
+            """, arguments: args) {
+            try addFinal(state: r[0], domain: r[1], address: r[2], createdAt: r[3], finalAt: r[4], sign: -1, db)
+        }
+        try db.execute(sql: "DELETE FROM attempt_daily WHERE attempts = 0")
+        try db.execute(sql: "DELETE FROM deferral_daily WHERE n = 0")
+        try db.execute(sql: "DELETE FROM recipient_daily WHERE delivered = 0 AND bounced = 0 AND expired = 0 AND suppressed = 0")
+        try db.execute(sql: "DELETE FROM role_daily WHERE n = 0")
+    }
+
+    /// A recipient reached (sign +1) or, deleted in a final state, left (sign −1) `state`.
+    static func addFinal(state: String, domain: String, address: String, createdAt: Int64, finalAt: Int64, sign: Int, _ db: Database) throws {
+        guard ["delivered", "bounced", "expired", "suppressed"].contains(state) else { return }
+        let day = createdAt / dayMillis
+        let d = dColumns[bucket(finalAt - createdAt, deliverBounds.map { $0 * 1000 })]
+        let histogram = state == "delivered" ? ", \(d)" : ""
+        try db.cachedStatement(sql: """
+            INSERT INTO recipient_daily (day, domain, \(state)\(histogram)) VALUES (:day, :domain, :n\(state == "delivered" ? ", :n" : ""))
+            ON CONFLICT (day, domain) DO UPDATE SET \(state) = \(state) + :n\(state == "delivered" ? ", \(d) = \(d) + :n" : "")
+            """).execute(arguments: ["day": day, "domain": domain, "n": sign])
+        let local = address.prefix { $0 != "@" }.lowercased()
+        if Store.roleAccounts.contains(local) {
+            try db.cachedStatement(sql: """
+                INSERT INTO role_daily (day, role, n) VALUES (:day, :role, :n) ON CONFLICT (day, role) DO UPDATE SET n = n + :n
+                """).execute(arguments: ["day": day, "role": local, "n": sign])
+        }
+    }
+}
+
+extension Store {
+    /// Recomputes the rollups from the raw rows (after an upgrade, or if in doubt).
+    public func rebuildRollups() async throws {
+        _ = try await write { db in
+            for sql in Rollups.rebuildStatements { try db.execute(sql: sql) }
+            return 0
+        }
+    }
+}
