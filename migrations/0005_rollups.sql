@@ -70,3 +70,6 @@ CREATE TABLE role_daily (
 
 -- The latest failed attempts per MX host (last error in `tern stats routes`).
 CREATE INDEX attempt_errors ON attempt (mx_host, started_at) WHERE outcome <> 'delivered';
+
+-- Failed recipients by when they failed (repeated bounces, suppression candidates).
+CREATE INDEX recipient_failed ON recipient (final_at) WHERE state IN ('bounced', 'expired');

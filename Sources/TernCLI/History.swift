@@ -149,8 +149,7 @@ struct Stats: ParsableCommand {
             let w = try TimeArgument.window(since: window.since, until: window.until, defaultSince: "24h", now: now)!
             let domains: [DomainStats], hosts: [MXStats]
             do {
-                domains = try store.domainStats(w, limit: limit)
-                hosts = try store.mxStats(w, now: now, limit: limit)
+                (domains, hosts) = try store.routeStats(w, now: now, limit: limit)
             } catch { throw fail("\(error)", code: 74) }
             print(StatsFormatter.routes(domains, hosts, window: w, format: format), terminator: format == .json ? "\n" : "")
         }

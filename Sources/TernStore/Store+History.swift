@@ -118,7 +118,9 @@ public struct RecipientAnalytics: Sendable {
     /// (role local part, recipients)
     public var roleAccounts: [(role: String, recipients: Int)] = []
     public var suppressionCandidates: [AddressCount] = []
+    /// Recipients received in the window that were suppressed.
     public var suppressedInWindow = 0
+    var suppressedInWindowTotal = 0
 }
 
 extension Store {
@@ -206,6 +208,15 @@ extension Store {
         try read { db in try Store.domainStats(w, limit: limit, db).rows }
     }
 
+    /// Domains and MX hosts together, reading the attempts once (`tern stats routes`).
+    public func routeStats(_ w: TimeWindow, now: Int64, limit: Int = 50) throws -> (domains: [DomainStats], hosts: [MXStats]) {
+        try read { db in
+            let attempts = try Store.attemptAggregates(WindowSplit(w), db)
+            return (try Store.domainStats(w, limit: limit, attempts: attempts, db).rows,
+                    try Store.mxStats(w, now: now, limit: limit, attempts: attempts, db))
+        }
+    }
+
     /// A window as whole days (rollups) and the raw ranges around them.
     struct WindowSplit {
         var days: (Int64, Int64)?
@@ -280,7 +291,8 @@ extension Store {
         return Array(out.values)
     }
 
-    static func domainStats(_ w: TimeWindow, limit: Int, _ db: Database) throws -> (rows: [DomainStats], total: Int) {
+    static func domainStats(_ w: TimeWindow, limit: Int, attempts: [AttemptAggregate]? = nil,
+                            _ db: Database) throws -> (rows: [DomainStats], total: Int, suppressed: Int) {
         let split = WindowSplit(w)
         var stats: [String: DomainStats] = [:]
         var histograms: [String: [Int]] = [:]
@@ -305,7 +317,8 @@ extension Store {
                 histograms[row[0]] = h
             }
             for row in try Row.fetchAll(db, sql: """
-                SELECT domain, count(*) FROM recipient WHERE \(live) AND created_at >= :m0 AND created_at < :m1 GROUP BY domain
+                SELECT domain, count(*) FROM recipient -- "+created_at": read the small live index, not every recipient of the days
+                 WHERE \(live) AND +created_at >= :m0 AND +created_at < :m1 GROUP BY domain
                 """, arguments: split.dayMillisArgs) {
                 with(row[0]) { s in s.waiting += row[1] }
             }
@@ -335,7 +348,7 @@ extension Store {
         }
         var deferrals: [String: Int] = [:]
         var hostCounts: [String: [String: Int]] = [:]
-        for a in try attemptAggregates(split, db) {
+        for a in try attempts ?? attemptAggregates(split, db) {
             with(a.domain) { s in s.attempts += a.attempts }
             deferrals[a.domain, default: 0] += a.deferred
             if !a.host.isEmpty { hostCounts[a.domain, default: [:]][a.host, default: 0] += a.attempts }
@@ -355,11 +368,12 @@ extension Store {
             """, arguments: aargs) {
             replies[row[0], default: [:]][row[1], default: 0] += row[2] as Int
         }
-        var total = 0
+        var total = 0, suppressed = 0
         for d in Array(stats.keys) {
             var s = stats[d]!
             s.recipients = s.delivered + s.bounced + s.expired + s.suppressed + s.waiting
             total += s.recipients
+            suppressed += s.suppressed
             let final = s.delivered + s.bounced + s.expired
             s.deliveryRate = final > 0 ? rounded(Double(s.delivered) / Double(final)) : nil
             if s.attempts > 0 { s.deferralRate = rounded(Double(deferrals[d, default: 0]) / Double(s.attempts)) }
@@ -375,45 +389,47 @@ extension Store {
             stats[d] = s
         }
         let rows = stats.values.sorted { ($0.recipients, $0.attempts, $1.domain) > ($1.recipients, $1.attempts, $0.domain) }
-        return (Array(rows.prefix(limit)), total)
+        return (Array(rows.prefix(limit)), total, suppressed)
     }
 
     /// Per MX host, for attempts started in the window (the windowed `mx_stats` view).
     public func mxStats(_ w: TimeWindow, now: Int64, limit: Int = 50) throws -> [MXStats] {
-        try read { db in
-            var hosts: [String: Store.AttemptAggregate] = [:]
-            var domains: [String: [(String, Int)]] = [:]
-            for a in try Store.attemptAggregates(WindowSplit(w), db) where !a.host.isEmpty {
-                var h = hosts[a.host] ?? Store.AttemptAggregate(domain: "", host: a.host)
-                h.attempts += a.attempts; h.delivered += a.delivered; h.withTLS += a.withTLS; h.sessionMillis += a.sessionMillis
-                for i in 0..<Rollups.buckets { h.histogram[i] += a.histogram[i] }
-                hosts[a.host] = h
-                domains[a.host, default: []].append((a.domain, a.attempts))
+        try read { db in try Store.mxStats(w, now: now, limit: limit, attempts: nil, db) }
+    }
+
+    static func mxStats(_ w: TimeWindow, now: Int64, limit: Int, attempts: [AttemptAggregate]?, _ db: Database) throws -> [MXStats] {
+        var hosts: [String: Store.AttemptAggregate] = [:]
+        var domains: [String: [(String, Int)]] = [:]
+        for a in try attempts ?? Store.attemptAggregates(WindowSplit(w), db) where !a.host.isEmpty {
+            var h = hosts[a.host] ?? Store.AttemptAggregate(domain: "", host: a.host)
+            h.attempts += a.attempts; h.delivered += a.delivered; h.withTLS += a.withTLS; h.sessionMillis += a.sessionMillis
+            for i in 0..<Rollups.buckets { h.histogram[i] += a.histogram[i] }
+            hosts[a.host] = h
+            domains[a.host, default: []].append((a.domain, a.attempts))
+        }
+        let top = hosts.values.sorted { ($0.attempts, $1.host) > ($1.attempts, $0.host) }.prefix(limit)
+        let lastError = try db.cachedStatement(sql: """
+            SELECT \(Rollups.replySQL("")), started_at FROM attempt
+             WHERE mx_host = :host AND outcome <> 'delivered' AND started_at >= :since AND started_at < :until
+             ORDER BY started_at DESC, id DESC LIMIT 1
+            """)
+        let health = try db.cachedStatement(sql: "SELECT failures, cooldown_until FROM mx_health WHERE host = ?")
+        return try top.map { h in
+            var m = MXStats(host: h.host, attempts: h.attempts, successRate: rounded(Double(h.delivered) / Double(h.attempts)),
+                            tlsShare: rounded(Double(h.withTLS) / Double(h.attempts)),
+                            meanSessionSeconds: (Double(h.sessionMillis) / Double(h.attempts)).rounded() / 1000,
+                            p95SessionSeconds: Rollups.p95(h.histogram, Rollups.sessionBounds, scale: 0.001))
+            m.domains = (domains[h.host] ?? []).sorted { ($0.1, $1.0) > ($1.1, $0.0) }.map(\.0)
+            if let e = try Row.fetchOne(lastError, arguments: ["host": h.host, "since": w.since, "until": w.until]) {
+                m.lastError = e[0]
+                m.lastErrorAt = e[1]
             }
-            let top = hosts.values.sorted { ($0.attempts, $1.host) > ($1.attempts, $0.host) }.prefix(limit)
-            let lastError = try db.cachedStatement(sql: """
-                SELECT \(Rollups.replySQL("")), started_at FROM attempt
-                 WHERE mx_host = :host AND outcome <> 'delivered' AND started_at >= :since AND started_at < :until
-                 ORDER BY started_at DESC, id DESC LIMIT 1
-                """)
-            let health = try db.cachedStatement(sql: "SELECT failures, cooldown_until FROM mx_health WHERE host = ?")
-            return try top.map { h in
-                var m = MXStats(host: h.host, attempts: h.attempts, successRate: rounded(Double(h.delivered) / Double(h.attempts)),
-                                tlsShare: rounded(Double(h.withTLS) / Double(h.attempts)),
-                                meanSessionSeconds: (Double(h.sessionMillis) / Double(h.attempts)).rounded() / 1000,
-                                p95SessionSeconds: Rollups.p95(h.histogram, Rollups.sessionBounds, scale: 0.001))
-                m.domains = (domains[h.host] ?? []).sorted { ($0.1, $1.0) > ($1.1, $0.0) }.map(\.0)
-                if let e = try Row.fetchOne(lastError, arguments: ["host": h.host, "since": w.since, "until": w.until]) {
-                    m.lastError = e[0]
-                    m.lastErrorAt = e[1]
-                }
-                if let row = try Row.fetchOne(health, arguments: [h.host]) {
-                    m.consecutiveFailures = row[0]
-                    let until: Int64? = row[1]
-                    m.coolingDownUntil = until.flatMap { $0 > now ? $0 : nil }
-                }
-                return m
+            if let row = try Row.fetchOne(health, arguments: [h.host]) {
+                m.consecutiveFailures = row[0]
+                let until: Int64? = row[1]
+                m.coolingDownUntil = until.flatMap { $0 > now ? $0 : nil }
             }
+            return m
         }
     }
 
@@ -444,7 +460,7 @@ extension Store {
                                         arguments: split.dayArgs) { counts[row[0], default: 0] += row[1] as Int }
             for row in try Row.fetchAll(db, sql: """
                 SELECT \(local), count(*) FROM recipient
-                 WHERE state IN ('queued', 'deferred', 'inflight', 'held') AND created_at >= :m0 AND created_at < :m1
+                 WHERE state IN ('queued', 'deferred', 'inflight', 'held') AND +created_at >= :m0 AND +created_at < :m1 -- "+": the live index, not every recipient
                    AND \(local) IN (\(roles)) GROUP BY 1
                 """, arguments: split.dayMillisArgs) { counts[row[0], default: 0] += row[1] as Int }
         }
@@ -464,7 +480,7 @@ extension Store {
         try read { db in
             var a = RecipientAnalytics()
             let args: StatementArguments = ["since": w.since, "until": w.until, "top": top]
-            (a.perDomain, a.total) = try Store.domainStats(w, limit: top, db)
+            (a.perDomain, a.total, a.suppressedInWindowTotal) = try Store.domainStats(w, limit: top, db)
             a.roleAccounts = try Store.roleCounts(WindowSplit(w), db)
             a.domains = a.perDomain.map { ($0.domain, $0.recipients, $0.mxHosts.first) }
             // Final outcomes in the window (recipient_final_at range).
@@ -473,7 +489,8 @@ extension Store {
                        -- with one max(), SQLite takes bare columns from that row: the last bounce's reply
                        coalesce(last_code || ' ', '') || coalesce(last_enhanced || ' ', '') || coalesce(last_text, '')
                   FROM recipient r
-                 WHERE r.final_at >= :since AND r.final_at < :until AND r.state = 'bounced'
+                 WHERE r.state IN ('bounced', 'expired') AND r.state = 'bounced' -- the first term selects the recipient_failed index
+                   AND r.final_at >= :since AND r.final_at < :until
                  GROUP BY lower(address) HAVING count(*) >= 2 ORDER BY count(*) DESC, lower(address) LIMIT :top
                 """, arguments: args).map { AddressCount(address: $0[0], count: $0[1], lastReply: $0[3], lastAt: $0[2]) }
             // Suppression candidates: bounced or expired twice or more, or one "no such user", and not suppressed yet.
@@ -487,9 +504,7 @@ extension Store {
                 HAVING count(*) >= 2 OR sum(r.last_enhanced IN ('5.1.1', '5.1.2', '5.1.10')) > 0
                  ORDER BY count(*) DESC, lower(address) LIMIT :top
                 """, arguments: args).map { AddressCount(address: $0[0], count: $0[1], lastReply: $0[3], lastAt: $0[2]) }
-            a.suppressedInWindow = try Int.fetchOne(db, sql: """
-                SELECT count(*) FROM recipient WHERE final_at >= :since AND final_at < :until AND state = 'suppressed'
-                """, arguments: args) ?? 0
+            a.suppressedInWindow = a.suppressedInWindowTotal
             return a
         }
     }
