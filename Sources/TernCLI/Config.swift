@@ -55,6 +55,8 @@ public struct TernSettings: Sendable {
     /// Seconds between retention sweeps in `tern serve` (0: never).
     public var retentionSweepSeconds: Int64 = 3600
     public var suppressOnHardBounce = true
+    /// The circuit breaker for MX hosts.
+    public var breakerPolicy = BreakerPolicy()
     // SMTP AUTH: the failed-login throttle.
     public var authMaxFailures = ThrottlePolicy().maxFailures
     public var authFailureWindow = ThrottlePolicy().windowMillis / 1000
@@ -131,6 +133,7 @@ extension TernSettings {
     static let deliveryKeys: Set<String> = [
         "max_connections", "max_connections_per_destination", "messages_per_connection", "retry_first", "retry_max",
         "max_queue_lifetime", "delay_warning", "connect_timeout", "tls_policy", "tls_ca_file", "enabled", "suppress_on_hard_bounce",
+        "breaker_threshold", "breaker_cooldown", "breaker_max_cooldown",
     ]
     static let limitKeys: Set<String> = [
         "max_message_size", "max_recipients", "max_command_line", "max_text_line", "max_errors", "max_connections",
@@ -211,6 +214,9 @@ extension TernSettings {
             if let v = try int(delivery, "connect_timeout") { connectTimeout = Int64(v) }
             if let v = try string(delivery, "tls_policy") { tlsPolicy = try TernSettings.parseTLSPolicy(v) }
             if let v = try string(delivery, "tls_ca_file") { tlsCAFile = v }
+            if let v = try int(delivery, "breaker_threshold") { breakerPolicy.threshold = v }
+            if let v = try int(delivery, "breaker_cooldown") { breakerPolicy.baseCooldownMillis = Int64(v) * 1000 }
+            if let v = try int(delivery, "breaker_max_cooldown") { breakerPolicy.maxCooldownMillis = Int64(v) * 1000 }
             if let v = delivery["suppress_on_hard_bounce"] {
                 guard let b = v.bool else { throw ConfigError("\(source): 'delivery.suppress_on_hard_bounce' must be true or false") }
                 suppressOnHardBounce = b
@@ -273,6 +279,9 @@ extension TernSettings {
         if hostname.isEmpty { throw ConfigError("hostname must not be empty") }
         if !(1...65535).contains(remotePort) { throw ConfigError("remote_port must be 1-65535") }
         if (tlsCert == nil) != (tlsKey == nil) { throw ConfigError("tls_cert and tls_key go together") }
+        if breakerPolicy.threshold < 1 || breakerPolicy.baseCooldownMillis < 1000 || breakerPolicy.maxCooldownMillis < breakerPolicy.baseCooldownMillis {
+            throw ConfigError("delivery.breaker_threshold must be ≥ 1, breaker_cooldown ≥ 1 s and ≤ breaker_max_cooldown")
+        }
         if retention.historyDays < retention.bodyDays {
             throw ConfigError("retention.history (\(retention.historyDays) days) must be at least retention.bodies (\(retention.bodyDays))")
         }

@@ -147,11 +147,12 @@ struct Stats: ParsableCommand {
             defer { store.close() }
             let now = nowMillis()
             let w = try TimeArgument.window(since: window.since, until: window.until, defaultSince: "24h", now: now)!
-            let domains: [DomainStats], hosts: [MXStats]
+            let domains: [DomainStats], hosts: [MXStats], cooling: [StoredHostHealth]
             do {
                 (domains, hosts) = try store.routeStats(w, now: now, limit: limit)
+                cooling = try store.coolingHosts(now: now)
             } catch { throw fail("\(error)", code: 74) }
-            print(StatsFormatter.routes(domains, hosts, window: w, format: format), terminator: format == .json ? "\n" : "")
+            print(StatsFormatter.routes(domains, hosts, cooling: cooling, window: w, format: format), terminator: format == .json ? "\n" : "")
         }
     }
 
@@ -213,7 +214,8 @@ enum Provider {
 enum StatsFormatter {
     static func windowText(_ w: TimeWindow) -> String { "\(time(w.since)) – \(time(w.until)) UTC" }
 
-    static func routes(_ domains: [DomainStats], _ hosts: [MXStats], window w: TimeWindow, format: ReportFormat) -> String {
+    static func routes(_ domains: [DomainStats], _ hosts: [MXStats], cooling: [StoredHostHealth], window w: TimeWindow,
+                       format: ReportFormat) -> String {
         if format == .json {
             return JSON.object([
                 ("since", .int64(w.since)), ("until", .int64(w.until)),
@@ -232,6 +234,11 @@ enum StatsFormatter {
                              ("last_error", jsonString(h.lastError)), ("last_error_at", jsonInt64(h.lastErrorAt)),
                              ("consecutive_failures", jsonInt(h.consecutiveFailures)), ("cooling_down_until", jsonInt64(h.coolingDownUntil))])
                 })),
+                ("cooling_down", .array(cooling.map { c in
+                    .object([("mx_host", .string(c.host)), ("consecutive_failures", .int(c.failures)),
+                             ("until", jsonInt64(c.cooldownUntil)), ("last_error", jsonString(c.lastError)),
+                             ("last_failure_at", jsonInt64(c.lastFailureAt))])
+                })),
             ]).text
         }
         let dHeader = ["DOMAIN", "RCPTS", "DELIVERED", "BOUNCED", "EXPIRED", "SUPPRESSED", "WAITING", "DELIVERY", "ATTEMPTS", "DEFERRAL",
@@ -248,12 +255,16 @@ enum StatsFormatter {
              number(h.meanSessionSeconds, digits: 2), number(h.p95SessionSeconds, digits: 2), h.lastError ?? "", time(h.lastErrorAt),
              h.coolingDownUntil.map { "\(time($0)) (\(h.consecutiveFailures ?? 0) failures in a row)" } ?? ""]
         }
+        let cHeader = ["MX HOST", "FAILURES IN A ROW", "SKIPPED UNTIL", "WHY (LAST ERROR)", "AT"]
+        let cRows = cooling.map { [$0.host, String($0.failures), time($0.cooldownUntil), $0.lastError ?? "", time($0.lastFailureAt)] }
         if format == .csv {
             return renderCSV(header: ["table"] + dHeader.map { $0.lowercased() }, rows: dRows.map { ["domain"] + $0 })
                 + renderCSV(header: ["table"] + hHeader.map { $0.lowercased() }, rows: hRows.map { ["mx_host"] + $0 })
+                + renderCSV(header: ["table"] + cHeader.map { $0.lowercased() }, rows: cRows.map { ["cooling_down"] + $0 })
         }
         return "Recipients received \(windowText(w))\n\n" + renderTable(header: dHeader, rows: dRows)
             + "\nMX hosts, attempts started in the window\n\n" + renderTable(header: hHeader, rows: hRows)
+            + "\nMX hosts cooling down now (circuit breaker)\n\n" + (cRows.isEmpty ? "(none)\n" : renderTable(header: cHeader, rows: cRows))
     }
 
     static func queue(_ rows: [QueueShapeRow], format: ReportFormat) -> String {

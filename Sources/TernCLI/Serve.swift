@@ -108,14 +108,19 @@ struct Serve: AsyncParsableCommand {
         } catch {
             throw fail("\(error)", code: 78)
         }
-        let router = Router(routes: settings.routes, resolver: resolver, remotePort: settings.remotePort)
+        // Routing that learns: MX answers cached in the database for their TTL,
+        // and MX hosts that keep failing skipped while they cool down.
+        let mxCache = StoreMXCache(store: store, logger: logger)
+        let router = Router(routes: settings.routes, resolver: CachingResolver(base: resolver, cache: mxCache, clock: { nowMillis() }),
+                            remotePort: settings.remotePort)
+        let health = HostHealthBook(store: store, policy: settings.breakerPolicy, logger: logger)
         var client = ClientConfig(heloName: settings.hostname)
         client.connectTimeout = settings.connectTimeout
         client.tlsPolicy = settings.tlsPolicy
         client.tlsCAFile = settings.tlsCAFile
         let agent: SMTPDeliveryAgent
         do {
-            agent = try SMTPDeliveryAgent(router: router, config: client, group: group, logger: logger)
+            agent = try SMTPDeliveryAgent(router: router, config: client, group: group, health: health, logger: logger)
         } catch {
             throw fail("TLS set-up failed: \(error)", code: 78)
         }

@@ -327,18 +327,22 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
 }
 
 /// The production agent: routes the domain, then tries each hop in order
-/// until one greets and accepts EHLO/HELO.
+/// until one greets and accepts EHLO/HELO. With `health`, hosts that keep
+/// failing are skipped while they cool down (the circuit breaker).
 public final class SMTPDeliveryAgent: DeliveryAgent {
     let router: Router
     let config: ClientConfig
     let group: EventLoopGroup
     let logger: Logger
     let tls: TLSContexts?
+    let health: (any HostHealth)?
 
-    public init(router: Router, config: ClientConfig, group: EventLoopGroup, logger: Logger = Logger(label: "tern.delivery")) throws {
+    public init(router: Router, config: ClientConfig, group: EventLoopGroup, health: (any HostHealth)? = nil,
+                logger: Logger = Logger(label: "tern.delivery")) throws {
         self.router = router
         self.config = config
         self.group = group
+        self.health = health
         self.logger = logger
         self.tls = config.tlsPolicy == .none ? nil : try TLSContexts(caFile: config.tlsCAFile, needVerifying: config.tlsPolicy == .verify)
     }
@@ -347,7 +351,13 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
         switch await router.plan(domain) {
         case .bounce(let r), .deferral(let r):
             return .failed(r, AttemptContext())
-        case .hops(let hops):
+        case .hops(let planned):
+            let (hops, skipped) = health?.arrange(planned) ?? (planned, [])
+            if hops.isEmpty, let first = skipped.min(by: { $0.until < $1.until }) {
+                let reply = SMTPReply(451, EnhancedStatus(4, 4, 1),
+                                      "All MX hosts of \(domain) are cooling down after repeated failures (\(first.hop.host) until \(first.until / 1000))")
+                return .failed(reply, AttemptContext(mxHost: first.hop.host))
+            }
             var last: (SMTPReply, AttemptContext)? = nil
             for hop in hops {
                 var result = await SMTPClientConnection.open(hop, config: config, tls: tls, group: group)
@@ -360,8 +370,10 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
                 }
                 switch result {
                 case .success(let c):
+                    health?.succeeded(hop.host)
                     return .connected(c)
                 case .failure(let reply), .tlsFailure(let reply):
+                    health?.failed(hop.host, reply: reply)
                     logger.info("hop failed", metadata: ["mx": "\(hop)", "reply": "\(reply)"])
                     last = (reply, AttemptContext(mxHost: hop.host, mxAddress: hop.address.description))
                 }

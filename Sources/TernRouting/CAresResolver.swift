@@ -174,8 +174,10 @@ public final class CAresResolver: DNSResolver, @unchecked Sendable {
         defer { ares_free_data(reply) }
         var records: [MXRecord] = []
         var p = reply
+        // ares_parse_mx_reply drops the TTLs; the answer section still has them.
+        let ttl = DNSMessage.minimumTTL(buf, type: UInt16(CAresResolver.typeMX))
         while let r = p {
-            records.append(MXRecord(preference: Int(r.pointee.priority), host: r.pointee.host.map { String(cString: $0) } ?? ""))
+            records.append(MXRecord(preference: Int(r.pointee.priority), host: r.pointee.host.map { String(cString: $0) } ?? "", ttl: ttl))
             p = r.pointee.next
         }
         return records.isEmpty ? .noRecords : .records(records)

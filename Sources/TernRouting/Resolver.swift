@@ -7,10 +7,95 @@ public struct MXRecord: Sendable, Hashable {
     public var preference: Int
     /// The exchange host; "" or "." is the RFC 7505 null MX.
     public var host: String
-    public init(preference: Int, host: String) {
+    /// Seconds the answer may be cached (the smallest TTL of the MX RRset), when known.
+    public var ttl: UInt32?
+    public init(preference: Int, host: String, ttl: UInt32? = nil) {
         self.preference = preference
         self.host = host
+        self.ttl = ttl
     }
+}
+
+/// Just enough of RFC 1035 §4.1 to read TTLs from a raw answer.
+public enum DNSMessage {
+    /// The smallest TTL among answer records of `type`; nil when the message cannot be read.
+    public static func minimumTTL(_ m: [UInt8], type: UInt16) -> UInt32? {
+        guard m.count >= 12 else { return nil }
+        func u16(_ i: Int) -> UInt16? { i + 2 <= m.count ? UInt16(m[i]) << 8 | UInt16(m[i + 1]) : nil }
+        func u32(_ i: Int) -> UInt32? {
+            guard i + 4 <= m.count else { return nil }
+            return UInt32(m[i]) << 24 | UInt32(m[i + 1]) << 16 | UInt32(m[i + 2]) << 8 | UInt32(m[i + 3])
+        }
+        /// The offset after a (possibly compressed) name.
+        func skipName(_ start: Int) -> Int? {
+            var i = start
+            while i < m.count {
+                let len = Int(m[i])
+                if len == 0 { return i + 1 }
+                if len & 0xC0 == 0xC0 { return i + 2 <= m.count ? i + 2 : nil } // a pointer ends the name
+                if len & 0xC0 != 0 { return nil }
+                i += 1 + len
+            }
+            return nil
+        }
+        guard let qd = u16(4), let an = u16(6) else { return nil }
+        var i = 12
+        for _ in 0..<qd {
+            guard let end = skipName(i) else { return nil }
+            i = end + 4
+        }
+        var best: UInt32? = nil
+        for _ in 0..<an {
+            guard let end = skipName(i), let t = u16(end), let ttl = u32(end + 4), let rdlen = u16(end + 8) else { return nil }
+            if t == type { best = min(best ?? ttl, ttl) }
+            i = end + 10 + Int(rdlen)
+            guard i <= m.count else { return nil }
+        }
+        return best
+    }
+}
+
+/// Where MX answers are kept between look-ups (Tern keeps them in SQLite).
+public protocol MXCache: Sendable {
+    /// A cached answer still valid at `now` (records, `.nxdomain` or `.noRecords`).
+    func lookup(_ domain: String, now: Int64) -> DNSAnswer<[MXRecord]>?
+    func store(_ domain: String, _ answer: DNSAnswer<[MXRecord]>, until: Int64, now: Int64)
+}
+
+/// A resolver whose MX answers go through a cache, for their TTL (bounded),
+/// negative answers for `negativeSeconds`; temporary failures are not kept.
+public struct CachingResolver: DNSResolver {
+    public let base: any DNSResolver
+    public let cache: any MXCache
+    let clock: @Sendable () -> Int64
+    public var minimumSeconds: Int64 = 60
+    public var maximumSeconds: Int64 = 86_400
+    public var negativeSeconds: Int64 = 300
+
+    public init(base: any DNSResolver, cache: any MXCache, clock: @escaping @Sendable () -> Int64) {
+        self.base = base
+        self.cache = cache
+        self.clock = clock
+    }
+
+    public func mx(_ domain: String) async -> DNSAnswer<[MXRecord]> {
+        let key = domain.lowercased()
+        if let hit = cache.lookup(key, now: clock()) { return hit }
+        let answer = await base.mx(key)
+        let now = clock()
+        switch answer {
+        case .records(let records):
+            let ttl = Int64(records.compactMap(\.ttl).min() ?? UInt32(minimumSeconds))
+            cache.store(key, answer, until: now + min(max(ttl, minimumSeconds), maximumSeconds) * 1000, now: now)
+        case .nxdomain, .noRecords:
+            cache.store(key, answer, until: now + negativeSeconds * 1000, now: now)
+        case .temporaryFailure:
+            break
+        }
+        return answer
+    }
+
+    public func addresses(_ host: String) async -> DNSAnswer<[IPAddress]> { await base.addresses(host) }
 }
 
 public enum DNSAnswer<T: Sendable>: Sendable {

@@ -13,11 +13,14 @@ public struct Hop: Sendable, Hashable, CustomStringConvertible {
     public var host: String
     public var port: Int
     public var address: IPAddress
+    /// The MX preference it came from (0 for routes and implicit MX).
+    public var preference: Int
     public var description: String { "\(host)[\(address)]:\(port)" }
-    public init(host: String, port: Int, address: IPAddress) {
+    public init(host: String, port: Int, address: IPAddress, preference: Int = 0) {
         self.host = host
         self.port = port
         self.address = address
+        self.preference = preference
     }
 }
 
@@ -89,7 +92,7 @@ public struct Router: Sendable {
 
     public func plan(_ domain: String) async -> RoutePlan {
         if let route = staticRoute(for: domain) {
-            return await hopsFor(hosts: [route.host], port: route.port ?? remotePort, what: "route for \(domain)")
+            return await hopsFor(hosts: [(route.host, 0)], port: route.port ?? remotePort, what: "route for \(domain)")
         }
         // An address literal is its own destination (RFC 5321 §4.1.3).
         if domain.hasPrefix("[") && domain.hasSuffix("]") {
@@ -119,21 +122,21 @@ public struct Router: Sendable {
                 return .bounce(SMTPReply(556, .nullMX, "Domain \(domain) does not accept mail (null MX)"))
             }
             let ordered = Dictionary(grouping: records, by: \.preference).sorted { $0.key < $1.key }.flatMap { shuffle($0.value) }
-            return await hopsFor(hosts: ordered.map(\.host), port: remotePort, what: "MX hosts of \(domain)")
+            return await hopsFor(hosts: ordered.map { ($0.host, $0.preference) }, port: remotePort, what: "MX hosts of \(domain)")
         }
     }
 
-    private func hopsFor(hosts: [String], port: Int, what: String) async -> RoutePlan {
+    private func hopsFor(hosts: [(name: String, preference: Int)], port: Int, what: String) async -> RoutePlan {
         var hops: [Hop] = []
         var temporary: String? = nil
-        for host in hosts where hops.count < maxHops {
+        for (host, preference) in hosts where hops.count < maxHops {
             let name = host.hasSuffix(".") ? String(host.dropLast()) : host
             if let literal = IPAddress(name) {
-                hops.append(Hop(host: name, port: port, address: literal))
+                hops.append(Hop(host: name, port: port, address: literal, preference: preference))
                 continue
             }
             switch await resolver.addresses(name) {
-            case .records(let addrs): hops += addrs.map { Hop(host: name, port: port, address: $0) }
+            case .records(let addrs): hops += addrs.map { Hop(host: name, port: port, address: $0, preference: preference) }
             case .temporaryFailure(let why): temporary = "\(name): \(why)"
             case .nxdomain, .noRecords: continue
             }

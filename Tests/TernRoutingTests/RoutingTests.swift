@@ -91,7 +91,7 @@ import Glibc
         let p = Process()
         p.executableURL = URL(fileURLWithPath: dnsmasq)
         p.arguments = ["--no-daemon", "--port=\(port)", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
-                       "--no-hosts", "--local=/test/", "--pid-file=", "--user=root",
+                       "--no-hosts", "--local=/test/", "--pid-file=", "--user=root", "--local-ttl=300",
                        "--mx-host=mail.test,mx1.mail.test,10", "--mx-host=mail.test,mx2.mail.test,20",
                        "--host-record=mx1.mail.test,127.0.0.1", "--host-record=mx2.mail.test,127.0.0.2,::1",
                        "--host-record=plain.test,127.0.0.3"]
@@ -114,7 +114,8 @@ import Glibc
             try await Task.sleep(for: .milliseconds(100))
         }
         guard case .records(let records) = mx else { Issue.record("MX lookup failed: \(mx)"); return }
-        #expect(Set(records) == [MXRecord(preference: 10, host: "mx1.mail.test"), MXRecord(preference: 20, host: "mx2.mail.test")])
+        // The TTL comes from the raw answer (ares_parse_mx_reply does not give it).
+        #expect(Set(records) == [MXRecord(preference: 10, host: "mx1.mail.test", ttl: 300), MXRecord(preference: 20, host: "mx2.mail.test", ttl: 300)])
         guard case .records(let both) = await resolver.addresses("mx2.mail.test") else { Issue.record("A/AAAA"); return }
         #expect(both.map(\.description) == ["127.0.0.2", "::1"])
         guard case .noRecords = await resolver.mx("plain.test") else { Issue.record("no MX expected"); return }
@@ -141,3 +142,105 @@ import Glibc
         #expect(throws: ResolverError.self) { try CAresResolver(servers: ["not an address"]) }
     }
 }
+
+@Suite struct LearningRoutingTests {
+    /// A DNS response for `a.test` MX with two answers (TTL 300 and 120), the second name compressed.
+    static let response: [UInt8] = {
+        var m: [UInt8] = [0x12, 0x34, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0]
+        m += [1, 0x61, 4] + Array("test".utf8) + [0, 0, 15, 0, 1]          // question: a.test MX IN
+        for (ttl, host) in [(UInt32(300), "mx1"), (UInt32(120), "mx2")] {
+            m += [0xC0, 12, 0, 15, 0, 1]                                    // name: pointer to a.test; MX IN
+            m += [UInt8(ttl >> 24), UInt8(ttl >> 16 & 0xFF), UInt8(ttl >> 8 & 0xFF), UInt8(ttl & 0xFF)]
+            let rdata: [UInt8] = [0, 10, UInt8(host.utf8.count)] + Array(host.utf8) + [0xC0, 12]
+            m += [0, UInt8(rdata.count)] + rdata
+        }
+        return m
+    }()
+
+    @Test func ttlFromARawAnswer() {
+        #expect(DNSMessage.minimumTTL(LearningRoutingTests.response, type: 15) == 120)
+        #expect(DNSMessage.minimumTTL(LearningRoutingTests.response, type: 1) == nil)  // no A records
+        #expect(DNSMessage.minimumTTL(Array(LearningRoutingTests.response.prefix(40)), type: 15) == nil) // truncated
+        #expect(DNSMessage.minimumTTL([1, 2, 3], type: 15) == nil)
+        // A name with a bad label type.
+        var bad = LearningRoutingTests.response
+        bad[12] = 0x80
+        #expect(DNSMessage.minimumTTL(bad, type: 15) == nil)
+    }
+
+    @Test func breakerCoolDownGrowsAndOneSuccessCloses() {
+        var p = BreakerPolicy()
+        p.threshold = 3
+        p.baseCooldownMillis = 60_000
+        p.maxCooldownMillis = 200_000
+        var r = HostRecord()
+        r = r.failed("421 a", at: 0, policy: p).failed("421 b", at: 1, policy: p)
+        #expect(r.failures == 2 && r.cooldownUntil == nil && !r.coolingDown(at: 2))
+        r = r.failed("421 c", at: 2, policy: p)
+        #expect(r.cooldownUntil == 60_002 && r.coolingDown(at: 60_001) && !r.coolingDown(at: 60_002))
+        r = r.failed("421 d", at: 70_000, policy: p)
+        #expect(r.cooldownUntil == 190_000) // doubled
+        r = r.failed("421 e", at: 200_000, policy: p)
+        #expect(r.cooldownUntil == 400_000 && r.lastError == "421 e") // capped at 200 s
+        r = r.succeeded(at: 500_000)
+        #expect(r.failures == 0 && r.cooldownUntil == nil && r.successes == 1 && r.lastSuccessAt == 500_000)
+    }
+
+    @Test func arrangeSkipsCoolingHostsAndPrefersHealthierAmongEqualPreference() {
+        let a = Hop(host: "a.mx", port: 25, address: IPAddress("192.0.2.1")!, preference: 10)
+        let b = Hop(host: "b.mx", port: 25, address: IPAddress("192.0.2.2")!, preference: 10)
+        let b6 = Hop(host: "b.mx", port: 25, address: IPAddress("2001:db8::2")!, preference: 10)
+        let c = Hop(host: "c.mx", port: 25, address: IPAddress("192.0.2.3")!, preference: 20)
+        let records = ["a.mx": HostRecord(failures: 2), "c.mx": HostRecord(failures: 5, cooldownUntil: 1_000)]
+        let (usable, skipped) = Breaker.arrange([a, b, b6, c], records: records, now: 500)
+        #expect(usable == [b, b6, a])   // b is healthier than a at the same preference; c is cooling down
+        #expect(skipped.map(\.hop) == [c] && skipped[0].until == 1_000)
+        // A worse host of a better preference still comes before a lower preference.
+        let later = Breaker.arrange([a, b, c], records: records, now: 2_000)
+        #expect(later.usable == [b, a, c] && later.skipped.isEmpty)
+    }
+
+    final class CountingResolver: DNSResolver, @unchecked Sendable {
+        var mxQueries = 0
+        var answer: DNSAnswer<[MXRecord]> = .records([MXRecord(preference: 10, host: "mx.c.test", ttl: 120)])
+        func mx(_ domain: String) async -> DNSAnswer<[MXRecord]> { mxQueries += 1; return answer }
+        func addresses(_ host: String) async -> DNSAnswer<[IPAddress]> { .records([IPAddress("127.0.0.1")!]) }
+    }
+
+    final class MemoryCache: MXCache, @unchecked Sendable {
+        var entries: [String: (DNSAnswer<[MXRecord]>, Int64)] = [:]
+        func lookup(_ domain: String, now: Int64) -> DNSAnswer<[MXRecord]>? {
+            guard let (a, until) = entries[domain], until > now else { return nil }
+            return a
+        }
+        func store(_ domain: String, _ answer: DNSAnswer<[MXRecord]>, until: Int64, now: Int64) { entries[domain] = (answer, until) }
+    }
+
+    @Test func cachingResolverKeepsAnswersForTheirTTL() async {
+        let base = CountingResolver(), cache = MemoryCache()
+        let clock = ManualTime()
+        let r = CachingResolver(base: base, cache: cache, clock: { clock.now })
+        _ = await r.mx("C.test")
+        _ = await r.mx("c.test")
+        #expect(base.mxQueries == 1)
+        #expect(cache.entries["c.test"]?.1 == 120_000)
+        clock.now = 120_000
+        _ = await r.mx("c.test")
+        #expect(base.mxQueries == 2)
+        // Negative answers are kept for the negative time; failures not at all.
+        base.answer = .nxdomain
+        _ = await r.mx("gone.test")
+        _ = await r.mx("gone.test")
+        #expect(base.mxQueries == 3 && cache.entries["gone.test"]?.1 == 120_000 + 300_000)
+        base.answer = .temporaryFailure("SERVFAIL")
+        _ = await r.mx("flaky.test")
+        _ = await r.mx("flaky.test")
+        #expect(base.mxQueries == 5 && cache.entries["flaky.test"] == nil)
+        // TTLs are bounded: 5 s becomes 60 s.
+        base.answer = .records([MXRecord(preference: 0, host: "mx.short.test", ttl: 5)])
+        _ = await r.mx("short.test")
+        #expect(cache.entries["short.test"].map { $0.1 } == Int64(180_000))
+    }
+}
+
+final class ManualTime: @unchecked Sendable { var now: Int64 = 0 }

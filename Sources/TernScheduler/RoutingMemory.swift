@@ -1,0 +1,113 @@
+// Routing that learns, backed by the store: the MX cache and the circuit
+// breaker's host book (TernRouting's protocols, SQLite's tables).
+
+import Logging
+import NIOConcurrencyHelpers
+import TernProtocol
+import TernRouting
+import TernStore
+
+/// MX answers in the `mx_cache` table.
+public struct StoreMXCache: MXCache {
+    let store: Store
+    let logger: Logger
+
+    public init(store: Store, logger: Logger = Logger(label: "tern.routing")) {
+        self.store = store
+        self.logger = logger
+    }
+
+    public func lookup(_ domain: String, now: Int64) -> DNSAnswer<[MXRecord]>? {
+        guard let hit = try? store.cachedMX(domain, now: now) else { return nil }
+        switch hit.status {
+        case "nxdomain": return .nxdomain
+        case "none": return .noRecords
+        default: return .records(hit.records.map { MXRecord(preference: $0.preference, host: $0.host) })
+        }
+    }
+
+    public func store(_ domain: String, _ answer: DNSAnswer<[MXRecord]>, until: Int64, now: Int64) {
+        let entry: CachedMX
+        switch answer {
+        case .records(let r): entry = CachedMX(status: "ok", records: r.map { ($0.preference, $0.host) }, expiresAt: until)
+        case .nxdomain: entry = CachedMX(status: "nxdomain", records: [], expiresAt: until)
+        case .noRecords: entry = CachedMX(status: "none", records: [], expiresAt: until)
+        case .temporaryFailure: return
+        }
+        let store = self.store, logger = self.logger
+        Task {
+            do { try await store.cacheMX(domain, entry, now: now) } catch {
+                logger.warning("cannot cache MX answer", metadata: ["domain": "\(domain)", "error": "\(error)"])
+            }
+        }
+    }
+}
+
+/// The circuit breaker's book: in memory for the delivery path, written
+/// through to `mx_health` (so that `tern stats routes` shows it and a
+/// restart remembers it).
+public final class HostHealthBook: HostHealth {
+    let store: Store
+    let policy: BreakerPolicy
+    let clock: any TernClock
+    let logger: Logger
+    private let records: NIOLockedValueBox<[String: HostRecord]>
+
+    public init(store: Store, policy: BreakerPolicy = BreakerPolicy(), clock: any TernClock = SystemClock(),
+                logger: Logger = Logger(label: "tern.routing")) {
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.logger = logger
+        let loaded = (try? store.hostHealth()) ?? []
+        records = NIOLockedValueBox(Dictionary(uniqueKeysWithValues: loaded.map {
+            ($0.host, HostRecord(failures: $0.failures, successes: $0.successes, lastError: $0.lastError, lastFailureAt: $0.lastFailureAt,
+                                 lastSuccessAt: $0.lastSuccessAt, cooldownUntil: $0.cooldownUntil))
+        }))
+    }
+
+    public func record(for host: String) -> HostRecord? { records.withLockedValue { $0[host] } }
+
+    public func arrange(_ hops: [Hop]) -> (usable: [Hop], skipped: [(hop: Hop, until: Int64)]) {
+        let snapshot = records.withLockedValue { r in r.filter { key, _ in hops.contains { $0.host == key } } }
+        return Breaker.arrange(hops, records: snapshot, now: clock.now())
+    }
+
+    public func succeeded(_ host: String) {
+        let now = clock.now()
+        update(host) { $0.succeeded(at: now) }
+    }
+
+    public func failed(_ host: String, reply: SMTPReply) {
+        let now = clock.now()
+        let record = update(host) { $0.failed(reply.description, at: now, policy: policy) }
+        if let until = record.cooldownUntil, record.failures >= policy.threshold {
+            logger.warning("MX host cooling down", metadata: [
+                "mx": "\(host)", "failures": "\(record.failures)", "until_ms": "\(until)", "reply": "\(reply)",
+            ])
+        }
+    }
+
+    /// Changes one record and writes it through; returns the new record.
+    @discardableResult
+    private func update(_ host: String, _ change: (HostRecord) -> HostRecord) -> HostRecord {
+        let r = records.withLockedValue { all -> HostRecord in
+            let next = change(all[host] ?? HostRecord())
+            all[host] = next
+            return next
+        }
+        let store = self.store, logger = self.logger, records = self.records
+        Task {
+            // The record as it is when the write runs: the latest, whatever order the writes start in.
+            let current: @Sendable () -> StoredHostHealth = {
+                let r = records.withLockedValue { $0[host] } ?? HostRecord()
+                return StoredHostHealth(host: host, failures: r.failures, successes: r.successes, lastError: r.lastError,
+                                        lastFailureAt: r.lastFailureAt, lastSuccessAt: r.lastSuccessAt, cooldownUntil: r.cooldownUntil)
+            }
+            do { try await store.saveHostHealth(current) } catch {
+                logger.warning("cannot save MX host health", metadata: ["mx": "\(host)", "error": "\(error)"])
+            }
+        }
+        return r
+    }
+}
