@@ -355,7 +355,7 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
             let (hops, skipped) = health?.arrange(planned) ?? (planned, [])
             if hops.isEmpty, let first = skipped.min(by: { $0.until < $1.until }) {
                 let reply = SMTPReply(451, EnhancedStatus(4, 4, 1),
-                                      "All MX hosts of \(domain) are cooling down after repeated failures (\(first.hop.host) until \(first.until / 1000))")
+                                      "All MX hosts of \(domain) are cooling down after repeated failures (\(first.hop.host) until \(Date(timeIntervalSince1970: Double(first.until) / 1000)))")
                 return .failed(reply, AttemptContext(mxHost: first.hop.host))
             }
             var last: (SMTPReply, AttemptContext)? = nil

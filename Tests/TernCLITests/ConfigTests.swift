@@ -75,7 +75,28 @@ import TernProtocol
         #expect(throws: ConfigError.self) { try s.validateForServe() } // submissions needs a certificate
     }
 
+    @Test func retentionSuppressionAndBreakerFromTOML() throws {
+        var s = TernSettings()
+        try s.apply(toml: """
+            [retention]
+            bodies = 3
+            history = 30
+            sweep_interval = 600
+            [delivery]
+            suppress_on_hard_bounce = false
+            breaker_threshold = 5
+            breaker_cooldown = 30
+            breaker_max_cooldown = 600
+            """)
+        #expect(s.retention.bodyDays == 3 && s.retention.historyDays == 30 && s.retentionSweepSeconds == 600)
+        #expect(!s.schedulerConfig.policy.suppressOnHardBounce)
+        #expect(s.breakerPolicy.threshold == 5 && s.breakerPolicy.baseCooldownMillis == 30_000 && s.breakerPolicy.maxCooldownMillis == 600_000)
+    }
+
     @Test(arguments: [
+        ("[retention]\nbodies = 10\nhistory = 5", "must be at least retention.bodies"),
+        ("[retention]\nkeep = 1", "unknown key 'retention.keep'"),
+        ("[delivery]\nbreaker_threshold = 0", "breaker_threshold must be"),
         ("[[listener]]\nrole = \"submission\"", "needs 'address'"),
         ("[[listener]]\naddress = \"127.0.0.1:1\"\nrole = \"smtps\"", "bad listener role 'smtps'"),
         ("[[listener]]\naddress = \"127.0.0.1:1\"\nport = 2", "unknown key 'listener.port'"),

@@ -64,3 +64,29 @@ import TernProtocol
         #expect(try h.state("brief@far.test") == "bounced") // delivered to the fake agent, which bounces this local part
     }
 }
+
+@Suite struct RetentionSweeperTests {
+    @Test func sweepPrunesFinishedMailOnlyWithTheInjectedClock() async throws {
+        let h = try Harness()
+        defer { h.store.close() }
+        try await h.submit(["ok1@far.test"])
+        try await h.submit(["temp1@far.test"])
+        await h.scheduler.runDue()
+        #expect(try h.state("ok1@far.test") == "delivered" && h.state("temp1@far.test") == "deferred")
+        var policy = RetentionPolicy()
+        policy.bodyDays = 1
+        policy.historyDays = 2
+        let sweeper = RetentionSweeper(store: h.store, policy: policy, intervalSeconds: 3600, clock: h.clock)
+        // Nothing is old enough yet.
+        #expect(await sweeper.sweep() == PruneResult())
+        h.clock.advance(seconds: 86_400 + 60)
+        let first = try #require(await sweeper.sweep())
+        #expect(first.bodies == 1 && first.messages == 0) // the delivered one loses its body
+        h.clock.advance(seconds: 86_400)
+        let second = try #require(await sweeper.sweep())
+        #expect(second.messages == 1 && second.events > 0)
+        // The deferred message (and its DSN-less history) is untouched, body and all.
+        let left = try h.rows("SELECT r.address, m.body IS NOT NULL FROM message m JOIN recipient r ON r.message_id = m.id")
+        #expect(left.map { $0[0] as String } == ["temp1@far.test"] && left[0][1] as Bool)
+    }
+}

@@ -1,0 +1,2 @@
+-- What waits, per domain and age (Postfix's qshape).
+SELECT * FROM queue_shape;
