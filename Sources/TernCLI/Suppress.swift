@@ -29,10 +29,7 @@ struct Suppress: AsyncParsableCommand {
             let now = nowMillis()
             let expiry = try expires.map { try expiryTime($0, now: now) }
             let entries = try addresses.map { Suppression(address: try checkedAddress($0), reason: reason, source: "manual", createdAt: now, expiresAt: expiry) }
-            let (store, _) = try openExisting(common)
-            defer { store.close() }
-            let added = try await store.addSuppressions(entries)
-            print("suppressed \(entries.count) address\(entries.count == 1 ? "" : "es") (\(added) new)")
+            try await save(entries, common, verb: "suppressed")
         }
     }
 
@@ -92,10 +89,7 @@ struct Suppress: AsyncParsableCommand {
                 }
                 entries.append(Suppression(address: first, reason: reason, source: "import", createdAt: now))
             }
-            let (store, _) = try openExisting(common)
-            defer { store.close() }
-            let added = try await store.addSuppressions(entries)
-            print("imported \(entries.count) address\(entries.count == 1 ? "" : "es") (\(added) new)")
+            try await save(entries, common, verb: "imported")
         }
     }
 
@@ -111,6 +105,14 @@ struct Suppress: AsyncParsableCommand {
             print(SuppressionFormatter.render(entries, format: format == .table ? .csv : format), terminator: format == .json ? "\n" : "")
         }
     }
+}
+
+/// Adds entries in one transaction and says how many were new.
+private func save(_ entries: [Suppression], _ common: DatabaseOptions, verb: String) async throws {
+    let (store, _) = try openExisting(common)
+    defer { store.close() }
+    let added = try await store.addSuppressions(entries)
+    print("\(verb) \(entries.count) address\(entries.count == 1 ? "" : "es") (\(added) new)")
 }
 
 func checkedAddress(_ s: String) throws -> String {

@@ -45,7 +45,7 @@ struct User: AsyncParsableCommand {
             } catch {
                 throw fail("\(error)", code: 74)
             }
-            print("added \(name) (may send as: \(allowed.isEmpty ? "<> only" : allowed.joined(separator: ", ")))")
+            print("added \(name) (may send as: \(sendersText(allowed)))")
         }
     }
 
@@ -79,7 +79,7 @@ struct User: AsyncParsableCommand {
             guard try await store.setAccountSenders(name: name, senders: allowed, now: nowMillis()) else {
                 throw fail("no account named \(name)", code: 67)
             }
-            print("\(name) may send as: \(allowed.isEmpty ? "<> only" : allowed.joined(separator: ", "))")
+            print("\(name) may send as: \(sendersText(allowed))")
         }
     }
 
@@ -139,6 +139,8 @@ func checkedName(_ name: String) throws -> String {
     }
     return name
 }
+
+func sendersText(_ senders: [String]) -> String { senders.isEmpty ? "<> only" : senders.joined(separator: ", ") }
 
 func defaultSenders(for name: String) -> [String] {
     if case .success = AddressParser.parseMailbox(Substring(name), allowUTF8: true) { return [name] }

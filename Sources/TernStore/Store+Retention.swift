@@ -44,40 +44,19 @@ extension Store {
             }
         }
         let freeBefore = try read { db in try Int.fetchOne(db, sql: "PRAGMA freelist_count") ?? 0 }
-        while true {
-            let n = try await write { db -> Int in
-                try db.execute(sql: """
-                    DELETE FROM message WHERE id IN (SELECT m.id FROM message m WHERE \(finished) LIMIT :batch)
-                    """, arguments: ["cutoff": historyCutoff, "batch": policy.batch])
-                return db.changesCount
-            }
-            result.messages += n
-            if n < policy.batch { break }
-        }
-        while true {
-            let n = try await write { db -> Int in
-                try db.execute(sql: """
-                    UPDATE message SET body = NULL WHERE id IN (SELECT m.id FROM message m WHERE m.body IS NOT NULL AND \(finished) LIMIT :batch)
-                    """, arguments: ["cutoff": bodyCutoff, "batch": policy.batch])
-                return db.changesCount
-            }
-            result.bodies += n
-            if n < policy.batch { break }
-        }
+        result.messages = try await inBatches(policy.batch, """
+            DELETE FROM message WHERE id IN (SELECT m.id FROM message m WHERE \(finished) LIMIT :batch)
+            """, ["cutoff": historyCutoff])
+        result.bodies = try await inBatches(policy.batch, """
+            UPDATE message SET body = NULL WHERE id IN (SELECT m.id FROM message m WHERE m.body IS NOT NULL AND \(finished) LIMIT :batch)
+            """, ["cutoff": bodyCutoff])
         // Old events whose message is gone (or that belong to none); a live message keeps its whole log.
-        while true {
-            let n = try await write { db -> Int in
-                try db.execute(sql: """
-                    DELETE FROM event WHERE id IN (
-                        SELECT e.id FROM event e WHERE e.at < :cutoff
-                           AND (e.message_id IS NULL OR NOT EXISTS (SELECT 1 FROM message m WHERE m.id = e.message_id))
-                         LIMIT :batch)
-                    """, arguments: ["cutoff": historyCutoff, "batch": policy.batch * 10])
-                return db.changesCount
-            }
-            result.events += n
-            if n < policy.batch * 10 { break }
-        }
+        result.events = try await inBatches(policy.batch * 10, """
+            DELETE FROM event WHERE id IN (
+                SELECT e.id FROM event e WHERE e.at < :cutoff
+                   AND (e.message_id IS NULL OR NOT EXISTS (SELECT 1 FROM message m WHERE m.id = e.message_id))
+                 LIMIT :batch)
+            """, ["cutoff": historyCutoff])
         _ = try await write { db in
             try db.execute(sql: "DELETE FROM suppression WHERE expires_at IS NOT NULL AND expires_at <= ?", arguments: [now])
             try db.execute(sql: "DELETE FROM mx_cache WHERE expires_at < ?", arguments: [now - 86_400_000])
@@ -97,5 +76,20 @@ extension Store {
         let freeAfter = try read { db in try Int.fetchOne(db, sql: "PRAGMA freelist_count") ?? 0 }
         result.freedPages = max(0, max(freeAfterDeletes, freeBefore) - freeAfter)
         return result
+    }
+
+    /// Runs `sql` (which takes `:batch`) in one transaction per batch until a batch changes fewer rows; returns the rows changed.
+    private func inBatches(_ batch: Int, _ sql: String, _ arguments: [String: Int64]) async throws -> Int {
+        var total = 0
+        while true {
+            let n = try await write { db -> Int in
+                var args = StatementArguments(arguments)
+                _ = args.append(contentsOf: ["batch": batch])
+                try db.execute(sql: sql, arguments: args)
+                return db.changesCount
+            }
+            total += n
+            if n < batch { return total }
+        }
     }
 }

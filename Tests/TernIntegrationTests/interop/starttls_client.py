@@ -6,9 +6,10 @@ usage: starttls_client.py PORT CAFILE
 """
 import json
 import smtplib
-import socket
 import ssl
 import sys
+
+import smtpraw
 
 port, cafile = int(sys.argv[1]), sys.argv[2]
 ctx = ssl.create_default_context(cafile=cafile)
@@ -30,26 +31,11 @@ s.quit()
 
 # Injection (CVE-2011-0411 class): a command sent in the clear in the same
 # packet as STARTTLS must not be executed after the handshake.
-raw = socket.create_connection(("127.0.0.1", port), timeout=20)
-f = raw.makefile("rb")
-def reply(reader):
-    lines = []
-    while True:
-        line = reader.readline().decode()
-        lines.append(line.rstrip("\r\n"))
-        if line[3:4] != "-":
-            return lines
-reply(f)
-raw.sendall(b"EHLO inject.test\r\n")
-reply(f)
-raw.sendall(b"STARTTLS\r\nRSET\r\nMAIL FROM:<evil@x.test>\r\n")
-out["injection_starttls"] = reply(f)[-1]
-tls = ctx.wrap_socket(raw, server_hostname="mx.tls.test")
-tf = tls.makefile("rb")
+out["injection_starttls"], tls, tf = smtpraw.starttls_with_smuggled(port, ctx, "mx.tls.test", b"RSET\r\nMAIL FROM:<evil@x.test>\r\n")
 tls.sendall(b"MAIL FROM:<a@x.test>\r\n")
-out["injection_first_reply"] = reply(tf)[-1]   # 503: no EHLO yet, and no stale reply to RSET/MAIL
+out["injection_first_reply"] = smtpraw.reply(tf)[-1]   # 503: no EHLO yet, and no stale reply to RSET/MAIL
 tls.sendall(b"EHLO inject.test\r\n")
-out["injection_ehlo"] = reply(tf)[0]
+out["injection_ehlo"] = smtpraw.reply(tf)[0]
 tls.sendall(b"QUIT\r\n")
-out["injection_quit"] = reply(tf)[-1]
+out["injection_quit"] = smtpraw.reply(tf)[-1]
 print(json.dumps(out))

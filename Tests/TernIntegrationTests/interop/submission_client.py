@@ -8,9 +8,10 @@ usage: submission_client.py SUBMISSION_PORT SUBMISSIONS_PORT CAFILE USER PASSWOR
 import base64
 import json
 import smtplib
-import socket
 import ssl
 import sys
+
+import smtpraw
 
 sub_port, subs_port, cafile, user, password = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 ctx = ssl.create_default_context(cafile=cafile)
@@ -63,30 +64,12 @@ out["sent_465"] = len(refused) == 0
 t.quit()
 
 # Injection on 587: AUTH sent in the clear with STARTTLS must not count.
-raw = socket.create_connection(("127.0.0.1", sub_port), timeout=20)
-f = raw.makefile("rb")
-
-
-def reply(reader):
-    lines = []
-    while True:
-        line = reader.readline().decode()
-        lines.append(line.rstrip("\r\n"))
-        if line[3:4] != "-":
-            return lines
-
-
-reply(f)
-raw.sendall(b"EHLO inject.test\r\n")
-reply(f)
-raw.sendall(("STARTTLS\r\nAUTH PLAIN %s\r\n" % b64("\0%s\0%s" % (user, password))).encode())
-out["injection_starttls"] = reply(f)[-1]
-tls = ctx.wrap_socket(raw, server_hostname="mx.sub.test")
-tf = tls.makefile("rb")
+smuggled = ("AUTH PLAIN %s\r\n" % b64("\0%s\0%s" % (user, password))).encode()
+out["injection_starttls"], tls, tf = smtpraw.starttls_with_smuggled(sub_port, ctx, "mx.sub.test", smuggled)
 tls.sendall(b"EHLO inject.test\r\n")
-out["injection_ehlo"] = reply(tf)[0]
+out["injection_ehlo"] = smtpraw.reply(tf)[0]
 tls.sendall(("MAIL FROM:<%s>\r\n" % user).encode())
-out["injection_mail"] = reply(tf)[-1]   # 530: the smuggled AUTH never ran
+out["injection_mail"] = smtpraw.reply(tf)[-1]   # 530: the smuggled AUTH never ran
 tls.sendall(b"QUIT\r\n")
-reply(tf)
+smtpraw.reply(tf)
 print(json.dumps(out))
