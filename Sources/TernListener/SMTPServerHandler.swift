@@ -168,6 +168,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
                             textLineLimit: settings.session.maxTextLine)
         guard let tls = settings.tls else { context.close(promise: nil); return }
         awaitingTLS = true
+        armTimeout(context: context)
         do {
             try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context), position: .first)
         } catch {
@@ -269,7 +270,9 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// and (we choose) 3 minutes for each block of DATA text.
     private func armTimeout(context: ChannelHandlerContext) {
         timeout?.cancel()
-        let amount = session.inputMode == .data || framer.inChunk ? settings.dataTimeout : settings.commandTimeout
+        var amount = session.inputMode == .data || framer.inChunk ? settings.dataTimeout : settings.commandTimeout
+        // A TLS handshake gets 30 s at most: a client that never finishes one holds a connection for nothing.
+        if awaitingTLS { amount = min(amount, .seconds(30)) }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         timeout = context.eventLoop.scheduleTask(in: amount) {
             bound.value.timedOut()

@@ -88,14 +88,20 @@ public final class HostHealthBook: HostHealth {
         }
     }
 
-    /// Changes one record and writes it through; returns the new record.
+    /// Changes one record and writes it through; returns the new record. A
+    /// success that changes nothing but the counters is written at most once
+    /// a minute per host, so that healthy traffic costs no write per connection.
     @discardableResult
     private func update(_ host: String, _ change: (HostRecord) -> HostRecord) -> HostRecord {
-        let r = records.withLockedValue { all -> HostRecord in
-            let next = change(all[host] ?? HostRecord())
+        let (r, worthWriting) = records.withLockedValue { all -> (HostRecord, Bool) in
+            let old = all[host] ?? HostRecord()
+            let next = change(old)
             all[host] = next
-            return next
+            let routine = old.failures == 0 && next.failures == 0 && old.cooldownUntil == nil && next.cooldownUntil == nil
+                && (next.lastSuccessAt ?? 0) - (old.lastSuccessAt ?? Int64.min / 2) < 60_000
+            return (next, !routine)
         }
+        guard worthWriting else { return r }
         let store = self.store, logger = self.logger, records = self.records
         Task {
             // The record as it is when the write runs: the latest, whatever order the writes start in.

@@ -120,6 +120,22 @@ struct Reply: CustomStringConvertible {
 
 enum ClientError: Error { case closed, timeout, malformed(String) }
 
+/// Runs blocking client I/O on a Dispatch thread, so that the waiting test
+/// does not hold one of the few cooperative threads the server's own tasks
+/// (a shutdown, a commit) need to make progress.
+func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { cont in
+        DispatchQueue.global().async { cont.resume(with: Result { try body() }) }
+    }
+}
+
+extension RawClient: @unchecked Sendable {} // used by one test at a time
+
+/// `runProgram` off the cooperative pool, for programs that talk to an in-process server.
+func runProgramOffPool(_ program: String, _ args: [String], stdin: String? = nil) async throws -> ProcessResult {
+    try await offPool { try runProgram(program, args, stdin: stdin) }
+}
+
 /// A blocking SMTP client over a plain socket, for byte-exact dialogs.
 final class RawClient {
     let fd: Int32
@@ -202,7 +218,7 @@ final class RawClient {
     }
 }
 
-struct ProcessResult {
+struct ProcessResult: Sendable {
     var status: Int32
     var stdout: String
     var stderr: String

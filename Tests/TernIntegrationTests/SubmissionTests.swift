@@ -69,7 +69,7 @@ final class LogCapture: LogHandler, @unchecked Sendable {
         let (server, cert, auth) = try await startServer()
         defer { Task { await server.stop(); await auth.shutdown() } }
         let script = repoRoot.appendingPathComponent("Tests/TernIntegrationTests/interop/submission_client.py").path
-        let r = try runProgram("/usr/bin/python3", [script, String(server.ports[1]), String(server.ports[2]), cert,
+        let r = try await runProgramOffPool("/usr/bin/python3", [script, String(server.ports[1]), String(server.ports[2]), cert,
                                                     SubmissionTests.user, SubmissionTests.password])
         #expect(r.status == 0, "\(r.stderr)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.stdout)\(r.stderr)")
@@ -114,31 +114,31 @@ final class LogCapture: LogHandler, @unchecked Sendable {
         try requireTool("swaks")
         let (server, _, auth) = try await startServer()
         defer { Task { await server.stop(); await auth.shutdown() } }
-        func swaks(_ port: Int, _ extra: [String]) throws -> ProcessResult {
-            try runProgram("swaks", ["--server", "127.0.0.1", "--port", String(port), "--to", "bob@far.test", "--helo", "swaks.test",
+        func swaks(_ port: Int, _ extra: [String]) async throws -> ProcessResult {
+            try await runProgramOffPool("swaks", ["--server", "127.0.0.1", "--port", String(port), "--to", "bob@far.test", "--helo", "swaks.test",
                                      "--auth-user", SubmissionTests.user, "--auth-password", SubmissionTests.password,
                                      "--from", SubmissionTests.user, "--timeout", "20"] + extra)
         }
         for mechanism in ["PLAIN", "LOGIN"] {
-            let r = try swaks(server.ports[1], ["--tls", "--auth", mechanism])
+            let r = try await swaks(server.ports[1], ["--tls", "--auth", mechanism])
             #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
             #expect(r.stdout.contains("235 2.7.0 Authentication successful"))
             #expect(r.stdout.contains("250 2.0.0 Ok: queued as "))
         }
-        let implicit = try swaks(server.ports[2], ["--tlsc", "--auth", "PLAIN"])
+        let implicit = try await swaks(server.ports[2], ["--tlsc", "--auth", "PLAIN"])
         #expect(implicit.status == 0, "\(implicit.stdout)\(implicit.stderr)")
         #expect(implicit.stdout.contains("250 2.0.0 Ok: queued as "))
         // Without --tls swaks finds no AUTH to use; with a wrong password it fails.
-        let clear = try swaks(server.ports[1], ["--auth", "PLAIN"])
+        let clear = try await swaks(server.ports[1], ["--auth", "PLAIN"])
         #expect(clear.status != 0)
-        let wrong = try runProgram("swaks", ["--server", "127.0.0.1", "--port", String(server.ports[1]), "--tls", "--auth", "LOGIN",
+        let wrong = try await runProgramOffPool("swaks", ["--server", "127.0.0.1", "--port", String(server.ports[1]), "--tls", "--auth", "LOGIN",
                                              "--auth-user", SubmissionTests.user, "--auth-password", "nope", "--from", SubmissionTests.user,
                                              "--to", "bob@far.test", "--timeout", "20"])
         #expect(wrong.status != 0)
         #expect(wrong.stdout.contains("535 5.7.8"))
         #expect(try server.count("SELECT count(*) FROM message WHERE auth_user = '\(SubmissionTests.user)'") == 3)
         // The relay listener also offers AUTH over TLS, and an authenticated client may relay.
-        let relay = try swaks(server.ports[0], ["--tls", "--auth", "PLAIN"])
+        let relay = try await swaks(server.ports[0], ["--tls", "--auth", "PLAIN"])
         #expect(relay.status == 0, "\(relay.stdout)\(relay.stderr)")
     }
 
@@ -146,12 +146,12 @@ final class LogCapture: LogHandler, @unchecked Sendable {
         try requireTool("openssl")
         let (server, _, auth) = try await startServer()
         defer { Task { await server.stop(); await auth.shutdown() } }
-        let implicit = try runProgram("openssl", ["s_client", "-connect", "127.0.0.1:\(server.ports[2])", "-crlf", "-quiet"],
+        let implicit = try await runProgramOffPool("openssl", ["s_client", "-connect", "127.0.0.1:\(server.ports[2])", "-crlf", "-quiet"],
                                       stdin: "EHLO openssl.test\nQUIT\n")
         #expect(implicit.stdout.contains("220 mx.test ESMTP Tern"), "\(implicit.stdout)\(implicit.stderr)")
         #expect(implicit.stdout.contains("250-AUTH PLAIN LOGIN") || implicit.stdout.contains("250 AUTH PLAIN LOGIN"))
         #expect(!implicit.stdout.contains("STARTTLS"))
-        let starttls = try runProgram("openssl", ["s_client", "-starttls", "smtp", "-connect", "127.0.0.1:\(server.ports[1])", "-crlf", "-quiet"],
+        let starttls = try await runProgramOffPool("openssl", ["s_client", "-starttls", "smtp", "-connect", "127.0.0.1:\(server.ports[1])", "-crlf", "-quiet"],
                                       stdin: "EHLO openssl.test\nMAIL FROM:<\(SubmissionTests.user)>\nQUIT\n")
         #expect(starttls.stdout.contains("AUTH PLAIN LOGIN"), "\(starttls.stdout)\(starttls.stderr)")
         #expect(starttls.stdout.contains("530 5.7.0 Authentication required"))
@@ -166,18 +166,25 @@ final class LogCapture: LogHandler, @unchecked Sendable {
         policy.maxFailures = 2
         let (server, _, auth) = try await startServer(policy: policy, plaintextAuth: true)
         defer { Task { await server.stop(); await auth.shutdown() } }
-        let c = try RawClient(port: server.ports[1])
-        _ = try c.readReply()
-        #expect(try c.command("EHLO raw.test").lines.contains("AUTH PLAIN LOGIN")) // plaintext allowed: loopback
-        func plain(_ password: String) -> String { "AUTH PLAIN " + Base64.encode(Array("\0\(SubmissionTests.user)\0\(password)".utf8)) }
-        #expect(try c.command(plain("guess1")).status == "535 5.7.8")
-        #expect(try c.command(plain("guess2")).status == "535 5.7.8")
-        // Now refused unchecked, even the right password, from this address.
-        #expect(try c.command(plain(SubmissionTests.password)).status == "454 4.7.0")
-        let other = try RawClient(port: server.ports[1])
-        _ = try other.readReply()
-        _ = try other.command("EHLO raw.test")
-        #expect(try other.command(plain(SubmissionTests.password)).status == "454 4.7.0")
+        let port = server.ports[1]
+        // The dialog runs off the cooperative pool: the authenticator's task needs it.
+        let replies = try await offPool { () -> [String] in
+            let c = try RawClient(port: port)
+            _ = try c.readReply()
+            let ehlo = try c.command("EHLO raw.test")
+            func plain(_ password: String) -> String { "AUTH PLAIN " + Base64.encode(Array("\0\(SubmissionTests.user)\0\(password)".utf8)) }
+            var out = [ehlo.lines.contains("AUTH PLAIN LOGIN") ? "AUTH offered" : "no AUTH"] // plaintext allowed: loopback
+            out.append(try c.command(plain("guess1")).status)
+            out.append(try c.command(plain("guess2")).status)
+            // Now refused unchecked, even the right password, from this address.
+            out.append(try c.command(plain(SubmissionTests.password)).status)
+            let other = try RawClient(port: port)
+            _ = try other.readReply()
+            _ = try other.command("EHLO raw.test")
+            out.append(try other.command(plain(SubmissionTests.password)).status)
+            return out
+        }
+        #expect(replies == ["AUTH offered", "535 5.7.8", "535 5.7.8", "454 4.7.0", "454 4.7.0"])
         let kinds = try server.store.read { db in try String.fetchAll(db, sql: "SELECT kind FROM event WHERE message_id IS NULL ORDER BY id") }
         #expect(kinds == ["auth_failed", "auth_failed", "auth_blocked", "auth_blocked"])
     }
@@ -187,17 +194,22 @@ final class LogCapture: LogHandler, @unchecked Sendable {
         let logger = Logger(label: "capture") { _ in capture }
         let (server, _, auth) = try await startServer(plaintextAuth: true, logger: logger)
         defer { Task { await server.stop(); await auth.shutdown() } }
-        let c = try RawClient(port: server.ports[1])
-        _ = try c.readReply()
-        _ = try c.command("EHLO raw.test")
         let wrong = "wrong-Secret-42"
-        #expect(try c.command("AUTH LOGIN").code == 334)
-        #expect(try c.command(Base64.encode(Array(SubmissionTests.user.utf8))).code == 334)
-        #expect(try c.command(Base64.encode(Array(wrong.utf8))).code == 535)
         let good = Base64.encode(Array("\0\(SubmissionTests.user)\0\(SubmissionTests.password)".utf8))
-        #expect(try c.command("AUTH PLAIN \(good)").code == 235)
-        #expect(try c.sendMessage(from: SubmissionTests.user, to: ["x@far.test"], body: "Subject: s\r\n\r\nbody\r\n").code == 250)
-        _ = try c.command("QUIT")
+        let port = server.ports[1]
+        let codes = try await offPool { () -> [Int] in
+            let c = try RawClient(port: port)
+            _ = try c.readReply()
+            _ = try c.command("EHLO raw.test")
+            var out = [try c.command("AUTH LOGIN").code]
+            out.append(try c.command(Base64.encode(Array(SubmissionTests.user.utf8))).code)
+            out.append(try c.command(Base64.encode(Array(wrong.utf8))).code)
+            out.append(try c.command("AUTH PLAIN \(good)").code)
+            out.append(try c.sendMessage(from: SubmissionTests.user, to: ["x@far.test"], body: "Subject: s\r\n\r\nbody\r\n").code)
+            _ = try c.command("QUIT")
+            return out
+        }
+        #expect(codes == [334, 334, 535, 235, 250])
         await server.waitForNoConnections()
         let log = capture.text
         #expect(log.contains("authentication failed") && log.contains("authenticated"))
