@@ -189,16 +189,33 @@ public enum ClientProtocol {
     /// The message as DATA text: CRLF line ends (a bare LF becomes CRLF),
     /// leading dots doubled, and the terminating `.`.
     public static func dataText(_ body: some Collection<UInt8>) -> [UInt8] {
+        // Byte by byte through a generic iterator costs a witness call per
+        // byte (Data from another module is not specialised): scan contiguous
+        // memory and copy whole lines instead.
+        if let out = body.withContiguousStorageIfAvailable({ dataText(UnsafeRawBufferPointer($0)) }) { return out }
+        return Array(body).withUnsafeBytes { dataText($0) }
+    }
+
+    static func dataText(_ p: UnsafeRawBufferPointer) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(body.count + body.count / 50 + 8)
-        var atLineStart = true
-        var previous: UInt8 = 0
-        for b in body {
-            if atLineStart && b == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
-            if b == 10 && previous != 13 { out.append(13) }
-            out.append(b)
-            atLineStart = b == 10
-            previous = b
+        out.reserveCapacity(p.count + p.count / 50 + 8)
+        var i = 0
+        var previous: UInt8 = 10 // as if after a line end: a leading "." is stuffed
+        while i < p.count {
+            if previous == 10 && p[i] == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
+            var j = i
+            while j < p.count && p[j] != 10 { j += 1 }
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[i..<j]))
+            if j == p.count {
+                previous = p[j - 1]
+                break
+            }
+            // A bare LF becomes CRLF (RFC 5321 §2.3.8).
+            let before = j > i ? p[j - 1] : previous
+            if before != 13 { out.append(13) }
+            out.append(10)
+            previous = 10
+            i = j + 1
         }
         if !out.isEmpty && !(out.count >= 2 && out[out.count - 2] == 13 && out[out.count - 1] == 10) {
             if out.last == 13 { out.append(10) } else { out += [13, 10] }

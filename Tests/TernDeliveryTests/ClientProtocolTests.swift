@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import TernProtocol
 
@@ -64,5 +65,37 @@ import Testing
         #expect(RecipientOutcome.from(SMTPReply(250, .ok, "ok")) == .delivered(SMTPReply(250, .ok, "ok")))
         #expect(RecipientOutcome.from(SMTPReply(451, .systemError, "x")) == .deferred(SMTPReply(451, .systemError, "x")))
         #expect(RecipientOutcome.from(SMTPReply(550, .badDestinationMailbox, "x")) == .bounced(SMTPReply(550, .badDestinationMailbox, "x")))
+    }
+}
+
+@Suite struct DataTextEquivalenceTests {
+    /// The plain byte-by-byte rule: dot-stuff line starts, LF → CRLF, end with CRLF "." CRLF.
+    static func reference(_ body: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        var atLineStart = true
+        var previous: UInt8 = 0
+        for b in body {
+            if atLineStart && b == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
+            if b == 10 && previous != 13 { out.append(13) }
+            out.append(b)
+            atLineStart = b == 10
+            previous = b
+        }
+        if !out.isEmpty && !(out.count >= 2 && out[out.count - 2] == 13 && out[out.count - 1] == 10) {
+            if out.last == 13 { out.append(10) } else { out += [13, 10] }
+        }
+        return out + Array(".\r\n".utf8)
+    }
+
+    @Test func theLineCopyingScanEqualsTheByteRule() {
+        var rng = SystemRandomNumberGenerator()
+        let alphabet: [UInt8] = [UInt8(ascii: "."), 13, 10, UInt8(ascii: "a"), UInt8(ascii: "b")]
+        for length in 0..<40 {
+            for _ in 0..<200 {
+                let body = (0..<length).map { _ in alphabet.randomElement(using: &rng)! }
+                #expect(ClientProtocol.dataText(body) == DataTextEquivalenceTests.reference(body), "\(body)")
+                #expect(ClientProtocol.dataText(Data(body)) == DataTextEquivalenceTests.reference(body))
+            }
+        }
     }
 }
