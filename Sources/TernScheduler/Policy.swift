@@ -185,6 +185,6 @@ public enum Policy {
         }
         return NewAttempt(recipientID: r.id, startedAt: started, endedAt: ended, mxHost: ctx.mxHost, mxAddress: ctx.mxAddress,
                           tls: ctx.tls, code: reply.code, enhanced: reply.enhanced?.description, text: reply.text,
-                          outcome: kind, category: category)
+                          outcome: kind, category: category, domain: r.domain)
     }
 }

@@ -81,10 +81,13 @@ public struct NewAttempt: Sendable {
     public var text: String?
     public var outcome: String
     public var category: String?
+    /// The recipient's domain, for the rollups (looked up when nil).
+    public var domain: String?
 
     public init(recipientID: Int64, startedAt: Int64, endedAt: Int64, mxHost: String?, mxAddress: String?,
                 sourceAddress: String? = nil, tls: String?, code: Int?, enhanced: String?, text: String?,
-                outcome: String, category: String?) {
+                outcome: String, category: String?, domain: String? = nil) {
+        self.domain = domain
         self.recipientID = recipientID
         self.startedAt = startedAt
         self.endedAt = endedAt
@@ -206,13 +209,14 @@ extension Store {
             VALUES (:recipient_id, :started_at, :ended_at, :mx_host, :mx_address, :source_address, :tls,
                     :code, :enhanced, :text, :outcome, :category)
             """)
+        var rollups = RollupBatch()
         for a in batch.attempts {
             try attempt.execute(arguments: [
                 "recipient_id": a.recipientID, "started_at": a.startedAt, "ended_at": a.endedAt, "mx_host": a.mxHost,
                 "mx_address": a.mxAddress, "source_address": a.sourceAddress, "tls": a.tls, "code": a.code,
                 "enhanced": a.enhanced, "text": a.text, "outcome": a.outcome, "category": a.category,
             ])
-            try Rollups.addAttempt(a, db)
+            try rollups.addAttempt(a, sign: 1, db)
         }
         let update = try db.cachedStatement(sql: """
             UPDATE recipient
@@ -237,11 +241,12 @@ extension Store {
                 "enhanced": t.enhanced, "text": t.text, "delay": t.markDelayNotified, "at": batch.at, "id": t.recipientID,
             ])
             if let row, let finalAt: Int64 = row[3] {
-                try Rollups.addFinal(state: t.state, domain: row[0], address: row[1], createdAt: row[2], finalAt: finalAt, sign: 1, db)
+                rollups.addFinal(state: t.state, domain: row[0], address: row[1], createdAt: row[2], finalAt: finalAt, sign: 1)
             }
             try event.execute(arguments: ["at": batch.at, "kind": t.event, "message_id": t.messageID,
                                           "recipient_id": t.recipientID, "detail": t.eventDetail])
         }
+        try rollups.write(db)
         let suppress = try db.cachedStatement(sql: """
             INSERT OR IGNORE INTO suppression (address, reason, source, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
             """)

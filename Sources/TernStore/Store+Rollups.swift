@@ -92,71 +92,130 @@ enum Rollups {
         (code.map { "\($0) " } ?? "") + (enhanced.map { "\($0) " } ?? "") + (text ?? "")
     }
 
-    // MARK: - Kept in the writing transactions
-
-    /// An attempt row was inserted (sign +1) or is about to be deleted (−1).
-    static func addAttempt(_ a: NewAttempt, sign: Int = 1, _ db: Database) throws {
-        let day = a.startedAt / dayMillis
-        let ms = a.endedAt - a.startedAt
-        let s = sColumns[bucket(ms, sessionBounds)]
-        let stmt = try db.cachedStatement(sql: """
-            INSERT INTO attempt_daily (day, domain, mx_host, attempts, delivered, deferred, bounced, with_tls, session_ms, \(s))
-            VALUES (:day, (SELECT domain FROM recipient WHERE id = :rid), :mx, :n, :d, :f, :b, :tls, :ms, :n)
-            ON CONFLICT (day, domain, mx_host) DO UPDATE SET
-                attempts = attempts + :n, delivered = delivered + excluded.delivered, deferred = deferred + excluded.deferred,
-                bounced = bounced + excluded.bounced, with_tls = with_tls + excluded.with_tls,
-                session_ms = session_ms + excluded.session_ms, \(s) = \(s) + :n
-            """)
-        try stmt.execute(arguments: [
-            "day": day, "rid": a.recipientID, "mx": a.mxHost ?? "", "n": sign, "d": a.outcome == "delivered" ? sign : 0,
-            "f": a.outcome == "deferred" ? sign : 0, "b": a.outcome == "bounced" ? sign : 0, "tls": a.tls == nil ? 0 : sign,
-            "ms": ms * Int64(sign),
-        ])
-        if a.outcome == "deferred" {
-            try db.cachedStatement(sql: """
-                INSERT INTO deferral_daily (day, domain, reply, n) VALUES (:day, (SELECT domain FROM recipient WHERE id = :rid), :reply, :n)
-                ON CONFLICT (day, domain, reply) DO UPDATE SET n = n + :n
-                """).execute(arguments: ["day": day, "rid": a.recipientID, "n": sign,
-                                         "reply": reply(code: a.code, enhanced: a.enhanced, text: a.text)])
-        }
-    }
 
     /// Takes the attempts and final states of recipients about to be deleted
     /// out of the rollups, and drops rows left empty.
     static func removeRecipients(where condition: String, _ args: StatementArguments, _ db: Database) throws {
+        var batch = RollupBatch()
         for r in try Row.fetchAll(db, sql: """
-            SELECT a.recipient_id, a.started_at, a.ended_at, a.mx_host, a.tls, a.code, a.enhanced, a.text, a.outcome
+            SELECT a.recipient_id, a.started_at, a.ended_at, a.mx_host, a.tls, a.code, a.enhanced, a.text, a.outcome, r.domain
               FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE \(condition)
             """, arguments: args) {
-            try addAttempt(NewAttempt(recipientID: r[0], startedAt: r[1], endedAt: r[2], mxHost: r[3], mxAddress: nil, tls: r[4],
-                                      code: r[5], enhanced: r[6], text: r[7], outcome: r[8], category: nil), sign: -1, db)
+            try batch.addAttempt(NewAttempt(recipientID: r[0], startedAt: r[1], endedAt: r[2], mxHost: r[3], mxAddress: nil, tls: r[4],
+                                            code: r[5], enhanced: r[6], text: r[7], outcome: r[8], category: nil, domain: r[9]), sign: -1, db)
         }
         for r in try Row.fetchAll(db, sql: """
             SELECT r.state, r.domain, r.address, r.created_at, r.final_at FROM recipient r WHERE r.final_at IS NOT NULL AND \(condition)
             """, arguments: args) {
-            try addFinal(state: r[0], domain: r[1], address: r[2], createdAt: r[3], finalAt: r[4], sign: -1, db)
+            batch.addFinal(state: r[0], domain: r[1], address: r[2], createdAt: r[3], finalAt: r[4], sign: -1)
         }
+        try batch.write(db)
         try db.execute(sql: "DELETE FROM attempt_daily WHERE attempts = 0")
         try db.execute(sql: "DELETE FROM deferral_daily WHERE n = 0")
         try db.execute(sql: "DELETE FROM recipient_daily WHERE delivered = 0 AND bounced = 0 AND expired = 0 AND suppressed = 0")
         try db.execute(sql: "DELETE FROM role_daily WHERE n = 0")
     }
+}
 
-    /// A recipient reached (sign +1) or, deleted in a final state, left (sign −1) `state`.
-    static func addFinal(state: String, domain: String, address: String, createdAt: Int64, finalAt: Int64, sign: Int, _ db: Database) throws {
+/// The rollup changes of one transaction, summed before they are written:
+/// one upsert per rollup row touched, not one per recipient.
+struct RollupBatch {
+    struct AttemptKey: Hashable { var day: Int64, domain: String, host: String }
+    struct AttemptSums { var attempts = 0, delivered = 0, deferred = 0, bounced = 0, tls = 0; var ms: Int64 = 0
+                         var histogram = [Int](repeating: 0, count: Rollups.buckets) }
+    struct DeferralKey: Hashable { var day: Int64, domain: String, reply: String }
+    struct FinalKey: Hashable { var day: Int64, domain: String }
+    struct FinalSums { var delivered = 0, bounced = 0, expired = 0, suppressed = 0
+                       var histogram = [Int](repeating: 0, count: Rollups.buckets) }
+    struct RoleKey: Hashable { var day: Int64, role: String }
+
+    var attempts: [AttemptKey: AttemptSums] = [:]
+    var deferrals: [DeferralKey: Int] = [:]
+    var finals: [FinalKey: FinalSums] = [:]
+    var roles: [RoleKey: Int] = [:]
+
+    /// An attempt row was inserted (sign +1) or is about to be deleted (−1).
+    mutating func addAttempt(_ a: NewAttempt, sign: Int, _ db: Database) throws {
+        let domain = try a.domain ?? String.fetchOne(db.cachedStatement(sql: "SELECT domain FROM recipient WHERE id = ?"),
+                                                       arguments: [a.recipientID]) ?? ""
+        let day = a.startedAt / Rollups.dayMillis
+        let ms = a.endedAt - a.startedAt
+        var sums = attempts[AttemptKey(day: day, domain: domain, host: a.mxHost ?? ""), default: AttemptSums()]
+        sums.attempts += sign
+        if a.outcome == "delivered" { sums.delivered += sign }
+        if a.outcome == "deferred" { sums.deferred += sign }
+        if a.outcome == "bounced" { sums.bounced += sign }
+        if a.tls != nil { sums.tls += sign }
+        sums.ms += ms * Int64(sign)
+        sums.histogram[Rollups.bucket(ms, Rollups.sessionBounds)] += sign
+        attempts[AttemptKey(day: day, domain: domain, host: a.mxHost ?? "")] = sums
+        if a.outcome == "deferred" {
+            deferrals[DeferralKey(day: day, domain: domain, reply: Rollups.reply(code: a.code, enhanced: a.enhanced, text: a.text)), default: 0] += sign
+        }
+    }
+
+    /// A recipient reached (+1) or, deleted in a final state, left (−1) `state`.
+    mutating func addFinal(state: String, domain: String, address: String, createdAt: Int64, finalAt: Int64, sign: Int) {
         guard ["delivered", "bounced", "expired", "suppressed"].contains(state) else { return }
-        let day = createdAt / dayMillis
-        let d = dColumns[bucket(finalAt - createdAt, deliverBounds.map { $0 * 1000 })]
-        let histogram = state == "delivered" ? ", \(d)" : ""
-        try db.cachedStatement(sql: """
-            INSERT INTO recipient_daily (day, domain, \(state)\(histogram)) VALUES (:day, :domain, :n\(state == "delivered" ? ", :n" : ""))
-            ON CONFLICT (day, domain) DO UPDATE SET \(state) = \(state) + :n\(state == "delivered" ? ", \(d) = \(d) + :n" : "")
-            """).execute(arguments: ["day": day, "domain": domain, "n": sign])
+        let key = FinalKey(day: createdAt / Rollups.dayMillis, domain: domain)
+        var sums = finals[key, default: FinalSums()]
+        switch state {
+        case "delivered":
+            sums.delivered += sign
+            sums.histogram[Rollups.bucket(finalAt - createdAt, Rollups.deliverBounds.map { $0 * 1000 })] += sign
+        case "bounced": sums.bounced += sign
+        case "expired": sums.expired += sign
+        default: sums.suppressed += sign
+        }
+        finals[key] = sums
         let local = address.prefix { $0 != "@" }.lowercased()
-        if Store.roleAccounts.contains(local) {
-            try db.cachedStatement(sql: """
-                INSERT INTO role_daily (day, role, n) VALUES (:day, :role, :n) ON CONFLICT (day, role) DO UPDATE SET n = n + :n
-                """).execute(arguments: ["day": day, "role": local, "n": sign])
+        if Store.roleAccounts.contains(local) { roles[RoleKey(day: key.day, role: local), default: 0] += sign }
+    }
+
+    func write(_ db: Database) throws {
+        if !attempts.isEmpty {
+            let s = Rollups.sColumns
+            let stmt = try db.cachedStatement(sql: """
+                INSERT INTO attempt_daily (day, domain, mx_host, attempts, delivered, deferred, bounced, with_tls, session_ms, \(s.joined(separator: ", ")))
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, \(s.map { _ in "?" }.joined(separator: ", ")))
+                ON CONFLICT (day, domain, mx_host) DO UPDATE SET
+                    attempts = attempts + excluded.attempts, delivered = delivered + excluded.delivered,
+                    deferred = deferred + excluded.deferred, bounced = bounced + excluded.bounced,
+                    with_tls = with_tls + excluded.with_tls, session_ms = session_ms + excluded.session_ms,
+                    \(s.map { "\($0) = \($0) + excluded.\($0)" }.joined(separator: ", "))
+                """)
+            for (k, v) in attempts {
+                let values: [any DatabaseValueConvertible] = [k.day, k.domain, k.host, v.attempts, v.delivered, v.deferred, v.bounced, v.tls, v.ms]
+                try stmt.execute(arguments: StatementArguments(values + v.histogram))
+            }
+        }
+        if !deferrals.isEmpty {
+            let stmt = try db.cachedStatement(sql: """
+                INSERT INTO deferral_daily (day, domain, reply, n) VALUES (?, ?, ?, ?)
+                ON CONFLICT (day, domain, reply) DO UPDATE SET n = n + excluded.n
+                """)
+            for (k, n) in deferrals { try stmt.execute(arguments: [k.day, k.domain, k.reply, n]) }
+        }
+        if !finals.isEmpty {
+            let d = Rollups.dColumns
+            let stmt = try db.cachedStatement(sql: """
+                INSERT INTO recipient_daily (day, domain, delivered, bounced, expired, suppressed, \(d.joined(separator: ", ")))
+                VALUES (?, ?, ?, ?, ?, ?, \(d.map { _ in "?" }.joined(separator: ", ")))
+                ON CONFLICT (day, domain) DO UPDATE SET
+                    delivered = delivered + excluded.delivered, bounced = bounced + excluded.bounced,
+                    expired = expired + excluded.expired, suppressed = suppressed + excluded.suppressed,
+                    \(d.map { "\($0) = \($0) + excluded.\($0)" }.joined(separator: ", "))
+                """)
+            for (k, v) in finals {
+                let values: [any DatabaseValueConvertible] = [k.day, k.domain, v.delivered, v.bounced, v.expired, v.suppressed]
+                try stmt.execute(arguments: StatementArguments(values + v.histogram))
+            }
+        }
+        if !roles.isEmpty {
+            let stmt = try db.cachedStatement(sql: """
+                INSERT INTO role_daily (day, role, n) VALUES (?, ?, ?) ON CONFLICT (day, role) DO UPDATE SET n = n + excluded.n
+                """)
+            for (k, n) in roles { try stmt.execute(arguments: [k.day, k.role, n]) }
         }
     }
 }

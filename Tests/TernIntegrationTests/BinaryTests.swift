@@ -55,6 +55,14 @@ final class ServeProcess: @unchecked Sendable {
         throw ClientError.timeout
     }
 
+    /// A test that failed before `terminate` must not leave the server running.
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            _ = waitForExit(process, seconds: 10)
+        }
+    }
+
     func terminate() async -> Int32 {
         kill(process.processIdentifier, SIGTERM)
         if let status = waitForExit(process, seconds: 20) { return status }
