@@ -120,7 +120,6 @@ public struct RecipientAnalytics: Sendable {
     public var suppressionCandidates: [AddressCount] = []
     /// Recipients received in the window that were suppressed.
     public var suppressedInWindow = 0
-    var suppressedInWindowTotal = 0
 }
 
 extension Store {
@@ -480,7 +479,7 @@ extension Store {
         try read { db in
             var a = RecipientAnalytics()
             let args: StatementArguments = ["since": w.since, "until": w.until, "top": top]
-            (a.perDomain, a.total, a.suppressedInWindowTotal) = try Store.domainStats(w, limit: top, db)
+            (a.perDomain, a.total, a.suppressedInWindow) = try Store.domainStats(w, limit: top, db)
             a.roleAccounts = try Store.roleCounts(WindowSplit(w), db)
             a.domains = a.perDomain.map { ($0.domain, $0.recipients, $0.mxHosts.first) }
             // Final outcomes in the window (recipient_final_at range).
@@ -504,7 +503,6 @@ extension Store {
                 HAVING count(*) >= 2 OR sum(r.last_enhanced IN ('5.1.1', '5.1.2', '5.1.10')) > 0
                  ORDER BY count(*) DESC, lower(address) LIMIT :top
                 """, arguments: args).map { AddressCount(address: $0[0], count: $0[1], lastReply: $0[3], lastAt: $0[2]) }
-            a.suppressedInWindow = a.suppressedInWindowTotal
             return a
         }
     }
