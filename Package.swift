@@ -101,3 +101,5 @@ package.products.append(.executable(name: "tern-loadgen", targets: ["tern-loadge
 package.targets.append(.executableTarget(name: "tern-sink", dependencies: ["TernTestSupport", .product(name: "NIOPosix", package: "swift-nio")],
                                           path: "tools/sink", swiftSettings: [.swiftLanguageMode(.v5)]))
 package.products.append(.executable(name: "tern-sink", targets: ["tern-sink"]))
+package.targets.append(.executableTarget(name: "tern-queue-scale", dependencies: ["TernStore"], path: "tools/queue-scale"))
+package.products.append(.executable(name: "tern-queue-scale", targets: ["tern-queue-scale"]))
