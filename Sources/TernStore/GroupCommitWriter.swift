@@ -6,6 +6,15 @@
 // fails is rolled back and answered alone. A failed BEGIN/COMMIT, or an error
 // that makes SQLite roll the whole transaction back (SQLITE_FULL, IOERR),
 // fails every request of the batch. Completions run only after COMMIT returned.
+//
+// Durability per batch: a batch with any durable request (intake, operator
+// changes) commits with synchronous=FULL, so its completion means "on disk".
+// A batch of only non-durable requests (claims, delivery outcomes, leases,
+// routing memory) commits with synchronous=NORMAL: in WAL mode that survives
+// a crash of the process (kill -9) and only a power loss or OS crash can
+// take the last such commits back. That can repeat a delivery, never lose a
+// message, as Postfix's unsynced queue-file removal after delivery can. The
+// next FULL commit makes every earlier one durable too.
 
 import Dispatch
 import GRDB
@@ -17,6 +26,7 @@ final class GroupCommitWriter: Sendable {
 
     struct Request: Sendable {
         let work: Work
+        let durable: Bool
         let done: Done
     }
 
@@ -34,16 +44,20 @@ final class GroupCommitWriter: Sendable {
     /// Counters for benchmarks and tests: committed transactions and requests.
     let commits = Atomic<Int>(0)
     let requests = Atomic<Int>(0)
+    /// Transactions committed with synchronous=FULL.
+    let durableCommits = Atomic<Int>(0)
+    /// The writer connection's `synchronous` setting is FULL (only the writer queue changes it).
+    private let syncFull = Atomic<Bool>(true)
 
     init(pool: DatabasePool, maxBatch: Int = 512) {
         self.pool = pool
         self.maxBatch = maxBatch
     }
 
-    func submit(_ work: @escaping Work, done: @escaping Done) {
+    func submit(_ work: @escaping Work, durable: Bool = true, done: @escaping Done) {
         let start: Bool? = state.withLock { s in
             if s.closed { return nil }
-            s.pending.append(Request(work: work, done: done))
+            s.pending.append(Request(work: work, durable: durable, done: done))
             if s.running { return false }
             s.running = true
             return true
@@ -81,7 +95,12 @@ final class GroupCommitWriter: Sendable {
     private func commit(_ batch: [Request]) {
         var results = [Result<any Sendable, Error>](repeating: .failure(StoreError.other("not run")), count: batch.count)
         do {
+            let durable = batch.contains { $0.durable }
             try pool.writeWithoutTransaction { db in
+                if durable != syncFull.load(ordering: .relaxed) {
+                    try db.execute(sql: durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL")
+                    syncFull.store(durable, ordering: .relaxed)
+                }
                 try db.execute(sql: "BEGIN IMMEDIATE")
                 var lost: Error? = nil
                 for (i, request) in batch.enumerated() {
@@ -112,6 +131,7 @@ final class GroupCommitWriter: Sendable {
                 }
             }
             commits.add(1, ordering: .relaxed)
+            if durable { durableCommits.add(1, ordering: .relaxed) }
         } catch {
             let failure = StoreError.classify(error)
             for i in results.indices { results[i] = .failure(failure) }

@@ -140,7 +140,7 @@ extension Store {
                 """, arguments: ["now": now, "all": everyOtherOwner, "owner": owner]) ?? 0
         }
         if stale == 0 { return 0 }
-        return try await write { db in
+        return try await write(durable: false) { db in
             let rows = try Row.fetchAll(db, sql: """
                 UPDATE recipient
                    SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
@@ -159,7 +159,7 @@ extension Store {
     /// Gives back claimed recipients that were not tried (no event: nothing happened to them).
     public func releaseLeases(_ ids: [Int64], owner: String) async throws -> Int {
         guard !ids.isEmpty else { return 0 }
-        return try await write { db in
+        return try await write(durable: false) { db in
             var n = 0
             let stmt = try db.cachedStatement(sql: """
                 UPDATE recipient SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
@@ -177,7 +177,7 @@ extension Store {
     /// Claims up to `limit` due recipients of `domain` with a lease, in
     /// next_attempt_at order (the DESIGN.md claim).
     public func claim(domain: String, now: Int64, owner: String, leaseUntil: Int64, limit: Int) async throws -> [ClaimedRecipient] {
-        try await write { db in
+        try await write(durable: false) { db in
             let stmt = try db.cachedStatement(sql: """
                 UPDATE recipient SET state = 'inflight', lease_owner = :owner, lease_expires_at = :lease
                  WHERE id IN (SELECT id FROM recipient
@@ -199,7 +199,7 @@ extension Store {
 
     /// Commits a batch of outcomes in one transaction.
     public func record(_ batch: OutcomeBatch) async throws {
-        _ = try await write { db in try Store.apply(batch, db); return 0 }
+        _ = try await write(durable: false) { db in try Store.apply(batch, db); return 0 }
     }
 
     static func apply(_ batch: OutcomeBatch, _ db: Database) throws {

@@ -61,7 +61,7 @@ extension Store {
 
     public func cacheMX(_ domain: String, _ entry: CachedMX, now: Int64) async throws {
         let answer = JSON.array(entry.records.map { .array([.int($0.preference), .string($0.host)]) }).text
-        _ = try await write { db in
+        _ = try await write(durable: false) { db in
             try db.execute(sql: """
                 INSERT INTO mx_cache (domain, status, answer, fetched_at, expires_at) VALUES (?, ?, ?, ?, ?)
                 ON CONFLICT (domain) DO UPDATE SET status = excluded.status, answer = excluded.answer,
@@ -92,7 +92,7 @@ extension Store {
     /// Writes the record `current` returns when the write runs, so that
     /// writes started out of order still leave the latest state.
     public func saveHostHealth(_ current: @escaping @Sendable () -> StoredHostHealth) async throws {
-        _ = try await write { db in
+        _ = try await write(durable: false) { db in
             let h = current()
             try db.cachedStatement(sql: """
                 INSERT INTO mx_health (host, failures, successes, last_error, last_failure_at, last_success_at, cooldown_until)

@@ -72,9 +72,11 @@ public final class Store: Sendable {
 
     /// Runs `work` inside the next group commit; its result is returned after
     /// the transaction carrying it is durable.
-    package func write<T: Sendable>(_ work: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    /// `durable: false` for writes whose loss in a power failure only repeats
+    /// work (claims, outcomes, leases): see GroupCommitWriter.
+    package func write<T: Sendable>(durable: Bool = true, _ work: @escaping @Sendable (Database) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, Error>) in
-            writer.submit({ db in try work(db) }) { result in
+            writer.submit({ db in try work(db) }, durable: durable) { result in
                 switch result {
                 case .success(let v): cont.resume(returning: v as! T)
                 case .failure(let e): cont.resume(throwing: e)

@@ -132,3 +132,19 @@ final class WriterGate: Sendable {
         #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM message") } == accepted + 1)
     }
 }
+
+@Suite struct DurabilityPerBatchTests {
+    @Test func onlyBatchesWithADurableRequestCommitWithFullSync() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("tern-sync-\(UUID().uuidString)/t.sqlite").path
+        let store = try Store(path: path)
+        defer { store.close() }
+        #expect(try store.writerPragma("synchronous") == "2") // FULL
+        _ = try await store.write(durable: false) { db in try db.execute(sql: "CREATE TABLE t (x)") }
+        #expect(try store.writerPragma("synchronous") == "1") // NORMAL: a claim or an outcome
+        _ = try await store.write { db in try db.execute(sql: "INSERT INTO t VALUES (1)") }
+        #expect(try store.writerPragma("synchronous") == "2") // FULL again: intake
+        // The pragma of the batch is what COMMIT used.
+        let (durable, total) = (store.writer.durableCommits.load(ordering: .relaxed), store.writer.commits.load(ordering: .relaxed))
+        #expect(total - durable == 1)
+    }
+}
