@@ -323,7 +323,7 @@ extension Store {
             }
         }
         let (cond, args) = split.rawCondition("created_at")
-        let deliverBucket = Rollups.bucketSQL("(final_at - created_at)", Rollups.deliverBounds.map { $0 * 1000 })
+        let deliverBucket = Rollups.bucketSQL("(final_at - created_at)", Rollups.deliverBoundsMillis)
         for row in try Row.fetchAll(db, sql: """
             SELECT domain, state, CASE WHEN state = 'delivered' THEN \(deliverBucket) END, count(*)
               FROM recipient WHERE \(cond) GROUP BY 1, 2, 3

@@ -10,6 +10,8 @@ enum Rollups {
     /// Time to deliver, upper bounds in seconds (the 20th bucket is everything above).
     static let deliverBounds: [Int64] = [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800,
                                          86400, 172_800, 432_000]
+    /// The same bounds in milliseconds, as the raw rows store times.
+    static let deliverBoundsMillis = deliverBounds.map { $0 * 1000 }
     /// Session time, upper bounds in milliseconds.
     static let sessionBounds: [Int64] = [50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500, 10000, 15000, 20000,
                                          30000, 60000, 120_000, 300_000]
@@ -71,7 +73,7 @@ enum Rollups {
             INSERT INTO recipient_daily (day, domain, delivered, bounced, expired, suppressed, \(dColumns.joined(separator: ", ")))
             SELECT day, domain, sum(state = 'delivered'), sum(state = 'bounced'), sum(state = 'expired'), sum(state = 'suppressed'), \(dSums)
               FROM (SELECT created_at / \(dayMillis) AS day, domain, state,
-                           \(bucketSQL("(final_at - created_at)", deliverBounds.map { $0 * 1000 })) AS db
+                           \(bucketSQL("(final_at - created_at)", deliverBoundsMillis)) AS db
                       FROM recipient WHERE final_at IS NOT NULL)
              GROUP BY day, domain
             """,
@@ -140,7 +142,8 @@ struct RollupBatch {
                                                        arguments: [a.recipientID]) ?? ""
         let day = a.startedAt / Rollups.dayMillis
         let ms = a.endedAt - a.startedAt
-        var sums = attempts[AttemptKey(day: day, domain: domain, host: a.mxHost ?? ""), default: AttemptSums()]
+        let key = AttemptKey(day: day, domain: domain, host: a.mxHost ?? "")
+        var sums = attempts[key, default: AttemptSums()]
         sums.attempts += sign
         if a.outcome == "delivered" { sums.delivered += sign }
         if a.outcome == "deferred" { sums.deferred += sign }
@@ -148,7 +151,7 @@ struct RollupBatch {
         if a.tls != nil { sums.tls += sign }
         sums.ms += ms * Int64(sign)
         sums.histogram[Rollups.bucket(ms, Rollups.sessionBounds)] += sign
-        attempts[AttemptKey(day: day, domain: domain, host: a.mxHost ?? "")] = sums
+        attempts[key] = sums
         if a.outcome == "deferred" {
             deferrals[DeferralKey(day: day, domain: domain, reply: Rollups.reply(code: a.code, enhanced: a.enhanced, text: a.text)), default: 0] += sign
         }
@@ -162,7 +165,7 @@ struct RollupBatch {
         switch state {
         case "delivered":
             sums.delivered += sign
-            sums.histogram[Rollups.bucket(finalAt - createdAt, Rollups.deliverBounds.map { $0 * 1000 })] += sign
+            sums.histogram[Rollups.bucket(finalAt - createdAt, Rollups.deliverBoundsMillis)] += sign
         case "bounced": sums.bounced += sign
         case "expired": sums.expired += sign
         default: sums.suppressed += sign
