@@ -33,6 +33,8 @@ let package = Package(
         // Routing: static routes, MX planning, the Resolver protocol and its c-ares implementation.
         .systemLibrary(name: "CAres", path: "Sources/CAres", pkgConfig: "libcares", providers: [.apt(["libc-ares-dev"])]),
         .target(name: "TernRouting", dependencies: ["TernProtocol", "CAres", logging]),
+        // C library settings Swift cannot reach (mallopt).
+        .target(name: "CTernSystem", path: "Sources/CTernSystem"),
         // Delivery: the DeliveryAgent protocol and the SwiftNIO SMTP client.
         .target(name: "TernDelivery", dependencies: [
             "TernProtocol", "TernRouting", nioCore, nioPosix, logging, .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -60,7 +62,7 @@ let package = Package(
         // `tern` subcommands and configuration (TOML + flags).
         .target(name: "TernCLI", dependencies: [
             "TernProtocol", "TernMessage", "TernStore", "TernIntake", "TernListener", "TernRouting", "TernDelivery",
-            "TernScheduler", "TernAuth", nioCore, nioPosix, logging, lifecycle,
+            "TernScheduler", "TernAuth", "CTernSystem", nioCore, nioPosix, logging, lifecycle,
             .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "TOMLKit", package: "TOMLKit"),

@@ -121,9 +121,9 @@ extension Store {
     }
 
     static func fetchMessage(_ id: Int64, _ db: Database) throws -> StoredMessage? {
-        try Row.fetchOne(db, sql: """
+        try Row.fetchOne(db.cachedStatement(sql: """
             SELECT id, queue_id, received_at, mail_from, body, env_id, ret, body_type, smtputf8, origin FROM message WHERE id = ?
-            """, arguments: [id]).map { r in
+            """), arguments: [id]).map { r in
             StoredMessage(id: r[0], queueID: r[1], receivedAt: r[2], mailFrom: r[3], body: r[4] ?? Data(), envID: r[5], ret: r[6],
                           bodyType: r[7], smtputf8: (r[8] as Int) != 0, origin: r[9])
         }

@@ -120,11 +120,11 @@ public struct OutcomeBatch: Sendable {
 extension Store {
     /// Domains with claimable recipients: the earliest due time and how many are due now.
     public func dueDomains(now: Int64) throws -> [(domain: String, nextAttemptAt: Int64, dueCount: Int)] {
-        try read { db in
-            try Row.fetchAll(db, sql: """
+        try readStatement { db in
+            try Row.fetchAll(db.cachedStatement(sql: """
                 SELECT domain, min(next_attempt_at), sum(next_attempt_at <= :now) FROM recipient
                  WHERE state IN ('queued', 'deferred') GROUP BY domain
-                """, arguments: ["now": now]).map { ($0[0], $0[1], $0[2]) }
+                """), arguments: ["now": now]).map { ($0[0], $0[1], $0[2]) }
         }
     }
 
@@ -133,11 +133,11 @@ extension Store {
     /// those cannot be live) to their claimable state, with a `lease_expired`
     /// event each. Returns how many.
     public func recoverLeases(now: Int64, owner: String, everyOtherOwner: Bool) async throws -> Int {
-        let stale = try read { db in
-            try Int.fetchOne(db, sql: """
+        let stale = try readStatement { db in
+            try Int.fetchOne(db.cachedStatement(sql: """
                 SELECT count(*) FROM recipient
                  WHERE state = 'inflight' AND (lease_expires_at < :now OR (:all AND lease_owner <> :owner))
-                """, arguments: ["now": now, "all": everyOtherOwner, "owner": owner]) ?? 0
+                """), arguments: ["now": now, "all": everyOtherOwner, "owner": owner]) ?? 0
         }
         if stale == 0 { return 0 }
         return try await write(durable: false) { db in
@@ -194,7 +194,7 @@ extension Store {
     }
 
     public func message(id: Int64) throws -> StoredMessage? {
-        try read { db in try Store.fetchMessage(id, db) }
+        try readStatement { db in try Store.fetchMessage(id, db) }
     }
 
     /// Commits a batch of outcomes in one transaction.

@@ -70,7 +70,7 @@ extension Store {
     /// Which of these addresses are suppressed at `now` (expired entries do not count), with the reason.
     public func suppressed(_ addresses: [String], now: Int64) throws -> [String: String] {
         guard !addresses.isEmpty else { return [:] }
-        return try read { db in
+        return try readStatement { db in
             var found: [String: String] = [:]
             let stmt = try db.cachedStatement(sql: """
                 SELECT reason FROM suppression WHERE address = ? AND (expires_at IS NULL OR expires_at > ?)

@@ -97,6 +97,13 @@ public final class Store: Sendable {
         do { return try pool.read(work) } catch { throw StoreError.classify(error) }
     }
 
+    /// A read of one statement, on a reader connection without a transaction
+    /// around it (one statement is a consistent snapshot by itself): the hot
+    /// paths' reads, which would otherwise pay a BEGIN and a COMMIT each.
+    package func readStatement<T>(_ work: (Database) throws -> T) throws -> T {
+        do { return try pool.unsafeRead(work) } catch { throw StoreError.classify(error) }
+    }
+
     /// Runs on the writer connection outside group commit (migrations, pragmas, tests).
     package func writeDirect<T>(_ work: (Database) throws -> T) throws -> T {
         do { return try pool.writeWithoutTransaction(work) } catch { throw StoreError.classify(error) }

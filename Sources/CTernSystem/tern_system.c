@@ -1,0 +1,13 @@
+#include "tern_system.h"
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+int tern_malloc_thresholds(int trim_threshold, int mmap_threshold) {
+#if defined(__GLIBC__)
+    return mallopt(M_TRIM_THRESHOLD, trim_threshold) && mallopt(M_MMAP_THRESHOLD, mmap_threshold);
+#else
+    (void)trim_threshold; (void)mmap_threshold;
+    return 0;
+#endif
+}
