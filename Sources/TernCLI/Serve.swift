@@ -145,7 +145,11 @@ struct Serve: AsyncParsableCommand {
         } catch {
             throw fail("cannot read the queue: \(error)", code: 74)
         }
-        let intake = Intake(store: store, hostname: settings.hostname, logger: logger, onAccepted: { scheduler.wake() })
+        // With delivery on, the scheduler takes new mail straight from memory
+        // (leased in the intake transaction); beyond its limits, and with
+        // --no-deliver, mail is queued and claimed the usual way.
+        let intake = Intake(store: store, hostname: settings.hostname, logger: logger,
+                            handoff: settings.deliver ? scheduler : nil, onAccepted: { scheduler.wake() })
         var listenerConfig = settings.listenerConfig
         if let cert = settings.tlsCert, let key = settings.tlsKey {
             do {

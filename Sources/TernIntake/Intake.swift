@@ -23,15 +23,20 @@ public final class Intake: Sendable {
     let clock: @Sendable () -> Int64
     let logger: Logger
     let onAccepted: @Sendable () -> Void
+    let handoff: (any IntakeHandoff)?
 
     /// `clock` returns Unix milliseconds (injected so tests control time);
-    /// `onAccepted` runs after each commit (the scheduler's wake-up).
+    /// `onAccepted` runs after each commit that queued recipients the usual
+    /// way (the scheduler's wake-up); `handoff`, the running scheduler, takes
+    /// the messages it has room for straight from memory.
     public init(store: Store, hostname: String, logger: Logger = Logger(label: "tern.intake"),
-                clock: @escaping @Sendable () -> Int64 = { nowMillis() }, onAccepted: @escaping @Sendable () -> Void = {}) {
+                clock: @escaping @Sendable () -> Int64 = { nowMillis() }, handoff: (any IntakeHandoff)? = nil,
+                onAccepted: @escaping @Sendable () -> Void = {}) {
         self.store = store
         self.hostname = hostname
         self.logger = logger
         self.clock = clock
+        self.handoff = handoff
         self.onAccepted = onAccepted
     }
 
@@ -45,22 +50,27 @@ public final class Intake: Sendable {
 
     private func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?, retries: Int,
                         completion: @escaping @Sendable (CommitOutcome) -> Void) {
-        let message = prepare(envelope, body: body, origin: origin, authUser: authUser)
+        var prepared = prepare(envelope, body: body, origin: origin, authUser: authUser)
+        prepared.lease = handoff?.reserve(prepared)
+        let message = prepared
         let logger = self.logger
         store.insertMessage(message) { result in
             switch result {
-            case .success:
+            case .success(let inserted):
                 logger.info("accepted", metadata: [
                     "msg": "\(message.queueID)", "from": "<\(message.mailFrom)>", "size": "\(message.body.count)",
                     "nrcpt": "\(message.recipients.count)", "peer": "\(message.clientAddress ?? "local")",
                 ])
                 completion(.accepted(queueID: message.queueID))
-                self.onAccepted()
+                if message.lease != nil { self.handoff?.handOff(message, inserted: inserted) }
+                if message.lease == nil || inserted.leasedRecipientIDs.contains(nil) { self.onAccepted() }
             case .failure(.constraint(let why)) where retries > 0 && why.contains("queue_id"):
                 // Two processes drew the same queue id: draw again.
+                if message.lease != nil { self.handoff?.cancel(message) }
                 self.accept(envelope, body: body, origin: origin, authUser: authUser, retries: retries - 1,
                             completion: completion)
             case .failure(let error):
+                if message.lease != nil { self.handoff?.cancel(message) }
                 logger.error("commit failed", metadata: ["error": "\(error)", "peer": "\(message.clientAddress ?? "local")"])
                 completion(.rejected(Intake.reply(for: error)))
             }

@@ -27,6 +27,11 @@ public struct SchedulerConfig: Sendable {
     /// Longest sleep between passes; also how soon mail queued by another
     /// process (`tern sendmail`) is noticed.
     public var idleWakeMillis: Int64 = 5_000
+    /// Claimed at intake: recipients (and body bytes, counted once per
+    /// destination) that newly accepted mail may hold in memory waiting for
+    /// a worker. Mail beyond it is queued and claimed the usual way.
+    public var readyRecipients = 5_000
+    public var readyBytes = 64 << 20
     public var policy = PolicyConfig()
 
     public init(hostname: String) { self.hostname = hostname }
@@ -42,6 +47,13 @@ public final class Scheduler: Service, Sendable {
     /// This process's lease owner id.
     public let owner: String
 
+    /// A message's leased recipients of one destination, handed over by intake.
+    struct ReadyItem {
+        var message: StoredMessage
+        var recipients: [ClaimedRecipient]
+        var leaseUntil: Int64
+    }
+
     struct State: ~Copyable {
         var active: [String: Int] = [:]
         var total = 0
@@ -49,9 +61,22 @@ public final class Scheduler: Service, Sendable {
         /// Running workers by id; each removes itself when done.
         var workers: [Int: Task<Void, Never>] = [:]
         var nextWorkerID = 0
+        /// `run()` is running: intake may hand mail over.
+        var running = false
+        /// Handed-over mail by destination, oldest first (`readyHead` is the
+        /// index of the first one not taken yet).
+        var ready: [String: [ReadyItem]] = [:]
+        var readyHead: [String: Int] = [:]
+        var readyCount: [String: Int] = [:]
+        /// Reserved or waiting in `ready`, against the limits.
+        var heldRecipients = 0
+        var heldBytes = 0
+        /// Destinations whose queued or deferred rows were due at the last
+        /// pass and have not been claimed to the end since.
+        var dueInStore: Set<String> = []
     }
 
-    private let state = Mutex(State())
+    let state = Mutex(State())
     private let wakeup = Wakeup()
 
     public init(store: Store, agent: any DeliveryAgent, config: SchedulerConfig, clock: any TernClock = SystemClock(),
@@ -81,6 +106,7 @@ public final class Scheduler: Service, Sendable {
     /// composition root's to release before this starts (`tern serve` does,
     /// and logs the count); each pass here sweeps leases that ran out.
     public func run() async throws {
+        state.withLock { $0.running = true }
         await withGracefulShutdownHandler {
             while !state.withLock({ $0.stopping }) && !Task.isCancelled {
                 let next = await startDueWorkers()
@@ -90,6 +116,28 @@ public final class Scheduler: Service, Sendable {
             self.stop()
         }
         for w in state.withLock({ Array($0.workers.values) }) { await w.value }
+        await releaseReady()
+    }
+
+    /// Gives back the leases of handed-over mail no worker took (at stop).
+    private func releaseReady() async {
+        let ids = state.withLock { s -> [Int64] in
+            s.running = false
+            var ids: [Int64] = []
+            for (domain, items) in s.ready {
+                for item in items[s.readyHead[domain, default: 0]...] { ids += item.recipients.map(\.id) }
+            }
+            s.ready = [:]
+            s.readyHead = [:]
+            s.readyCount = [:]
+            return ids
+        }
+        if ids.isEmpty { return }
+        do {
+            _ = try await store.releaseLeases(ids, owner: owner)
+        } catch {
+            logger.warning("could not give back leases at stop; the next start does", metadata: ["error": "\(error)"])
+        }
     }
 
     /// One pass for tests: start every due worker and wait until all are done.
@@ -124,23 +172,27 @@ public final class Scheduler: Service, Sendable {
         guard let due = try? store.dueDomains(now: now) else { return nil }
         // Fairness: earliest due first, each domain at most its share.
         for d in due.sorted(by: { $0.nextAttemptAt < $1.nextAttemptAt }) where d.nextAttemptAt <= now {
-            let wanted = min(config.maxConnectionsPerDestination, max(1, (d.dueCount + 4) / 5))
-            while true {
-                let domain = d.domain
-                let started = state.withLock { s -> Bool in
-                    guard !s.stopping, s.total < config.maxConnections, s.active[domain, default: 0] < wanted else { return false }
-                    s.total += 1
-                    s.active[domain, default: 0] += 1
-                    // Registered under the lock: the worker's own removal waits for it.
-                    let id = s.nextWorkerID
-                    s.nextWorkerID += 1
-                    s.workers[id] = Task { await self.work(domain, id: id) }
-                    return true
-                }
-                if !started { break }
+            let domain = d.domain
+            state.withLock { s in
+                s.dueInStore.insert(domain)
+                startWorkers(domain, due: d.dueCount + s.readyCount[domain, default: 0], &s)
             }
         }
         return due.map(\.nextAttemptAt).min()
+    }
+
+    /// Starts workers for `domain` up to its share of `due` recipients (one
+    /// per five, within the limits). Called with the state locked.
+    private func startWorkers(_ domain: String, due: Int, _ s: inout State) {
+        let wanted = min(config.maxConnectionsPerDestination, max(1, (due + 4) / 5))
+        while !s.stopping, s.total < config.maxConnections, s.active[domain, default: 0] < wanted {
+            s.total += 1
+            s.active[domain, default: 0] += 1
+            // Registered under the lock: the worker's own removal waits for it.
+            let id = s.nextWorkerID
+            s.nextWorkerID += 1
+            s.workers[id] = Task { await self.work(domain, id: id) }
+        }
     }
 
     private func finished(_ domain: String, id: Int) {
@@ -161,7 +213,10 @@ public final class Scheduler: Service, Sendable {
     private func claim(_ domain: String) async -> [ClaimedRecipient] {
         let now = clock.now()
         do {
-            return try await store.claim(domain: domain, now: now, owner: owner, leaseUntil: now + config.leaseMillis, limit: config.claimBatch)
+            let claimed = try await store.claim(domain: domain, now: now, owner: owner, leaseUntil: now + config.leaseMillis,
+                                                limit: config.claimBatch)
+            if claimed.count < config.claimBatch { _ = state.withLock { $0.dueInStore.remove(domain) } }
+            return claimed
         } catch {
             logger.error("claim failed", metadata: ["domain": "\(domain)", "error": "\(error)"])
             return []
@@ -211,45 +266,119 @@ public final class Scheduler: Service, Sendable {
         }
     }
 
+    /// Recipients a worker delivers next, with the messages already in
+    /// memory (handed over by intake; the others are read from the store).
+    struct Batch {
+        var recipients: [ClaimedRecipient] = []
+        var messages: [Int64: StoredMessage] = [:]
+    }
+
+    /// The next batch for `domain`: handed-over mail and due rows of the
+    /// store in turn, so that neither starves the other.
+    private func next(_ domain: String, preferReady: inout Bool) async -> Batch {
+        let inStore = state.withLock { $0.dueInStore.contains(domain) }
+        if preferReady || !inStore {
+            let batch = await takeReady(domain)
+            if !batch.recipients.isEmpty {
+                preferReady = false
+                return batch
+            }
+        }
+        preferReady = true
+        if inStore {
+            let claimed = await claimDeliverable(domain)
+            if !claimed.isEmpty { return Batch(recipients: claimed) }
+        }
+        return await takeReady(domain)
+    }
+
+    /// Takes up to a claim batch of handed-over recipients of `domain`.
+    /// Mail that waited so long that half its lease is gone is given back
+    /// to the store instead: its lease must outlast the delivery.
+    private func takeReady(_ domain: String) async -> Batch {
+        let now = clock.now()
+        var batch = Batch()
+        var stale: [Int64] = []
+        state.withLock { s in
+            guard var items = s.ready[domain] else { return }
+            var head = s.readyHead[domain, default: 0]
+            while head < items.count && batch.recipients.count < config.claimBatch {
+                let item = items[head]
+                head += 1
+                s.readyCount[domain, default: 0] -= item.recipients.count
+                s.heldRecipients -= item.recipients.count
+                s.heldBytes -= item.message.body.count
+                if item.leaseUntil - now < config.leaseMillis / 2 {
+                    // Still ours to give back only while the lease runs; after
+                    // it, the pass's lease sweep has returned them.
+                    if now < item.leaseUntil { stale += item.recipients.map(\.id) }
+                    continue
+                }
+                batch.recipients += item.recipients
+                batch.messages[item.message.id] = item.message
+            }
+            if head == items.count {
+                s.ready[domain] = nil
+                s.readyHead[domain] = nil
+                s.readyCount[domain] = nil
+            } else if head > 1024 && head * 2 > items.count {
+                items.removeFirst(head)
+                s.ready[domain] = items
+                s.readyHead[domain] = 0
+            } else {
+                s.readyHead[domain] = head
+            }
+        }
+        if !stale.isEmpty {
+            logger.warning("handed-over mail waited too long; queued again", metadata: ["domain": "\(domain)", "recipients": "\(stale.count)"])
+            _ = try? await store.releaseLeases(stale, owner: owner)
+            wakeup.signal()
+        }
+        return batch
+    }
+
     func work(_ domain: String, id: Int) async {
         defer { finished(domain, id: id) }
-        var claimed = await claimDeliverable(domain)
-        guard !claimed.isEmpty else { return }
+        var preferReady = true
+        var batch = await next(domain, preferReady: &preferReady)
+        guard !batch.recipients.isEmpty else { return }
         let started = clock.now()
         switch await agent.connect(domain: domain) {
         case .failed(let reply, let ctx):
             // The whole destination is unreachable (or does not exist): every
             // due recipient of it shares this outcome now, not one batch per pass.
             let outcome = RecipientOutcome.from(reply)
-            while !claimed.isEmpty {
-                await record(claimed, outcomes: [:], fallback: outcome, context: ctx, started: started)
+            while !batch.recipients.isEmpty {
+                await record(batch.recipients, outcomes: [:], fallback: outcome, context: ctx, started: started, messages: batch.messages)
                 if stopping { break }
-                claimed = await claimDeliverable(domain)
+                batch = await next(domain, preferReady: &preferReady)
             }
         case .connected(let connection):
             var sent = 0
-            outer: while !claimed.isEmpty {
-                let byMessage = Dictionary(grouping: claimed, by: \.messageID).sorted { $0.key < $1.key }
+            outer: while !batch.recipients.isEmpty {
+                let byMessage = Dictionary(grouping: batch.recipients, by: \.messageID).sorted { $0.key < $1.key }
                 for (index, (messageID, recipients)) in byMessage.enumerated() {
                     if !connection.isReusable || stopping || sent >= config.messagesPerConnection {
                         // Not sent: give these back untouched.
                         let rest = byMessage[index...].flatMap(\.value)
                         _ = try? await store.releaseLeases(rest.map(\.id), owner: owner)
+                        if !stopping { wakeup.signal() }
                         break outer
                     }
-                    await deliver(messageID, recipients, over: connection)
+                    await deliver(messageID, recipients, over: connection, message: batch.messages[messageID])
                     sent += 1
                 }
                 if !connection.isReusable || stopping || sent >= config.messagesPerConnection { break }
-                claimed = await claimDeliverable(domain)
+                batch = await next(domain, preferReady: &preferReady)
             }
             await connection.close()
         }
     }
 
-    private func deliver(_ messageID: Int64, _ recipients: [ClaimedRecipient], over connection: any DeliveryConnection) async {
+    private func deliver(_ messageID: Int64, _ recipients: [ClaimedRecipient], over connection: any DeliveryConnection,
+                         message: StoredMessage?) async {
         let started = clock.now()
-        guard let stored = try? store.message(id: messageID) else {
+        guard let stored = message ?? (try? store.message(id: messageID)) else {
             logger.error("claimed recipients of a missing message", metadata: ["msg": "\(messageID)"])
             _ = try? await store.releaseLeases(recipients.map(\.id), owner: owner)
             return
@@ -266,10 +395,11 @@ public final class Scheduler: Service, Sendable {
     /// One transaction for one message's recipients (or one claimed batch on
     /// a connect failure): attempts, transitions, events and DSNs.
     private func record(_ recipients: [ClaimedRecipient], outcomes: [Int64: RecipientOutcome], fallback: RecipientOutcome,
-                        context: AttemptContext, started: Int64, message: StoredMessage? = nil) async {
+                        context: AttemptContext, started: Int64, message: StoredMessage? = nil,
+                        messages: [Int64: StoredMessage] = [:]) async {
         let now = clock.now()
         for (messageID, group) in Dictionary(grouping: recipients, by: \.messageID) {
-            guard let stored = message ?? (try? store.message(id: messageID)) else { continue }
+            guard let stored = message ?? messages[messageID] ?? (try? store.message(id: messageID)) else { continue }
             var batch = OutcomeBatch(at: now)
             var reports: [DSNRecipient] = []
             for r in group {
@@ -306,6 +436,64 @@ public final class Scheduler: Service, Sendable {
 
     func dsnMessage(for original: StoredMessage, _ recipients: [DSNRecipient], at now: Int64) -> NewMessage {
         DSNFactory.message(for: original, recipients, hostname: config.hostname, at: now)
+    }
+}
+
+// MARK: - Claimed at intake
+
+extension Scheduler: IntakeHandoff {
+    /// Body bytes a message holds in memory: one reference per destination.
+    private func heldBytes(_ message: NewMessage) -> Int {
+        message.body.count * Set(message.recipients.map(\.domain)).count
+    }
+
+    public func reserve(_ message: NewMessage) -> IntakeLease? {
+        let n = message.recipients.count
+        let bytes = heldBytes(message)
+        let granted = state.withLock { s -> Bool in
+            guard s.running, !s.stopping, s.heldRecipients + n <= config.readyRecipients,
+                  s.heldBytes + bytes <= config.readyBytes else { return false }
+            s.heldRecipients += n
+            s.heldBytes += bytes
+            return true
+        }
+        return granted ? IntakeLease(owner: owner, until: clock.now() + config.leaseMillis) : nil
+    }
+
+    public func cancel(_ message: NewMessage) {
+        let n = message.recipients.count
+        let bytes = heldBytes(message)
+        state.withLock { s in
+            s.heldRecipients -= n
+            s.heldBytes -= bytes
+        }
+    }
+
+    public func handOff(_ message: NewMessage, inserted: InsertedMessage) {
+        guard let lease = message.lease else { return }
+        let stored = StoredMessage(id: inserted.id, queueID: message.queueID, receivedAt: message.receivedAt, mailFrom: message.mailFrom,
+                                   body: message.body, envID: message.envID, ret: message.ret, bodyType: message.bodyType,
+                                   smtputf8: message.smtputf8, origin: message.origin)
+        var byDomain: [String: [ClaimedRecipient]] = [:]
+        var notLeased = 0
+        for (r, id) in zip(message.recipients, inserted.leasedRecipientIDs) {
+            guard let id else { notLeased += 1; continue }
+            byDomain[r.domain, default: []].append(ClaimedRecipient(
+                id: id, messageID: inserted.id, address: r.address, domain: r.domain, attempts: 0, notify: r.notify, orcpt: r.orcpt,
+                createdAt: message.receivedAt, delayNotifiedAt: nil))
+        }
+        let bytes = heldBytes(message)
+        state.withLock { s in
+            // What was reserved for recipients that were not leased, and for
+            // destinations left without any, is free again.
+            s.heldRecipients -= notLeased
+            s.heldBytes -= bytes - message.body.count * byDomain.count
+            for (domain, recipients) in byDomain {
+                s.ready[domain, default: []].append(ReadyItem(message: stored, recipients: recipients, leaseUntil: lease.until))
+                s.readyCount[domain, default: 0] += recipients.count
+                startWorkers(domain, due: s.readyCount[domain, default: 0], &s)
+            }
+        }
     }
 }
 

@@ -19,6 +19,19 @@ public struct ClaimedRecipient: Sendable, Equatable {
     public var orcpt: String?
     public var createdAt: Int64
     public var delayNotifiedAt: Int64?
+
+    public init(id: Int64, messageID: Int64, address: String, domain: String, attempts: Int, notify: String?, orcpt: String?,
+                createdAt: Int64, delayNotifiedAt: Int64?) {
+        self.id = id
+        self.messageID = messageID
+        self.address = address
+        self.domain = domain
+        self.attempts = attempts
+        self.notify = notify
+        self.orcpt = orcpt
+        self.createdAt = createdAt
+        self.delayNotifiedAt = delayNotifiedAt
+    }
 }
 
 /// The message fields delivery needs.
@@ -33,6 +46,20 @@ public struct StoredMessage: Sendable {
     public var bodyType: String?
     public var smtputf8: Bool
     public var origin: String
+
+    public init(id: Int64, queueID: String, receivedAt: Int64, mailFrom: String, body: Data, envID: String?, ret: String?,
+                bodyType: String?, smtputf8: Bool, origin: String) {
+        self.id = id
+        self.queueID = queueID
+        self.receivedAt = receivedAt
+        self.mailFrom = mailFrom
+        self.body = body
+        self.envID = envID
+        self.ret = ret
+        self.bodyType = bodyType
+        self.smtputf8 = smtputf8
+        self.origin = origin
+    }
 }
 
 /// The new state of one recipient after an attempt or an operator action.

@@ -5,6 +5,38 @@
 import Foundation
 import GRDB
 
+/// A lease granted at intake: the owner and until when.
+public struct IntakeLease: Sendable, Equatable {
+    public var owner: String
+    public var until: Int64
+    public init(owner: String, until: Int64) {
+        self.owner = owner
+        self.until = until
+    }
+}
+
+/// What the intake transaction wrote: the message id, and the ids of the
+/// recipients it leased (nil for one inserted `queued`, e.g. a suppressed
+/// address, which the scheduler's normal pass settles).
+public struct InsertedMessage: Sendable, Equatable {
+    public var id: Int64
+    public var leasedRecipientIDs: [Int64?]
+}
+
+/// The running scheduler's side of "claimed at intake" (KumoMTA's ready
+/// queue, Postfix's active queue fed by cleanup): before the commit intake
+/// asks for a lease, and after it hands the committed message over in
+/// memory, so that delivery needs neither a claim nor a read of the body.
+public protocol IntakeHandoff: Sendable {
+    /// A lease for `message`'s recipients, or nil to queue it the usual way
+    /// (no room in memory, stopping).
+    func reserve(_ message: NewMessage) -> IntakeLease?
+    /// The message is committed with the recipients `inserted` names leased.
+    func handOff(_ message: NewMessage, inserted: InsertedMessage)
+    /// The commit failed: forget the reservation.
+    func cancel(_ message: NewMessage)
+}
+
 /// An accepted message, as intake hands it to the store.
 public struct NewMessage: Sendable {
     public var queueID: String
@@ -23,6 +55,10 @@ public struct NewMessage: Sendable {
     public var smtputf8: Bool
     public var origin: String
     public var recipients: [NewRecipient]
+    /// Set when the running scheduler takes the message straight from
+    /// memory: the recipients are inserted already leased to it (`inflight`),
+    /// in the intake transaction itself, so no claim has to follow.
+    public var lease: IntakeLease?
 
     public init(queueID: String, receivedAt: Int64, mailFrom: String, body: Data, clientAddress: String?, helo: String?,
                 authUser: String? = nil, headerMessageID: String?, envID: String?, ret: String?, bodyType: String?,
@@ -62,8 +98,8 @@ public struct NewRecipient: Sendable, Equatable {
 extension Store {
     /// Inserts the message through group commit; `completion` runs after the
     /// transaction that carries it is durable (or failed as a whole).
-    public func insertMessage(_ message: NewMessage, completion: @escaping @Sendable (Result<Int64, StoreError>) -> Void) {
-        write({ db in try Store.insert(message, db) }, completion: completion)
+    public func insertMessage(_ message: NewMessage, completion: @escaping @Sendable (Result<InsertedMessage, StoreError>) -> Void) {
+        write({ db in try Store.insertReturningRecipients(message, db) }, completion: completion)
     }
 
     public func insertMessage(_ message: NewMessage) async throws -> Int64 {
@@ -71,6 +107,10 @@ extension Store {
     }
 
     static func insert(_ m: NewMessage, _ db: Database) throws -> Int64 {
+        try insertReturningRecipients(m, db).id
+    }
+
+    static func insertReturningRecipients(_ m: NewMessage, _ db: Database) throws -> InsertedMessage {
         let msg = try db.cachedStatement(sql: """
             INSERT INTO message (queue_id, received_at, mail_from, size, body, client_address, helo, auth_user,
                                  header_message_id, env_id, ret, body_type, smtputf8, origin)
@@ -85,14 +125,26 @@ extension Store {
         ])
         let messageID = db.lastInsertedRowID
         let rcpt = try db.cachedStatement(sql: """
-            INSERT INTO recipient (message_id, address, domain, state, next_attempt_at, notify, orcpt, created_at)
-            VALUES (:message_id, :address, :domain, 'queued', :now, :notify, :orcpt, :now)
+            INSERT INTO recipient (message_id, address, domain, state, next_attempt_at, notify, orcpt, created_at,
+                                   lease_owner, lease_expires_at)
+            VALUES (:message_id, :address, :domain, CASE WHEN :owner IS NULL THEN 'queued' ELSE 'inflight' END, :now,
+                    :notify, :orcpt, :now, :owner, :lease)
             """)
+        // A suppressed address is not leased: the scheduler's pass settles it
+        // (no attempt, a DSN as NOTIFY asks) like any other suppressed recipient.
+        let suppressed = m.lease == nil ? nil : try db.cachedStatement(sql: """
+            SELECT 1 FROM suppression WHERE address = ? AND (expires_at IS NULL OR expires_at > ?)
+            """)
+        var leased: [Int64?] = []
+        leased.reserveCapacity(m.recipients.count)
         for r in m.recipients {
+            var lease = m.lease
+            if let suppressed, try Bool.fetchOne(suppressed, arguments: [r.address, m.receivedAt]) != nil { lease = nil }
             try rcpt.execute(arguments: [
                 "message_id": messageID, "address": r.address, "domain": r.domain, "now": m.receivedAt,
-                "notify": r.notify, "orcpt": r.orcpt,
+                "notify": r.notify, "orcpt": r.orcpt, "owner": lease?.owner, "lease": lease?.until,
             ])
+            leased.append(lease == nil ? nil : db.lastInsertedRowID)
         }
         let event = try db.cachedStatement(sql: """
             INSERT INTO event (at, kind, message_id, recipient_id, detail)
@@ -105,6 +157,6 @@ extension Store {
             ("message_id", m.headerMessageID.map(JSON.string) ?? .null),
         ])
         try event.execute(arguments: ["at": m.receivedAt, "message_id": messageID, "detail": detail.text])
-        return messageID
+        return InsertedMessage(id: messageID, leasedRecipientIDs: leased)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import Synchronization
 import Testing
 @testable import TernIntake
 import TernProtocol
@@ -93,4 +94,63 @@ func envelope(_ rcpts: [String], from: String? = "a@x.test", utf8: Bool = false)
         #expect(reply.code == 452 && reply.enhanced == .mailSystemFull)
         #expect(try store.stateCounts().isEmpty)
     }
+
+    @Test func aHandoffLeasesAtIntakeAndGetsTheCommittedMessage() async throws {
+        let store = try Store(path: tempDB())
+        defer { store.close() }
+        let handoff = RecordingHandoff(grant: true)
+        let wakes = Atomic<Int>(0)
+        let intake = Intake(store: store, hostname: "mx.test", handoff: handoff, onAccepted: { wakes.add(1, ordering: .relaxed) })
+        let outcome = await intake.accept(envelope(["b@local.test", "c@other.test"]), body: ByteBuffer(string: "x\r\n"), origin: .smtp)
+        guard case .accepted(let qid) = outcome else { Issue.record("expected acceptance, got \(outcome)"); return }
+        #expect(await eventuallyTrue { handoff.log.withLock { $0.count } == 2 })
+        #expect(handoff.log.withLock { $0 } == ["reserve \(qid)", "handOff \(qid) 2"])
+        #expect(try store.stateCounts() == ["inflight": 2])
+        // Nothing was queued the usual way, so the scheduler's pass is not woken.
+        #expect(wakes.load(ordering: .relaxed) == 0)
+
+        // Refused: queued, and the pass is woken.
+        let refusing = RecordingHandoff(grant: false)
+        let intake2 = Intake(store: store, hostname: "mx.test", handoff: refusing, onAccepted: { wakes.add(1, ordering: .relaxed) })
+        _ = await intake2.accept(envelope(["d@local.test"]), body: ByteBuffer(string: "x\r\n"), origin: .smtp)
+        #expect(await eventuallyTrue { wakes.load(ordering: .relaxed) == 1 })
+        #expect(try store.stateCounts() == ["inflight": 2, "queued": 1])
+    }
+
+    @Test func aFailedCommitCancelsTheReservation() async throws {
+        let store = try Store(path: tempDB())
+        defer { store.close() }
+        let handoff = RecordingHandoff(grant: true)
+        let intake = Intake(store: store, hostname: "mx.test", handoff: handoff)
+        let pages = try store.writeDirect { db in try Int.fetchOne(db, sql: "PRAGMA page_count") ?? 0 }
+        _ = try store.writeDirect { db in try Int.fetchOne(db, sql: "PRAGMA max_page_count = \(pages + 2)") }
+        let outcome = await intake.accept(envelope(["b@local.test"]), body: ByteBuffer(repeating: 65, count: 100_000), origin: .smtp)
+        guard case .rejected = outcome else { Issue.record("expected refusal"); return }
+        let log = handoff.log.withLock { $0 }
+        #expect(log.count == 2 && log[0].hasPrefix("reserve ") && log[1].hasPrefix("cancel "))
+    }
+}
+
+/// Records what intake asked of it; grants every lease or none.
+final class RecordingHandoff: IntakeHandoff {
+    let grant: Bool
+    let log = Mutex<[String]>([])
+    init(grant: Bool) { self.grant = grant }
+    func reserve(_ message: NewMessage) -> IntakeLease? {
+        log.withLock { $0.append("reserve \(message.queueID)") }
+        return grant ? IntakeLease(owner: "test", until: Int64.max) : nil
+    }
+    func handOff(_ message: NewMessage, inserted: InsertedMessage) {
+        log.withLock { $0.append("handOff \(message.queueID) \(inserted.leasedRecipientIDs.compactMap { $0 }.count)") }
+    }
+    func cancel(_ message: NewMessage) { log.withLock { $0.append("cancel \(message.queueID)") } }
+}
+
+/// Completions run after `accept` returns; waits (up to 5 s) for them.
+func eventuallyTrue(_ condition: () -> Bool) async -> Bool {
+    for _ in 0..<500 {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return false
 }

@@ -56,7 +56,8 @@ final class TestServer: Sendable {
             scheduler = Scheduler(store: store, agent: agent, config: sc, logger: logger)
         }
         let s = scheduler
-        let intake = Intake(store: store, hostname: "mx.test", logger: logger, onAccepted: { s?.wake() })
+        // As in `tern serve`: the running scheduler takes new mail from memory.
+        let intake = Intake(store: store, hostname: "mx.test", logger: logger, handoff: s, onAccepted: { s?.wake() })
         var session = SessionConfig(hostname: "mx.test")
         session.relay = RelayPolicy(relayDomains: ["local.test"])
         var config = ListenerConfig(session: session)
