@@ -178,6 +178,9 @@ public final class Scheduler: Service, Sendable {
                 startWorkers(domain, due: d.dueCount + s.readyCount[domain, default: 0], &s)
             }
         }
+        state.withLock { s in
+            for (domain, waiting) in s.readyCount where waiting > 0 { startWorkers(domain, due: waiting, &s) }
+        }
         return due.map(\.nextAttemptAt).min()
     }
 
@@ -201,6 +204,10 @@ public final class Scheduler: Service, Sendable {
             let n = s.active[domain, default: 1] - 1
             s.active[domain] = n == 0 ? nil : n
             s.workers[id] = nil
+            // Handed-over mail that arrived after this worker last looked
+            // (or that it left at its per-connection limit) gets a worker now:
+            // the pass does not see leased rows.
+            if let waiting = s.readyCount[domain], waiting > 0 { startWorkers(domain, due: waiting, &s) }
         }
         wakeup.signal()
     }

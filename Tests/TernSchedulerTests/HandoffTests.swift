@@ -183,4 +183,23 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
             #expect(try h.count("SELECT count(*) FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE r.message_id = \(second)") == 1)
         }
     }
+
+    @Test func mailLeftInMemoryWhenAWorkerEndsGetsANewWorker() async throws {
+        // One message per connection: the worker that took the first leaves
+        // the next two in memory when it ends, and nothing else arrives to
+        // start another. The pass cannot see leased rows; the ending worker
+        // must hand them on.
+        let h = try Harness { $0.messagesPerConnection = 1 }
+        defer { h.store.close() }
+        h.agent.slow = ["a.test"]
+        try await h.running {
+            try await h.handOver(["ok1@a.test"])
+            #expect(await eventually { h.scheduler.state.withLock { $0.heldRecipients == 0 } })
+            try await h.handOver(["ok2@a.test"])
+            try await h.handOver(["ok3@a.test"])
+            h.agent.releaseSlow()
+            #expect(await eventually { try h.count("SELECT count(*) FROM recipient WHERE state = 'delivered'") == 3 })
+            #expect(h.agent.sent.count == 3)
+        }
+    }
 }
