@@ -21,7 +21,10 @@ import GRDB
 import Synchronization
 
 final class GroupCommitWriter: Sendable {
-    typealias Work = @Sendable (Database) throws -> any Sendable
+    /// A request's work; rollup changes it adds to the `RollupBatch` are
+    /// summed over the whole batch and written once before COMMIT (and
+    /// dropped with the request if its savepoint is rolled back).
+    typealias Work = @Sendable (Database, inout RollupBatch) throws -> any Sendable
     typealias Done = @Sendable (Result<any Sendable, Error>) -> Void
 
     struct Request: Sendable {
@@ -107,11 +110,14 @@ final class GroupCommitWriter: Sendable {
                 let release = try db.cachedStatement(sql: "RELEASE request")
                 try db.cachedStatement(sql: "BEGIN IMMEDIATE").execute()
                 var lost: Error? = nil
+                var rollups = RollupBatch()
                 for (i, request) in batch.enumerated() {
                     do {
                         try savepoint.execute()
-                        let value = try request.work(db)
+                        var mine = RollupBatch()
+                        let value = try request.work(db, &mine)
                         try release.execute()
+                        rollups.merge(mine)
                         results[i] = .success(value)
                     } catch {
                         if db.isInsideTransaction {
@@ -128,6 +134,8 @@ final class GroupCommitWriter: Sendable {
                 }
                 if let lost { throw lost }
                 do {
+                    // One upsert per rollup row for the whole batch, not per message.
+                    try rollups.write(db)
                     try db.cachedStatement(sql: "COMMIT").execute()
                 } catch {
                     if db.isInsideTransaction { try? db.execute(sql: "ROLLBACK") }

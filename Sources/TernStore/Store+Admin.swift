@@ -62,7 +62,7 @@ extension Store {
     /// message, in one transaction.
     public func adminTransition(_ selector: QueueSelector, states: [String], now: Int64,
                                 build: @escaping @Sendable (StoredMessage, [ClaimedRecipient]) -> OutcomeBatch) async throws -> AdminResult {
-        try await write { db in
+        try await writeWithRollups { db, rollups in
             let (cond, args) = selector.sql
             let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = 'inflight' AND \(cond)", arguments: args) ?? 0
             let stateList = states.map { "'\($0)'" }.joined(separator: ",")
@@ -76,7 +76,7 @@ extension Store {
             }
             for (messageID, group) in Dictionary(grouping: recipients, by: \.messageID) {
                 guard let m = try Store.fetchMessage(messageID, db) else { continue }
-                try Store.apply(build(m, group), db)
+                try Store.apply(build(m, group), db, rollups: &rollups)
             }
             return AdminResult(changed: recipients.count, inflight: inflight)
         }

@@ -226,17 +226,18 @@ extension Store {
 
     /// Commits a batch of outcomes in one transaction.
     public func record(_ batch: OutcomeBatch) async throws {
-        _ = try await write(durable: false) { db in try Store.apply(batch, db); return 0 }
+        _ = try await writeWithRollups(durable: false) { db, rollups in try Store.apply(batch, db, rollups: &rollups); return 0 }
     }
 
-    static func apply(_ batch: OutcomeBatch, _ db: Database) throws {
+    /// Writes the batch's rows now; its rollup changes go into `rollups`, for
+    /// the caller to write (group commit does, once per transaction).
+    static func apply(_ batch: OutcomeBatch, _ db: Database, rollups: inout RollupBatch) throws {
         let attempt = try db.cachedStatement(sql: """
             INSERT INTO attempt (recipient_id, started_at, ended_at, mx_host, mx_address, source_address, tls,
                                  code, enhanced, text, outcome, category)
             VALUES (:recipient_id, :started_at, :ended_at, :mx_host, :mx_address, :source_address, :tls,
                     :code, :enhanced, :text, :outcome, :category)
             """)
-        var rollups = RollupBatch()
         for a in batch.attempts {
             try attempt.execute(arguments: [
                 "recipient_id": a.recipientID, "started_at": a.startedAt, "ended_at": a.endedAt, "mx_host": a.mxHost,
@@ -273,7 +274,6 @@ extension Store {
             try event.execute(arguments: ["at": batch.at, "kind": t.event, "message_id": t.messageID,
                                           "recipient_id": t.recipientID, "detail": t.eventDetail])
         }
-        try rollups.write(db)
         let suppress = try db.cachedStatement(sql: """
             INSERT OR IGNORE INTO suppression (address, reason, source, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
             """)

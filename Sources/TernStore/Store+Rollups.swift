@@ -175,6 +175,32 @@ struct RollupBatch {
         if Store.roleAccounts.contains(local) { roles[RoleKey(day: key.day, role: local), default: 0] += sign }
     }
 
+    /// Adds another batch's changes to these.
+    mutating func merge(_ other: RollupBatch) {
+        for (k, v) in other.attempts {
+            var sums = attempts[k, default: AttemptSums()]
+            sums.attempts += v.attempts
+            sums.delivered += v.delivered
+            sums.deferred += v.deferred
+            sums.bounced += v.bounced
+            sums.tls += v.tls
+            sums.ms += v.ms
+            for i in sums.histogram.indices { sums.histogram[i] += v.histogram[i] }
+            attempts[k] = sums
+        }
+        for (k, n) in other.deferrals { deferrals[k, default: 0] += n }
+        for (k, v) in other.finals {
+            var sums = finals[k, default: FinalSums()]
+            sums.delivered += v.delivered
+            sums.bounced += v.bounced
+            sums.expired += v.expired
+            sums.suppressed += v.suppressed
+            for i in sums.histogram.indices { sums.histogram[i] += v.histogram[i] }
+            finals[k] = sums
+        }
+        for (k, n) in other.roles { roles[k, default: 0] += n }
+    }
+
     func write(_ db: Database) throws {
         if !attempts.isEmpty {
             let s = Rollups.sColumns

@@ -76,7 +76,21 @@ public final class Store: Sendable {
     /// work (claims, outcomes, leases): see GroupCommitWriter.
     package func write<T: Sendable>(durable: Bool = true, _ work: @escaping @Sendable (Database) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, Error>) in
-            writer.submit({ db in try work(db) }, durable: durable) { result in
+            writer.submit({ db, _ in try work(db) }, durable: durable) { result in
+                switch result {
+                case .success(let v): cont.resume(returning: v as! T)
+                case .failure(let e): cont.resume(throwing: e)
+                }
+            }
+        }
+    }
+
+    /// `write` for work that changes the daily rollups: what it adds to the
+    /// `RollupBatch` is summed with the rest of its group commit.
+    func writeWithRollups<T: Sendable>(durable: Bool = true,
+                                               _ work: @escaping @Sendable (Database, inout RollupBatch) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, Error>) in
+            writer.submit({ db, rollups in try work(db, &rollups) }, durable: durable) { result in
                 switch result {
                 case .success(let v): cont.resume(returning: v as! T)
                 case .failure(let e): cont.resume(throwing: e)
@@ -88,7 +102,7 @@ public final class Store: Sendable {
     /// Callback form of `write`, for callers on an event loop.
     package func write<T: Sendable>(_ work: @escaping @Sendable (Database) throws -> T,
                                     completion: @escaping @Sendable (Result<T, StoreError>) -> Void) {
-        writer.submit({ db in try work(db) }) { result in
+        writer.submit({ db, _ in try work(db) }) { result in
             completion(result.map { $0 as! T }.mapError { StoreError.classify($0) })
         }
     }

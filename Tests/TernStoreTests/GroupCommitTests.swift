@@ -52,6 +52,60 @@ final class WriterGate: Sendable {
         #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM message") } == 50)
     }
 
+    @Test func rollupsAreSummedOverTheBatchAndDroppedWithAFailedRequest() async throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        var recipients: [(id: Int64, message: Int64)] = []
+        for i in 0..<3 {
+            let id = try await store.insertMessage(sampleMessage("R\(i)", recipients: 2))
+            recipients += try store.read { db in try Int64.fetchAll(db, sql: "SELECT id FROM recipient WHERE message_id = ?", arguments: [id]) }
+                .map { ($0, id) }
+        }
+        let at: Int64 = 1_800_000_000_000
+        func outcome(_ rs: ArraySlice<(id: Int64, message: Int64)>) -> OutcomeBatch {
+            var b = OutcomeBatch(at: at)
+            for r in rs {
+                b.attempts.append(NewAttempt(recipientID: r.id, startedAt: at - 40, endedAt: at, mxHost: "mx.far.test", mxAddress: "127.0.0.1",
+                                             tls: nil, code: 250, enhanced: "2.0.0", text: "ok", outcome: "delivered", category: nil))
+                b.transitions.append(RecipientTransition(recipientID: r.id, messageID: r.message, state: "delivered", nextAttemptAt: nil,
+                                                         countsAsAttempt: true, code: 250, enhanced: "2.0.0", text: "ok", event: "delivered"))
+            }
+            return b
+        }
+        let gate = WriterGate()
+        gate.block(store)
+        let results = Mutex<[Bool]>([])
+        let all = DispatchGroup()
+        for (n, slice) in [recipients[0..<2], recipients[2..<4], recipients[4..<6]].enumerated() {
+            let batch = outcome(slice)
+            all.enter()
+            store.writer.submit({ db, rollups in
+                try Store.apply(batch, db, rollups: &rollups)
+                if n == 1 { try db.execute(sql: "INSERT INTO nonexistent VALUES (1)") } // fails after adding its rollups
+                return 0
+            }, durable: false) { result in
+                results.withLock { $0.append((try? result.get()) != nil) }
+                all.leave()
+            }
+        }
+        gate.release.signal()
+        all.wait()
+        #expect(results.withLock { $0.filter { $0 }.count } == 2)
+        #expect(store.commitStats.commits == 5) // three intakes, the gate, one for the three outcomes
+        func snapshot() throws -> [[String]] {
+            try store.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM attempt_daily ORDER BY 1, 2, 3").map { $0.databaseValues.map(\.description) }
+                    + Row.fetchAll(db, sql: "SELECT * FROM recipient_daily ORDER BY 1, 2").map { $0.databaseValues.map(\.description) }
+            }
+        }
+        let live = try snapshot()
+        let attempts = try store.read { db in try Int.fetchOne(db, sql: "SELECT sum(attempts) FROM attempt_daily") }
+        let delivered = try store.read { db in try Int.fetchOne(db, sql: "SELECT sum(delivered) FROM recipient_daily") }
+        #expect(attempts == 4 && delivered == 4) // not 6: the failed request's share is gone
+        try await store.rebuildRollups()
+        #expect(try snapshot() == live)
+    }
+
     @Test func aFailingRequestIsRolledBackAlone() async throws {
         let store = try Store(path: temporaryDatabase())
         defer { store.close() }
