@@ -232,48 +232,73 @@ extension Store {
     /// Writes the batch's rows now; its rollup changes go into `rollups`, for
     /// the caller to write (group commit does, once per transaction).
     static func apply(_ batch: OutcomeBatch, _ db: Database, rollups: inout RollupBatch) throws {
-        let attempt = try db.cachedStatement(sql: """
+        let insertAttempt = try db.cachedStatement(sql: """
             INSERT INTO attempt (recipient_id, started_at, ended_at, mx_host, mx_address, source_address, tls,
                                  code, enhanced, text, outcome, category)
-            VALUES (:recipient_id, :started_at, :ended_at, :mx_host, :mx_address, :source_address, :tls,
-                    :code, :enhanced, :text, :outcome, :category)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
             """)
         for a in batch.attempts {
-            try attempt.execute(arguments: [
-                "recipient_id": a.recipientID, "started_at": a.startedAt, "ended_at": a.endedAt, "mx_host": a.mxHost,
-                "mx_address": a.mxAddress, "source_address": a.sourceAddress, "tls": a.tls, "code": a.code,
-                "enhanced": a.enhanced, "text": a.text, "outcome": a.outcome, "category": a.category,
-            ])
+            var attempt = DirectStatement(insertAttempt)
+            attempt.bind(a.recipientID)
+            attempt.bind(a.startedAt)
+            attempt.bind(a.endedAt)
+            attempt.bind(a.mxHost)
+            attempt.bind(a.mxAddress)
+            attempt.bind(a.sourceAddress)
+            attempt.bind(a.tls)
+            attempt.bind(a.code)
+            attempt.bind(a.enhanced)
+            attempt.bind(a.text)
+            attempt.bind(a.outcome)
+            attempt.bind(a.category)
+            try attempt.execute(db)
             try rollups.addAttempt(a, sign: 1, db)
         }
-        let update = try db.cachedStatement(sql: """
+        // ?1 state, ?2 attempts added, ?3 next attempt, ?4-?6 reply, ?7 mark
+        // delay-notified, ?8 now, ?9 id.
+        let updateRecipient = try db.cachedStatement(sql: """
             UPDATE recipient
-               SET state = :state,
-                   attempts = attempts + :inc,
-                   next_attempt_at = coalesce(:next, next_attempt_at),
+               SET state = ?1,
+                   attempts = attempts + ?2,
+                   next_attempt_at = coalesce(?3, next_attempt_at),
                    lease_owner = NULL, lease_expires_at = NULL,
-                   last_code = coalesce(:code, last_code),
-                   last_enhanced = coalesce(:enhanced, last_enhanced),
-                   last_text = coalesce(:text, last_text),
-                   delay_notified_at = CASE WHEN :delay THEN :at ELSE delay_notified_at END,
-                   final_at = CASE WHEN :state IN ('delivered', 'bounced', 'expired', 'suppressed') THEN :at ELSE NULL END
-             WHERE id = :id
+                   last_code = coalesce(?4, last_code),
+                   last_enhanced = coalesce(?5, last_enhanced),
+                   last_text = coalesce(?6, last_text),
+                   delay_notified_at = CASE WHEN ?7 THEN ?8 ELSE delay_notified_at END,
+                   final_at = CASE WHEN ?1 IN ('delivered', 'bounced', 'expired', 'suppressed') THEN ?8 ELSE NULL END
+             WHERE id = ?9
             RETURNING domain, address, created_at, final_at
             """)
+        let insertEvent = try db.cachedStatement(sql: """
+            INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)
+            """)
+        for t in batch.transitions {
+            var update = DirectStatement(updateRecipient)
+            update.bind(t.state)
+            update.bind(Int64(t.countsAsAttempt ? 1 : 0))
+            update.bind(t.nextAttemptAt)
+            update.bind(t.code)
+            update.bind(t.enhanced)
+            update.bind(t.text)
+            update.bind(t.markDelayNotified)
+            update.bind(batch.at)
+            update.bind(t.recipientID)
+            let row = try update.executeReturning(db) { c in (c.string(0), c.string(1), c.int64(2), c.int64(3)) }
+            if let row, let domain = row.0, let address = row.1, let createdAt = row.2, let finalAt = row.3 {
+                rollups.addFinal(state: t.state, domain: domain, address: address, createdAt: createdAt, finalAt: finalAt, sign: 1)
+            }
+            var event = DirectStatement(insertEvent)
+            event.bind(batch.at)
+            event.bind(t.event)
+            event.bind(t.messageID)
+            event.bind(t.recipientID)
+            event.bind(t.eventDetail)
+            try event.execute(db)
+        }
         let event = try db.cachedStatement(sql: """
             INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (:at, :kind, :message_id, :recipient_id, :detail)
             """)
-        for t in batch.transitions {
-            let row = try Row.fetchOne(update, arguments: [
-                "state": t.state, "inc": t.countsAsAttempt ? 1 : 0, "next": t.nextAttemptAt, "code": t.code,
-                "enhanced": t.enhanced, "text": t.text, "delay": t.markDelayNotified, "at": batch.at, "id": t.recipientID,
-            ])
-            if let row, let finalAt: Int64 = row[3] {
-                rollups.addFinal(state: t.state, domain: row[0], address: row[1], createdAt: row[2], finalAt: finalAt, sign: 1)
-            }
-            try event.execute(arguments: ["at": batch.at, "kind": t.event, "message_id": t.messageID,
-                                          "recipient_id": t.recipientID, "detail": t.eventDetail])
-        }
         let suppress = try db.cachedStatement(sql: """
             INSERT OR IGNORE INTO suppression (address, reason, source, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
             """)

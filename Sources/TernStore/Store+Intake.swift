@@ -111,24 +111,31 @@ extension Store {
     }
 
     static func insertReturningRecipients(_ m: NewMessage, _ db: Database) throws -> InsertedMessage {
-        let msg = try db.cachedStatement(sql: """
+        var msg = try DirectStatement(db.cachedStatement(sql: """
             INSERT INTO message (queue_id, received_at, mail_from, size, body, client_address, helo, auth_user,
                                  header_message_id, env_id, ret, body_type, smtputf8, origin)
-            VALUES (:queue_id, :received_at, :mail_from, :size, :body, :client_address, :helo, :auth_user,
-                    :header_message_id, :env_id, :ret, :body_type, :smtputf8, :origin)
-            """)
-        try msg.execute(arguments: [
-            "queue_id": m.queueID, "received_at": m.receivedAt, "mail_from": m.mailFrom, "size": m.body.count,
-            "body": m.body, "client_address": m.clientAddress, "helo": m.helo, "auth_user": m.authUser,
-            "header_message_id": m.headerMessageID, "env_id": m.envID, "ret": m.ret, "body_type": m.bodyType,
-            "smtputf8": m.smtputf8 ? 1 : 0, "origin": m.origin,
-        ])
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+            """))
+        msg.bind(m.queueID)
+        msg.bind(m.receivedAt)
+        msg.bind(m.mailFrom)
+        msg.bind(m.body.count)
+        msg.bind(m.body)
+        msg.bind(m.clientAddress)
+        msg.bind(m.helo)
+        msg.bind(m.authUser)
+        msg.bind(m.headerMessageID)
+        msg.bind(m.envID)
+        msg.bind(m.ret)
+        msg.bind(m.bodyType)
+        msg.bind(m.smtputf8)
+        msg.bind(m.origin)
+        try msg.execute(db)
         let messageID = db.lastInsertedRowID
-        let rcpt = try db.cachedStatement(sql: """
+        let insertRecipient = try db.cachedStatement(sql: """
             INSERT INTO recipient (message_id, address, domain, state, next_attempt_at, notify, orcpt, created_at,
                                    lease_owner, lease_expires_at)
-            VALUES (:message_id, :address, :domain, CASE WHEN :owner IS NULL THEN 'queued' ELSE 'inflight' END, :now,
-                    :notify, :orcpt, :now, :owner, :lease)
+            VALUES (?1, ?2, ?3, CASE WHEN ?7 IS NULL THEN 'queued' ELSE 'inflight' END, ?4, ?5, ?6, ?4, ?7, ?8)
             """)
         // A suppressed address is not leased: the scheduler's pass settles it
         // (no attempt, a DSN as NOTIFY asks) like any other suppressed recipient.
@@ -140,23 +147,31 @@ extension Store {
         for r in m.recipients {
             var lease = m.lease
             if let suppressed, try Bool.fetchOne(suppressed, arguments: [r.address, m.receivedAt]) != nil { lease = nil }
-            try rcpt.execute(arguments: [
-                "message_id": messageID, "address": r.address, "domain": r.domain, "now": m.receivedAt,
-                "notify": r.notify, "orcpt": r.orcpt, "owner": lease?.owner, "lease": lease?.until,
-            ])
+            var rcpt = DirectStatement(insertRecipient)
+            rcpt.bind(messageID)
+            rcpt.bind(r.address)
+            rcpt.bind(r.domain)
+            rcpt.bind(m.receivedAt)
+            rcpt.bind(r.notify)
+            rcpt.bind(r.orcpt)
+            rcpt.bind(lease?.owner)
+            rcpt.bind(lease?.until)
+            try rcpt.execute(db)
             leased.append(lease == nil ? nil : db.lastInsertedRowID)
         }
-        let event = try db.cachedStatement(sql: """
-            INSERT INTO event (at, kind, message_id, recipient_id, detail)
-            VALUES (:at, 'received', :message_id, NULL, :detail)
-            """)
+        var event = try DirectStatement(db.cachedStatement(sql: """
+            INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (?1, 'received', ?2, NULL, ?3)
+            """))
         let detail = JSON.object([
             ("queue_id", .string(m.queueID)), ("from", .string(m.mailFrom)), ("size", .int(m.body.count)),
             ("recipients", .int(m.recipients.count)), ("client", m.clientAddress.map(JSON.string) ?? .null),
             ("helo", m.helo.map(JSON.string) ?? .null), ("origin", .string(m.origin)),
             ("message_id", m.headerMessageID.map(JSON.string) ?? .null),
         ])
-        try event.execute(arguments: ["at": m.receivedAt, "message_id": messageID, "detail": detail.text])
+        event.bind(m.receivedAt)
+        event.bind(messageID)
+        event.bind(detail.text)
+        try event.execute(db)
         return InsertedMessage(id: messageID, leasedRecipientIDs: leased)
     }
 }

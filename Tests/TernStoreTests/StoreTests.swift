@@ -116,8 +116,31 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         let store = try Store(path: temporaryDatabase())
         defer { store.close() }
         _ = try await store.insertMessage(sampleMessage("DUP"))
-        await #expect(throws: StoreError.self) { try await store.insertMessage(sampleMessage("DUP")) }
+        // The constraint error keeps its kind and names the column (intake draws a new id on it).
+        await #expect { try await store.insertMessage(sampleMessage("DUP")) } throws: { error in
+            guard case StoreError.constraint(let why) = error else { return false }
+            return why.contains("message.queue_id")
+        }
         #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient") } == 2)
         #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM event") } == 1)
+    }
+
+    /// The writer binds values straight through SQLite's C API: empty text
+    /// and empty blobs stay empty (not NULL), non-ASCII text and NULLs round-trip.
+    @Test func directBindingKeepsEmptyValuesAndUnicode() async throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        var m = sampleMessage("EMPTY", recipients: 1, size: 0)
+        m.mailFrom = ""
+        m.helo = nil
+        m.recipients = [NewRecipient(address: "jörg@bücher.test", domain: "xn--bcher-kva.test")]
+        let id = try await store.insertMessage(m)
+        let row = try #require(try store.read { db in
+            try Row.fetchOne(db, sql: "SELECT mail_from, body, typeof(body), helo, size FROM message WHERE id = ?", arguments: [id])
+        })
+        #expect(row[0] as String == "" && row[1] as Data == Data() && row[2] as String == "blob")
+        #expect(row[3] as String? == nil && row[4] as Int == 0)
+        let rcpt = try store.read { db in try Row.fetchOne(db, sql: "SELECT address, domain, notify FROM recipient WHERE message_id = ?", arguments: [id]) }
+        #expect(rcpt?[0] as String? == "jörg@bücher.test" && rcpt?[1] as String? == "xn--bcher-kva.test" && rcpt?[2] as String? == nil)
     }
 }
