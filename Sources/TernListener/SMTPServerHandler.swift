@@ -34,7 +34,13 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var readPaused = false
     /// Between STARTTLS's 220 and the end of the handshake.
     private var awaitingTLS = false
-    private var timeout: Scheduled<Void>? = nil
+    /// The idle timer: one scheduled check that re-arms itself while input
+    /// keeps moving the deadline, instead of a cancel and a new timer per read.
+    private var timer: Scheduled<Void>? = nil
+    private var timerFiresAt: NIODeadline = .distantFuture
+    /// When the session times out; nil while nothing is awaited from the
+    /// client (a commit or an authentication is running).
+    private var deadline: NIODeadline? = nil
     private var context: ChannelHandlerContext? = nil
     private var logger: Logger
     private let settings: Settings
@@ -78,8 +84,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timeout?.cancel()
-        timeout = nil
+        stopTimer()
         closing = true
         registry.remove(self)
         onClose()
@@ -130,7 +135,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
                 if close { closeAfterFlush(context: context); return }
             case .commit(let envelope, let body):
                 committing = true
-                timeout?.cancel()
+                deadline = nil
                 if wrote { context.flush(); wrote = false }
                 startCommit(envelope, body: body, context: context)
             case .startTLS(let reply):
@@ -141,7 +146,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return
             case .authenticate(let credentials, let mechanism):
                 committing = true
-                timeout?.cancel()
+                deadline = nil
                 if wrote { context.flush(); wrote = false }
                 startAuthentication(credentials, mechanism, context: context)
             }
@@ -259,7 +264,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func closeAfterFlush(context: ChannelHandlerContext) {
         closing = true
-        timeout?.cancel()
+        stopTimer()
         let promise = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
         let channel = context.channel
@@ -269,14 +274,39 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// RFC 5321 §4.5.3.2: the server waits at least 5 minutes for a command
     /// and (we choose) 3 minutes for each block of DATA text.
     private func armTimeout(context: ChannelHandlerContext) {
-        timeout?.cancel()
         var amount = session.inputMode == .data || framer.inChunk ? settings.dataTimeout : settings.commandTimeout
         // A TLS handshake gets 30 s at most: a client that never finishes one holds a connection for nothing.
         if awaitingTLS { amount = min(amount, .seconds(30)) }
+        let due = context.eventLoop.now + amount
+        deadline = due
+        // A timer already set to fire no later re-arms itself when it does.
+        if timer != nil && timerFiresAt <= due { return }
+        timer?.cancel()
+        schedule(at: due, context: context)
+    }
+
+    private func schedule(at due: NIODeadline, context: ChannelHandlerContext) {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timeout = context.eventLoop.scheduleTask(in: amount) {
-            bound.value.timedOut()
+        timerFiresAt = due
+        timer = context.eventLoop.scheduleTask(deadline: due) {
+            bound.value.timerFired()
         }
+    }
+
+    private func timerFired() {
+        timer = nil
+        guard let deadline, let context else { return }
+        if context.eventLoop.now < deadline {
+            schedule(at: deadline, context: context)
+        } else {
+            timedOut()
+        }
+    }
+
+    private func stopTimer() {
+        timer?.cancel()
+        timer = nil
+        deadline = nil
     }
 
     private func timedOut() {
