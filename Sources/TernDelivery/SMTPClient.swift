@@ -90,7 +90,11 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     private(set) var capabilities: ServerCapabilities
     private(set) var context: AttemptContext
     private var broken = false
-    private var transactions = 0
+    /// A MAIL was accepted and its transaction not ended by a reply to the
+    /// final dot: the next message starts with RSET. After a completed
+    /// transaction the server has reset already (RFC 5321 §4.1.1.4), so
+    /// back-to-back messages need none.
+    private var openTransaction = false
 
     private init(channel: Channel, handler: NIOLoopBound<SMTPReplyHandler>, config: ClientConfig, hop: Hop) {
         self.channel = channel
@@ -253,10 +257,9 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         var phase = "MAIL"
         do {
             var lines: [String] = []
-            if transactions > 0 { lines.append("RSET") }
+            if openTransaction { lines.append("RSET") }
             lines.append(ClientProtocol.mailCommand(env, caps))
             lines += env.recipients.map { ClientProtocol.rcptCommand($0, caps) }
-            transactions += 1
             var mailReply: SMTPReply
             var rcptReplies: [SMTPReply] = []
             var dataReply: SMTPReply? = nil
@@ -282,6 +285,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                     }
                 }
             }
+            openTransaction = mailReply.code / 100 == 2
             if mailReply.code / 100 != 2 {
                 for r in env.recipients { results[r.id] = RecipientOutcome.from(mailReply) }
                 if dataReply?.code == 354 { _ = try? await write(Array(".\r\n".utf8), expectWithin: config.dataEndTimeout) }
@@ -301,6 +305,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             }
             phase = "end of data"
             let final = try await write(ClientProtocol.dataText(message.body), expectWithin: config.dataEndTimeout)
+            openTransaction = false
             for r in accepted { results[r.id] = RecipientOutcome.from(final) }
             return results
         } catch {
