@@ -30,6 +30,10 @@ public struct SchedulerConfig: Sendable {
     /// Claimed at intake: recipients (and body bytes, counted once per
     /// destination) that newly accepted mail may hold in memory waiting for
     /// a worker. Mail beyond it is queued and claimed the usual way.
+    /// How long a connection with nothing to send stays open for the next
+    /// message to its destination (Postfix's smtp_connection_cache_time_limit);
+    /// 0 closes it at once.
+    public var connectionCacheMillis: Int64 = 2_000
     public var readyRecipients = 5_000
     public var readyBytes = 64 << 20
     public var policy = PolicyConfig()
@@ -71,6 +75,11 @@ public final class Scheduler: Service, Sendable {
         /// Reserved or waiting in `ready`, against the limits.
         var heldRecipients = 0
         var heldBytes = 0
+        /// Workers with an open connection and nothing to send, by
+        /// destination: handed-over mail resumes one (true) before a new
+        /// worker is started; the pass ends those idle for longer than the
+        /// connection cache time (false).
+        var waiting: [String: [(since: Int64, resume: CheckedContinuation<Bool, Never>)]] = [:]
         /// Destinations whose queued or deferred rows were due at the last
         /// pass and have not been claimed to the end since.
         var dueInStore: Set<String> = []
@@ -97,6 +106,7 @@ public final class Scheduler: Service, Sendable {
     /// recorded; `run()` returns once they have.
     public func stop() {
         state.withLock { $0.stopping = true }
+        endWaits(olderThan: nil)
         wakeup.signal()
     }
 
@@ -117,6 +127,37 @@ public final class Scheduler: Service, Sendable {
         }
         for w in state.withLock({ Array($0.workers.values) }) { await w.value }
         await releaseReady()
+    }
+
+    /// Ends the waits of idle workers that began before `olderThan` (all with nil).
+    private func endWaits(olderThan: Int64?) {
+        let ended = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
+            var out: [CheckedContinuation<Bool, Never>] = []
+            for (domain, list) in s.waiting {
+                let keep = list.filter { w in olderThan.map { w.since >= $0 } ?? false }
+                out += list.filter { w in !(olderThan.map { w.since >= $0 } ?? false) }.map(\.resume)
+                s.waiting[domain] = keep.isEmpty ? nil : keep
+            }
+            return out
+        }
+        for w in ended { w.resume(returning: false) }
+    }
+
+    /// Keeps a worker's connection open for more handed-over mail, up to the
+    /// connection cache time; true when there is some. Only while `run()`
+    /// runs: its passes end the waits.
+    private func waitForWork(_ domain: String) async -> Bool {
+        guard config.connectionCacheMillis > 0 else { return false }
+        let now = clock.now()
+        return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let answer = state.withLock { s -> Bool? in
+                guard s.running, !s.stopping else { return false }
+                if s.readyCount[domain, default: 0] > 0 { return true } // arrived meanwhile
+                s.waiting[domain, default: []].append((now, c))
+                return nil
+            }
+            if let answer { c.resume(returning: answer) }
+        }
     }
 
     /// Gives back the leases of handed-over mail no worker took (at stop).
@@ -152,11 +193,13 @@ public final class Scheduler: Service, Sendable {
 
     /// How long to sleep when the earliest claimable recipient is due at `next`.
     private func sleepTime(_ next: Int64?) -> Int64 {
-        guard let next else { return config.idleWakeMillis }
+        let cached = state.withLock { !$0.waiting.isEmpty }
+        let idleWake = cached ? min(config.idleWakeMillis, max(1, config.connectionCacheMillis)) : config.idleWakeMillis
+        guard let next else { return idleWake }
         let wait = next - clock.now()
         // Due now but not started: its destination is at its connection limit,
         // and a finishing worker will wake us. Never spin.
-        return wait <= 0 ? config.idleWakeMillis : min(wait, config.idleWakeMillis)
+        return wait <= 0 ? idleWake : min(wait, idleWake)
     }
 
     // MARK: - Workers
@@ -166,6 +209,7 @@ public final class Scheduler: Service, Sendable {
     @discardableResult
     func startDueWorkers() async -> Int64? {
         let now = clock.now()
+        endWaits(olderThan: now - config.connectionCacheMillis)
         if let n = try? await store.recoverLeases(now: now, owner: owner, everyOtherOwner: false), n > 0 {
             logger.warning("leases expired; recipients are claimable again", metadata: ["recipients": "\(n)"])
         }
@@ -173,10 +217,15 @@ public final class Scheduler: Service, Sendable {
         // Fairness: earliest due first, each domain at most its share.
         for d in due.sorted(by: { $0.nextAttemptAt < $1.nextAttemptAt }) where d.nextAttemptAt <= now {
             let domain = d.domain
-            state.withLock { s in
+            let idle = state.withLock { s -> CheckedContinuation<Bool, Never>? in
                 s.dueInStore.insert(domain)
                 startWorkers(domain, due: d.dueCount + s.readyCount[domain, default: 0], &s)
+                // A worker idle on a connection to it takes the queued ones too.
+                let w = s.waiting[domain]?.popLast()
+                if s.waiting[domain]?.isEmpty == true { s.waiting[domain] = nil }
+                return w?.resume
             }
+            idle?.resume(returning: true)
         }
         state.withLock { s in
             for (domain, waiting) in s.readyCount where waiting > 0 { startWorkers(domain, due: waiting, &s) }
@@ -267,6 +316,9 @@ public final class Scheduler: Service, Sendable {
             if !reports.isEmpty { batch.dsns.append((dsnMessage(for: stored, reports, at: now), stored.id)) }
             do {
                 try await store.record(batch)
+                // A DSN is queued mail like any other: the pass sends it now,
+                // not when it next wakes (workers may linger on connections).
+                if !batch.dsns.isEmpty { wakeup.signal() }
             } catch {
                 logger.error("could not record suppressions", metadata: ["msg": "\(stored.queueID)", "error": "\(error)"])
             }
@@ -377,6 +429,12 @@ public final class Scheduler: Service, Sendable {
                 }
                 if !connection.isReusable || stopping || sent >= config.messagesPerConnection { break }
                 batch = await next(domain, preferReady: &preferReady)
+                // Nothing more now: keep the connection for a moment, as
+                // Postfix's connection cache does, rather than close it and
+                // start a worker and a connection for the next message.
+                while batch.recipients.isEmpty, connection.isReusable, await waitForWork(domain) {
+                    batch = await next(domain, preferReady: &preferReady)
+                }
             }
             await connection.close()
         }
@@ -434,6 +492,9 @@ public final class Scheduler: Service, Sendable {
             }
             do {
                 try await store.record(batch)
+                // A DSN is queued mail like any other: the pass sends it now,
+                // not when it next wakes (workers may linger on connections).
+                if !batch.dsns.isEmpty { wakeup.signal() }
             } catch {
                 // Nothing was written: the leases expire and the recipients are retried.
                 logger.error("could not record outcomes", metadata: ["msg": "\(stored.queueID)", "error": "\(error)"])
@@ -490,17 +551,25 @@ extension Scheduler: IntakeHandoff {
                 createdAt: message.receivedAt, delayNotifiedAt: nil))
         }
         let bytes = heldBytes(message)
-        state.withLock { s in
+        let waiters = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
             // What was reserved for recipients that were not leased, and for
             // destinations left without any, is free again.
             s.heldRecipients -= notLeased
             s.heldBytes -= bytes - message.body.count * byDomain.count
+            var resumed: [CheckedContinuation<Bool, Never>] = []
             for (domain, recipients) in byDomain {
                 s.ready[domain, default: []].append(ReadyItem(message: stored, recipients: recipients, leaseUntil: lease.until))
                 s.readyCount[domain, default: 0] += recipients.count
-                startWorkers(domain, due: s.readyCount[domain, default: 0], &s)
+                if let w = s.waiting[domain]?.popLast() {
+                    if s.waiting[domain]?.isEmpty == true { s.waiting[domain] = nil }
+                    resumed.append(w.resume)
+                } else {
+                    startWorkers(domain, due: s.readyCount[domain, default: 0], &s)
+                }
             }
+            return resumed
         }
+        for w in waiters { w.resume(returning: true) }
     }
 }
 

@@ -165,7 +165,7 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
     }
 
     @Test func mailThatWaitedHalfItsLeaseGoesBackToTheStoreAndIsDeliveredOnce() async throws {
-        let h = try Harness()
+        let h = try Harness { $0.connectionCacheMillis = 0 }
         defer { h.store.close() }
         h.agent.slow = ["a.test"]
         try await h.running {
@@ -201,5 +201,54 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
             #expect(await eventually { try h.count("SELECT count(*) FROM recipient WHERE state = 'delivered'") == 3 })
             #expect(h.agent.sent.count == 3)
         }
+    }
+
+    @Test func anIdleConnectionWaitsForTheNextMessageThenCloses() async throws {
+        let h = try Harness()
+        defer { h.store.close() }
+        try await h.running {
+            try await h.handOver(["ok1@a.test"])
+            #expect(await eventually { try h.state("ok1@a.test") == "delivered" })
+            // The worker keeps its connection open and takes the next message on it.
+            #expect(await eventually { h.scheduler.state.withLock { $0.waiting["a.test"]?.count == 1 } })
+            try await h.handOver(["ok2@a.test"])
+            #expect(await eventually { try h.state("ok2@a.test") == "delivered" })
+            #expect(h.agent.connections == 1 && h.agent.open["a.test"] == 1)
+            // Queued mail that a pass finds due goes over it too.
+            try await h.submit(["ok3@a.test"])
+            h.scheduler.wake()
+            #expect(await eventually { try h.state("ok3@a.test") == "delivered" })
+            #expect(h.agent.connections == 1)
+            // After the cache time (2 s on the scheduler's clock) the next pass closes it.
+            #expect(await eventually { h.scheduler.state.withLock { $0.waiting["a.test"]?.count == 1 } })
+            h.clock.advance(seconds: 3)
+            h.scheduler.wake()
+            #expect(await eventually { h.agent.open["a.test"] == 0 })
+            #expect(h.scheduler.runningWorkers == 0)
+        }
+    }
+
+    @Test func withoutTheCacheEachMessageGetsItsOwnConnection() async throws {
+        let h = try Harness { $0.connectionCacheMillis = 0 }
+        defer { h.store.close() }
+        try await h.running {
+            try await h.handOver(["ok1@a.test"])
+            #expect(await eventually { try h.state("ok1@a.test") == "delivered" && h.agent.open["a.test"] == 0 })
+            try await h.handOver(["ok2@a.test"])
+            #expect(await eventually { try h.state("ok2@a.test") == "delivered" && h.agent.open["a.test"] == 0 })
+            #expect(h.agent.connections == 2)
+        }
+    }
+
+    @Test func stopEndsAnIdleConnectionsWait() async throws {
+        let h = try Harness()
+        defer { h.store.close() }
+        let task = Task { try await h.scheduler.run() }
+        #expect(await eventually { h.scheduler.state.withLock { $0.running } })
+        try await h.handOver(["ok1@a.test"])
+        #expect(await eventually { h.scheduler.state.withLock { $0.waiting["a.test"]?.count == 1 } })
+        h.scheduler.stop()
+        try await task.value
+        #expect(h.agent.open["a.test"] == 0)
     }
 }
