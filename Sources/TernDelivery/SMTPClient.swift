@@ -231,15 +231,17 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         let h = handler
         let loop = channel.eventLoop
         let channel = self.channel
-        let futures = try await loop.submit { () -> [EventLoopFuture<SMTPReply>] in
+        // The promises are made here and handed to the loop: one hop there
+        // and one back per exchange, not a round trip first for the futures.
+        let promises = timeouts.map { _ in loop.makePromise(of: SMTPReply.self) }
+        loop.execute {
             // Register the waits before writing, so no reply can come first.
-            let fs = timeouts.map { h.value.expect(timeout: .seconds($0), loop: loop) }
+            for (p, t) in zip(promises, timeouts) { h.value.expect(into: p, timeout: .seconds(t), loop: loop) }
             channel.writeAndFlush(payload, promise: nil)
-            return fs
-        }.get()
+        }
         var replies: [SMTPReply] = []
-        for f in futures {
-            let r = try await f.get()
+        for p in promises {
+            let r = try await p.futureResult.get()
             if r.code == 421 { broken = true } // RFC 5321 §3.8: the server is closing
             replies.append(r)
         }

@@ -86,9 +86,10 @@ public enum Policy {
         let notify = NotifyPolicy(r.notify)
         let canReport = !sender.isEmpty && !notify.never
         let reply = outcome.reply
-        let diagnostic = reply.wireText.trimmingCharacters(in: ["\r", "\n"]).replacingOccurrences(of: "\r\n", with: " ")
         func dsn(_ action: DSNAction, status: String, retryUntil: Int64? = nil) -> DSNRecipient {
-            DSNRecipient(finalRecipient: r.address, originalRecipient: r.orcpt, action: action, status: status,
+            // Built only when a DSN is due: most outcomes need none.
+            let diagnostic = reply.wireText.trimmingCharacters(in: ["\r", "\n"]).replacingOccurrences(of: "\r\n", with: " ")
+            return DSNRecipient(finalRecipient: r.address, originalRecipient: r.orcpt, action: action, status: status,
                          remoteMTA: ctx.mxHost, diagnostic: diagnostic, lastAttempt: now, willRetryUntil: retryUntil)
         }
         let base = RecipientTransition(recipientID: r.id, messageID: r.messageID, state: "", nextAttemptAt: nil,
