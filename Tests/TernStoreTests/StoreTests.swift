@@ -144,3 +144,23 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         #expect(rcpt?[0] as String? == "jörg@bücher.test" && rcpt?[1] as String? == "xn--bcher-kva.test" && rcpt?[2] as String? == nil)
     }
 }
+
+@Suite struct JSONTests {
+    /// What JSON.quote writes, Foundation's parser reads back as the same
+    /// string: escapes, control characters, non-ASCII, empty.
+    @Test func quotedStringsRoundTrip() throws {
+        var samples = ["", "plain", "a\"b", "back\\slash", "line\r\nnext\ttab", "\u{01}\u{1f}\u{7f}", "jörg@bücher.test 😀",
+                       "\"\\\"", "end\\"]
+        var rng = SystemRandomNumberGenerator()
+        let alphabet: [Character] = ["a", "\"", "\\", "\n", "\u{0}", "\u{1b}", "é", "😀", " ", "/"]
+        for _ in 0..<500 {
+            samples.append(String((0..<Int.random(in: 0...12, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }))
+        }
+        for s in samples {
+            let text = JSON.array([.string(s)]).text
+            let parsed = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String]
+            #expect(parsed == [s], "\(text)")
+        }
+        #expect(JSON.string("a\"b\u{01}").text == #""a\"b\u0001""#)
+    }
+}
