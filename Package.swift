@@ -75,7 +75,8 @@ let package = Package(
 
         .testTarget(name: "TernProtocolTests", dependencies: ["TernProtocol", nioCore]),
         .testTarget(name: "TernRoutingTests", dependencies: ["TernRouting", "TernProtocol", "TernTestSupport"]),
-        .testTarget(name: "TernDeliveryTests", dependencies: ["TernDelivery", "TernProtocol", "TernRouting", "TernTestSupport", nioCore, nioPosix, .product(name: "NIOSSL", package: "swift-nio-ssl")]),
+        .testTarget(name: "TernDeliveryTests", dependencies: ["TernDelivery", "TernProtocol", "TernRouting", "TernTestSupport", nioCore, nioPosix,
+                                                             .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl")]),
         .testTarget(name: "TernSchedulerTests", dependencies: [
             "TernScheduler", "TernDelivery", "TernStore", "TernProtocol", .product(name: "GRDB", package: "GRDB.swift"),
         ]),

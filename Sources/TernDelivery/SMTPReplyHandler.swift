@@ -25,10 +25,17 @@ final class SMTPReplyHandler: ChannelInboundHandler {
 
     private var buffer = ByteBuffer()
     private var parser = ReplyParser()
-    private var waiting = CircularBuffer<(promise: EventLoopPromise<SMTPReply>, timer: Scheduled<Void>)>()
+    private var waiting = CircularBuffer<(promise: EventLoopPromise<SMTPReply>, timeout: TimeAmount)>()
     private var early = CircularBuffer<SMTPReply>()
     private var failure: ClientFault? = nil
     private var context: ChannelHandlerContext? = nil
+    /// When the oldest waiter's reply is due: its timeout counts from when
+    /// it became the oldest (the previous reply, or the request). One timer
+    /// serves the whole pipeline and re-arms itself when it fires early,
+    /// instead of a scheduled task per expected reply.
+    private var deadline: NIODeadline? = nil
+    private var timer: Scheduled<Void>? = nil
+    private var timerFiresAt: NIODeadline = .distantFuture
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -45,9 +52,23 @@ final class SMTPReplyHandler: ChannelInboundHandler {
     func expect(into promise: EventLoopPromise<SMTPReply>, timeout: TimeAmount, loop: EventLoop) {
         if let r = early.popFirst() { promise.succeed(r); return }
         if let f = failure { promise.fail(f); return }
+        waiting.append((promise, timeout))
+        if waiting.count == 1 { due(loop.now + timeout, loop: loop) }
+    }
+
+    private func due(_ at: NIODeadline, loop: EventLoop) {
+        deadline = at
+        if timer != nil && timerFiresAt <= at { return } // it re-arms when it fires
+        timer?.cancel()
+        timerFiresAt = at
         let bound = NIOLoopBound(self, eventLoop: loop)
-        let timer = loop.scheduleTask(in: timeout) { bound.value.fail(.timeout) }
-        waiting.append((promise, timer))
+        timer = loop.scheduleTask(deadline: at) { bound.value.timerFired(loop: loop) }
+    }
+
+    private func timerFired(loop: EventLoop) {
+        timer = nil
+        guard let deadline, !waiting.isEmpty else { return }
+        if loop.now < deadline { due(deadline, loop: loop) } else { fail(.timeout) }
     }
 
     /// Drops anything received but not yet read: after STARTTLS's 220, bytes
@@ -88,7 +109,11 @@ final class SMTPReplyHandler: ChannelInboundHandler {
 
     private func deliver(_ reply: SMTPReply) {
         if let w = waiting.popFirst() {
-            w.timer.cancel()
+            if let next = waiting.first, let loop = context?.eventLoop {
+                due(loop.now + next.timeout, loop: loop)
+            } else {
+                deadline = nil
+            }
             w.promise.succeed(reply)
         } else {
             early.append(reply)
@@ -97,8 +122,10 @@ final class SMTPReplyHandler: ChannelInboundHandler {
 
     private func fail(_ fault: ClientFault) {
         if failure == nil { failure = fault }
+        timer?.cancel()
+        timer = nil
+        deadline = nil
         while let w = waiting.popFirst() {
-            w.timer.cancel()
             w.promise.fail(fault)
         }
         context?.close(promise: nil)

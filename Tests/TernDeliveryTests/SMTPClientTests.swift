@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOEmbedded
 import NIOPosix
 import Testing
 @testable import TernDelivery
@@ -158,5 +159,40 @@ func codes(_ r: [Int64: RecipientOutcome]) -> [String] {
         #expect(codes(await after.send(message(["tempdata@y.test", "ok@y.test"]))) == ["deferred 451 4.3.0", "deferred 451 4.3.0"])
         #expect(codes(await after.send(message(["rejectdata@y.test"]))) == ["bounced 554 5.6.0"])
         await after.close()
+    }
+}
+
+/// The reply handler's one timer on the loop's clock: each reply's timeout
+/// counts from the reply before it, and a missed one fails every waiter.
+@Suite struct ReplyTimerTests {
+    @Test func eachReplyGetsItsOwnTimeoutFromThePreviousOne() throws {
+        let channel = EmbeddedChannel()
+        let handler = SMTPReplyHandler()
+        try channel.pipeline.syncOperations.addHandler(handler)
+        let loop = channel.embeddedEventLoop
+        let futures = (0..<3).map { _ in handler.expect(timeout: .seconds(1), loop: loop) }
+        // Three replies 0.7 s apart: 2.1 s in all, none later than 1 s after the one before.
+        for (i, code) in [250, 251, 354].enumerated() {
+            loop.advanceTime(by: .milliseconds(700))
+            try channel.writeInbound(ByteBuffer(string: "\(code) ok\r\n"))
+            #expect(try futures[i].wait().code == code)
+        }
+        // The next one never comes: after its second, it and the one queued behind it fail.
+        let late = handler.expect(timeout: .seconds(1), loop: loop)
+        let behind = handler.expect(timeout: .seconds(5), loop: loop)
+        loop.advanceTime(by: .milliseconds(999))
+        try channel.writeInbound(ByteBuffer(string: "250 in time\r\n"))
+        #expect(try late.wait().text == "in time")
+        loop.advanceTime(by: .seconds(4))
+        #expect(!isDone(behind))
+        loop.advanceTime(by: .seconds(2))
+        #expect(throws: ClientFault.self) { try behind.wait() }
+        #expect(!channel.isActive) // closed on the timeout
+    }
+
+    func isDone(_ f: EventLoopFuture<SMTPReply>) -> Bool {
+        var done = false
+        f.whenComplete { _ in done = true }
+        return done
     }
 }
