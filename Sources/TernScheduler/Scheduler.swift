@@ -35,7 +35,7 @@ public struct SchedulerConfig: Sendable {
     /// 0 closes it at once.
     public var connectionCacheMillis: Int64 = 2_000
     public var readyRecipients = 5_000
-    public var readyBytes = 64 << 20
+    public var readyBytes = 16 << 20
     public var policy = PolicyConfig()
 
     public init(hostname: String) { self.hostname = hostname }
