@@ -123,12 +123,28 @@ enum Rollups {
 /// one upsert per rollup row touched, not one per recipient.
 struct RollupBatch {
     struct AttemptKey: Hashable { var day: Int64, domain: String, host: String }
-    struct AttemptSums { var attempts = 0, delivered = 0, deferred = 0, bounced = 0, tls = 0; var ms: Int64 = 0
-                         var histogram = [Int](repeating: 0, count: Rollups.buckets) }
+    struct AttemptSums {
+        var attempts = 0, delivered = 0, deferred = 0, bounced = 0, tls = 0
+        var ms: Int64 = 0
+        var histogram = [Int](repeating: 0, count: Rollups.buckets)
+
+        mutating func add(_ o: AttemptSums) {
+            attempts += o.attempts; delivered += o.delivered; deferred += o.deferred; bounced += o.bounced; tls += o.tls
+            ms += o.ms
+            for i in histogram.indices { histogram[i] += o.histogram[i] }
+        }
+    }
     struct DeferralKey: Hashable { var day: Int64, domain: String, reply: String }
     struct FinalKey: Hashable { var day: Int64, domain: String }
-    struct FinalSums { var delivered = 0, bounced = 0, expired = 0, suppressed = 0
-                       var histogram = [Int](repeating: 0, count: Rollups.buckets) }
+    struct FinalSums {
+        var delivered = 0, bounced = 0, expired = 0, suppressed = 0
+        var histogram = [Int](repeating: 0, count: Rollups.buckets)
+
+        mutating func add(_ o: FinalSums) {
+            delivered += o.delivered; bounced += o.bounced; expired += o.expired; suppressed += o.suppressed
+            for i in histogram.indices { histogram[i] += o.histogram[i] }
+        }
+    }
     struct RoleKey: Hashable { var day: Int64, role: String }
 
     var attempts: [AttemptKey: AttemptSums] = [:]
@@ -177,27 +193,9 @@ struct RollupBatch {
 
     /// Adds another batch's changes to these.
     mutating func merge(_ other: RollupBatch) {
-        for (k, v) in other.attempts {
-            var sums = attempts[k, default: AttemptSums()]
-            sums.attempts += v.attempts
-            sums.delivered += v.delivered
-            sums.deferred += v.deferred
-            sums.bounced += v.bounced
-            sums.tls += v.tls
-            sums.ms += v.ms
-            for i in sums.histogram.indices { sums.histogram[i] += v.histogram[i] }
-            attempts[k] = sums
-        }
+        for (k, v) in other.attempts { attempts[k, default: AttemptSums()].add(v) }
         for (k, n) in other.deferrals { deferrals[k, default: 0] += n }
-        for (k, v) in other.finals {
-            var sums = finals[k, default: FinalSums()]
-            sums.delivered += v.delivered
-            sums.bounced += v.bounced
-            sums.expired += v.expired
-            sums.suppressed += v.suppressed
-            for i in sums.histogram.indices { sums.histogram[i] += v.histogram[i] }
-            finals[k] = sums
-        }
+        for (k, v) in other.finals { finals[k, default: FinalSums()].add(v) }
         for (k, n) in other.roles { roles[k, default: 0] += n }
     }
 
