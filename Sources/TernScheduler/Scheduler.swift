@@ -27,13 +27,13 @@ public struct SchedulerConfig: Sendable {
     /// Longest sleep between passes; also how soon mail queued by another
     /// process (`tern sendmail`) is noticed.
     public var idleWakeMillis: Int64 = 5_000
-    /// Claimed at intake: recipients (and body bytes, counted once per
-    /// destination) that newly accepted mail may hold in memory waiting for
-    /// a worker. Mail beyond it is queued and claimed the usual way.
     /// How long a connection with nothing to send stays open for the next
     /// message to its destination (Postfix's smtp_connection_cache_time_limit);
     /// 0 closes it at once.
     public var connectionCacheMillis: Int64 = 2_000
+    /// Claimed at intake: recipients (and body bytes, counted once per
+    /// destination) that newly accepted mail may hold in memory waiting for
+    /// a worker. Mail beyond it is queued and claimed the usual way.
     public var readyRecipients = 5_000
     public var readyBytes = 16 << 20
     public var policy = PolicyConfig()
