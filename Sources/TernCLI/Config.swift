@@ -38,6 +38,11 @@ public struct TernSettings: Sendable {
     public var deliveryMaxConnections = deliveryDefaults.maxConnections
     public var deliveryMaxPerDestination = deliveryDefaults.maxConnectionsPerDestination
     public var deliveryMessagesPerConnection = deliveryDefaults.messagesPerConnection
+    /// Milliseconds an idle delivery connection waits for more (0: close at once).
+    public var connectionCacheMillis = deliveryDefaults.connectionCacheMillis
+    /// Claimed at intake: recipients and body bytes waiting in memory for a worker.
+    public var readyRecipients = deliveryDefaults.readyRecipients
+    public var readyBytes = deliveryDefaults.readyBytes
     public var retryFirst = deliveryDefaults.policy.retry.firstDelayMillis / 1000
     public var retryMax = deliveryDefaults.policy.retry.maxDelayMillis / 1000
     public var maxQueueLifetime = deliveryDefaults.policy.maxQueueLifetimeMillis / 1000
@@ -77,6 +82,9 @@ public struct TernSettings: Sendable {
         c.maxConnections = deliveryMaxConnections
         c.maxConnectionsPerDestination = deliveryMaxPerDestination
         c.messagesPerConnection = deliveryMessagesPerConnection
+        c.connectionCacheMillis = connectionCacheMillis
+        c.readyRecipients = readyRecipients
+        c.readyBytes = readyBytes
         c.policy.retry = RetrySchedule(firstDelayMillis: retryFirst * 1000, maxDelayMillis: retryMax * 1000)
         c.policy.maxQueueLifetimeMillis = maxQueueLifetime * 1000
         c.policy.delayWarningMillis = delayWarning * 1000
@@ -133,7 +141,7 @@ extension TernSettings {
     static let deliveryKeys: Set<String> = [
         "max_connections", "max_connections_per_destination", "messages_per_connection", "retry_first", "retry_max",
         "max_queue_lifetime", "delay_warning", "connect_timeout", "tls_policy", "tls_ca_file", "enabled", "suppress_on_hard_bounce",
-        "breaker_threshold", "breaker_cooldown", "breaker_max_cooldown",
+        "breaker_threshold", "breaker_cooldown", "breaker_max_cooldown", "connection_cache_time", "ready_recipients", "ready_bytes",
     ]
     static let limitKeys: Set<String> = [
         "max_message_size", "max_recipients", "max_command_line", "max_text_line", "max_errors", "max_connections",
@@ -207,6 +215,9 @@ extension TernSettings {
             if let v = try int(delivery, "max_connections") { deliveryMaxConnections = v }
             if let v = try int(delivery, "max_connections_per_destination") { deliveryMaxPerDestination = v }
             if let v = try int(delivery, "messages_per_connection") { deliveryMessagesPerConnection = v }
+            if let v = try int(delivery, "connection_cache_time") { connectionCacheMillis = Int64(v) * 1000 }
+            if let v = try int(delivery, "ready_recipients") { readyRecipients = v }
+            if let v = try int(delivery, "ready_bytes") { readyBytes = v }
             if let v = try int(delivery, "retry_first") { retryFirst = Int64(v) }
             if let v = try int(delivery, "retry_max") { retryMax = Int64(v) }
             if let v = try int(delivery, "max_queue_lifetime") { maxQueueLifetime = Int64(v) }

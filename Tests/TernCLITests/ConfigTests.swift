@@ -75,6 +75,19 @@ import TernProtocol
         #expect(throws: ConfigError.self) { try s.validateForServe() } // submissions needs a certificate
     }
 
+    /// The README's example configuration is valid, key for key.
+    @Test func theREADMEExampleParses() throws {
+        let readme = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("README.md")
+        let text = try String(contentsOf: readme, encoding: .utf8)
+        let start = try #require(text.range(of: "```toml\n"))
+        let end = try #require(text.range(of: "\n```", range: start.upperBound..<text.endIndex))
+        var s = TernSettings()
+        try s.apply(toml: String(text[start.upperBound..<end.lowerBound]))
+        #expect(s.hostname == "mx.example.test")
+        #expect(s.schedulerConfig.connectionCacheMillis == 2000 && s.schedulerConfig.readyBytes == 16_777_216)
+    }
+
     @Test func retentionSuppressionAndBreakerFromTOML() throws {
         var s = TernSettings()
         try s.apply(toml: """
@@ -87,7 +100,12 @@ import TernProtocol
             breaker_threshold = 5
             breaker_cooldown = 30
             breaker_max_cooldown = 600
+            connection_cache_time = 0
+            ready_recipients = 100
+            ready_bytes = 1048576
             """)
+        #expect(s.schedulerConfig.connectionCacheMillis == 0)
+        #expect(s.schedulerConfig.readyRecipients == 100 && s.schedulerConfig.readyBytes == 1_048_576)
         #expect(s.retention.bodyDays == 3 && s.retention.historyDays == 30 && s.retentionSweepSeconds == 600)
         #expect(!s.schedulerConfig.policy.suppressOnHardBounce)
         #expect(s.breakerPolicy.threshold == 5 && s.breakerPolicy.baseCooldownMillis == 30_000 && s.breakerPolicy.maxCooldownMillis == 600_000)
