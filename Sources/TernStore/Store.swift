@@ -75,20 +75,13 @@ public final class Store: Sendable {
     /// `durable: false` for writes whose loss in a power failure only repeats
     /// work (claims, outcomes, leases): see GroupCommitWriter.
     package func write<T: Sendable>(durable: Bool = true, _ work: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, Error>) in
-            writer.submit({ db, _ in try work(db) }, durable: durable) { result in
-                switch result {
-                case .success(let v): cont.resume(returning: v as! T)
-                case .failure(let e): cont.resume(throwing: e)
-                }
-            }
-        }
+        try await writeWithRollups(durable: durable) { db, _ in try work(db) }
     }
 
     /// `write` for work that changes the daily rollups: what it adds to the
     /// `RollupBatch` is summed with the rest of its group commit.
     func writeWithRollups<T: Sendable>(durable: Bool = true,
-                                               _ work: @escaping @Sendable (Database, inout RollupBatch) throws -> T) async throws -> T {
+                                       _ work: @escaping @Sendable (Database, inout RollupBatch) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, Error>) in
             writer.submit({ db, rollups in try work(db, &rollups) }, durable: durable) { result in
                 switch result {
