@@ -83,6 +83,13 @@ public final class Scheduler: Service, Sendable {
         /// Destinations whose queued or deferred rows were due at the last
         /// pass and have not been claimed to the end since.
         var dueInStore: Set<String> = []
+
+        /// Takes the idle worker of `domain` that waited last, if any.
+        mutating func popWaiter(_ domain: String) -> CheckedContinuation<Bool, Never>? {
+            let w = waiting[domain]?.popLast()
+            if waiting[domain]?.isEmpty == true { waiting[domain] = nil }
+            return w?.resume
+        }
     }
 
     let state = Mutex(State())
@@ -134,8 +141,12 @@ public final class Scheduler: Service, Sendable {
         let ended = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
             var out: [CheckedContinuation<Bool, Never>] = []
             for (domain, list) in s.waiting {
-                let keep = list.filter { w in olderThan.map { w.since >= $0 } ?? false }
-                out += list.filter { w in !(olderThan.map { w.since >= $0 } ?? false) }.map(\.resume)
+                var keep = list
+                keep.removeAll { w in
+                    if let cutoff = olderThan, w.since >= cutoff { return false }
+                    out.append(w.resume)
+                    return true
+                }
                 s.waiting[domain] = keep.isEmpty ? nil : keep
             }
             return out
@@ -221,9 +232,7 @@ public final class Scheduler: Service, Sendable {
                 s.dueInStore.insert(domain)
                 startWorkers(domain, due: d.dueCount + s.readyCount[domain, default: 0], &s)
                 // A worker idle on a connection to it takes the queued ones too.
-                let w = s.waiting[domain]?.popLast()
-                if s.waiting[domain]?.isEmpty == true { s.waiting[domain] = nil }
-                return w?.resume
+                return s.popWaiter(domain)
             }
             idle?.resume(returning: true)
         }
@@ -560,9 +569,8 @@ extension Scheduler: IntakeHandoff {
             for (domain, recipients) in byDomain {
                 s.ready[domain, default: []].append(ReadyItem(message: stored, recipients: recipients, leaseUntil: lease.until))
                 s.readyCount[domain, default: 0] += recipients.count
-                if let w = s.waiting[domain]?.popLast() {
-                    if s.waiting[domain]?.isEmpty == true { s.waiting[domain] = nil }
-                    resumed.append(w.resume)
+                if let w = s.popWaiter(domain) {
+                    resumed.append(w)
                 } else {
                     startWorkers(domain, due: s.readyCount[domain, default: 0], &s)
                 }

@@ -270,13 +270,10 @@ extension Store {
              WHERE id = ?9
             RETURNING domain, address, created_at, final_at
             """)
-        let insertEvent = try db.cachedStatement(sql: """
-            INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)
-            """)
         for t in batch.transitions {
             var update = DirectStatement(updateRecipient)
             update.bind(t.state)
-            update.bind(Int64(t.countsAsAttempt ? 1 : 0))
+            update.bind(t.countsAsAttempt)
             update.bind(t.nextAttemptAt)
             update.bind(t.code)
             update.bind(t.enhanced)
@@ -288,36 +285,38 @@ extension Store {
             if let row, let domain = row.0, let address = row.1, let createdAt = row.2, let finalAt = row.3 {
                 rollups.addFinal(state: t.state, domain: domain, address: address, createdAt: createdAt, finalAt: finalAt, sign: 1)
             }
-            var event = DirectStatement(insertEvent)
-            event.bind(batch.at)
-            event.bind(t.event)
-            event.bind(t.messageID)
-            event.bind(t.recipientID)
-            event.bind(t.eventDetail)
-            try event.execute(db)
+            try Store.addEvent(db, at: batch.at, kind: t.event, messageID: t.messageID, recipientID: t.recipientID, detail: t.eventDetail)
         }
-        let event = try db.cachedStatement(sql: """
-            INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (:at, :kind, :message_id, :recipient_id, :detail)
-            """)
         let suppress = try db.cachedStatement(sql: """
             INSERT OR IGNORE INTO suppression (address, reason, source, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
             """)
         for (e, recipientID, messageID) in batch.suppressions {
             try suppress.execute(arguments: [e.address, e.reason, e.source, e.createdAt, e.expiresAt])
             if db.changesCount > 0 {
-                try event.execute(arguments: [
-                    "at": batch.at, "kind": "suppression_added", "message_id": messageID, "recipient_id": recipientID,
-                    "detail": JSON.object([("address", .string(e.address)), ("reason", .string(e.reason))]).text,
-                ])
+                try Store.addEvent(db, at: batch.at, kind: "suppression_added", messageID: messageID, recipientID: recipientID,
+                                   detail: JSON.object([("address", .string(e.address)), ("reason", .string(e.reason))]).text)
             }
         }
         for (dsn, original) in batch.dsns {
             let id = try Store.insert(dsn, db)
             try db.execute(sql: "UPDATE message SET dsn_for = ? WHERE id = ?", arguments: [original, id])
-            try event.execute(arguments: [
-                "at": batch.at, "kind": "dsn_queued", "message_id": original, "recipient_id": nil,
-                "detail": JSON.object([("dsn_queue_id", .string(dsn.queueID)), ("to", .string(dsn.recipients.first?.address ?? ""))]).text,
-            ])
+            try Store.addEvent(db, at: batch.at, kind: "dsn_queued", messageID: original, recipientID: nil,
+                               detail: JSON.object([("dsn_queue_id", .string(dsn.queueID)),
+                                                    ("to", .string(dsn.recipients.first?.address ?? ""))]).text)
         }
+    }
+
+    /// One tracking event, through the cached positional statement that
+    /// intake and outcomes share.
+    static func addEvent(_ db: Database, at: Int64, kind: String, messageID: Int64?, recipientID: Int64?, detail: String?) throws {
+        var event = DirectStatement(try db.cachedStatement(sql: """
+            INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)
+            """))
+        event.bind(at)
+        event.bind(kind)
+        event.bind(messageID)
+        event.bind(recipientID)
+        event.bind(detail)
+        try event.execute(db)
     }
 }

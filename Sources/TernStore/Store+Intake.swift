@@ -159,19 +159,13 @@ extension Store {
             try rcpt.execute(db)
             leased.append(lease == nil ? nil : db.lastInsertedRowID)
         }
-        var event = try DirectStatement(db.cachedStatement(sql: """
-            INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (?1, 'received', ?2, NULL, ?3)
-            """))
         let detail = JSON.object([
             ("queue_id", .string(m.queueID)), ("from", .string(m.mailFrom)), ("size", .int(m.body.count)),
             ("recipients", .int(m.recipients.count)), ("client", m.clientAddress.map(JSON.string) ?? .null),
             ("helo", m.helo.map(JSON.string) ?? .null), ("origin", .string(m.origin)),
             ("message_id", m.headerMessageID.map(JSON.string) ?? .null),
         ])
-        event.bind(m.receivedAt)
-        event.bind(messageID)
-        event.bind(detail.text)
-        try event.execute(db)
+        try Store.addEvent(db, at: m.receivedAt, kind: "received", messageID: messageID, recipientID: nil, detail: detail.text)
         return InsertedMessage(id: messageID, leasedRecipientIDs: leased)
     }
 }
