@@ -64,6 +64,7 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         #expect(try store.writerPragma("journal_mode") == "wal")
         #expect(try store.writerPragma("foreign_keys") == "1")
         #expect(try store.writerPragma("auto_vacuum") == "2") // INCREMENTAL
+        #expect(try store.writerPragma("temp_store") == "2") // savepoint journals in memory
         #expect(try store.read { db in try Int.fetchOne(db, sql: "PRAGMA busy_timeout") } ?? 0 >= 1000)
     }
 
