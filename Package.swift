@@ -34,7 +34,7 @@ let package = Package(
         .systemLibrary(name: "CAres", path: "Sources/CAres", pkgConfig: "libcares", providers: [.apt(["libc-ares-dev"])]),
         .target(name: "TernRouting", dependencies: ["TernProtocol", "CAres", logging]),
         // C library settings Swift cannot reach (mallopt).
-        .target(name: "CTernSystem", path: "Sources/CTernSystem"),
+        .target(name: "CTernSystem", path: "Sources/CTernSystem", linkerSettings: [.linkedLibrary("sqlite3")]),
         // Delivery: the DeliveryAgent protocol and the SwiftNIO SMTP client.
         .target(name: "TernDelivery", dependencies: [
             "TernProtocol", "TernRouting", nioCore, nioPosix, logging, .product(name: "NIOSSL", package: "swift-nio-ssl"),

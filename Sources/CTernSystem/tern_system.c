@@ -11,3 +11,9 @@ int tern_malloc_thresholds(int trim_threshold, int mmap_threshold) {
     return 0;
 #endif
 }
+
+#include <sqlite3.h>
+
+int tern_sqlite_memstatus_off(void) {
+    return sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) == SQLITE_OK;
+}
