@@ -227,24 +227,26 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     }
 
     /// Writes `payload` and reads one reply per timeout, in order.
+    ///
+    /// One hop to the loop and one resume back per exchange: the waits are
+    /// registered, the bytes written and the replies gathered all on the
+    /// loop. (Awaiting each reply's future from the task instead cost a hop
+    /// to the loop per future, even a completed one, to attach the callback,
+    /// and a resume of the task for each.)
     private func sendAndExpect(_ payload: ByteBuffer, timeouts: [Int64]) async throws -> [SMTPReply] {
         let h = handler
         let loop = channel.eventLoop
         let channel = self.channel
-        // The promises are made here and handed to the loop: one hop there
-        // and one back per exchange, not a round trip first for the futures.
-        let promises = timeouts.map { _ in loop.makePromise(of: SMTPReply.self) }
-        loop.execute {
-            // Register the waits before writing, so no reply can come first.
-            for (p, t) in zip(promises, timeouts) { h.value.expect(into: p, timeout: .seconds(t), loop: loop) }
-            channel.writeAndFlush(payload, promise: nil)
+        let replies: [SMTPReply] = try await withCheckedThrowingContinuation { cont in
+            loop.execute {
+                // Register the waits before writing, so no reply can come first.
+                let futures = timeouts.map { t in h.value.expect(timeout: .seconds(t), loop: loop) }
+                channel.writeAndFlush(payload, promise: nil)
+                // Fails with the first failed reply; every later one fails with it.
+                EventLoopFuture.whenAllSucceed(futures, on: loop).whenComplete { cont.resume(with: $0) }
+            }
         }
-        var replies: [SMTPReply] = []
-        for p in promises {
-            let r = try await p.futureResult.get()
-            if r.code == 421 { broken = true } // RFC 5321 §3.8: the server is closing
-            replies.append(r)
-        }
+        if replies.contains(where: { $0.code == 421 }) { broken = true } // RFC 5321 §3.8: the server is closing
         return replies
     }
 

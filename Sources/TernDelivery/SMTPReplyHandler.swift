@@ -42,18 +42,12 @@ final class SMTPReplyHandler: ChannelInboundHandler {
 
     /// A future for the next reply; must be called on the channel's loop.
     func expect(timeout: TimeAmount, loop: EventLoop) -> EventLoopFuture<SMTPReply> {
+        if let r = early.popFirst() { return loop.makeSucceededFuture(r) }
+        if let f = failure { return loop.makeFailedFuture(f) }
         let promise = loop.makePromise(of: SMTPReply.self)
-        expect(into: promise, timeout: timeout, loop: loop)
-        return promise.futureResult
-    }
-
-    /// The next reply completes `promise` (made by a caller off the loop, so
-    /// that it need not wait for a round trip to the loop to get a future).
-    func expect(into promise: EventLoopPromise<SMTPReply>, timeout: TimeAmount, loop: EventLoop) {
-        if let r = early.popFirst() { promise.succeed(r); return }
-        if let f = failure { promise.fail(f); return }
         waiting.append((promise, timeout))
         if waiting.count == 1 { due(loop.now + timeout, loop: loop) }
+        return promise.futureResult
     }
 
     private func due(_ at: NIODeadline, loop: EventLoop) {
