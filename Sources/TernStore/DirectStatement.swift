@@ -56,8 +56,8 @@ struct DirectStatement {
         try finish(code, db)
     }
 
-    /// Runs it and returns the first row's columns as read by `read`
-    /// (RETURNING), nil when there is no row.
+    /// Runs it and returns the first row's columns as read by `read` (a
+    /// SELECT or RETURNING), nil when there is no row.
     func executeReturning<T>(_ db: Database, _ read: (Columns) -> T) throws -> T? {
         var code = sqlite3_step(handle)
         var result: T? = nil

@@ -3,6 +3,7 @@
 // `schema_migration`, and refuses a database whose schema is newer than this
 // binary knows.
 
+import Foundation
 import GRDB
 
 public enum Migrator {
@@ -12,9 +13,66 @@ public enum Migrator {
     /// Names and SQL of the embedded migrations (for `tern migrate --list` and tests).
     public static var embedded: [(version: Int, name: String, sql: String)] { EmbeddedMigrations.all }
 
-    /// Statements run after a migration's SQL, in its transaction (work the
-    /// SQL file cannot express as well, such as filling the rollups).
-    static var followUps: [Int: [String]] { [5: Rollups.rebuildStatements] }
+    /// Work run after a migration's SQL, in its transaction, that the SQL
+    /// file cannot express as well (filling the rollups; rewriting CHECKs).
+    static var followUps: [Int: (Database) throws -> Void] {
+        [5: { db in for sql in Rollups.rebuildStatements { try db.execute(sql: sql) } },
+         6: { db in try checksWithoutInLists(db) }]
+    }
+
+    /// Tables whose CHECK constraints migration 6 writes as OR chains.
+    static let hotTables = ["message", "recipient", "attempt"]
+
+    /// Rewrites the CHECK constraints of the hot tables from `x IN (a, b)` to
+    /// `(x = a OR x = b)`: the same condition, without the ephemeral table
+    /// SQLite builds per row written to evaluate an IN list. SQLite cannot
+    /// alter a CHECK; for a change every existing row already satisfies, its
+    /// documented procedure is to edit the schema text under
+    /// `writable_schema` and bump `schema_version` (sqlite.org/lang_altertable.html §7),
+    /// which needs no copy of the table. Every other connection rereads the
+    /// schema when it sees the new version; the migrating connection is told
+    /// to as well (`writable_schema = RESET` after the commit), as a plain
+    /// SQLite connection keeps the schema it parsed.
+    static func checksWithoutInLists(_ db: Database) throws {
+        let version = try Int.fetchOne(db, sql: "PRAGMA schema_version") ?? 0
+        try db.execute(sql: "PRAGMA writable_schema = ON")
+        for table in hotTables {
+            guard let sql = try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                                arguments: [table]) else { continue }
+            try db.execute(sql: "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
+                           arguments: [orChains(sql), table])
+        }
+        try db.execute(sql: "PRAGMA schema_version = \(version + 1)")
+        try db.execute(sql: "PRAGMA writable_schema = OFF")
+    }
+
+    /// `name IN (v1, v2, …)` → `(name = v1 OR name = v2 …)` for every IN
+    /// list of literals (no parentheses or commas inside a value); other IN
+    /// operators are left alone.
+    static func orChains(_ sql: String) -> String {
+        var out = ""
+        var rest = Substring(sql)
+        while let inRange = rest.range(of: " IN (") {
+            let before = rest[..<inRange.lowerBound]
+            // The operand: the identifier right before " IN (".
+            let name = before.reversed().prefix { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "." }.reversed()
+            let close = rest[inRange.upperBound...].firstIndex(of: ")")
+            let values = close.map { rest[inRange.upperBound..<$0].split(separator: ",").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) } } ?? []
+            // Literals only ('text' or numbers): a subquery or an expression stays as it is.
+            let literal = { (v: String) in v.hasPrefix("'") || v.first.map { $0.isNumber || $0 == "-" } == true }
+            guard !name.isEmpty, let close, !values.isEmpty, values.allSatisfy(literal),
+                  !rest[inRange.upperBound..<close].contains("(") else {
+                out += rest[..<inRange.upperBound]
+                rest = rest[inRange.upperBound...]
+                continue
+            }
+            let operand = String(name)
+            out += before.dropLast(operand.count)
+            out += "(" + values.map { "\(operand) = \($0)" }.joined(separator: " OR ") + ")"
+            rest = rest[rest.index(after: close)...]
+        }
+        return out + rest
+    }
 
     static let bookkeeping = """
         CREATE TABLE IF NOT EXISTS schema_migration (
@@ -42,13 +100,15 @@ public enum Migrator {
                 for m in EmbeddedMigrations.all.sorted(by: { $0.version < $1.version }) where m.version > current {
                     try db.inTransaction(.immediate) {
                         try db.execute(sql: m.sql)
-                        for sql in followUps[m.version] ?? [] { try db.execute(sql: sql) }
+                        try followUps[m.version]?(db)
                         try db.execute(sql: "INSERT INTO schema_migration (version, name, applied_at) VALUES (:v, :n, :t)",
                                        arguments: ["v": m.version, "n": m.name, "t": nowMillis()])
                         return .commit
                     }
                     applied.append(m.name)
                 }
+                // Have this connection parse the rewritten CHECKs now.
+                if applied.contains(where: { $0.hasPrefix("0006_") }) { try db.execute(sql: "PRAGMA writable_schema = RESET") }
                 return applied
             }
         } catch {

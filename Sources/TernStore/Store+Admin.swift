@@ -91,7 +91,7 @@ extension Store {
             let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = 'inflight' AND \(cond)", arguments: args) ?? 0
             let rows = try Row.fetchAll(db, sql: """
                 UPDATE recipient AS r SET next_attempt_at = :now
-                 WHERE r.state IN ('queued', 'deferred') AND \(cond) RETURNING id, message_id
+                 WHERE \(StateSQL.claimable) AND \(cond) RETURNING id, message_id
                 """, arguments: a)
             let event = try db.cachedStatement(sql: "INSERT INTO event (at, kind, message_id, recipient_id) VALUES (:at, 'flushed', :m, :r)")
             for r in rows { try event.execute(arguments: ["at": now, "m": r[1] as Int64, "r": r[0] as Int64]) }

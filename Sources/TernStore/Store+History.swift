@@ -300,7 +300,7 @@ extension Store {
             change(&s)
             stats[domain] = s
         }
-        let live = "state IN ('queued', 'deferred', 'inflight', 'held')"
+        let live = StateSQL.live
         if split.days != nil {
             // Final recipients of the whole days, from the rollup; waiting ones from the live index.
             let sums = Rollups.dColumns.map { "sum(\($0))" }.joined(separator: ", ")
@@ -440,7 +440,7 @@ extension Store {
                        sum(age < 5), sum(age >= 5 AND age < 10), sum(age >= 10 AND age < 20), sum(age >= 20 AND age < 40),
                        sum(age >= 40 AND age < 80), sum(age >= 80 AND age < 160), sum(age >= 160)
                   FROM (SELECT domain, (:now - created_at) / 60000.0 AS age FROM recipient
-                         WHERE state IN ('queued', 'deferred', 'inflight', 'held'))
+                         WHERE \(StateSQL.live))
                  GROUP BY domain ORDER BY count(*) DESC, domain LIMIT :limit
                 """, arguments: ["now": now, "limit": limit]).map { row in
                 QueueShapeRow(domain: row[0], total: row[1], buckets: (2...8).map { row[$0] })
@@ -459,7 +459,7 @@ extension Store {
                                         arguments: split.dayArgs) { counts[row[0], default: 0] += row[1] as Int }
             for row in try Row.fetchAll(db, sql: """
                 SELECT \(local), count(*) FROM recipient
-                 WHERE state IN ('queued', 'deferred', 'inflight', 'held') AND +created_at >= :m0 AND +created_at < :m1 -- "+": the live index, not every recipient
+                 WHERE \(StateSQL.live) AND +created_at >= :m0 AND +created_at < :m1 -- "+": the live index, not every recipient
                    AND \(local) IN (\(roles)) GROUP BY 1
                 """, arguments: split.dayMillisArgs) { counts[row[0], default: 0] += row[1] as Int }
         }
@@ -488,7 +488,7 @@ extension Store {
                        -- with one max(), SQLite takes bare columns from that row: the last bounce's reply
                        coalesce(last_code || ' ', '') || coalesce(last_enhanced || ' ', '') || coalesce(last_text, '')
                   FROM recipient r
-                 WHERE r.state IN ('bounced', 'expired') AND r.state = 'bounced' -- the first term selects the recipient_failed index
+                 WHERE \(StateSQL.failed) AND r.state = 'bounced' -- the first term selects the recipient_failed index
                    AND r.final_at >= :since AND r.final_at < :until
                  GROUP BY lower(address) HAVING count(*) >= 2 ORDER BY count(*) DESC, lower(address) LIMIT :top
                 """, arguments: args).map { AddressCount(address: $0[0], count: $0[1], lastReply: $0[3], lastAt: $0[2]) }
@@ -497,7 +497,7 @@ extension Store {
                 SELECT lower(address), count(*), max(final_at),
                        coalesce(last_code || ' ', '') || coalesce(last_enhanced || ' ', '') || coalesce(last_text, '')
                   FROM recipient r
-                 WHERE r.final_at >= :since AND r.final_at < :until AND r.state IN ('bounced', 'expired')
+                 WHERE r.final_at >= :since AND r.final_at < :until AND \(StateSQL.failed)
                    AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.address = r.address)
                  GROUP BY lower(address)
                 HAVING count(*) >= 2 OR sum(r.last_enhanced IN ('5.1.1', '5.1.2', '5.1.10')) > 0

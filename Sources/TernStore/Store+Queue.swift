@@ -46,7 +46,7 @@ extension Store {
                 sql += " r.state = :state"
                 args["state"] = s
             } else {
-                sql += " r.state IN ('queued', 'inflight', 'deferred', 'held')"
+                sql += " \(StateSQL.live)"
             }
             if let d = filter.domain {
                 sql += " AND r.domain = :domain"

@@ -68,6 +68,94 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         #expect(try store.read { db in try Int.fetchOne(db, sql: "PRAGMA busy_timeout") } ?? 0 >= 1000)
     }
 
+    @Test func orChainsRewriteInListsOfLiterals() {
+        #expect(Migrator.orChains("CHECK (ret IN ('FULL', 'HDRS'))") == "CHECK ((ret = 'FULL' OR ret = 'HDRS'))")
+        #expect(Migrator.orChains("CHECK (state IN ('a',\n      'b')),\n x INTEGER CHECK (x IN (0, 1))")
+                == "CHECK ((state = 'a' OR state = 'b')),\n x INTEGER CHECK ((x = 0 OR x = 1))")
+        #expect(Migrator.orChains("WHERE id IN (SELECT id FROM t)") == "WHERE id IN (SELECT id FROM t)")
+        #expect(Migrator.orChains("WHERE x IN (f(1), 2)") == "WHERE x IN (f(1), 2)")
+        #expect(Migrator.orChains("no lists here") == "no lists here")
+    }
+
+    /// Migration 6: the hot tables' CHECKs and the partial indexes carry no
+    /// IN list (no ephemeral table per row written), and still refuse what
+    /// they refused.
+    @Test func hotTablesHaveNoInLists() throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        for table in Migrator.hotTables {
+            let sql = try store.read { db in try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE name = ?", arguments: [table]) } ?? ""
+            #expect(!sql.contains(" IN ("), "\(table): \(sql)")
+            #expect(sql.contains("CHECK"))
+        }
+        let partial = try store.read { db in
+            try String.fetchAll(db, sql: "SELECT sql FROM sqlite_master WHERE name IN ('recipient_claim', 'recipient_live', 'recipient_failed')")
+        }
+        #expect(partial.count == 3)
+        #expect(partial.allSatisfy { !$0.contains(" IN (") })
+        #expect(partial.contains { $0.contains(StateSQL.claimable) } && partial.contains { $0.contains(StateSQL.live) }
+                && partial.contains { $0.contains(StateSQL.failed) })
+        let ephemeral = try store.writeDirect { db in
+            try ["INSERT INTO recipient (message_id, address, domain, state, next_attempt_at, created_at) VALUES (1, 'a', 'b', 'queued', 1, 1)",
+                 "UPDATE recipient SET state = 'delivered', final_at = 1 WHERE id = 1",
+                 "INSERT INTO attempt (recipient_id, started_at, ended_at, outcome) VALUES (1, 1, 1, 'delivered')"].map { sql in
+                try Row.fetchAll(db, sql: "EXPLAIN " + sql).filter { ($0["opcode"] as String) == "OpenEphemeral" }.count
+            }
+        }
+        #expect(ephemeral == [0, 0, 0])
+        #expect(try store.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") } == "ok")
+    }
+
+    /// A database of schema 5 with mail in it: migration 6 keeps every row,
+    /// the writer connection reads the rewritten schema at once, and the
+    /// rewritten CHECKs still refuse bad states.
+    @Test func upgradeFromFiveKeepsRowsAndChecks() throws {
+        let path = temporaryDatabase()
+        try FileManager.default.createDirectory(atPath: URL(fileURLWithPath: path).deletingLastPathComponent().path, withIntermediateDirectories: true)
+        let old = try DatabaseQueue(path: path)
+        try old.write { db in
+            try db.execute(sql: Migrator.bookkeeping)
+            for m in Migrator.embedded.sorted(by: { $0.version < $1.version }) where m.version <= 5 {
+                try db.execute(sql: m.sql)
+                try Migrator.followUps[m.version]?(db)
+                try db.execute(sql: "INSERT INTO schema_migration VALUES (?, ?, 0)", arguments: [m.version, m.name])
+            }
+            _ = try Store.insert(sampleMessage("q5", recipients: 3), db)
+        }
+        try old.close()
+        let store = try Store(path: path)
+        defer { store.close() }
+        #expect(try store.schemaVersion() == 6)
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient WHERE \(StateSQL.claimable)") } == 3)
+        let ephemeral = try store.writeDirect { db in
+            try Row.fetchAll(db, sql: "EXPLAIN UPDATE recipient SET state = 'deferred' WHERE id = 1").filter { ($0["opcode"] as String) == "OpenEphemeral" }.count
+        }
+        #expect(ephemeral == 0)
+        #expect(throws: (any Error).self) { try store.writeDirect { db in try db.execute(sql: "UPDATE recipient SET state = 'lost'") } }
+        #expect(throws: (any Error).self) { try store.writeDirect { db in try db.execute(sql: "UPDATE message SET origin = 'mars'") } }
+        #expect(try store.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") } == "ok")
+    }
+
+    /// The hot queries take their partial index (a query must contain the
+    /// index's condition as written: StateSQL).
+    @Test func hotQueriesUseTheirPartialIndexes() throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        func plan(_ sql: String) throws -> String {
+            try store.read { db in try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + sql).map { $0["detail"] as String }.joined(separator: "; ") }
+        }
+        let claim = try plan("SELECT id FROM recipient WHERE \(StateSQL.claimable) AND next_attempt_at <= 5 AND domain = 'x' ORDER BY next_attempt_at, id LIMIT 20")
+        #expect(claim.contains("recipient_claim"), "\(claim)")
+        let due = try plan("SELECT domain, min(next_attempt_at), sum(next_attempt_at <= 5) FROM recipient WHERE \(StateSQL.claimable) GROUP BY domain")
+        #expect(due.contains("recipient_claim"), "\(due)")
+        let live = try plan("SELECT domain, count(*) FROM recipient WHERE \(StateSQL.live) GROUP BY domain")
+        #expect(live.contains("recipient_live"), "\(live)")
+        let shape = try plan("SELECT * FROM queue_shape")
+        #expect(shape.contains("recipient_live"), "\(shape)")
+        let failed = try plan("SELECT count(*) FROM recipient r WHERE \(StateSQL.failed) AND r.state = 'bounced' AND r.final_at >= 1 AND r.final_at < 2")
+        #expect(failed.contains("recipient_failed"), "\(failed)")
+    }
+
     @Test func schemaChecksStates() throws {
         let store = try Store(path: temporaryDatabase())
         defer { store.close() }
