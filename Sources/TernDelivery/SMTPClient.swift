@@ -234,20 +234,47 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     /// to the loop per future, even a completed one, to attach the callback,
     /// and a resume of the task for each.)
     private func sendAndExpect(_ payload: ByteBuffer, timeouts: [Int64]) async throws -> [SMTPReply] {
+        precondition(!timeouts.isEmpty, "an exchange expects at least one reply")
         let h = handler
         let loop = channel.eventLoop
         let channel = self.channel
         let replies: [SMTPReply] = try await withCheckedThrowingContinuation { cont in
             loop.execute {
+                let gathered = Gathered(expected: timeouts.count)
                 // Register the waits before writing, so no reply can come first.
-                let futures = timeouts.map { t in h.value.expect(timeout: .seconds(t), loop: loop) }
+                for t in timeouts {
+                    h.value.expect(timeout: .seconds(t), loop: loop) { result in
+                        guard !gathered.finished else { return }
+                        switch result {
+                        case .success(let reply):
+                            gathered.replies.append(reply)
+                            if gathered.replies.count == gathered.expected {
+                                gathered.finished = true
+                                cont.resume(returning: gathered.replies)
+                            }
+                        case .failure(let fault):
+                            // The first failure ends the exchange; every later wait fails with it.
+                            gathered.finished = true
+                            cont.resume(throwing: fault)
+                        }
+                    }
+                }
                 channel.writeAndFlush(payload, promise: nil)
-                // Fails with the first failed reply; every later one fails with it.
-                EventLoopFuture.whenAllSucceed(futures, on: loop).whenComplete { cont.resume(with: $0) }
             }
         }
         if replies.contains(where: { $0.code == 421 }) { broken = true } // RFC 5321 §3.8: the server is closing
         return replies
+    }
+
+    /// Replies of one exchange, gathered on the loop.
+    private final class Gathered {
+        let expected: Int
+        var replies: [SMTPReply] = []
+        var finished = false
+        init(expected: Int) {
+            self.expected = expected
+            replies.reserveCapacity(expected)
+        }
     }
 
     func send(_ message: OutboundMessage) async -> [Int64: RecipientOutcome] {

@@ -25,7 +25,10 @@ final class SMTPReplyHandler: ChannelInboundHandler {
 
     private var buffer = ByteBuffer()
     private var parser = ReplyParser()
-    private var waiting = CircularBuffer<(promise: EventLoopPromise<SMTPReply>, timeout: TimeAmount)>()
+    /// Called on the loop with the reply, or the fault that ended the connection.
+    typealias ReplyCallback = (Result<SMTPReply, ClientFault>) -> Void
+
+    private var waiting = CircularBuffer<(done: ReplyCallback, timeout: TimeAmount)>()
     private var early = CircularBuffer<SMTPReply>()
     private var failure: ClientFault? = nil
     private var context: ChannelHandlerContext? = nil
@@ -42,12 +45,19 @@ final class SMTPReplyHandler: ChannelInboundHandler {
 
     /// A future for the next reply; must be called on the channel's loop.
     func expect(timeout: TimeAmount, loop: EventLoop) -> EventLoopFuture<SMTPReply> {
-        if let r = early.popFirst() { return loop.makeSucceededFuture(r) }
-        if let f = failure { return loop.makeFailedFuture(f) }
         let promise = loop.makePromise(of: SMTPReply.self)
-        waiting.append((promise, timeout))
-        if waiting.count == 1 { due(loop.now + timeout, loop: loop) }
+        expect(timeout: timeout, loop: loop) { promise.completeWith($0.mapError { $0 }) }
         return promise.futureResult
+    }
+
+    /// `done` gets the next reply (or the fault); on the channel's loop.
+    /// Callbacks rather than promises: a pipelined group gathers its replies
+    /// without a future, a promise and a callback list per reply.
+    func expect(timeout: TimeAmount, loop: EventLoop, _ done: @escaping ReplyCallback) {
+        if let r = early.popFirst() { done(.success(r)); return }
+        if let f = failure { done(.failure(f)); return }
+        waiting.append((done, timeout))
+        if waiting.count == 1 { due(loop.now + timeout, loop: loop) }
     }
 
     private func due(_ at: NIODeadline, loop: EventLoop) {
@@ -108,7 +118,7 @@ final class SMTPReplyHandler: ChannelInboundHandler {
             } else {
                 deadline = nil
             }
-            w.promise.succeed(reply)
+            w.done(.success(reply))
         } else {
             early.append(reply)
         }
@@ -120,7 +130,7 @@ final class SMTPReplyHandler: ChannelInboundHandler {
         timer = nil
         deadline = nil
         while let w = waiting.popFirst() {
-            w.promise.fail(fault)
+            w.done(.failure(fault))
         }
         context?.close(promise: nil)
     }
