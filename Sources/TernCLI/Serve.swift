@@ -126,7 +126,8 @@ struct Serve: AsyncParsableCommand {
         } catch {
             throw fail("TLS set-up failed: \(error)", code: 78)
         }
-        let scheduler = Scheduler(store: store, agent: agent, config: settings.schedulerConfig, logger: logger)
+        let scheduler = Scheduler(store: store, agent: agent, config: settings.schedulerConfig,
+                                  executors: EventLoopExecutor.forEachLoop(of: group), logger: logger)
         // Start-up recovery: SQLite has replayed the WAL on open; check the
         // pages, return leases of the previous run, and say what is queued.
         do {

@@ -116,7 +116,9 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             // Keep the handler itself: a server that greets 421 and hangs up may
             // have emptied the pipeline before we could look it up there.
             let slot = NIOLockedValueBox<NIOLoopBound<SMTPReplyHandler>?>(nil)
-            channel = try await ClientBootstrap(group: group)
+            // On the loop the worker runs on, when it runs on one: its
+            // exchanges then stay on that thread.
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.currentEventLoop ?? group)
                 .connectTimeout(.seconds(config.connectTimeout))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { ch in

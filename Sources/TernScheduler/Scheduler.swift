@@ -95,8 +95,14 @@ public final class Scheduler: Service, Sendable {
     let state = Mutex(State())
     private let wakeup = Wakeup()
 
+    /// Where delivery workers run, in turn (the event loops, in `serve`);
+    /// empty: Swift's global executor.
+    let executors: [any TaskExecutor]
+
     public init(store: Store, agent: any DeliveryAgent, config: SchedulerConfig, clock: any TernClock = SystemClock(),
-                random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }, logger: Logger = Logger(label: "tern.scheduler")) {
+                random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }, executors: [any TaskExecutor] = [],
+                logger: Logger = Logger(label: "tern.scheduler")) {
+        self.executors = executors
         self.store = store
         self.agent = agent
         self.config = config
@@ -252,7 +258,11 @@ public final class Scheduler: Service, Sendable {
             // Registered under the lock: the worker's own removal waits for it.
             let id = s.nextWorkerID
             s.nextWorkerID += 1
-            s.workers[id] = Task { await self.work(domain, id: id) }
+            if executors.isEmpty {
+                s.workers[id] = Task { await self.work(domain, id: id) }
+            } else {
+                s.workers[id] = Task(executorPreference: executors[id % executors.count]) { await self.work(domain, id: id) }
+            }
         }
     }
 

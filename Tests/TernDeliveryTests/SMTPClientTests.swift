@@ -196,3 +196,29 @@ func codes(_ r: [Int64: RecipientOutcome]) -> [String] {
         return done
     }
 }
+
+@Suite struct EventLoopExecutorTests {
+    /// A task that prefers a loop's executor runs there, before and after
+    /// each await, whoever resumes it.
+    @Test func aTaskPreferringALoopRunsOnIt() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let executors = EventLoopExecutor.forEachLoop(of: group)
+        #expect(executors.count == 2)
+        #expect(executors[0].loop !== executors[1].loop)
+        let loop = executors[1].loop
+        let seen = await Task(executorPreference: executors[1]) { () async -> [Bool] in
+            var seen = [loop.inEventLoop]
+            try? await Task.sleep(nanoseconds: 1_000_000)             // resumed by the clock
+            seen.append(loop.inEventLoop)
+            _ = try? await group.next().submit { 1 }.get()            // resumed from a loop, maybe the other
+            seen.append(loop.inEventLoop)
+            _ = await withCheckedContinuation { cont in                // resumed from another thread
+                Thread.detachNewThread { cont.resume(returning: 0) }
+            }
+            seen.append(loop.inEventLoop)
+            return seen
+        }.value
+        #expect(seen == [true, true, true, true])
+        try await group.shutdownGracefully()
+    }
+}

@@ -53,7 +53,8 @@ final class TestServer: Sendable {
                                           config: client, group: group, logger: logger)
             var sc = SchedulerConfig(hostname: "mx.test")
             d.edit(&sc)
-            scheduler = Scheduler(store: store, agent: agent, config: sc, logger: logger)
+            // As `serve` runs it: delivery workers on the event loops.
+            scheduler = Scheduler(store: store, agent: agent, config: sc, executors: EventLoopExecutor.forEachLoop(of: group), logger: logger)
         }
         let s = scheduler
         // As in `tern serve`: the running scheduler takes new mail from memory.
