@@ -94,6 +94,10 @@ public final class Scheduler: Service, Sendable {
 
     let state = Mutex(State())
     private let wakeup = Wakeup()
+    /// Recipients a worker took and gave back to the store unsent because
+    /// its connection could carry no more (tests: the limit is applied when
+    /// taking, so this stays 0 on a healthy connection).
+    let givenBackAtLimit = Atomic<Int>(0)
 
     /// Where delivery workers run, in turn (the event loops, in `serve`);
     /// empty: Swift's global executor.
@@ -285,12 +289,12 @@ public final class Scheduler: Service, Sendable {
 
     private var stopping: Bool { state.withLock { $0.stopping } }
 
-    private func claim(_ domain: String) async -> [ClaimedRecipient] {
+    private func claim(_ domain: String, limit: Int) async -> [ClaimedRecipient] {
         let now = clock.now()
         do {
             let claimed = try await store.claim(domain: domain, now: now, owner: owner, leaseUntil: now + config.leaseMillis,
-                                                limit: config.claimBatch)
-            if claimed.count < config.claimBatch { _ = state.withLock { $0.dueInStore.remove(domain) } }
+                                                limit: limit)
+            if claimed.count < limit { _ = state.withLock { $0.dueInStore.remove(domain) } }
             return claimed
         } catch {
             logger.error("claim failed", metadata: ["domain": "\(domain)", "error": "\(error)"])
@@ -299,9 +303,9 @@ public final class Scheduler: Service, Sendable {
     }
 
     /// Claims recipients to deliver, settling the suppressed ones on the way.
-    private func claimDeliverable(_ domain: String) async -> [ClaimedRecipient] {
+    private func claimDeliverable(_ domain: String, limit: Int) async -> [ClaimedRecipient] {
         while true {
-            let claimed = await claim(domain)
+            let claimed = await claim(domain, limit: limit)
             if claimed.isEmpty { return [] }
             let reasons: [String: String]
             do {
@@ -352,11 +356,14 @@ public final class Scheduler: Service, Sendable {
     }
 
     /// The next batch for `domain`: handed-over mail and due rows of the
-    /// store in turn, so that neither starves the other.
-    private func next(_ domain: String, preferReady: inout Bool) async -> Batch {
+    /// store in turn, so that neither starves the other. At most `messages`
+    /// messages: what the connection may still carry, so that nothing taken
+    /// has to be given back to the store (and claimed and read again).
+    private func next(_ domain: String, preferReady: inout Bool, messages: Int = .max) async -> Batch {
+        let limit = min(config.claimBatch, max(1, messages))
         let inStore = state.withLock { $0.dueInStore.contains(domain) }
         if preferReady || !inStore {
-            let batch = await takeReady(domain)
+            let batch = await takeReady(domain, messages: limit)
             if !batch.recipients.isEmpty {
                 preferReady = false
                 return batch
@@ -364,23 +371,25 @@ public final class Scheduler: Service, Sendable {
         }
         preferReady = true
         if inStore {
-            let claimed = await claimDeliverable(domain)
+            // Recipients, not messages: as many as messages bounds both.
+            let claimed = await claimDeliverable(domain, limit: limit)
             if !claimed.isEmpty { return Batch(recipients: claimed) }
         }
-        return await takeReady(domain)
+        return await takeReady(domain, messages: limit)
     }
 
-    /// Takes up to a claim batch of handed-over recipients of `domain`.
-    /// Mail that waited so long that half its lease is gone is given back
-    /// to the store instead: its lease must outlast the delivery.
-    private func takeReady(_ domain: String) async -> Batch {
+    /// Takes up to a claim batch of handed-over recipients of `domain`, of
+    /// at most `messages` messages. Mail that waited so long that half its
+    /// lease is gone is given back to the store instead: its lease must
+    /// outlast the delivery.
+    private func takeReady(_ domain: String, messages: Int) async -> Batch {
         let now = clock.now()
         var batch = Batch()
         var stale: [Int64] = []
         state.withLock { s in
             guard var items = s.ready[domain] else { return }
             var head = s.readyHead[domain, default: 0]
-            while head < items.count && batch.recipients.count < config.claimBatch {
+            while head < items.count && batch.recipients.count < config.claimBatch && batch.messages.count < messages {
                 let item = items[head]
                 head += 1
                 s.readyCount[domain, default: 0] -= item.recipients.count
@@ -418,7 +427,7 @@ public final class Scheduler: Service, Sendable {
     func work(_ domain: String, id: Int) async {
         defer { finished(domain, id: id) }
         var preferReady = true
-        var batch = await next(domain, preferReady: &preferReady)
+        var batch = await next(domain, preferReady: &preferReady, messages: config.messagesPerConnection)
         guard !batch.recipients.isEmpty else { return }
         let started = clock.now()
         switch await agent.connect(domain: domain) {
@@ -439,6 +448,7 @@ public final class Scheduler: Service, Sendable {
                     if !connection.isReusable || stopping || sent >= config.messagesPerConnection {
                         // Not sent: give these back untouched.
                         let rest = byMessage[index...].flatMap(\.value)
+                        if connection.isReusable && !stopping { givenBackAtLimit.add(rest.count, ordering: .relaxed) }
                         _ = try? await store.releaseLeases(rest.map(\.id), owner: owner)
                         if !stopping { wakeup.signal() }
                         break outer
@@ -447,12 +457,12 @@ public final class Scheduler: Service, Sendable {
                     sent += 1
                 }
                 if !connection.isReusable || stopping || sent >= config.messagesPerConnection { break }
-                batch = await next(domain, preferReady: &preferReady)
+                batch = await next(domain, preferReady: &preferReady, messages: config.messagesPerConnection - sent)
                 // Nothing more now: keep the connection for a moment, as
                 // Postfix's connection cache does, rather than close it and
                 // start a worker and a connection for the next message.
                 while batch.recipients.isEmpty, connection.isReusable, await waitForWork(domain) {
-                    batch = await next(domain, preferReady: &preferReady)
+                    batch = await next(domain, preferReady: &preferReady, messages: config.messagesPerConnection - sent)
                 }
             }
             await connection.close()

@@ -203,6 +203,25 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
         }
     }
 
+    @Test func aWorkerTakesNoMoreThanItsConnectionMayCarry() async throws {
+        // Two messages per connection, six handed over while the first send
+        // hangs: each worker takes at most what it may still send, so nothing
+        // goes back to the store to be claimed and read again.
+        let h = try Harness { $0.messagesPerConnection = 2 }
+        defer { h.store.close() }
+        h.agent.slow = ["a.test"]
+        try await h.running {
+            try await h.handOver(["ok1@a.test"])
+            #expect(await eventually { h.scheduler.state.withLock { $0.heldRecipients == 0 } })
+            for i in 2...6 { try await h.handOver(["ok\(i)@a.test"]) }
+            h.agent.releaseSlow()
+            #expect(await eventually { try h.count("SELECT count(*) FROM recipient WHERE state = 'delivered'") == 6 })
+            #expect(h.agent.sent.count == 6)
+            #expect(h.agent.connections == 3)
+            #expect(h.scheduler.givenBackAtLimit.load(ordering: .relaxed) == 0)
+        }
+    }
+
     @Test func anIdleConnectionWaitsForTheNextMessageThenCloses() async throws {
         let h = try Harness()
         defer { h.store.close() }
