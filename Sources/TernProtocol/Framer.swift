@@ -5,6 +5,13 @@
 // client pipelined. Tested over every split point.
 
 import NIOCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 public enum LineEnding: Sendable, Equatable {
     case crlf
@@ -61,7 +68,10 @@ public struct SMTPFramer: Sendable {
             return .chunk(piece, isEnd: left == 0)
         }
         let limit = mode == .command ? commandLineLimit : textLineLimit
-        let lf: Int? = buffer.withUnsafeReadableBytes { raw in raw.firstIndex(of: 10) }
+        let lf: Int? = buffer.withUnsafeReadableBytes { raw in
+            guard let base = raw.baseAddress else { return nil }
+            return memchr(base, 10, raw.count).map { base.distance(to: UnsafeRawPointer($0)) } // libc's scan, not a byte loop
+        }
         if discarding {
             guard let i = lf else {
                 discarded += buffer.readableBytes
