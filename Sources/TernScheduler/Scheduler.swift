@@ -97,8 +97,8 @@ public final class Scheduler: Service, Sendable {
     let state = Mutex(State())
     private let wakeup = Wakeup()
     /// Recipients a worker took and gave back to the store unsent because
-    /// its connection could carry no more (tests: the limit is applied when
-    /// taking, so this stays 0 on a healthy connection).
+    /// its connection could carry no more (tests: handed-over mail is taken
+    /// within the limit, so it never adds to this).
     let givenBackAtLimit = Atomic<Int>(0)
 
     /// Where delivery workers run, in turn (the event loops, in `serve`);
@@ -357,9 +357,10 @@ public final class Scheduler: Service, Sendable {
     }
 
     /// The next batch for `domain`: handed-over mail and due rows of the
-    /// store in turn, so that neither starves the other. At most `messages`
-    /// messages: what the connection may still carry, so that nothing taken
-    /// has to be given back to the store (and claimed and read again).
+    /// store in turn, so that neither starves the other. Handed-over mail is
+    /// taken whole messages at a time, at most `messages`: what the
+    /// connection may still carry, so that none has to be given back to the
+    /// store (and claimed and read again).
     private func next(_ domain: String, preferReady: inout Bool, messages: Int = .max) async -> Batch {
         let limit = min(config.claimBatch, max(1, messages))
         let inStore = state.withLock { $0.dueInStore.contains(domain) }
@@ -372,8 +373,11 @@ public final class Scheduler: Service, Sendable {
         }
         preferReady = true
         if inStore {
-            // Recipients, not messages: as many as messages bounds both.
-            let claimed = await claimDeliverable(domain, limit: limit)
+            // A claim counts recipients: a limit of `messages` recipients would
+            // split messages with several recipients into several transactions.
+            // A full claim batch may hold more messages than the connection
+            // still carries; those few are given back at the limit.
+            let claimed = await claimDeliverable(domain, limit: config.claimBatch)
             if !claimed.isEmpty { return Batch(recipients: claimed) }
         }
         return await takeReady(domain, messages: limit)

@@ -286,6 +286,21 @@ struct Harness {
         #expect(h.agent.sent.count == 41)
     }
 
+    /// Claimed mail near a connection's message limit: a message's
+    /// recipients still go out in one transaction (a claim limited to the
+    /// messages left split them, one transaction per recipient).
+    @Test func aMessageIsNotSplitNearTheConnectionLimit() async throws {
+        let h = try Harness { c in c.messagesPerConnection = 3 }
+        for m in 0..<5 { try await h.submit((0..<4).map { "ok\(m)-\($0)@f.test" }) }
+        await h.scheduler.runDue()
+        for _ in 0..<50 where try h.rows("SELECT count(*) FROM recipient WHERE state <> 'delivered'").first?[0] as Int? ?? 0 > 0 {
+            await h.scheduler.runDue()
+        }
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] as Int? == 20)
+        #expect(h.agent.sent.count == 5)
+        #expect(h.agent.sent.allSatisfy { $0.envelope.recipients.count == 4 })
+    }
+
     /// One slow destination holds only its own connections.
     @Test func aSlowDomainDoesNotHoldBackOthers() async throws {
         let h = try Harness { $0.maxConnectionsPerDestination = 2; $0.maxConnections = 4 }
