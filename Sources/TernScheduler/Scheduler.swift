@@ -290,12 +290,12 @@ public final class Scheduler: Service, Sendable {
 
     private var stopping: Bool { state.withLock { $0.stopping } }
 
-    private func claim(_ domain: String, limit: Int) async -> [ClaimedRecipient] {
+    private func claim(_ domain: String) async -> [ClaimedRecipient] {
         let now = clock.now()
         do {
             let claimed = try await store.claim(domain: domain, now: now, owner: owner, leaseUntil: now + config.leaseMillis,
-                                                limit: limit)
-            if claimed.count < limit { _ = state.withLock { $0.dueInStore.remove(domain) } }
+                                                limit: config.claimBatch)
+            if claimed.count < config.claimBatch { _ = state.withLock { $0.dueInStore.remove(domain) } }
             return claimed
         } catch {
             logger.error("claim failed", metadata: ["domain": "\(domain)", "error": "\(error)"])
@@ -304,9 +304,9 @@ public final class Scheduler: Service, Sendable {
     }
 
     /// Claims recipients to deliver, settling the suppressed ones on the way.
-    private func claimDeliverable(_ domain: String, limit: Int) async -> [ClaimedRecipient] {
+    private func claimDeliverable(_ domain: String) async -> [ClaimedRecipient] {
         while true {
-            let claimed = await claim(domain, limit: limit)
+            let claimed = await claim(domain)
             if claimed.isEmpty { return [] }
             let reasons: [String: String]
             do {
@@ -377,7 +377,7 @@ public final class Scheduler: Service, Sendable {
             // split messages with several recipients into several transactions.
             // A full claim batch may hold more messages than the connection
             // still carries; those few are given back at the limit.
-            let claimed = await claimDeliverable(domain, limit: config.claimBatch)
+            let claimed = await claimDeliverable(domain)
             if !claimed.isEmpty { return Batch(recipients: claimed) }
         }
         return await takeReady(domain, messages: limit)
