@@ -8,7 +8,7 @@
 
 import NIOCore
 
-public final class EventLoopExecutor: TaskExecutor, @unchecked Sendable { // immutable; EventLoop is Sendable
+public final class EventLoopExecutor: TaskExecutor, Sendable {
     public let loop: any EventLoop
 
     public init(_ loop: any EventLoop) { self.loop = loop }
