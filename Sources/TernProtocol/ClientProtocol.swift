@@ -3,14 +3,6 @@
 // dot-stuffing (RFC 5321 §4.5.2) and the mapping of replies to per-recipient
 // outcomes. The delivery module carries these out over a socket.
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// Assembles reply lines into replies, enhanced codes split off (RFC 2034).
 public struct ReplyParser: Sendable {
     private var code: Int? = nil
@@ -211,8 +203,7 @@ public enum ClientProtocol {
         var previous: UInt8 = 10 // as if after a line end: a leading "." is stuffed
         while i < p.count {
             if previous == 10 && p[i] == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
-            // memchr: the line's end without a Swift loop over every byte.
-            let j = memchr(p.baseAddress! + i, 10, p.count - i).map { p.baseAddress!.distance(to: UnsafeRawPointer($0)) } ?? p.count
+            let j = p.firstLineFeed(from: i) ?? p.count
             out.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[i..<j]))
             if j == p.count {
                 previous = p[j - 1]

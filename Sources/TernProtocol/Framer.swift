@@ -68,10 +68,7 @@ public struct SMTPFramer: Sendable {
             return .chunk(piece, isEnd: left == 0)
         }
         let limit = mode == .command ? commandLineLimit : textLineLimit
-        let lf: Int? = buffer.withUnsafeReadableBytes { raw in
-            guard let base = raw.baseAddress else { return nil }
-            return memchr(base, 10, raw.count).map { base.distance(to: UnsafeRawPointer($0)) } // libc's scan, not a byte loop
-        }
+        let lf = buffer.withUnsafeReadableBytes { $0.firstLineFeed() }
         if discarding {
             guard let i = lf else {
                 discarded += buffer.readableBytes
@@ -116,5 +113,15 @@ public struct SMTPFramer: Sendable {
         guard let text = line.getString(at: line.readerIndex, length: line.readableBytes),
               case .success(.bdat(let size, _)) = CommandParser.parse(Substring(text)) else { return nil }
         return size
+    }
+}
+
+extension UnsafeRawBufferPointer {
+    /// The index of the first LF at or after `start`, by libc's memchr
+    /// rather than a Swift loop over every byte (the DATA framer and
+    /// dot-stuffing scan every line of every message).
+    func firstLineFeed(from start: Int = 0) -> Int? {
+        guard let base = baseAddress, start < count else { return nil }
+        return memchr(base + start, 10, count - start).map { base.distance(to: UnsafeRawPointer($0)) }
     }
 }

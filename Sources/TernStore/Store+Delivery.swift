@@ -285,9 +285,10 @@ extension Store {
             update.bind(t.markDelayNotified)
             update.bind(batch.at)
             update.bind(t.recipientID)
-            update.bind(RollupBatch.isFinal(t.state))
+            let final = RollupBatch.isFinal(t.state)
+            update.bind(final)
             try update.execute(db)
-            if RollupBatch.isFinal(t.state) && db.changesCount > 0 {
+            if final && db.changesCount > 0 {
                 var lookup = DirectStatement(finalRow)
                 lookup.bind(t.recipientID)
                 let row = try lookup.executeReturning(db) { c in (c.string(0), c.string(1), c.int64(2)) }
