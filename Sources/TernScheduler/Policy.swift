@@ -81,8 +81,10 @@ public enum Policy {
         ]).text
     }
 
+    /// `random` (in [0, 1), for the retry's jitter) is drawn only when a
+    /// deferral schedules a retry: the system generator costs a system call.
     public static func decide(_ outcome: RecipientOutcome, for r: ClaimedRecipient, sender: String, context ctx: AttemptContext,
-                              now: Int64, config: PolicyConfig, random: Double) -> Decision {
+                              now: Int64, config: PolicyConfig, random: @autoclosure () -> Double) -> Decision {
         let notify = NotifyPolicy(r.notify)
         let canReport = !sender.isEmpty && !notify.never
         let reply = outcome.reply
@@ -122,7 +124,7 @@ public enum Policy {
             let attemptNumber = r.attempts + 1
             t.state = "deferred"
             t.event = "deferred"
-            t.nextAttemptAt = min(now + config.retry.delay(afterAttempt: attemptNumber, random: random), deadline)
+            t.nextAttemptAt = min(now + config.retry.delay(afterAttempt: attemptNumber, random: random()), deadline)
             var report: DSNRecipient? = nil
             if config.delayWarningMillis > 0, r.delayNotifiedAt == nil, now - r.createdAt >= config.delayWarningMillis,
                canReport, notify.delay {

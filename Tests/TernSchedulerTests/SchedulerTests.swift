@@ -124,6 +124,25 @@ struct Harness {
         #expect(r.delay(afterAttempt: 1000, random: 0.5) == 4_000_000)
     }
 
+    /// The jitter's random number costs a getrandom(2) system call: only a
+    /// deferral, which schedules a retry, draws one.
+    @Test func onlyADeferralDrawsARandomNumber() {
+        let r = ClaimedRecipient(id: 1, messageID: 1, address: "u@example.test", domain: "example.test", attempts: 0,
+                                 notify: nil, orcpt: nil, createdAt: 1_000, delayNotifiedAt: nil)
+        var draws = 0
+        func draw() -> Double { draws += 1; return 0.5 }
+        let ok = SMTPReply(250, .ok, "queued")
+        let temp = SMTPReply(451, .systemError, "try later")
+        let perm = SMTPReply(550, .badDestinationMailbox, "no such user")
+        _ = Policy.decide(.delivered(ok), for: r, sender: "s@example.test", context: AttemptContext(), now: 2_000, config: PolicyConfig(), random: draw())
+        _ = Policy.decide(.bounced(perm), for: r, sender: "s@example.test", context: AttemptContext(), now: 2_000, config: PolicyConfig(), random: draw())
+        #expect(draws == 0)
+        let deferred = Policy.decide(.deferred(temp), for: r, sender: "s@example.test", context: AttemptContext(), now: 2_000,
+                                     config: PolicyConfig(), random: draw())
+        #expect(draws == 1)
+        #expect(deferred.transition.nextAttemptAt == Int64(302_000)) // 5 minutes, no jitter at 0.5
+    }
+
     @Test func notifyDefaults() {
         let d = NotifyPolicy(nil)
         #expect(!d.never && !d.success && d.failure && d.delay)
