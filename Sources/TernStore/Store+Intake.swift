@@ -99,7 +99,10 @@ extension Store {
     /// Inserts the message through group commit; `completion` runs after the
     /// transaction that carries it is durable (or failed as a whole).
     public func insertMessage(_ message: NewMessage, completion: @escaping @Sendable (Result<InsertedMessage, StoreError>) -> Void) {
-        write({ db in try Store.insertReturningRecipients(message, db) }, completion: completion)
+        // The event's JSON is built here, on the caller's thread: the writer
+        // thread is the one every message waits for.
+        let detail = Store.receivedDetail(message)
+        write({ db in try Store.insertReturningRecipients(message, db, detail: detail) }, completion: completion)
     }
 
     public func insertMessage(_ message: NewMessage) async throws -> Int64 {
@@ -110,7 +113,17 @@ extension Store {
         try insertReturningRecipients(m, db).id
     }
 
-    static func insertReturningRecipients(_ m: NewMessage, _ db: Database) throws -> InsertedMessage {
+    /// The `received` event's detail.
+    static func receivedDetail(_ m: NewMessage) -> String {
+        JSON.object([
+            ("queue_id", .string(m.queueID)), ("from", .string(m.mailFrom)), ("size", .int(m.body.count)),
+            ("recipients", .int(m.recipients.count)), ("client", m.clientAddress.map(JSON.string) ?? .null),
+            ("helo", m.helo.map(JSON.string) ?? .null), ("origin", .string(m.origin)),
+            ("message_id", m.headerMessageID.map(JSON.string) ?? .null),
+        ]).text
+    }
+
+    static func insertReturningRecipients(_ m: NewMessage, _ db: Database, detail: String? = nil) throws -> InsertedMessage {
         var msg = try DirectStatement(db.cachedStatement(sql: """
             INSERT INTO message (queue_id, received_at, mail_from, size, body, client_address, helo, auth_user,
                                  header_message_id, env_id, ret, body_type, smtputf8, origin)
@@ -146,7 +159,12 @@ extension Store {
         leased.reserveCapacity(m.recipients.count)
         for r in m.recipients {
             var lease = m.lease
-            if let suppressed, try Bool.fetchOne(suppressed, arguments: [r.address, m.receivedAt]) != nil { lease = nil }
+            if let suppressed {
+                var check = DirectStatement(suppressed)
+                check.bind(r.address)
+                check.bind(m.receivedAt)
+                if try check.executeReturning(db, { _ in true }) != nil { lease = nil }
+            }
             var rcpt = DirectStatement(insertRecipient)
             rcpt.bind(messageID)
             rcpt.bind(r.address)
@@ -159,13 +177,8 @@ extension Store {
             try rcpt.execute(db)
             leased.append(lease == nil ? nil : db.lastInsertedRowID)
         }
-        let detail = JSON.object([
-            ("queue_id", .string(m.queueID)), ("from", .string(m.mailFrom)), ("size", .int(m.body.count)),
-            ("recipients", .int(m.recipients.count)), ("client", m.clientAddress.map(JSON.string) ?? .null),
-            ("helo", m.helo.map(JSON.string) ?? .null), ("origin", .string(m.origin)),
-            ("message_id", m.headerMessageID.map(JSON.string) ?? .null),
-        ])
-        try Store.addEvent(db, at: m.receivedAt, kind: "received", messageID: messageID, recipientID: nil, detail: detail.text)
+        try Store.addEvent(db, at: m.receivedAt, kind: "received", messageID: messageID, recipientID: nil,
+                           detail: detail ?? receivedDetail(m))
         return InsertedMessage(id: messageID, leasedRecipientIDs: leased)
     }
 }

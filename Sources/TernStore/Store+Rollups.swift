@@ -204,50 +204,86 @@ struct RollupBatch {
         for (k, n) in other.roles { roles[k, default: 0] += n }
     }
 
+    /// The upserts, spelled once: building them per commit (and hashing the
+    /// long strings for GRDB's statement cache, and boxing every argument)
+    /// cost the writer thread more than SQLite's own work for these rows.
+    static let attemptUpsert = """
+        INSERT INTO attempt_daily (day, domain, mx_host, attempts, delivered, deferred, bounced, with_tls, session_ms, \(Rollups.sColumns.joined(separator: ", ")))
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, \(Rollups.sColumns.map { _ in "?" }.joined(separator: ", ")))
+        ON CONFLICT (day, domain, mx_host) DO UPDATE SET
+            attempts = attempts + excluded.attempts, delivered = delivered + excluded.delivered,
+            deferred = deferred + excluded.deferred, bounced = bounced + excluded.bounced,
+            with_tls = with_tls + excluded.with_tls, session_ms = session_ms + excluded.session_ms,
+            \(Rollups.sColumns.map { "\($0) = \($0) + excluded.\($0)" }.joined(separator: ", "))
+        """
+    static let deferralUpsert = """
+        INSERT INTO deferral_daily (day, domain, reply, n) VALUES (?, ?, ?, ?)
+        ON CONFLICT (day, domain, reply) DO UPDATE SET n = n + excluded.n
+        """
+    static let finalUpsert = """
+        INSERT INTO recipient_daily (day, domain, delivered, bounced, expired, suppressed, \(Rollups.dColumns.joined(separator: ", ")))
+        VALUES (?, ?, ?, ?, ?, ?, \(Rollups.dColumns.map { _ in "?" }.joined(separator: ", ")))
+        ON CONFLICT (day, domain) DO UPDATE SET
+            delivered = delivered + excluded.delivered, bounced = bounced + excluded.bounced,
+            expired = expired + excluded.expired, suppressed = suppressed + excluded.suppressed,
+            \(Rollups.dColumns.map { "\($0) = \($0) + excluded.\($0)" }.joined(separator: ", "))
+        """
+    static let roleUpsert = """
+        INSERT INTO role_daily (day, role, n) VALUES (?, ?, ?) ON CONFLICT (day, role) DO UPDATE SET n = n + excluded.n
+        """
+
     func write(_ db: Database) throws {
         if !attempts.isEmpty {
-            let s = Rollups.sColumns
-            let stmt = try db.cachedStatement(sql: """
-                INSERT INTO attempt_daily (day, domain, mx_host, attempts, delivered, deferred, bounced, with_tls, session_ms, \(s.joined(separator: ", ")))
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, \(s.map { _ in "?" }.joined(separator: ", ")))
-                ON CONFLICT (day, domain, mx_host) DO UPDATE SET
-                    attempts = attempts + excluded.attempts, delivered = delivered + excluded.delivered,
-                    deferred = deferred + excluded.deferred, bounced = bounced + excluded.bounced,
-                    with_tls = with_tls + excluded.with_tls, session_ms = session_ms + excluded.session_ms,
-                    \(s.map { "\($0) = \($0) + excluded.\($0)" }.joined(separator: ", "))
-                """)
+            let stmt = try db.cachedStatement(sql: RollupBatch.attemptUpsert)
             for (k, v) in attempts {
-                let values: [any DatabaseValueConvertible] = [k.day, k.domain, k.host, v.attempts, v.delivered, v.deferred, v.bounced, v.tls, v.ms]
-                try stmt.execute(arguments: StatementArguments(values + v.histogram))
+                var upsert = DirectStatement(stmt)
+                upsert.bind(k.day)
+                upsert.bind(k.domain)
+                upsert.bind(k.host)
+                upsert.bind(v.attempts)
+                upsert.bind(v.delivered)
+                upsert.bind(v.deferred)
+                upsert.bind(v.bounced)
+                upsert.bind(v.tls)
+                upsert.bind(v.ms)
+                for n in v.histogram { upsert.bind(n) }
+                try upsert.execute(db)
             }
         }
         if !deferrals.isEmpty {
-            let stmt = try db.cachedStatement(sql: """
-                INSERT INTO deferral_daily (day, domain, reply, n) VALUES (?, ?, ?, ?)
-                ON CONFLICT (day, domain, reply) DO UPDATE SET n = n + excluded.n
-                """)
-            for (k, n) in deferrals { try stmt.execute(arguments: [k.day, k.domain, k.reply, n]) }
+            let stmt = try db.cachedStatement(sql: RollupBatch.deferralUpsert)
+            for (k, n) in deferrals {
+                var upsert = DirectStatement(stmt)
+                upsert.bind(k.day)
+                upsert.bind(k.domain)
+                upsert.bind(k.reply)
+                upsert.bind(n)
+                try upsert.execute(db)
+            }
         }
         if !finals.isEmpty {
-            let d = Rollups.dColumns
-            let stmt = try db.cachedStatement(sql: """
-                INSERT INTO recipient_daily (day, domain, delivered, bounced, expired, suppressed, \(d.joined(separator: ", ")))
-                VALUES (?, ?, ?, ?, ?, ?, \(d.map { _ in "?" }.joined(separator: ", ")))
-                ON CONFLICT (day, domain) DO UPDATE SET
-                    delivered = delivered + excluded.delivered, bounced = bounced + excluded.bounced,
-                    expired = expired + excluded.expired, suppressed = suppressed + excluded.suppressed,
-                    \(d.map { "\($0) = \($0) + excluded.\($0)" }.joined(separator: ", "))
-                """)
+            let stmt = try db.cachedStatement(sql: RollupBatch.finalUpsert)
             for (k, v) in finals {
-                let values: [any DatabaseValueConvertible] = [k.day, k.domain, v.delivered, v.bounced, v.expired, v.suppressed]
-                try stmt.execute(arguments: StatementArguments(values + v.histogram))
+                var upsert = DirectStatement(stmt)
+                upsert.bind(k.day)
+                upsert.bind(k.domain)
+                upsert.bind(v.delivered)
+                upsert.bind(v.bounced)
+                upsert.bind(v.expired)
+                upsert.bind(v.suppressed)
+                for n in v.histogram { upsert.bind(n) }
+                try upsert.execute(db)
             }
         }
         if !roles.isEmpty {
-            let stmt = try db.cachedStatement(sql: """
-                INSERT INTO role_daily (day, role, n) VALUES (?, ?, ?) ON CONFLICT (day, role) DO UPDATE SET n = n + excluded.n
-                """)
-            for (k, n) in roles { try stmt.execute(arguments: [k.day, k.role, n]) }
+            let stmt = try db.cachedStatement(sql: RollupBatch.roleUpsert)
+            for (k, n) in roles {
+                var upsert = DirectStatement(stmt)
+                upsert.bind(k.day)
+                upsert.bind(k.role)
+                upsert.bind(n)
+                try upsert.execute(db)
+            }
         }
     }
 }
