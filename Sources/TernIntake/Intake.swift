@@ -43,37 +43,50 @@ public final class Intake: Sendable {
     /// Commits one message; `completion` gets the queue id, or the reply to
     /// give the client when the commit failed (452 4.3.1 disk full, 451 4.3.0
     /// otherwise). Nothing is half-written in either case.
+    ///
+    /// With `loop`, `completion` and the hand-over to the scheduler run on
+    /// that event loop; without, on the store's writer thread, which every
+    /// message's commit waits for and should do nothing else.
     public func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String? = nil,
-                       completion: @escaping @Sendable (CommitOutcome) -> Void) {
-        accept(envelope, body: body, origin: origin, authUser: authUser, retries: 1, completion: completion)
+                       on loop: (any EventLoop)? = nil, completion: @escaping @Sendable (CommitOutcome) -> Void) {
+        accept(envelope, body: body, origin: origin, authUser: authUser, retries: 1, loop: loop, completion: completion)
     }
 
     private func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?, retries: Int,
-                        completion: @escaping @Sendable (CommitOutcome) -> Void) {
+                        loop: (any EventLoop)?, completion: @escaping @Sendable (CommitOutcome) -> Void) {
         var prepared = prepare(envelope, body: body, origin: origin, authUser: authUser)
         prepared.lease = handoff?.reserve(prepared)
         let message = prepared
-        let logger = self.logger
         store.insertMessage(message) { result in
-            switch result {
-            case .success(let inserted):
-                logger.info("accepted", metadata: [
-                    "msg": "\(message.queueID)", "from": "<\(message.mailFrom)>", "size": "\(message.body.count)",
-                    "nrcpt": "\(message.recipients.count)", "peer": "\(message.clientAddress ?? "local")",
-                ])
-                completion(.accepted(queueID: message.queueID))
-                if message.lease != nil { self.handoff?.handOff(message, inserted: inserted) }
-                if message.lease == nil || inserted.leasedRecipientIDs.contains(nil) { self.onAccepted() }
-            case .failure(.constraint(let why)) where retries > 0 && why.contains("queue_id"):
-                // Two processes drew the same queue id: draw again.
-                if message.lease != nil { self.handoff?.cancel(message) }
-                self.accept(envelope, body: body, origin: origin, authUser: authUser, retries: retries - 1,
-                            completion: completion)
-            case .failure(let error):
-                if message.lease != nil { self.handoff?.cancel(message) }
-                logger.error("commit failed", metadata: ["error": "\(error)", "peer": "\(message.clientAddress ?? "local")"])
-                completion(.rejected(Intake.reply(for: error)))
+            if let loop {
+                loop.execute { self.committed(result, message, envelope, body, origin, authUser, retries, loop, completion) }
+            } else {
+                self.committed(result, message, envelope, body, origin, authUser, retries, nil, completion)
             }
+        }
+    }
+
+    private func committed(_ result: Result<InsertedMessage, StoreError>, _ message: NewMessage, _ envelope: Envelope,
+                           _ body: ByteBuffer, _ origin: Origin, _ authUser: String?, _ retries: Int,
+                           _ loop: (any EventLoop)?, _ completion: @escaping @Sendable (CommitOutcome) -> Void) {
+        switch result {
+        case .success(let inserted):
+            logger.info("accepted", metadata: [
+                "msg": "\(message.queueID)", "from": "<\(message.mailFrom)>", "size": "\(message.body.count)",
+                "nrcpt": "\(message.recipients.count)", "peer": "\(message.clientAddress ?? "local")",
+            ])
+            completion(.accepted(queueID: message.queueID))
+            if message.lease != nil { self.handoff?.handOff(message, inserted: inserted) }
+            if message.lease == nil || inserted.leasedRecipientIDs.contains(nil) { self.onAccepted() }
+        case .failure(.constraint(let why)) where retries > 0 && why.contains("queue_id"):
+            // Two processes drew the same queue id: draw again.
+            if message.lease != nil { self.handoff?.cancel(message) }
+            self.accept(envelope, body: body, origin: origin, authUser: authUser, retries: retries - 1,
+                        loop: loop, completion: completion)
+        case .failure(let error):
+            if message.lease != nil { self.handoff?.cancel(message) }
+            logger.error("commit failed", metadata: ["error": "\(error)", "peer": "\(message.clientAddress ?? "local")"])
+            completion(.rejected(Intake.reply(for: error)))
         }
     }
 

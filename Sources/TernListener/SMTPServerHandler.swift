@@ -202,8 +202,10 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func startCommit(_ envelope: Envelope, body: ByteBuffer, context: ChannelHandlerContext) {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loop = context.eventLoop
-        intake.accept(envelope, body: body, origin: settings.origin, authUser: envelope.authUser) { outcome in
-            loop.execute { bound.value.commitFinished(outcome) }
+        // The outcome comes on this loop: the hand-over to the scheduler runs
+        // here too, not on the writer thread that every commit waits for.
+        intake.accept(envelope, body: body, origin: settings.origin, authUser: envelope.authUser, on: loop) { outcome in
+            bound.value.commitFinished(outcome)
         }
     }
 
