@@ -13,17 +13,23 @@ public struct ReplyParser: Sendable {
     public enum Failure: Error, Equatable { case malformed(String) }
 
     /// Feeds one line (without CRLF); returns a reply when this line ends one.
+    /// Reads the line's UTF-8 in place: a delivery parses four replies per
+    /// message, and arrays and substrings per line showed in the profile.
     public mutating func feed(_ line: String) throws -> SMTPReply? {
-        let scalars = Array(line.utf8)
-        guard scalars.count >= 3, scalars[0...2].allSatisfy({ $0 >= 48 && $0 <= 57 }),
-              let c = Int(String(decoding: scalars[0...2], as: UTF8.self)), (200...599).contains(c) else {
-            throw Failure.malformed(line)
+        var line = line
+        let head: (code: Int, separator: UInt8)? = line.withUTF8 { b in
+            guard b.count >= 3 else { return nil }
+            let d0 = b[0] &- 48, d1 = b[1] &- 48, d2 = b[2] &- 48
+            guard d0 <= 9, d1 <= 9, d2 <= 9 else { return nil }
+            let c = Int(d0) * 100 + Int(d1) * 10 + Int(d2)
+            guard (200...599).contains(c) else { return nil }
+            return (c, b.count > 3 ? b[3] : 32)
         }
+        guard let (c, separator) = head else { throw Failure.malformed(line) }
         if let current = code, current != c { throw Failure.malformed(line) }
         code = c
-        let separator: UInt8 = scalars.count > 3 ? scalars[3] : 32
         guard separator == 32 || separator == UInt8(ascii: "-") else { throw Failure.malformed(line) }
-        lines.append(scalars.count > 4 ? String(decoding: scalars[4...], as: UTF8.self) : "")
+        lines.append(line.utf8.count > 4 ? String(line[line.utf8.index(line.startIndex, offsetBy: 4)...]) : "")
         if separator == UInt8(ascii: "-") { return nil }
         defer { code = nil; lines = [] }
         return ReplyParser.make(c, lines)
@@ -31,18 +37,14 @@ public struct ReplyParser: Sendable {
 
     static func make(_ code: Int, _ lines: [String]) -> SMTPReply {
         // The enhanced code, when present, starts every line; keep it once.
-        var enhanced: EnhancedStatus? = nil
-        var texts = lines
-        if let first = lines.first?.split(separator: " ", maxSplits: 1).first,
-           let e = EnhancedStatus(parsing: first), e.klass == code / 100 {
-            enhanced = e
-            texts = lines.map { l in
-                let parts = l.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
-                if let p = parts.first, EnhancedStatus(parsing: p) != nil { return parts.count > 1 ? String(parts[1]) : "" }
-                return l
-            }
+        guard let first = lines.first, let (e, _) = EnhancedStatus.prefix(of: first), e.klass == code / 100 else {
+            return SMTPReply(code, nil, lines: lines.isEmpty ? [""] : lines)
         }
-        return SMTPReply(code, enhanced, lines: texts.isEmpty ? [""] : texts)
+        let texts = lines.map { l in
+            guard let (_, rest) = EnhancedStatus.prefix(of: l) else { return l }
+            return String(l[rest...])
+        }
+        return SMTPReply(code, e, lines: texts)
     }
 }
 

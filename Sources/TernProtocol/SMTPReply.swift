@@ -16,12 +16,39 @@ public struct EnhancedStatus: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses `"4.5.3"`; nil when the text is not an enhanced status code.
     public init?(parsing text: Substring) {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3,
-              let k = Int(parts[0]), [2, 4, 5].contains(k),
-              let s = Int(parts[1]), (0...999).contains(s),
-              let d = Int(parts[2]), (0...999).contains(d) else { return nil }
-        self.init(k, s, d)
+        let s = String(text)
+        guard let (e, rest) = EnhancedStatus.prefix(of: s), rest == s.endIndex, s.utf8.last != UInt8(ascii: " ") else { return nil }
+        self = e
+    }
+
+    /// The code that starts `text` when a space or the end follows it, and
+    /// where the rest begins (past that one space). Digits only: RFC 3463
+    /// has no signs, which `Int(_:)` would take.
+    public static func prefix(of text: String) -> (EnhancedStatus, String.Index)? {
+        let u = text.utf8
+        var i = u.startIndex
+        func number() -> Int? {
+            var n = 0, digits = 0
+            while i < u.endIndex, digits < 9 {
+                let d = u[i] &- 48
+                guard d <= 9 else { break }
+                n = n * 10 + Int(d)
+                digits += 1
+                u.formIndex(after: &i)
+            }
+            return digits == 0 ? nil : n
+        }
+        func dot() -> Bool {
+            guard i < u.endIndex, u[i] == UInt8(ascii: ".") else { return false }
+            u.formIndex(after: &i)
+            return true
+        }
+        guard let k = number(), k == 2 || k == 4 || k == 5, dot(),
+              let s = number(), s <= 999, dot(),
+              let d = number(), d <= 999 else { return nil }
+        if i == u.endIndex { return (EnhancedStatus(k, s, d), i) }
+        guard u[i] == UInt8(ascii: " ") else { return nil }
+        return (EnhancedStatus(k, s, d), u.index(after: i))
     }
 
     public var description: String { "\(klass).\(subject).\(detail)" }

@@ -14,6 +14,14 @@ import Testing
         #expect(try p.feed("221") == SMTPReply(221, nil, ""))
         // An enhanced code of the wrong class is text, not a code.
         #expect(try p.feed("250 4.0.0 odd")?.enhanced == nil)
+        // Every line's code is dropped; a code alone leaves empty text.
+        let multi = try #require(try { _ = try p.feed("250-2.1.5 first"); return try p.feed("250 2.1.5 second") }())
+        #expect(multi.enhanced == .destinationOK && multi.lines == ["first", "second"])
+        #expect(try p.feed("250 2.0.0") == SMTPReply(250, .ok, ""))
+        // RFC 3463 codes are digits: no sign, nothing glued on.
+        #expect(try p.feed("250 +2.0.0 signed")?.enhanced == nil)
+        #expect(try p.feed("250 2.0.0x glued")?.lines == ["2.0.0x glued"])
+        #expect(try p.feed("250 2.0.0  two spaces")?.lines == [" two spaces"])
         var bad = ReplyParser()
         #expect(throws: ReplyParser.Failure.self) { try bad.feed("hello") }
         #expect(throws: ReplyParser.Failure.self) { try bad.feed("99 x") }

@@ -128,12 +128,18 @@ import Testing
         #expect(XText.decode(XText.encode("jöran+x")) == "jöran+x")
     }
 
-    @Test func replyWireForm() {
+    @Test func replyWireForm() throws {
         let r = SMTPReply(250, nil, lines: ["mx.test", "PIPELINING", "SIZE 10"])
         #expect(r.wireText == "250-mx.test\r\n250-PIPELINING\r\n250 SIZE 10\r\n")
         #expect(SMTPReply(550, .badDestinationMailbox, "no").wireText == "550 5.1.1 no\r\n")
         #expect(EnhancedStatus(parsing: "4.5.3") == .tooManyRecipients)
         #expect(EnhancedStatus(parsing: "3.1.1") == nil)
         #expect(EnhancedStatus(parsing: "4.5") == nil)
+        #expect(EnhancedStatus(parsing: "4.5.3 ") == nil)
+        #expect(EnhancedStatus(parsing: "4.-5.3") == nil)
+        #expect(EnhancedStatus(parsing: "5.1.1000") == nil)
+        let text = "5.1.1 no such user"
+        let (code, rest) = try #require(EnhancedStatus.prefix(of: text))
+        #expect(code == .badDestinationMailbox && text[rest...] == "no such user")
     }
 }
