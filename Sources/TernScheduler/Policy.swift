@@ -73,12 +73,15 @@ public enum Policy {
         r.enhanced?.description ?? "\(r.code / 100).0.0"
     }
 
+    /// The event detail of an outcome (one per recipient and attempt).
     static func detail(_ reply: SMTPReply, _ ctx: AttemptContext) -> String {
-        JSON.object([
-            ("code", .int(reply.code)), ("enhanced", reply.enhanced.map { .string($0.description) } ?? .null),
-            ("text", .string(reply.text)), ("mx", ctx.mxHost.map(JSON.string) ?? .null),
-            ("address", ctx.mxAddress.map(JSON.string) ?? .null),
-        ]).text
+        var json = JSONObjectWriter()
+        json.add("code", reply.code)
+        json.add("enhanced", reply.enhanced?.description)
+        json.add("text", reply.text)
+        json.add("mx", ctx.mxHost)
+        json.add("address", ctx.mxAddress)
+        return json.finish()
     }
 
     /// `random` (in [0, 1), for the retry's jitter) is drawn only when a

@@ -15,62 +15,124 @@ public indirect enum JSON: Sendable, Equatable {
     public static func == (a: JSON, b: JSON) -> Bool { a.text == b.text }
 
     public var text: String {
-        var out = ""
+        var out: [UInt8] = []
+        out.reserveCapacity(128)
         write(to: &out)
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 
-    public func write(to out: inout String) {
+    /// Appends the UTF-8 of this value: bytes, not String appends, so that a
+    /// detail written per message costs one buffer and one String.
+    public func write(to out: inout [UInt8]) {
         switch self {
-        case .null: out += "null"
-        case .bool(let b): out += b ? "true" : "false"
-        case .int(let i): out += String(i)
-        case .int64(let i): out += String(i)
-        case .double(let d): out += d.isFinite ? String(d) : "null"
+        case .null: JSON.append("null", to: &out)
+        case .bool(let b): JSON.append(b ? "true" : "false", to: &out)
+        case .int(let i): JSON.append(i, to: &out)
+        case .int64(let i): JSON.append(Int(i), to: &out)
+        case .double(let d): out.append(contentsOf: (d.isFinite ? String(d) : "null").utf8)
         case .string(let s): JSON.quote(s, into: &out)
         case .array(let items):
-            out += "["
+            out.append(UInt8(ascii: "["))
             for (i, item) in items.enumerated() {
-                if i > 0 { out += "," }
+                if i > 0 { out.append(UInt8(ascii: ",")) }
                 item.write(to: &out)
             }
-            out += "]"
+            out.append(UInt8(ascii: "]"))
         case .object(let pairs):
-            out += "{"
+            out.append(UInt8(ascii: "{"))
             for (i, (k, v)) in pairs.enumerated() {
-                if i > 0 { out += "," }
+                if i > 0 { out.append(UInt8(ascii: ",")) }
                 JSON.quote(k, into: &out)
-                out += ":"
+                out.append(UInt8(ascii: ":"))
                 v.write(to: &out)
             }
-            out += "}"
+            out.append(UInt8(ascii: "}"))
         }
     }
 
-    static func quote(_ s: String, into out: inout String) {
-        out += "\""
-        // Runs of bytes that need no escape are appended whole; most strings
-        // (addresses, host names, replies) are one such run. The bytes are
-        // valid UTF-8 and cut only at ASCII, so each run is valid UTF-8 too.
+    static func append(_ literal: StaticString, to out: inout [UInt8]) {
+        literal.withUTF8Buffer { out.append(contentsOf: $0) }
+    }
+
+    static func append(_ i: Int, to out: inout [UInt8]) {
+        if i < 0 { out.append(UInt8(ascii: "-")) }
+        var m = i.magnitude
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var n = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat {
+                d[n] = UInt8(ascii: "0") + UInt8(m % 10)
+                m /= 10
+                n += 1
+            } while m > 0
+            while n > 0 { n -= 1; out.append(d[n]) }
+        }
+    }
+
+    /// RFC 8259 §7: quotation mark, reverse solidus and control characters
+    /// escaped; everything else, non-ASCII included, as it is.
+    static func quote(_ s: String, into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
         var s = s
         s.withUTF8 { bytes in
+            // Runs that need no escape are appended whole; most strings
+            // (addresses, host names, replies) are one such run.
             var start = 0
             for (i, b) in bytes.enumerated() where b < 0x20 || b == 0x22 || b == 0x5C {
-                if start < i { out += String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self) }
+                if start < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<i])) }
                 switch b {
-                case 0x22: out += "\\\""
-                case 0x5C: out += "\\\\"
-                case 0x0A: out += "\\n"
-                case 0x0D: out += "\\r"
-                case 0x09: out += "\\t"
-                default:
-                    let hex = String(b, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                case 0x22: append("\\\"", to: &out)
+                case 0x5C: append("\\\\", to: &out)
+                case 0x0A: append("\\n", to: &out)
+                case 0x0D: append("\\r", to: &out)
+                case 0x09: append("\\t", to: &out)
+                default: // \u00XX, lower-case hex
+                    append("\\u00", to: &out)
+                    out.append(b >> 4 < 10 ? UInt8(ascii: "0") + b >> 4 : UInt8(ascii: "a") + b >> 4 - 10)
+                    out.append(b & 0xF < 10 ? UInt8(ascii: "0") + b & 0xF : UInt8(ascii: "a") + b & 0xF - 10)
                 }
                 start = i + 1
             }
-            if start < bytes.count { out += String(decoding: UnsafeBufferPointer(rebasing: bytes[start...]), as: UTF8.self) }
+            if start < bytes.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start...])) }
         }
-        out += "\""
+        out.append(UInt8(ascii: "\""))
+    }
+}
+
+/// One flat JSON object written field by field into one buffer: the event
+/// details written for every message, without building `JSON` values first.
+/// Keys are ASCII names spelled in the code, written as they are.
+public struct JSONObjectWriter {
+    private var out: [UInt8] = []
+
+    public init(capacity: Int = 192) {
+        out.reserveCapacity(capacity)
+        out.append(UInt8(ascii: "{"))
+    }
+
+    private mutating func key(_ k: StaticString) {
+        if out.count > 1 { out.append(UInt8(ascii: ",")) }
+        out.append(UInt8(ascii: "\""))
+        JSON.append(k, to: &out)
+        out.append(UInt8(ascii: "\""))
+        out.append(UInt8(ascii: ":"))
+    }
+
+    /// A string, or null.
+    public mutating func add(_ k: StaticString, _ value: String?) {
+        key(k)
+        if let value { JSON.quote(value, into: &out) } else { JSON.append("null", to: &out) }
+    }
+
+    public mutating func add(_ k: StaticString, _ value: Int) {
+        key(k)
+        JSON.append(value, to: &out)
+    }
+
+    public mutating func finish() -> String {
+        out.append(UInt8(ascii: "}"))
+        return String(decoding: out, as: UTF8.self)
     }
 }

@@ -115,12 +115,16 @@ extension Store {
 
     /// The `received` event's detail.
     static func receivedDetail(_ m: NewMessage) -> String {
-        JSON.object([
-            ("queue_id", .string(m.queueID)), ("from", .string(m.mailFrom)), ("size", .int(m.body.count)),
-            ("recipients", .int(m.recipients.count)), ("client", m.clientAddress.map(JSON.string) ?? .null),
-            ("helo", m.helo.map(JSON.string) ?? .null), ("origin", .string(m.origin)),
-            ("message_id", m.headerMessageID.map(JSON.string) ?? .null),
-        ]).text
+        var json = JSONObjectWriter()
+        json.add("queue_id", m.queueID)
+        json.add("from", m.mailFrom)
+        json.add("size", m.body.count)
+        json.add("recipients", m.recipients.count)
+        json.add("client", m.clientAddress)
+        json.add("helo", m.helo)
+        json.add("origin", m.origin)
+        json.add("message_id", m.headerMessageID)
+        return json.finish()
     }
 
     static func insertReturningRecipients(_ m: NewMessage, _ db: Database, detail: String? = nil) throws -> InsertedMessage {

@@ -251,5 +251,21 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
             #expect(parsed == [s], "\(text)")
         }
         #expect(JSON.string("a\"b\u{01}").text == #""a\"b\u0001""#)
+        #expect(JSON.string("\u{1f}").text == #""\u001f""#)
+    }
+
+    /// The field-by-field writer spells an object as `JSON` does.
+    @Test func objectWriterMatchesJSON() {
+        var w = JSONObjectWriter()
+        w.add("s", "a\"b")
+        w.add("n", -42)
+        w.add("big", Int.min)
+        w.add("none", nil as String?)
+        let expected = JSON.object([("s", .string("a\"b")), ("n", .int(-42)), ("big", .int(Int.min)), ("none", .null)]).text
+        #expect(w.finish() == expected)
+        #expect(expected == #"{"s":"a\"b","n":-42,"big":-9223372036854775808,"none":null}"#)
+        var empty = JSONObjectWriter()
+        #expect(empty.finish() == "{}")
+        #expect(JSON.array([.int(0), .int64(7), .bool(true), .double(.nan)]).text == "[0,7,true,null]")
     }
 }
