@@ -25,6 +25,8 @@ struct History: ParsableCommand {
     @Option(help: ArgumentHelp("Sender address (<> for the null sender).", valueName: "ADDRESS")) var from: String?
     @Option(help: ArgumentHelp("Recipient domain.", valueName: "DOMAIN")) var domain: String?
     @Option(help: ArgumentHelp("Queue id.", valueName: "ID")) var message: String?
+    @Option(name: .customLong("message-id"),
+            help: ArgumentHelp("The Message-ID header's id, with or without <>.", valueName: "ID")) var messageID: String?
     @Option(help: "State: queued, inflight, deferred, held, delivered, bounced, expired, suppressed.") var state: String?
     @Option(help: "At most this many recipients.") var limit = 100
     @Option(help: "table, json or csv (one line per timeline step).") var format: ReportFormat = .table
@@ -37,6 +39,9 @@ struct History: ParsableCommand {
         f.sender = from
         f.domain = domain
         f.queueID = message
+        f.headerMessageID = messageID.map { id in
+            id.hasPrefix("<") && id.hasSuffix(">") && id.count >= 2 ? String(id.dropFirst().dropLast()) : id
+        }
         f.state = state
         f.limit = max(1, limit)
         f.window = try TimeArgument.window(since: window.since, until: window.until, defaultSince: nil, now: nowMillis())

@@ -22,6 +22,8 @@ public struct HistoryFilter: Sendable {
     public var sender: String?
     public var domain: String?
     public var queueID: String?
+    /// The Message-ID header field's id, without the angle brackets.
+    public var headerMessageID: String?
     public var state: String?
     /// On `received_at`.
     public var window: TimeWindow?
@@ -144,6 +146,12 @@ extension Store {
         if let q = f.queueID {
             conditions.append("m.queue_id = :qid")
             args["qid"] = q
+        }
+        if let mid = f.headerMessageID {
+            // A scan of the covering index (received_at, header_message_id),
+            // never of the table and its bodies (migration 7).
+            conditions.append("m.id IN (SELECT id FROM message WHERE header_message_id = :mid)")
+            args["mid"] = mid
         }
         if let st = f.state {
             conditions.append("r.state = :state")

@@ -208,6 +208,13 @@ func bucketBound(_ exact: Double?, seconds: Bool) -> Double? {
         #expect(byState.map { $0["recipient"] as? String } == ["dora@old.test"])
         let byMessage = try #require(try ternJSON(["history", "--db", s.path, "--message", "Q6", "--format", "json"]) as? [[String: Any]])
         #expect(byMessage.map { $0["recipient"] as? String } == ["erin@x.test"])
+        // By the Message-ID header, with or without its angle brackets.
+        for id in ["6@sender.test", "<6@sender.test>"] {
+            let byMessageID = try #require(try ternJSON(["history", "--db", s.path, "--message-id", id, "--format", "json"]) as? [[String: Any]])
+            #expect(byMessageID.map { $0["recipient"] as? String } == ["erin@x.test"])
+        }
+        let nobody = try #require(try ternJSON(["history", "--db", s.path, "--message-id", "none@sender.test", "--format", "json"]) as? [Any])
+        #expect(nobody.isEmpty)
         let bySender = try #require(try ternJSON(["history", "--db", s.path, "--from", "news@sender.test", "--limit", "3", "--format", "json"]) as? [[String: Any]])
         #expect(bySender.count == 3)
         let windowed = try #require(try ternJSON(["history", "--db", s.path, "--since", String(s.t0 + 55_000), "--format", "json"]) as? [[String: Any]])

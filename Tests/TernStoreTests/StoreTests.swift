@@ -108,7 +108,8 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
 
     /// A database of schema 5 with mail in it: migration 6 keeps every row,
     /// the writer connection reads the rewritten schema at once, and the
-    /// rewritten CHECKs still refuse bad states.
+    /// rewritten CHECKs still refuse bad states; migration 7 builds its index
+    /// from the rows there were.
     @Test func upgradeFromFiveKeepsRowsAndChecks() throws {
         let path = temporaryDatabase()
         try FileManager.default.createDirectory(atPath: URL(fileURLWithPath: path).deletingLastPathComponent().path, withIntermediateDirectories: true)
@@ -125,8 +126,16 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         try old.close()
         let store = try Store(path: path)
         defer { store.close() }
-        #expect(try store.schemaVersion() == 6)
+        #expect(try store.schemaVersion() == 7)
         #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient WHERE \(StateSQL.claimable)") } == 3)
+        // Migration 7: one index for arrival time and Message-ID, filled from the rows there were.
+        let indexes = try store.read { db in try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'message'") }
+        #expect(!indexes.contains("message_header_message_id") && indexes.contains("message_received_at"))
+        #expect(try store.read { db in try String.fetchAll(db, sql: "SELECT name FROM pragma_index_info('message_received_at')") }
+                == ["received_at", "header_message_id"])
+        var byMessageID = HistoryFilter()
+        byMessageID.headerMessageID = "m@x"
+        #expect(try store.history(byMessageID).count == 3)
         let ephemeral = try store.writeDirect { db in
             try Row.fetchAll(db, sql: "EXPLAIN UPDATE recipient SET state = 'deferred' WHERE id = 1").filter { ($0["opcode"] as String) == "OpenEphemeral" }.count
         }
@@ -154,6 +163,13 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         #expect(shape.contains("recipient_live"), "\(shape)")
         let failed = try plan("SELECT count(*) FROM recipient r WHERE \(StateSQL.failed) AND r.state = 'bounced' AND r.final_at >= 1 AND r.final_at < 2")
         #expect(failed.contains("recipient_failed"), "\(failed)")
+        // By Message-ID: a scan of the covering index, not of the table and its bodies.
+        let byMessageID = try plan("SELECT id FROM message WHERE header_message_id = 'm@x'")
+        #expect(byMessageID.contains("COVERING INDEX message_received_at"), "\(byMessageID)")
+        let history = try plan("SELECT r.id FROM recipient r JOIN message m ON m.id = r.message_id WHERE m.id IN (SELECT id FROM message WHERE header_message_id = 'm@x')")
+        #expect(history.contains("COVERING INDEX message_received_at") && !history.contains("SCAN m "), "\(history)")
+        let window = try plan("SELECT id FROM message WHERE received_at >= 1 AND received_at < 2")
+        #expect(window.contains("message_received_at (received_at>? AND received_at<?)"), "\(window)")
     }
 
     @Test func schemaChecksStates() throws {
