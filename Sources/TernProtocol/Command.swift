@@ -169,22 +169,28 @@ public enum CommandParser {
     /// Splits `FROM:<path> params` after the keyword. Tolerates spaces after
     /// the colon, as Postfix and most MTAs do.
     static func splitPathAndParams(_ rest: Substring, keyword: String) -> (Substring, [Substring])? {
-        guard rest.uppercased().hasPrefix(keyword) else { return nil }
-        var s = rest.dropFirst(keyword.count)
-        while s.first == " " { s = s.dropFirst() }
-        guard s.first == "<" else { return nil }
+        // Bytes, not Characters: every delimiter here is ASCII, and UTF-8
+        // never puts an ASCII byte inside a multi-byte character.
+        let u = rest.utf8
+        var i = u.startIndex
+        for k in keyword.utf8 { // the keyword ("FROM:", "TO:") in any case
+            guard i < u.endIndex, u[i] == k || (k >= 65 && k <= 90 && u[i] == k + 32) else { return nil }
+            u.formIndex(after: &i)
+        }
+        while i < u.endIndex, u[i] == UInt8(ascii: " ") { u.formIndex(after: &i) }
+        guard i < u.endIndex, u[i] == UInt8(ascii: "<") else { return nil }
+        let start = i
         // The path ends at the first '>' outside a quoted string.
         var inQuote = false, escaped = false
-        var end: Substring.Index? = nil
-        var i = s.startIndex
-        while i < s.endIndex {
-            let c = s[i]
-            if escaped { escaped = false } else if c == "\\" && inQuote { escaped = true } else if c == "\"" { inQuote.toggle() } else if c == ">" && !inQuote { end = i; break }
-            i = s.index(after: i)
+        var end: Substring.UTF8View.Index? = nil
+        while i < u.endIndex {
+            let c = u[i]
+            if escaped { escaped = false } else if c == UInt8(ascii: "\\") && inQuote { escaped = true } else if c == UInt8(ascii: "\"") { inQuote.toggle() } else if c == UInt8(ascii: ">") && !inQuote { end = i; break }
+            u.formIndex(after: &i)
         }
         guard let e = end else { return nil }
-        let path = s[...e]
-        let after = s[s.index(after: e)...]
+        let path = rest[start...e]
+        let after = rest[u.index(after: e)...]
         if !after.isEmpty && after.first != " " { return nil }
         return (path, after.split(separator: " "))
     }

@@ -6,6 +6,24 @@
 public enum IDNA {
     /// The lower-case A-label form of a domain; nil when a label cannot be encoded.
     public static func toASCII(_ domain: String) -> String? {
+        // Almost every domain is ASCII already: check its labels in one pass
+        // over the bytes and return it as it is when it is lower-case.
+        var upper = false, emptyLabel = true
+        var ascii = true
+        for b in domain.utf8 {
+            if b >= 0x80 { ascii = false; break }
+            if b == UInt8(ascii: ".") {
+                if emptyLabel { return nil }
+                emptyLabel = true
+            } else {
+                emptyLabel = false
+                if b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") { upper = true }
+            }
+        }
+        if ascii {
+            guard !emptyLabel, domain.utf8.count <= 253 else { return nil }
+            return upper ? domain.lowercased() : domain
+        }
         var labels: [String] = []
         for label in domain.split(separator: ".", omittingEmptySubsequences: false) {
             if label.isEmpty { return nil }

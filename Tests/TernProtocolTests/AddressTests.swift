@@ -83,6 +83,12 @@ import Testing
         #expect(Punycode.encode("他们为什么不说中文") == "ihqwcrb4cv8a8dqg056pqjye")
         #expect(IDNA.toASCII("Straße.TEST") == "xn--strae-oqa.test")
         #expect(IDNA.toASCII("a..b") == nil)
+        // The ASCII fast path: lower-cased, the same labels refused as before.
+        #expect(IDNA.toASCII("Mail.Example.TEST") == "mail.example.test")
+        #expect(IDNA.toASCII("mail.example.test") == "mail.example.test")
+        for bad in ["", ".", ".a", "a.", "a..b", String(repeating: "a", count: 254)] { #expect(IDNA.toASCII(bad) == nil, "\(bad)") }
+        #expect(IDNA.toASCII(String(repeating: "a.", count: 126) + "b") != nil) // 253 octets
+        #expect(IDNA.toASCII("Straße.a..b") == nil && IDNA.toASCII("x.bücher.") == nil)
     }
 }
 
