@@ -109,6 +109,9 @@ public enum Migrator {
                 }
                 // Have this connection parse the rewritten CHECKs now.
                 if applied.contains(where: { $0.hasPrefix("0006_") }) { try db.execute(sql: "PRAGMA writable_schema = RESET") }
+                // Indexes a migration dropped leave free pages: give them back
+                // now rather than have the first `tern prune` report them.
+                if !applied.isEmpty { try db.execute(sql: "PRAGMA incremental_vacuum") }
                 return applied
             }
         } catch {
