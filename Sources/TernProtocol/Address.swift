@@ -157,6 +157,13 @@ public enum AddressParser {
     }
 
     static func isDotString(_ s: Substring, allowUTF8: Bool) -> Bool {
+        // ASCII (nearly every address): one pass over the bytes.
+        if let ascii = asciiDotString(s) { return ascii }
+        return scalarDotString(s, allowUTF8: allowUTF8)
+    }
+
+    /// `isDotString` scalar by scalar, for any text.
+    static func scalarDotString(_ s: Substring, allowUTF8: Bool) -> Bool {
         let atoms = s.split(separator: ".", omittingEmptySubsequences: false)
         return !atoms.isEmpty && atoms.allSatisfy { atom in
             !atom.isEmpty && atom.unicodeScalars.allSatisfy { isAText($0, allowUTF8: allowUTF8) }
@@ -166,6 +173,13 @@ public enum AddressParser {
     /// Domain = sub-domain *("." sub-domain); sub-domain = Let-dig [Ldh-str]
     /// (or a U-label with SMTPUTF8). No trailing dot.
     public static func isDomain(_ s: Substring, allowUTF8: Bool) -> Bool {
+        guard !s.isEmpty, s.utf8.count <= maxDomain else { return false }
+        if let ascii = asciiDomain(s) { return ascii }
+        return scalarDomain(s, allowUTF8: allowUTF8)
+    }
+
+    /// `isDomain` scalar by scalar, for any text (U-labels too).
+    static func scalarDomain(_ s: Substring, allowUTF8: Bool) -> Bool {
         guard !s.isEmpty, s.utf8.count <= maxDomain else { return false }
         let labels = s.split(separator: ".", omittingEmptySubsequences: false)
         for label in labels {
@@ -182,6 +196,58 @@ public enum AddressParser {
                   scalars.allSatisfy({ isLetDig($0) || $0 == "-" }) else { return false }
         }
         return true
+    }
+
+    /// `isDotString` for ASCII text; nil when `s` has a non-ASCII byte.
+    static func asciiDotString(_ s: Substring) -> Bool? {
+        var atomLength = 0, valid = true
+        for b in s.utf8 {
+            if b >= 0x80 { return nil }
+            if b == UInt8(ascii: ".") {
+                if atomLength == 0 { valid = false }
+                atomLength = 0
+            } else {
+                if !asciiAText(b) { valid = false }
+                atomLength += 1
+            }
+        }
+        return valid && atomLength > 0
+    }
+
+    static func asciiAText(_ b: UInt8) -> Bool {
+        switch b {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): return true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "/"), UInt8(ascii: "="), UInt8(ascii: "?"),
+             UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"), UInt8(ascii: "{"), UInt8(ascii: "|"), UInt8(ascii: "}"),
+             UInt8(ascii: "~"): return true
+        default: return false
+        }
+    }
+
+    /// `isDomain` for ASCII text: labels of 1 to 63 letters, digits and
+    /// hyphens, a letter or digit at each end. Nil when `s` has a non-ASCII byte.
+    static func asciiDomain(_ s: Substring) -> Bool? {
+        var length = 0, valid = true
+        var last: UInt8 = 0
+        func letDig(_ b: UInt8) -> Bool {
+            (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z")) || (b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z"))
+                || (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9"))
+        }
+        for b in s.utf8 {
+            if b >= 0x80 { return nil }
+            if b == UInt8(ascii: ".") {
+                if length == 0 || !letDig(last) { valid = false }
+                length = 0
+            } else {
+                if length == 0 && !letDig(b) { valid = false }
+                if !letDig(b) && b != UInt8(ascii: "-") { valid = false }
+                length += 1
+                if length > 63 { valid = false }
+            }
+            last = b
+        }
+        return valid && length > 0 && letDig(last)
     }
 
     static func isLetDig(_ s: Unicode.Scalar) -> Bool {

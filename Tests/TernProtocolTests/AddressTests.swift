@@ -76,6 +76,24 @@ import Testing
         #expect(mailbox("<\"u@other.test\"@local.test>")?.unquotedLocalPart == "u@other.test")
     }
 
+    /// The byte-wise checks for ASCII text agree with the scalar-wise ones
+    /// on random strings of the characters that matter.
+    @Test func asciiFastPathsAgreeWithTheScalarChecks() {
+        var rng = SystemRandomNumberGenerator()
+        let alphabet: [Character] = ["a", "Z", "0", "9", "-", ".", "_", "!", "~", "@", " ", "\"", "+"]
+        var samples = ["", ".", "a", "a.", ".a", "a..b", "-a.b", "a-.b", "a-b.c", "x.test", String(repeating: "a", count: 63) + ".b",
+                       String(repeating: "a", count: 64) + ".b", "a.b-"]
+        for _ in 0..<3000 {
+            samples.append(String((0..<Int.random(in: 0...8, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }))
+        }
+        for text in samples {
+            let s = Substring(text)
+            #expect(AddressParser.asciiDomain(s) == AddressParser.scalarDomain(s, allowUTF8: false), "\(text)")
+            #expect(AddressParser.asciiDotString(s) == AddressParser.scalarDotString(s, allowUTF8: false), "\(text)")
+        }
+        #expect(AddressParser.asciiDomain("bücher.test") == nil && AddressParser.isDomain("bücher.test", allowUTF8: true))
+    }
+
     @Test func punycodeRFC3492Vectors() {
         #expect(Punycode.encode("bücher") == "bcher-kva")
         #expect(Punycode.encode("münchen") == "mnchen-3ya")
