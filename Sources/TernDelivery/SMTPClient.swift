@@ -241,7 +241,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         let loop = channel.eventLoop
         let channel = self.channel
         let replies: [SMTPReply] = try await withCheckedThrowingContinuation { cont in
-            loop.execute {
+            let start: @Sendable () -> Void = {
                 let gathered = Gathered(expected: timeouts.count)
                 // Register the waits before writing, so no reply can come first.
                 for t in timeouts {
@@ -263,6 +263,9 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 }
                 channel.writeAndFlush(payload, promise: nil)
             }
+            // A worker runs on its connection's loop (EventLoopExecutor): it
+            // starts the exchange in place instead of queueing a task for it.
+            if loop.inEventLoop { start() } else { loop.execute(start) }
         }
         if replies.contains(where: { $0.code == 421 }) { broken = true } // RFC 5321 §3.8: the server is closing
         return replies
