@@ -42,10 +42,26 @@ public protocol DeliveryConnection: AnyObject, Sendable {
     var context: AttemptContext { get }
     /// Sends one message; an outcome for every recipient id of the envelope.
     func send(_ message: OutboundMessage) async -> [Int64: RecipientOutcome]
+    /// Sends one message, and may start `next` in the same write as this
+    /// one's final dot (RFC 2920 §3.1: message content may begin a pipelined
+    /// group). A caller that passes `next` sends it next, on this connection,
+    /// whatever else happens: the server may be waiting for its content.
+    func send(_ message: OutboundMessage, next: OutboundMessage?) async -> [Int64: RecipientOutcome]
+    /// The message whose commands went out with the previous one's content
+    /// and that must be sent next (nil when none).
+    var startedMessageID: Int64? { get }
     /// False once the connection is closed or in an unknown state.
     var isReusable: Bool { get }
     /// QUIT and close.
     func close() async
+}
+
+extension DeliveryConnection {
+    /// Connections that do not pipeline across messages send one at a time.
+    public func send(_ message: OutboundMessage, next: OutboundMessage?) async -> [Int64: RecipientOutcome] {
+        await send(message)
+    }
+    public var startedMessageID: Int64? { nil }
 }
 
 public enum ConnectOutcome: Sendable {

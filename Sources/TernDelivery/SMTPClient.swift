@@ -95,6 +95,11 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     /// transaction the server has reset already (RFC 5321 §4.1.1.4), so
     /// back-to-back messages need none.
     private var openTransaction = false
+    /// Replies to the commands of the message that went out with the
+    /// previous message's content (RFC 2920 §3.1); it must be sent next.
+    private var started: (messageID: Int64, mail: SMTPReply, rcpts: [SMTPReply], data: SMTPReply?)? = nil
+
+    var startedMessageID: Int64? { started?.messageID }
 
     private init(channel: Channel, handler: NIOLoopBound<SMTPReplyHandler>, config: ClientConfig, hop: Hop) {
         self.channel = channel
@@ -283,9 +288,23 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     }
 
     func send(_ message: OutboundMessage) async -> [Int64: RecipientOutcome] {
+        await send(message, next: nil)
+    }
+
+    func send(_ message: OutboundMessage, next: OutboundMessage?) async -> [Int64: RecipientOutcome] {
         let env = message.envelope
         var results: [Int64: RecipientOutcome] = [:]
-        if let refusal = ClientProtocol.preflight(env, capabilities) {
+        let early = started
+        started = nil
+        if let early, early.messageID != message.messageID {
+            // Not the message whose commands went out: the server may be
+            // waiting for that one's content. Nothing else can be sent here.
+            await abort()
+            let reply = SMTPReply(451, .connectionDropped, "connection with \(context.mxHost ?? "server") reset: message \(early.messageID) was started but not sent")
+            for r in env.recipients { results[r.id] = .deferred(reply) }
+            return results
+        }
+        if early == nil, let refusal = ClientProtocol.preflight(env, capabilities) {
             for r in env.recipients { results[r.id] = .bounced(refusal) }
             return results
         }
@@ -299,7 +318,10 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             var mailReply: SMTPReply
             var rcptReplies: [SMTPReply] = []
             var dataReply: SMTPReply? = nil
-            if caps.pipelining {
+            if let early {
+                // Sent with the previous message's content; the replies are in.
+                (mailReply, rcptReplies, dataReply) = (early.mail, early.rcpts, early.data)
+            } else if caps.pipelining {
                 // RFC 2920: RSET, MAIL, RCPT… and DATA in one group.
                 let timeouts = lines.map { $0 == "RSET" || $0.hasPrefix("MAIL") ? config.mailTimeout : config.rcptTimeout } + [config.dataInitTimeout]
                 var replies = try await exchange(lines + ["DATA"], timeouts: timeouts)
@@ -340,9 +362,31 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 return results
             }
             phase = "end of data"
-            let final = try await write(ClientProtocol.dataText(message.body), expectWithin: config.dataEndTimeout)
+            let content = ClientProtocol.dataText(message.body)
+            // RFC 2920 §3.1: the content may begin a pipelined group, so the
+            // next message's MAIL, RCPT… and DATA go out with this final dot:
+            // one round trip per message instead of two.
+            var nextLines: [String] = []
+            if let next, caps.pipelining, ClientProtocol.preflight(next.envelope, caps) == nil {
+                nextLines = [ClientProtocol.mailCommand(next.envelope, caps)]
+                    + next.envelope.recipients.map { ClientProtocol.rcptCommand($0, caps) } + ["DATA"]
+            }
+            var payload = channel.allocator.buffer(capacity: content.count + nextLines.reduce(0) { $0 + $1.utf8.count + 2 })
+            payload.writeBytes(content)
+            for l in nextLines { payload.writeString(l); payload.writeStaticString("\r\n") }
+            var timeouts = [config.dataEndTimeout]
+            if let next, !nextLines.isEmpty {
+                timeouts += [config.mailTimeout] + next.envelope.recipients.map { _ in config.rcptTimeout } + [config.dataInitTimeout]
+            }
+            let replies = try await sendAndExpect(payload, timeouts: timeouts)
+            let final = replies[0]
             openTransaction = false
             for r in accepted { results[r.id] = RecipientOutcome.from(final) }
+            if let next, !nextLines.isEmpty {
+                let n = next.envelope.recipients.count
+                started = (next.messageID, replies[1], Array(replies[2..<(2 + n)]), replies[2 + n])
+                openTransaction = replies[1].code / 100 == 2
+            }
             return results
         } catch {
             // Timeouts and dropped connections are temporary; a reply lost after
@@ -355,7 +399,9 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     }
 
     func close() async {
-        if isReusable {
+        // A server waiting for content would read QUIT as content: drop the
+        // connection instead (the server discards the open transaction).
+        if isReusable && started?.data?.code != 354 {
             _ = try? await exchange(["QUIT"], config.quitTimeout)
         }
         await abort()

@@ -441,7 +441,10 @@ public final class Scheduler: Service, Sendable {
             outer: while !batch.recipients.isEmpty {
                 let byMessage = Dictionary(grouping: batch.recipients, by: \.messageID).sorted { $0.key < $1.key }
                 for (index, (messageID, recipients)) in byMessage.enumerated() {
-                    if !connection.isReusable || stopping || sent >= config.messagesPerConnection {
+                    // A message whose commands went out with the previous one's
+                    // content is sent now, whatever else happened meanwhile.
+                    let promised = connection.startedMessageID == messageID
+                    if !promised && (!connection.isReusable || stopping || sent >= config.messagesPerConnection) {
                         // Not sent: give these back untouched.
                         let rest = byMessage[index...].flatMap(\.value)
                         if connection.isReusable && !stopping { givenBackAtLimit.add(rest.count, ordering: .relaxed) }
@@ -449,7 +452,15 @@ public final class Scheduler: Service, Sendable {
                         if !stopping { wakeup.signal() }
                         break outer
                     }
-                    await deliver(messageID, recipients, over: connection, message: batch.messages[messageID])
+                    // The next message of the batch can start in the same write
+                    // as this one's content, if it is sure to be sent next.
+                    var next: OutboundMessage? = nil
+                    if index + 1 < byMessage.count, !stopping, sent + 1 < config.messagesPerConnection {
+                        let (nextID, nextRecipients) = byMessage[index + 1]
+                        if batch.messages[nextID] == nil { batch.messages[nextID] = try? store.message(id: nextID) }
+                        next = batch.messages[nextID].map { outbound(nextID, nextRecipients, $0) }
+                    }
+                    await deliver(messageID, recipients, over: connection, message: batch.messages[messageID], next: next)
                     batch.messages[messageID] = nil // its body is not held while the rest are sent
                     sent += 1
                 }
@@ -466,19 +477,23 @@ public final class Scheduler: Service, Sendable {
         }
     }
 
+    private func outbound(_ messageID: Int64, _ recipients: [ClaimedRecipient], _ stored: StoredMessage) -> OutboundMessage {
+        let envelope = ClientEnvelope(
+            mailFrom: stored.mailFrom, size: stored.body.count, bodyType: stored.bodyType, smtputf8: stored.smtputf8,
+            ret: stored.ret, envID: stored.envID,
+            recipients: recipients.map { ClientRecipient(id: $0.id, address: $0.address, notify: $0.notify, orcpt: $0.orcpt) })
+        return OutboundMessage(messageID: messageID, queueID: stored.queueID, envelope: envelope, body: stored.body)
+    }
+
     private func deliver(_ messageID: Int64, _ recipients: [ClaimedRecipient], over connection: any DeliveryConnection,
-                         message: StoredMessage?) async {
+                         message: StoredMessage?, next: OutboundMessage? = nil) async {
         let started = clock.now()
         guard let stored = message ?? (try? store.message(id: messageID)) else {
             logger.error("claimed recipients of a missing message", metadata: ["msg": "\(messageID)"])
             _ = try? await store.releaseLeases(recipients.map(\.id), owner: owner)
             return
         }
-        let envelope = ClientEnvelope(
-            mailFrom: stored.mailFrom, size: stored.body.count, bodyType: stored.bodyType, smtputf8: stored.smtputf8,
-            ret: stored.ret, envID: stored.envID,
-            recipients: recipients.map { ClientRecipient(id: $0.id, address: $0.address, notify: $0.notify, orcpt: $0.orcpt) })
-        let outcomes = await connection.send(OutboundMessage(messageID: messageID, queueID: stored.queueID, envelope: envelope, body: stored.body))
+        let outcomes = await connection.send(outbound(messageID, recipients, stored), next: next)
         let fallback = RecipientOutcome.deferred(SMTPReply(451, .systemError, "no result for this recipient"))
         await record(recipients, outcomes: outcomes, fallback: fallback, context: connection.context, started: started, message: stored)
     }

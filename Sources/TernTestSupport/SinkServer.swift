@@ -42,29 +42,35 @@ public final class SinkServer: Sendable {
 
     /// Messages accepted so far (also when not recording).
     public var count: Int { counter.withLockedValue { $0 } }
+    /// Final dots after which more input had already arrived: a client that
+    /// started the next message in the same write (RFC 2920 §3.1).
+    public var inputAfterDot: Int { afterDot.withLockedValue { $0 } }
+    let afterDot: NIOLockedValueBox<Int>
 
     public var messages: [SinkMessage] { state.withLockedValue { $0.messages } }
     public var commands: [String] { state.withLockedValue { $0.commands } }
     public var connections: Int { state.withLockedValue { $0.connections } }
 
     private init(port: Int, channel: Channel, state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>,
-                 counter: NIOLockedValueBox<Int>) {
+                 counter: NIOLockedValueBox<Int>, afterDot: NIOLockedValueBox<Int>) {
         self.port = port
         self.channel = channel
         self.state = state
         self.counter = counter
+        self.afterDot = afterDot
     }
 
     public static func start(_ config: Config = Config(), group: EventLoopGroup, host: String = "127.0.0.1") async throws -> SinkServer {
         let state = NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>(([], [], 0))
         let counter = NIOLockedValueBox(0)
+        let afterDot = NIOLockedValueBox(0)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { ch in
-                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(SinkHandler(config: config, state: state, counter: counter)) }
+                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(SinkHandler(config: config, state: state, counter: counter, afterDot: afterDot)) }
             }
             .bind(host: host, port: 0).get()
-        return SinkServer(port: channel.localAddress!.port!, channel: channel, state: state, counter: counter)
+        return SinkServer(port: channel.localAddress!.port!, channel: channel, state: state, counter: counter, afterDot: afterDot)
     }
 
     public func stop() async {
@@ -79,19 +85,22 @@ final class SinkHandler: ChannelInboundHandler {
     let config: SinkServer.Config
     let state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>
     let counter: NIOLockedValueBox<Int>
+    let afterDot: NIOLockedValueBox<Int>
     var buffer = ByteBuffer()
     var inData = false
     var mail: String? = nil
     var rcpts: [String] = []
     var data: [String] = []
     var dead = false
+    var holding = false
     var tlsActive = false
 
     init(config: SinkServer.Config, state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>,
-         counter: NIOLockedValueBox<Int>) {
+         counter: NIOLockedValueBox<Int>, afterDot: NIOLockedValueBox<Int>) {
         self.config = config
         self.state = state
         self.counter = counter
+        self.afterDot = afterDot
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -112,7 +121,13 @@ final class SinkHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data incoming: NIOAny) {
         var bytes = unwrapInboundIn(incoming)
         buffer.writeBuffer(&bytes)
-        while !dead, let lf = buffer.readableBytesView.firstIndex(of: 10) {
+        drain(context)
+    }
+
+    /// Handles the complete lines received, unless a reply is being held
+    /// back (replies go out in the order of the commands, RFC 2920).
+    func drain(_ context: ChannelHandlerContext) {
+        while !dead, !holding, let lf = buffer.readableBytesView.firstIndex(of: 10) {
             var line = buffer.readString(length: lf - buffer.readerIndex) ?? ""
             buffer.moveReaderIndex(forwardBy: 1)
             if line.hasSuffix("\r") { line.removeLast() }
@@ -162,16 +177,20 @@ final class SinkHandler: ChannelInboundHandler {
             return
         }
         inData = false
+        if buffer.readableBytes > 0 { afterDot.withLockedValue { $0 += 1 } }
         let locals = rcpts.map(local)
         defer { mail = nil; rcpts = [] }
         if locals.contains(where: { $0.hasPrefix("dropdata") }) { context.close(promise: nil); dead = true; return }
         if locals.contains(where: { $0.hasPrefix("slowdata") }) { return }
         if locals.contains(where: { $0.hasPrefix("delaydata") }) {
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            holding = true
             context.eventLoop.scheduleTask(in: .milliseconds(500)) {
                 let (handler, ctx) = bound.value
                 handler.counter.withLockedValue { $0 += 1 }
                 handler.reply("250 2.0.0 Ok: late", ctx)
+                handler.holding = false
+                handler.drain(ctx)
             }
             return
         }

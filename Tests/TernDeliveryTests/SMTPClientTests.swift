@@ -18,9 +18,10 @@ func agent(port: Int, routes: [StaticRoute]? = nil, resolver: any DNSResolver = 
     return try! SMTPDeliveryAgent(router: router, config: config, group: group)
 }
 
-func message(_ rcpts: [String], from: String = "a@x.test", body: String = "Subject: t\r\n\r\nhello\r\n.dot\r\n", smtputf8: Bool = false) -> OutboundMessage {
+func message(_ rcpts: [String], from: String = "a@x.test", body: String = "Subject: t\r\n\r\nhello\r\n.dot\r\n", smtputf8: Bool = false,
+             id: Int64 = 1) -> OutboundMessage {
     let recipients = rcpts.enumerated().map { ClientRecipient(id: Int64($0.offset + 1), address: $0.element, notify: "SUCCESS,FAILURE", orcpt: "rfc822;\($0.element)") }
-    return OutboundMessage(messageID: 1, queueID: "Q1",
+    return OutboundMessage(messageID: id, queueID: "Q\(id)",
                            envelope: ClientEnvelope(mailFrom: from, size: body.utf8.count, bodyType: "8BITMIME", smtputf8: smtputf8,
                                                     ret: "FULL", envID: "E1", recipients: recipients),
                            body: Data(body.utf8))
@@ -68,6 +69,40 @@ func codes(_ r: [Int64: RecipientOutcome]) -> [String] {
         #expect(sink.messages.last?.rcptCommands.first?.hasPrefix("RCPT TO:<ok4@y.test>") == true)
         await c.close()
         #expect(sink.commands.last == "QUIT")
+    }
+
+    /// RFC 2920 §3.1: the next message's MAIL, RCPT and DATA go out in the
+    /// same write as this one's content and final dot.
+    @Test func theNextMessageStartsWithThisOnesFinalDot() async throws {
+        let sink = try await SinkServer.start(group: group)
+        defer { Task { await sink.stop() } }
+        let c = try await connect(agent(port: sink.port))
+        #expect(codes(await c.send(message(["ok1@y.test"], id: 1), next: message(["ok2@y.test", "perm2@y.test"], id: 2))) == ["delivered 250"])
+        #expect(c.startedMessageID == 2 && sink.inputAfterDot == 1)
+        #expect(codes(await c.send(message(["ok2@y.test", "perm2@y.test"], id: 2), next: message(["perm3@y.test"], id: 3)))
+                == ["delivered 250", "bounced 550 5.1.1"])
+        #expect(c.startedMessageID == 3 && sink.inputAfterDot == 2)
+        // Every recipient of 3 was refused, so its DATA was too: no content,
+        // nothing for 4 to ride on; 4 starts with RSET (3's MAIL was accepted).
+        #expect(codes(await c.send(message(["perm3@y.test"], id: 3), next: message(["ok4@y.test"], id: 4))) == ["bounced 550 5.1.1"])
+        #expect(c.startedMessageID == nil)
+        #expect(codes(await c.send(message(["ok4@y.test"], id: 4), next: nil)) == ["delivered 250"])
+        #expect(sink.messages.map { $0.rcptCommands.map { String($0.prefix(16)) } } == [["RCPT TO:<ok1@y.t"], ["RCPT TO:<ok2@y.t"], ["RCPT TO:<ok4@y.t"]])
+        #expect(sink.messages.allSatisfy { $0.data == "Subject: t\r\n\r\nhello\r\n.dot\r\n" })
+        #expect(sink.commands.filter { $0 == "RSET" }.count == 1 && sink.connections == 1)
+        // Started but never sent: closing drops the connection instead of
+        // sending QUIT as content, and nothing half-sent is delivered.
+        #expect(codes(await c.send(message(["ok5@y.test"], id: 5), next: message(["ok6@y.test"], id: 6))) == ["delivered 250"])
+        #expect(c.startedMessageID == 6)
+        await c.close()
+        #expect(sink.commands.last?.hasPrefix("DATA") == true && sink.messages.count == 4)
+
+        // A caller that sends another message than the started one gets a
+        // deferral and a dropped connection, not a message in the wrong place.
+        let d = try await connect(agent(port: sink.port))
+        _ = await d.send(message(["ok7@y.test"], id: 7), next: message(["ok8@y.test"], id: 8))
+        #expect(codes(await d.send(message(["ok9@y.test"], id: 9))) == ["deferred 451 4.4.2"])
+        #expect(!d.isReusable && sink.messages.count == 5)
     }
 
     @Test func withoutPipeliningOrDSN() async throws {

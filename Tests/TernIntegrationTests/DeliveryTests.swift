@@ -68,6 +68,35 @@ extension TestServer {
         #expect((dsn["returned_headers"] as? String)?.contains("Subject: e2e") == true)
     }
 
+    /// Mail that piles up while a connection is busy goes out pipelined
+    /// across messages (RFC 2920 §3.1): each message's MAIL, RCPT and DATA
+    /// with the previous one's final dot. Every message arrives once, whole.
+    @Test func queuedMessagesGoOutPipelinedAcrossMessages() async throws {
+        let sink = try await SinkServer.start(group: server0Group)
+        defer { Task { await sink.stop() } }
+        let server = try await TestServer.start(delivery: DeliverySetup(routes: [StaticRoute(domain: "*", host: "127.0.0.1", port: sink.port)]))
+        defer { Task { await server.stop() } }
+        let c = try server.greetedClient()
+        // The sink holds its reply to the first message for half a second.
+        #expect(try c.sendMessage(from: "a@sender.test", to: ["delaydata@far.test"], body: "Subject: 0\r\n\r\nzero\r\n").status == "250 2.0.0")
+        for i in 1...5 {
+            #expect(try c.sendMessage(from: "a@sender.test", to: ["r\(i)@far.test", "perm\(i)@far.test"],
+                                      body: "Subject: \(i)\r\n\r\nbody \(i)\r\n..dot\r\n").status == "250 2.0.0")
+        }
+        #expect(await eventually { try server.count("SELECT count(*) FROM recipient WHERE state = 'delivered' AND domain = 'far.test'") == 6 })
+        #expect(try server.count("SELECT count(*) FROM recipient WHERE state = 'bounced'") == 5)
+        // The five DSNs for perm…@ go back through the sink as well.
+        #expect(await eventually { try server.count("SELECT count(*) FROM recipient WHERE state = 'delivered' AND domain = 'sender.test'") == 5 })
+        let received = sink.messages.filter { !$0.mailCommand.hasPrefix("MAIL FROM:<>") }
+        #expect(received.count == 5) // the delayed one is counted, not recorded
+        for i in 1...5 {
+            let m = try #require(received.first { $0.rcptCommands == ["RCPT TO:<r\(i)@far.test>"] }, "message \(i)")
+            #expect(m.data.hasSuffix("Subject: \(i)\r\n\r\nbody \(i)\r\n.dot\r\n")) // dot-stuffed on the way in and out
+        }
+        #expect(sink.inputAfterDot >= 1, "no message started with the previous one's final dot")
+        #expect(sink.count == 6 + 5)
+    }
+
     /// A 421 greeting, a connection dropped after the final dot and a reply
     /// that never comes: each ends deferred, with its attempt and event.
     @Test func troubleAtTheRemoteEndDefers() async throws {
