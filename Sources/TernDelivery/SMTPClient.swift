@@ -241,11 +241,20 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     /// to the loop per future, even a completed one, to attach the callback,
     /// and a resume of the task for each.)
     private func sendAndExpect(_ payload: ByteBuffer, timeouts: [Int64]) async throws -> [SMTPReply] {
+        let (replies, fault) = await sendAndGather(payload, timeouts: timeouts)
+        if let fault { throw fault }
+        return replies
+    }
+
+    /// `sendAndExpect` that keeps the replies that came before a failure:
+    /// the first reply of a group may settle a message even when a later
+    /// one never comes.
+    private func sendAndGather(_ payload: ByteBuffer, timeouts: [Int64]) async -> ([SMTPReply], ClientFault?) {
         precondition(!timeouts.isEmpty, "an exchange expects at least one reply")
         let h = handler
         let loop = channel.eventLoop
         let channel = self.channel
-        let replies: [SMTPReply] = try await withCheckedThrowingContinuation { cont in
+        let (replies, fault): ([SMTPReply], ClientFault?) = await withCheckedContinuation { cont in
             let start: @Sendable () -> Void = {
                 let gathered = Gathered(expected: timeouts.count)
                 // Register the waits before writing, so no reply can come first.
@@ -257,12 +266,12 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                             gathered.replies.append(reply)
                             if gathered.replies.count == gathered.expected {
                                 gathered.finished = true
-                                cont.resume(returning: gathered.replies)
+                                cont.resume(returning: (gathered.replies, nil))
                             }
                         case .failure(let fault):
                             // The first failure ends the exchange; every later wait fails with it.
                             gathered.finished = true
-                            cont.resume(throwing: fault)
+                            cont.resume(returning: (gathered.replies, fault))
                         }
                     }
                 }
@@ -273,7 +282,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             if loop.inEventLoop { start() } else { loop.execute(start) }
         }
         if replies.contains(where: { $0.code == 421 }) { broken = true } // RFC 5321 §3.8: the server is closing
-        return replies
+        return (replies, fault)
     }
 
     /// Replies of one exchange, gathered on the loop.
@@ -378,10 +387,16 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             if let next, !nextLines.isEmpty {
                 timeouts += [config.mailTimeout] + next.envelope.recipients.map { _ in config.rcptTimeout } + [config.dataInitTimeout]
             }
-            let replies = try await sendAndExpect(payload, timeouts: timeouts)
-            let final = replies[0]
+            let (replies, fault) = await sendAndGather(payload, timeouts: timeouts)
+            // This message's reply counts even if the next one's group then
+            // failed: recording it deferred would deliver it twice.
+            guard let final = replies.first else { throw fault ?? ClientFault.closed }
             openTransaction = false
             for r in accepted { results[r.id] = RecipientOutcome.from(final) }
+            if fault != nil {
+                broken = true
+                return results
+            }
             if let next, !nextLines.isEmpty {
                 let n = next.envelope.recipients.count
                 started = (next.messageID, replies[1], Array(replies[2..<(2 + n)]), replies[2 + n])

@@ -5,6 +5,7 @@
 //   dropdata… closes after the final dot without a reply
 //   slowdata… never answers the final dot
 //   delaydata… answers the final dot with 250 after half a second
+//   a sender dropmail… closes the connection at its MAIL, without a reply
 // anything else is accepted. The greeting and the EHLO extensions are set
 // per server. Every accepted message is recorded.
 
@@ -147,7 +148,9 @@ final class SinkHandler: ChannelInboundHandler {
                 reply("502 5.5.1 EHLO not supported", context)
             }
         case "HELO": reply("250 sink.test", context)
-        case "MAIL": mail = line; rcpts = []; reply("250 2.1.0 Ok", context)
+        case "MAIL":
+            if local(line).hasPrefix("dropmail") { context.close(promise: nil); dead = true; return }
+            mail = line; rcpts = []; reply("250 2.1.0 Ok", context)
         case "RCPT":
             let l = local(line)
             if l.hasPrefix("temp") && !l.hasPrefix("tempdata") { reply("451 4.2.1 Mailbox busy, try later", context) }

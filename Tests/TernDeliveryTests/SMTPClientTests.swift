@@ -103,6 +103,13 @@ func codes(_ r: [Int64: RecipientOutcome]) -> [String] {
         _ = await d.send(message(["ok7@y.test"], id: 7), next: message(["ok8@y.test"], id: 8))
         #expect(codes(await d.send(message(["ok9@y.test"], id: 9))) == ["deferred 451 4.4.2"])
         #expect(!d.isReusable && sink.messages.count == 5)
+
+        // The connection dies on the next message's MAIL, after this one's
+        // 250: this one is delivered (not deferred, which would send it twice).
+        let e = try await connect(agent(port: sink.port))
+        #expect(codes(await e.send(message(["ok10@y.test"], id: 10), next: message(["ok11@y.test"], from: "dropmail@x.test", id: 11)))
+                == ["delivered 250"])
+        #expect(e.startedMessageID == nil && !e.isReusable && sink.messages.count == 6)
     }
 
     @Test func withoutPipeliningOrDSN() async throws {
