@@ -55,20 +55,7 @@ public indirect enum JSON: Sendable, Equatable {
     }
 
     static func append(_ i: Int, to out: inout [UInt8]) {
-        if i < 0 { out.append(UInt8(ascii: "-")) }
-        var m = i.magnitude
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var n = 0
-        withUnsafeMutableBytes(of: &digits) { d in
-            repeat {
-                d[n] = UInt8(ascii: "0") + UInt8(m % 10)
-                m /= 10
-                n += 1
-            } while m > 0
-            while n > 0 { n -= 1; out.append(d[n]) }
-        }
+        out.append(contentsOf: String(i).utf8) // a small string: no allocation
     }
 
     /// RFC 8259 §7: quotation mark, reverse solidus and control characters
@@ -90,8 +77,10 @@ public indirect enum JSON: Sendable, Equatable {
                 case 0x09: append("\\t", to: &out)
                 default: // \u00XX, lower-case hex
                     append("\\u00", to: &out)
-                    out.append(b >> 4 < 10 ? UInt8(ascii: "0") + b >> 4 : UInt8(ascii: "a") + b >> 4 - 10)
-                    out.append(b & 0xF < 10 ? UInt8(ascii: "0") + b & 0xF : UInt8(ascii: "a") + b & 0xF - 10)
+                    ("0123456789abcdef" as StaticString).withUTF8Buffer { hex in
+                        out.append(hex[Int(b >> 4)])
+                        out.append(hex[Int(b & 0xF)])
+                    }
                 }
                 start = i + 1
             }
