@@ -223,8 +223,22 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
 
     private func exchange(_ lines: [String], timeouts: [Int64]) async throws -> [SMTPReply] {
         var bytes = channel.allocator.buffer(capacity: lines.reduce(0) { $0 + $1.utf8.count + 2 })
-        for l in lines { bytes.writeString(l); bytes.writeStaticString("\r\n") }
+        SMTPClientConnection.append(lines, to: &bytes)
         return try await sendAndExpect(bytes, timeouts: timeouts)
+    }
+
+    private static func append(_ lines: [String], to buffer: inout ByteBuffer) {
+        for l in lines { buffer.writeString(l); buffer.writeStaticString("\r\n") }
+    }
+
+    /// A transaction's commands before DATA: MAIL, then RCPT for each recipient.
+    private static func transactionCommands(_ env: ClientEnvelope, _ caps: ServerCapabilities) -> [String] {
+        [ClientProtocol.mailCommand(env, caps)] + env.recipients.map { ClientProtocol.rcptCommand($0, caps) }
+    }
+
+    /// The reply timeouts of a pipelined group of `lines` followed by DATA.
+    private func groupTimeouts(_ lines: [String]) -> [Int64] {
+        lines.map { $0 == "RSET" || $0.hasPrefix("MAIL") ? config.mailTimeout : config.rcptTimeout } + [config.dataInitTimeout]
     }
 
     private func write(_ bytes: [UInt8], expectWithin seconds: Int64) async throws -> SMTPReply {
@@ -320,10 +334,6 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         let caps = capabilities
         var phase = "MAIL"
         do {
-            var lines: [String] = []
-            if openTransaction { lines.append("RSET") }
-            lines.append(ClientProtocol.mailCommand(env, caps))
-            lines += env.recipients.map { ClientProtocol.rcptCommand($0, caps) }
             var mailReply: SMTPReply
             var rcptReplies: [SMTPReply] = []
             var dataReply: SMTPReply? = nil
@@ -332,14 +342,14 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 (mailReply, rcptReplies, dataReply) = (early.mail, early.rcpts, early.data)
             } else if caps.pipelining {
                 // RFC 2920: RSET, MAIL, RCPT… and DATA in one group.
-                let timeouts = lines.map { $0 == "RSET" || $0.hasPrefix("MAIL") ? config.mailTimeout : config.rcptTimeout } + [config.dataInitTimeout]
-                var replies = try await exchange(lines + ["DATA"], timeouts: timeouts)
+                let lines = (openTransaction ? ["RSET"] : []) + SMTPClientConnection.transactionCommands(env, caps)
+                var replies = try await exchange(lines + ["DATA"], timeouts: groupTimeouts(lines))
                 if lines.first == "RSET" { replies.removeFirst() }
                 mailReply = replies.removeFirst()
                 rcptReplies = Array(replies.prefix(env.recipients.count))
                 dataReply = replies.last
             } else {
-                if lines.first == "RSET" { _ = try await exchange(["RSET"], config.mailTimeout) }
+                if openTransaction { _ = try await exchange(["RSET"], config.mailTimeout) }
                 mailReply = try await exchange([ClientProtocol.mailCommand(env, caps)], config.mailTimeout)[0]
                 if mailReply.code == 250 {
                     phase = "RCPT"
@@ -377,15 +387,14 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             // one round trip per message instead of two.
             var nextLines: [String] = []
             if let next, caps.pipelining, ClientProtocol.preflight(next.envelope, caps) == nil {
-                nextLines = [ClientProtocol.mailCommand(next.envelope, caps)]
-                    + next.envelope.recipients.map { ClientProtocol.rcptCommand($0, caps) } + ["DATA"]
+                nextLines = SMTPClientConnection.transactionCommands(next.envelope, caps)
             }
-            var payload = channel.allocator.buffer(capacity: content.count + nextLines.reduce(0) { $0 + $1.utf8.count + 2 })
+            var payload = channel.allocator.buffer(capacity: content.count + nextLines.reduce(6) { $0 + $1.utf8.count + 2 })
             payload.writeBytes(content)
-            for l in nextLines { payload.writeString(l); payload.writeStaticString("\r\n") }
             var timeouts = [config.dataEndTimeout]
-            if let next, !nextLines.isEmpty {
-                timeouts += [config.mailTimeout] + next.envelope.recipients.map { _ in config.rcptTimeout } + [config.dataInitTimeout]
+            if !nextLines.isEmpty {
+                SMTPClientConnection.append(nextLines + ["DATA"], to: &payload)
+                timeouts += groupTimeouts(nextLines)
             }
             let (replies, fault) = await sendAndGather(payload, timeouts: timeouts)
             // This message's reply counts even if the next one's group then
