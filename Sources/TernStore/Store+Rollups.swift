@@ -173,12 +173,12 @@ struct RollupBatch {
         }
     }
 
-    /// A recipient reached (+1) or, deleted in a final state, left (−1) `state`.
     /// States a recipient ends in (the rows `recipient.final_at` is set for).
     static func isFinal(_ state: String) -> Bool {
         state == "delivered" || state == "bounced" || state == "expired" || state == "suppressed"
     }
 
+    /// A recipient reached (+1) or, deleted in a final state, left (−1) `state`.
     mutating func addFinal(state: String, domain: String, address: String, createdAt: Int64, finalAt: Int64, sign: Int) {
         guard RollupBatch.isFinal(state) else { return }
         let key = FinalKey(day: createdAt / Rollups.dayMillis, domain: domain)
