@@ -197,6 +197,17 @@ public struct SMTPServerSession: Sendable {
             return error(SMTPReply(500, .syntaxError, "Error: authentication exchange line too long"))
         case (.data, .line(let line, let ending)):
             return dataLine(line, ending)
+        case (.data, .text(var run)):
+            // Whole CRLF lines, none starting with "." (see SMTPFrame.text).
+            previousLineEndedCRLF = true
+            bodySize += run.readableBytes
+            if bodySize > config.maxMessageSize {
+                if dataError != .bareNewline { dataError = .tooBig }
+                body = ByteBuffer()
+            } else if dataError == nil {
+                body.writeBuffer(&run)
+            }
+            return nil
         case (.data, .overlongLine(let length)):
             bodySize += length
             if bodySize > config.maxMessageSize {
@@ -211,6 +222,9 @@ public struct SMTPServerSession: Sendable {
             return chunk(piece, isEnd: isEnd)
         case (_, .overlongLine):
             return error(SMTPReply(500, .syntaxError, "Error: line too long"))
+        case (_, .text):
+            // The framer makes runs in DATA mode only, which follows the state.
+            return error(SMTPReply(500, .syntaxError, "Error: unexpected message text"))
         case (_, .line(let line, _)):
             return command(line)
         }

@@ -44,7 +44,7 @@ import Testing
         // An unparsable BDAT has no payload.
         #expect(frames("BDAT x\r\nNOOP\r\n") == [line("BDAT x"), line("NOOP")])
         // In DATA mode "BDAT" is just text.
-        #expect(frames("BDAT 3\r\n", mode: .data) == [line("BDAT 3")])
+        #expect(frames("BDAT 3\r\n", mode: .data) == [.text(ByteBuffer(string: "BDAT 3\r\n"))])
     }
 
     @Test func chunkArrivesInPieces() {
@@ -84,5 +84,67 @@ import Testing
         for b in bytes { bytewise.feed(bytes: [b]) }
         #expect(bytewise.transcript == whole.transcript)
         #expect(bytewise.commits.map(\.body) == whole.commits.map(\.body))
+    }
+
+    /// DATA text comes as runs of plain lines; every other line alone.
+    @Test func dataTextComesInRunsOfPlainLines() {
+        func text(_ s: String) -> SMTPFrame { .text(ByteBuffer(string: s)) }
+        #expect(frames("a\r\nb\r\n\r\nc", mode: .data) == [text("a\r\nb\r\n\r\n")])
+        #expect(frames("a\r\n..b\r\nc\r\n.\r\n", mode: .data) == [text("a\r\n"), line("..b"), text("c\r\n"), line(".")])
+        // A bare LF, a bare CR inside a line and a lone LF each stop a run.
+        #expect(frames("a\r\nb\nc\r\n", mode: .data) == [text("a\r\n"), line("b", .bareLF), text("c\r\n")])
+        #expect(frames("a\rb\r\nc\r\n", mode: .data) == [line("a\rb"), text("c\r\n")])
+        #expect(frames("\nc\r\n", mode: .data) == [line("", .bareLF), text("c\r\n")])
+        // The line limit counts the terminator, as for single lines.
+        var f = SMTPFramer(commandLineLimit: 100, textLineLimit: 6)
+        f.mode = .data
+        var b = ByteBuffer(string: "abcd\r\nabcde\r\nx\r\n")
+        #expect(f.next(&b) == text("abcd\r\n"))
+        #expect(f.next(&b) == .overlongLine(length: 7))
+        #expect(f.next(&b) == text("x\r\n"))
+        #expect(f.next(&b) == nil)
+        // Runs are off on request: then every line comes alone.
+        var single = SMTPFramer()
+        single.mode = .data
+        single.textRuns = false
+        var c = ByteBuffer(string: "a\r\nb\r\n")
+        #expect(single.next(&c) == line("a"))
+        #expect(single.next(&c) == line("b"))
+    }
+
+    /// Runs change nothing the session decides: random DATA texts (dots,
+    /// bare CRs and LFs, long lines, too big), fed whole and in random
+    /// pieces, give the same replies and bodies as line-by-line framing.
+    @Test func textRunsMatchLineByLineFraming() {
+        var rng = SystemRandomNumberGenerator()
+        let pieces = ["a", "line of text", "", ".", "..", ".x", "\r", "\n", "x\ry", String(repeating: "l", count: 990),
+                      String(repeating: "m", count: 1200), "BDAT 3", "\r\n.\n", "é"]
+        for _ in 0..<300 {
+            var text = ""
+            for _ in 0..<Int.random(in: 0...12, using: &rng) {
+                text += pieces.randomElement(using: &rng)! + (Bool.random(using: &rng) ? "\r\n" : ["\n", "\r\n", "\r\n\r\n"].randomElement(using: &rng)!)
+            }
+            let small = Bool.random(using: &rng)
+            let dialog = "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n" + text
+                + "\r\n.\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nok\r\n.\r\nQUIT\r\n"
+            let bytes = Array(dialog.utf8)
+            func run(runs: Bool, split: Int?) -> Driver {
+                var d = Driver(config: Driver.config { if small { $0.maxMessageSize = 600 } })
+                d.framer.textRuns = runs
+                if let split {
+                    d.feed(bytes: Array(bytes[..<split]))
+                    d.feed(bytes: Array(bytes[split...]))
+                } else {
+                    d.feed(bytes: bytes)
+                }
+                return d
+            }
+            let reference = run(runs: false, split: nil)
+            #expect(reference.closed)
+            for d in [run(runs: true, split: nil), run(runs: true, split: Int.random(in: 1..<bytes.count, using: &rng))] {
+                #expect(d.transcript == reference.transcript, "\(text.debugDescription)")
+                #expect(d.commits.map(\.body) == reference.commits.map(\.body), "\(text.debugDescription)")
+            }
+        }
     }
 }
