@@ -110,7 +110,6 @@ public final class Intake: Sendable {
     func prepare(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?) -> NewMessage {
         let now = clock()
         let queueID = QueueID.make(millis: now)
-        let headers = body.withUnsafeReadableBytes { HeaderBlock($0) }
         var received = ReceivedHeader(
             helo: envelope.helo, clientAddress: envelope.clientAddress, byHost: hostname,
             protocolName: envelope.protocolName, queueID: queueID,
@@ -118,13 +117,14 @@ public final class Intake: Sendable {
             date: now)
         received.tls = envelope.tls
         var prefix = origin == .local ? localReceived(queueID: queueID, now: now) : received.field
-        var messageID = headers.first("Message-ID").flatMap(TernMessage.messageID(fromFieldValue:))
+        var messageID = body.withUnsafeReadableBytes { HeaderBlock.firstValue("Message-ID", in: $0) }
+            .flatMap(TernMessage.messageID(fromFieldValue:))
         if origin == .local || origin == .submission {
             if messageID == nil {
                 messageID = "\(queueID)@\(hostname)"
                 prefix += "Message-ID: <\(messageID!)>\r\n"
             }
-            if headers.first("Date") == nil {
+            if body.withUnsafeReadableBytes({ HeaderBlock.firstValue("Date", in: $0) }) == nil {
                 prefix += "Date: \(RFC5322Date.format(millis: now))\r\n"
             }
         }

@@ -257,11 +257,10 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func send(_ replies: [SMTPReply], context: ChannelHandlerContext) {
-        for reply in replies {
-            var buffer = context.channel.allocator.buffer(capacity: 64)
-            buffer.writeString(reply.wireText)
-            context.write(wrapOutboundOut(buffer), promise: nil)
-        }
+        // One buffer for all of them, written without an intermediate String.
+        var buffer = context.channel.allocator.buffer(capacity: 64 * replies.count)
+        for reply in replies { reply.writeWire(to: &buffer) }
+        context.write(wrapOutboundOut(buffer), promise: nil)
     }
 
     private func closeAfterFlush(context: ChannelHandlerContext) {

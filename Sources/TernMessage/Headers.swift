@@ -2,6 +2,14 @@
 // unfolded fields, and build the `Received:` trace field (RFC 5321 §4.4).
 // Pure; called by intake (and later by DSN building).
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The header section of a message, read without copying the body.
 public struct HeaderBlock: Sendable {
     /// Each field as (name, unfolded value), in order.
@@ -64,6 +72,44 @@ public struct HeaderBlock: Sendable {
         self.fields = fields
         self.length = consumed
     }
+
+    /// `HeaderBlock(bytes).first(name)` without parsing every field: intake
+    /// wants the Message-ID of every message, and building all fields as
+    /// strings cost more than the rest of its header work. Same grammar:
+    /// lines end in CRLF or LF, a blank line or a line that is neither a
+    /// field nor a continuation ends the section.
+    public static func firstValue(_ name: String, in bytes: UnsafeRawBufferPointer) -> String? {
+        let wanted = Array(name.utf8)
+        var value: [UInt8]? = nil   // the wanted field's value, while it is the current field
+        var haveCurrent = false
+        var lineStart = 0
+        guard let base = bytes.baseAddress else { return nil }
+        while lineStart < bytes.count, let p = memchr(base + lineStart, 10, bytes.count - lineStart) {
+            let lf = base.distance(to: UnsafeRawPointer(p))
+            var end = lf
+            if end > lineStart && bytes[end - 1] == 13 { end -= 1 }
+            if end == lineStart { break } // the blank line
+            let first = bytes[lineStart]
+            if first == 32 || first == 9 {
+                guard haveCurrent else { break }
+                value?.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[lineStart..<end]))
+            } else if let colon = (lineStart..<end).first(where: { bytes[$0] == 58 }), colon > lineStart,
+                      (lineStart..<colon).allSatisfy({ bytes[$0] >= 33 && bytes[$0] <= 126 }) {
+                if value != nil { break } // the wanted field is complete
+                haveCurrent = true
+                if colon - lineStart == wanted.count,
+                   zip(wanted, UnsafeRawBufferPointer(rebasing: bytes[lineStart..<colon])).allSatisfy({ asciiLower($0) == asciiLower($1) }) {
+                    value = Array(UnsafeRawBufferPointer(rebasing: bytes[(colon + 1)..<end]))
+                }
+            } else {
+                break
+            }
+            lineStart = lf + 1
+        }
+        return value.map { String(decoding: $0, as: UTF8.self).trimmingWhitespace() }
+    }
+
+    private static func asciiLower(_ b: UInt8) -> UInt8 { b >= 65 && b <= 90 ? b | 0x20 : b }
 
     /// The first field with this name (case-insensitive).
     public func first(_ name: String) -> String? {
@@ -131,7 +177,9 @@ public struct ReceivedHeader: Sendable {
     }
 
     private func sanitize(_ s: String) -> String {
-        String(s.unicodeScalars.map { $0.value < 32 || $0.value == 127 || $0 == "(" || $0 == ")" ? "?" : Character($0) })
+        // Usually nothing to replace (bytes of non-ASCII scalars are ≥ 0x80 and stay).
+        if s.utf8.allSatisfy({ $0 >= 32 && $0 != 127 && $0 != UInt8(ascii: "(") && $0 != UInt8(ascii: ")") }) { return s }
+        return String(s.unicodeScalars.map { $0.value < 32 || $0.value == 127 || $0 == "(" || $0 == ")" ? "?" : Character($0) })
     }
 }
 

@@ -2,6 +2,8 @@
 // enhanced status codes that every part of Tern uses.
 // Called by the session machine, the listener and (later) the delivery client.
 
+import NIOCore
+
 /// An RFC 3463 enhanced status code, `class.subject.detail`.
 public struct EnhancedStatus: Sendable, Hashable, CustomStringConvertible {
     public var klass: Int
@@ -115,15 +117,38 @@ public struct SMTPReply: Sendable, Hashable, CustomStringConvertible {
     /// The wire form, every line ending in CRLF (RFC 5321 §4.2.1): `code-text`
     /// on all lines but the last, `code text` on the last.
     public var wireText: String {
-        var out = ""
+        var out = ByteBuffer()
+        writeWire(to: &out)
+        return String(buffer: out)
+    }
+
+    /// Writes the wire form into `out` without building the text first
+    /// (four replies go out per message).
+    public func writeWire(to out: inout ByteBuffer) {
         for (i, line) in lines.enumerated() {
-            out += String(code)
-            out += i == lines.count - 1 ? " " : "-"
-            if let e = enhanced { out += e.description + " " }
-            out += line
-            out += "\r\n"
+            SMTPReply.writeDecimal(code, to: &out)
+            out.writeInteger(i == lines.count - 1 ? UInt8(ascii: " ") : UInt8(ascii: "-"))
+            if let e = enhanced {
+                SMTPReply.writeDecimal(e.klass, to: &out)
+                out.writeInteger(UInt8(ascii: "."))
+                SMTPReply.writeDecimal(e.subject, to: &out)
+                out.writeInteger(UInt8(ascii: "."))
+                SMTPReply.writeDecimal(e.detail, to: &out)
+                out.writeInteger(UInt8(ascii: " "))
+            }
+            out.writeString(line)
+            out.writeInteger(UInt16(0x0D0A)) // CRLF, big-endian
         }
-        return out
+    }
+
+    static func writeDecimal(_ v: Int, to out: inout ByteBuffer) {
+        guard v >= 0 && v <= 999 else {
+            out.writeString(String(v))
+            return
+        }
+        if v >= 100 { out.writeInteger(UInt8(truncatingIfNeeded: 48 + v / 100)) }
+        if v >= 10 { out.writeInteger(UInt8(truncatingIfNeeded: 48 + v / 10 % 10)) }
+        out.writeInteger(UInt8(truncatingIfNeeded: 48 + v % 10))
     }
 
     public var description: String {

@@ -19,6 +19,36 @@ import Testing
         #expect(HeaderBlock([UInt8]()).fields.isEmpty)
     }
 
+    /// `firstValue` (intake's scan) answers as `HeaderBlock.first` does, on
+    /// random header sections: folding, case, bare LFs, junk lines, bodies.
+    @Test func firstValueMatchesTheFullParse() {
+        var rng = SystemRandomNumberGenerator()
+        let names = ["Message-ID", "message-id", "MESSAGE-ID", "Date", "Subject", "X-Message-ID", "Message-ID ", "Message", ""]
+        let values = ["<a@b>", " <a@b> ", "", "\t<x@y>\t", "é <u@v>", "(c) <1@2>"]
+        for _ in 0..<2000 {
+            var text = ""
+            for _ in 0..<Int.random(in: 0...6, using: &rng) {
+                switch Int.random(in: 0..<10, using: &rng) {
+                case 0: text += " folded <f@g>"
+                case 1: text += "no colon here"
+                case 2: text += ""
+                case 3: text += "\r"
+                default: text += names.randomElement(using: &rng)! + ":" + values.randomElement(using: &rng)!
+                }
+                text += Bool.random(using: &rng) ? "\r\n" : "\n"
+            }
+            if Bool.random(using: &rng) { text += "Message-ID: <after@blank>\r\n" }
+            let bytes = Array(text.utf8)
+            let full = HeaderBlock(bytes)
+            for name in ["Message-ID", "date", "Subject"] {
+                let fast = bytes.withUnsafeBytes { HeaderBlock.firstValue(name, in: $0) }
+                #expect(fast == full.first(name), "\(text.debugDescription) \(name)")
+            }
+        }
+        let folded = Array("Subject: x\r\nMessage-Id: <a\r\n @b>\r\n\r\nMessage-ID: <body@x>\r\n".utf8)
+        #expect(folded.withUnsafeBytes { HeaderBlock.firstValue("Message-ID", in: $0) } == "<a @b>")
+    }
+
     @Test func bareLFHeaders() {
         let h = HeaderBlock(Array("To: a@b\nCc: c@d,\n e@f\n\nbody".utf8))
         #expect(h.all("cc") == ["c@d, e@f"])
@@ -39,6 +69,9 @@ import Testing
         let v6 = ReceivedHeader(helo: "evil\r\nX-Injected: 1", clientAddress: "::1", byHost: "mx.test", protocolName: "SMTP",
                                 queueID: "Q2", forRecipient: nil, date: 0)
         #expect(v6.field.hasPrefix("Received: from evil??X-Injected: 1 ([IPv6:::1])\r\n"))
+        let comment = ReceivedHeader(helo: "a(b)\u{7F}é", clientAddress: "192.0.2.1", byHost: "mx.test", protocolName: "SMTP",
+                                     queueID: "Q3", forRecipient: nil, date: 0)
+        #expect(comment.field.hasPrefix("Received: from a?b??é ([192.0.2.1])\r\n"))
         #expect(!v6.field.contains("for <"))
     }
 
