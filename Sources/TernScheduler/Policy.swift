@@ -97,7 +97,7 @@ public enum Policy {
             return DSNRecipient(finalRecipient: r.address, originalRecipient: r.orcpt, action: action, status: status,
                          remoteMTA: ctx.mxHost, diagnostic: diagnostic, lastAttempt: now, willRetryUntil: retryUntil)
         }
-        let base = RecipientTransition(recipientID: r.id, messageID: r.messageID, state: "", nextAttemptAt: nil,
+        let base = RecipientTransition(r, state: "", nextAttemptAt: nil,
                                        countsAsAttempt: true, code: reply.code, enhanced: reply.enhanced?.description,
                                        text: reply.text, event: "", eventDetail: detail(reply, ctx))
         switch outcome {
@@ -142,7 +142,7 @@ public enum Policy {
     /// failure DSN when NOTIFY asks for one.
     public static func suppress(_ r: ClaimedRecipient, reason: String, sender: String, now: Int64) -> Decision {
         let reply = SMTPReply(550, .securityPolicy, "<\(r.address)>: recipient address is suppressed (\(reason))")
-        let t = RecipientTransition(recipientID: r.id, messageID: r.messageID, state: "suppressed", nextAttemptAt: nil,
+        let t = RecipientTransition(r, state: "suppressed", nextAttemptAt: nil,
                                     countsAsAttempt: false, code: reply.code, enhanced: reply.enhanced?.description,
                                     text: reply.text, event: "suppressed",
                                     eventDetail: JSON.object([("reason", .string(reason))]).text)

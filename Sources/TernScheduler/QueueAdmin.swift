@@ -41,7 +41,7 @@ public struct QueueAdmin: Sendable {
     }
 
     static func transition(_ r: ClaimedRecipient, state: String, event: String, next: Int64? = nil) -> RecipientTransition {
-        RecipientTransition(recipientID: r.id, messageID: r.messageID, state: state, nextAttemptAt: next, countsAsAttempt: false,
+        RecipientTransition(r, state: state, nextAttemptAt: next, countsAsAttempt: false,
                             code: nil, enhanced: nil, text: nil, event: event, eventDetail: JSON.object([("by", .string("operator"))]).text)
     }
 

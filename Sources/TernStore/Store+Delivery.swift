@@ -77,6 +77,10 @@ public struct RecipientTransition: Sendable {
     /// The event written with it (`delivered`, `deferred`, `bounced`, …).
     public var event: String
     public var eventDetail: String?
+    /// The recipient's domain, address and created_at, when the producer has
+    /// them (a claimed recipient): a final transition's rollups need them,
+    /// and without them the transaction reads them back from the row.
+    public var facts: (domain: String, address: String, createdAt: Int64)? = nil
 
     public init(recipientID: Int64, messageID: Int64, state: String, nextAttemptAt: Int64?, countsAsAttempt: Bool,
                 code: Int?, enhanced: String?, text: String?, markDelayNotified: Bool = false, event: String,
@@ -92,6 +96,16 @@ public struct RecipientTransition: Sendable {
         self.markDelayNotified = markDelayNotified
         self.event = event
         self.eventDetail = eventDetail
+    }
+
+    /// A transition of a claimed recipient, which carries its own facts.
+    public init(_ r: ClaimedRecipient, state: String, nextAttemptAt: Int64?, countsAsAttempt: Bool,
+                code: Int?, enhanced: String?, text: String?, markDelayNotified: Bool = false, event: String,
+                eventDetail: String? = nil) {
+        self.init(recipientID: r.id, messageID: r.messageID, state: state, nextAttemptAt: nextAttemptAt,
+                  countsAsAttempt: countsAsAttempt, code: code, enhanced: enhanced, text: text,
+                  markDelayNotified: markDelayNotified, event: event, eventDetail: eventDetail)
+        facts = (r.domain, r.address, r.createdAt)
     }
 }
 
@@ -271,8 +285,8 @@ extension Store {
             """)
         // Not RETURNING: SQLite gathers RETURNING rows in an ephemeral table,
         // opened and closed per statement (sqlite3BtreeOpen/Close were 7 % of
-        // the server's CPU with 10 recipients per message). A lookup by rowid
-        // of the row just written reads a page already in the cache.
+        // the server's CPU with 10 recipients per message). The scheduler's
+        // transitions carry the facts; only others need this lookup by rowid.
         let finalRow = try db.cachedStatement(sql: "SELECT domain, address, created_at FROM recipient WHERE id = ?1")
         for t in batch.transitions {
             var update = DirectStatement(updateRecipient)
@@ -289,11 +303,15 @@ extension Store {
             update.bind(final)
             try update.execute(db)
             if final && db.changesCount > 0 {
-                var lookup = DirectStatement(finalRow)
-                lookup.bind(t.recipientID)
-                let row = try lookup.executeReturning(db) { c in (c.string(0), c.string(1), c.int64(2)) }
-                if let row, let domain = row.0, let address = row.1, let createdAt = row.2 {
-                    rollups.addFinal(state: t.state, domain: domain, address: address, createdAt: createdAt, finalAt: batch.at, sign: 1)
+                if let f = t.facts {
+                    rollups.addFinal(state: t.state, domain: f.domain, address: f.address, createdAt: f.createdAt, finalAt: batch.at, sign: 1)
+                } else {
+                    var lookup = DirectStatement(finalRow)
+                    lookup.bind(t.recipientID)
+                    let row = try lookup.executeReturning(db) { c in (c.string(0), c.string(1), c.int64(2)) }
+                    if let row, let domain = row.0, let address = row.1, let createdAt = row.2 {
+                        rollups.addFinal(state: t.state, domain: domain, address: address, createdAt: createdAt, finalAt: batch.at, sign: 1)
+                    }
                 }
             }
             try Store.addEvent(db, at: batch.at, kind: t.event, messageID: t.messageID, recipientID: t.recipientID, detail: t.eventDetail)
