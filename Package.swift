@@ -44,7 +44,7 @@ let package = Package(
         .target(name: "TernScheduler", dependencies: ["TernDelivery", "TernRouting", "TernStore", "TernMessage", "TernProtocol", logging, lifecycle, nioCore, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
         // The only module that opens SQLite: migrations, group-commit writer, queries.
         .target(name: "TernStore", dependencies: [
-            .product(name: "GRDB", package: "GRDB.swift"), .product(name: "GRDBSQLite", package: "GRDB.swift"), "TernMessage", logging,
+            .product(name: "GRDB", package: "GRDB.swift"), .product(name: "GRDBSQLite", package: "GRDB.swift"), "TernMessage", "CTernSystem", logging,
         ]),
         // Postfix's cleanup role: the one path by which mail enters the store.
         .target(name: "TernIntake", dependencies: ["TernProtocol", "TernMessage", "TernStore", logging]),

@@ -7,6 +7,8 @@
 import Foundation
 import GRDB
 import Logging
+import CTernSystem
+import GRDBSQLite
 
 public struct StoreOptions: Sendable {
     /// How long a write waits for another process's lock before failing.
@@ -17,6 +19,10 @@ public struct StoreOptions: Sendable {
     public var migrate: Bool = true
     /// Read-only connections for queries (the CLI's reports).
     public var readers: Int = 4
+    /// Gather each commit's WAL writes into a few pwrite calls (the VFS
+    /// shim in CTernSystem/wal_vfs.c); process-wide from the first Store
+    /// opened with it on.
+    public var gatherWALWrites: Bool = true
     public init() {}
 }
 
@@ -31,6 +37,7 @@ public final class Store: Sendable {
         let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
 
+        if options.gatherWALWrites { _ = tern_wal_vfs_register() }
         var config = Configuration()
         config.busyMode = .timeout(options.busyTimeoutSeconds)
         config.foreignKeysEnabled = true
@@ -123,6 +130,16 @@ public final class Store: Sendable {
     /// Runs on the writer connection outside group commit (migrations, pragmas, tests).
     package func writeDirect<T>(_ work: (Database) throws -> T) throws -> T {
         do { return try pool.writeWithoutTransaction(work) } catch { throw StoreError.classify(error) }
+    }
+
+    /// The writer connection's WAL gathering (wal_vfs.c): paired with the
+    /// shim, WAL writes gathered, gathered buffers written out.
+    package func walGathering() throws -> (paired: Bool, gathered: Int, flushes: Int) {
+        try writeDirect { db in
+            var out = [Int](repeating: 0, count: 3)
+            _ = sqlite3_file_control(db.sqliteConnection, "main", TERN_FCNTL_WAL_STATS, &out)
+            return (out[0] != 0, out[1], out[2])
+        }
     }
 
     /// A pragma's value on the writer connection (`synchronous`, `journal_mode`, …).

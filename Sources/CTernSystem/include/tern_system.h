@@ -9,3 +9,17 @@ int tern_malloc_thresholds(int trim_threshold, int mmap_threshold);
 /// them sqlite3_malloc takes no global mutex. Only before the first
 /// connection opens; returns 1 on success, 0 when SQLite already started.
 int tern_sqlite_memstatus_off(void);
+
+/// Registers the WAL-write-gathering VFS shim (wal_vfs.c) as SQLite's
+/// default VFS; connections opened afterwards use it. Returns 1 on success.
+int tern_wal_vfs_register(void);
+
+/// sqlite3_file_control opcode (on "main") for a connection opened through
+/// the shim: *(int *)arg != 0 lets it buffer the connection's WAL writes.
+/// Only for synchronous=FULL, where SQLite syncs the WAL before publishing.
+#define TERN_FCNTL_BUFFER_WAL 0x7E57A1
+
+/// sqlite3_file_control opcode (on "main"): fills long[3] with whether the
+/// connection's WAL is paired with it (1/0), how many WAL writes were
+/// gathered and how many gathered buffers were written out (tests).
+#define TERN_FCNTL_WAL_STATS 0x7E57A2

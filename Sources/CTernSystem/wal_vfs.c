@@ -1,0 +1,317 @@
+// A VFS shim over SQLite's default VFS that gathers a connection's WAL
+// writes into one pwrite. SQLite writes each WAL frame as two writes (its
+// 24-byte header, then the page): at 20 sessions a commit of ~37 frames
+// cost ~74 pwrite calls on the writer thread, which every session waits on.
+//
+// Only a WAL is buffered, only contiguous appends, and only while its
+// connection asked for it (TERN_FCNTL_BUFFER_WAL on the database file): the
+// group-commit writer does so exactly when it commits with
+// synchronous=FULL, where SQLite calls xSync on the WAL after a commit's
+// frames and before anything publishes them. The buffer is written out, in
+// order, before anything else touches that WAL (read, sync, truncate, size,
+// lock, control, close), before a write that does not continue it, when it
+// is full, and on the database file's xShmBarrier, xShmLock, xShmUnmap and
+// xFileControl: SQLite calls xShmBarrier between writing a commit's frames
+// and writing the wal-index header that makes them visible
+// (walIndexWriteHdr), and xShmLock when it releases the write lock. So no
+// reader and no other process ever sees a frame that is not in the file,
+// COMMIT never returns with a frame still buffered (a kill -9 loses nothing
+// it would not lose without the shim), and a write error reaches COMMIT
+// through xSync as it would have through xWrite.
+//
+// A WAL file is paired with its own connection's database file through
+// sqlite3_filename_database(): SQLite gives the WAL's xOpen a name inside
+// the same allocation as the database name it opened. A WAL without a pair
+// is not buffered.
+
+#include "tern_system.h"
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+
+#define WAL_BUFFER_CAP (512 * 1024)
+
+typedef struct TernFile TernFile;
+struct TernFile {
+    sqlite3_file base;
+    sqlite3_file *real;
+    TernFile *pair;            /* database file <-> its connection's WAL */
+    const char *name;          /* the database name pointer SQLite passed to xOpen */
+    int isWal;
+    int bufferWal;             /* database file: its connection's WAL may be buffered */
+    long gathered, flushes;    /* WAL: writes that went into the buffer, buffers written out */
+    unsigned char *buf;
+    sqlite3_int64 bufOffset;
+    int bufLen;
+    TernFile *nextDb;          /* open database files, for pairing */
+};
+
+static sqlite3_vfs *origVfs;
+static sqlite3_vfs ternVfs;
+static pthread_mutex_t dbListLock = PTHREAD_MUTEX_INITIALIZER;
+static TernFile *dbList;
+
+/* The unix VFS writes at most 128 KiB - 1 per pwrite and reports a write
+   of a multiple of 128 KiB as "disk full" (seekAndWrite masks the count
+   with 0x1ffff): hand it pieces of 64 KiB. */
+#define WAL_WRITE_PIECE (64 * 1024)
+
+static int flushBuffer(TernFile *p) {
+    int rc = SQLITE_OK;
+    if (p->bufLen > 0) p->flushes++;
+    for (int done = 0; done < p->bufLen && rc == SQLITE_OK; done += WAL_WRITE_PIECE) {
+        int n = p->bufLen - done < WAL_WRITE_PIECE ? p->bufLen - done : WAL_WRITE_PIECE;
+        rc = p->real->pMethods->xWrite(p->real, p->buf + done, n, p->bufOffset + done);
+    }
+    /* On failure the rest is dropped, as a failed xWrite would have left
+       it: SQLite fails the operation and rolls the transaction back. */
+    p->bufLen = 0;
+    return rc;
+}
+
+static void flushPair(TernFile *db) {
+    if (db->pair && db->pair->bufLen > 0 && flushBuffer(db->pair) != SQLITE_OK) {
+        /* Unreachable while buffering is on only for synchronous=FULL
+           (xSync flushed already). Were it reached: nowhere to report the
+           error (xShmBarrier returns nothing) and the frames about to be
+           published are not in the file. Stop rather than let readers see
+           them; recovery restarts from what is on disk. */
+        abort();
+    }
+}
+
+#define FLUSH_OR_RETURN(p) do { int frc = flushBuffer(p); if (frc != SQLITE_OK) return frc; } while (0)
+
+static int tClose(sqlite3_file *f) {
+    TernFile *p = (TernFile *)f;
+    int rc = p->isWal ? flushBuffer(p) : SQLITE_OK;
+    if (p->pair) { p->pair->pair = 0; p->pair = 0; }
+    if (!p->isWal) {
+        pthread_mutex_lock(&dbListLock);
+        for (TernFile **q = &dbList; *q; q = &(*q)->nextDb) {
+            if (*q == p) { *q = p->nextDb; break; }
+        }
+        pthread_mutex_unlock(&dbListLock);
+    }
+    free(p->buf);
+    p->buf = 0;
+    int rc2 = p->real->pMethods->xClose(p->real);
+    return rc != SQLITE_OK ? rc : rc2;
+}
+
+static int tRead(sqlite3_file *f, void *out, int n, sqlite3_int64 off) {
+    TernFile *p = (TernFile *)f;
+    if (p->isWal) FLUSH_OR_RETURN(p);
+    return p->real->pMethods->xRead(p->real, out, n, off);
+}
+
+static int tWrite(sqlite3_file *f, const void *data, int n, sqlite3_int64 off) {
+    TernFile *p = (TernFile *)f;
+    if (!p->isWal || !p->pair || !p->pair->bufferWal) {
+        if (p->isWal) FLUSH_OR_RETURN(p);
+        return p->real->pMethods->xWrite(p->real, data, n, off);
+    }
+    if (p->bufLen > 0 && (off != p->bufOffset + p->bufLen || p->bufLen + n > WAL_BUFFER_CAP)) FLUSH_OR_RETURN(p);
+    if (n > WAL_WRITE_PIECE) return p->real->pMethods->xWrite(p->real, data, n, off); /* as SQLite wrote it */
+    if (!p->buf) {
+        p->buf = malloc(WAL_BUFFER_CAP);
+        if (!p->buf) return p->real->pMethods->xWrite(p->real, data, n, off);
+    }
+    if (p->bufLen == 0) p->bufOffset = off;
+    memcpy(p->buf + p->bufLen, data, (size_t)n);
+    p->bufLen += n;
+    p->gathered++;
+    return SQLITE_OK;
+}
+
+static int tTruncate(sqlite3_file *f, sqlite3_int64 size) {
+    TernFile *p = (TernFile *)f;
+    if (p->isWal) FLUSH_OR_RETURN(p);
+    return p->real->pMethods->xTruncate(p->real, size);
+}
+
+static int tSync(sqlite3_file *f, int flags) {
+    TernFile *p = (TernFile *)f;
+    if (p->isWal) FLUSH_OR_RETURN(p);
+    return p->real->pMethods->xSync(p->real, flags);
+}
+
+static int tFileSize(sqlite3_file *f, sqlite3_int64 *size) {
+    TernFile *p = (TernFile *)f;
+    if (p->isWal) FLUSH_OR_RETURN(p);
+    return p->real->pMethods->xFileSize(p->real, size);
+}
+
+static int tLock(sqlite3_file *f, int level) {
+    TernFile *p = (TernFile *)f;
+    if (p->isWal) FLUSH_OR_RETURN(p);
+    return p->real->pMethods->xLock(p->real, level);
+}
+
+static int tUnlock(sqlite3_file *f, int level) {
+    TernFile *p = (TernFile *)f;
+    if (p->isWal) FLUSH_OR_RETURN(p);
+    return p->real->pMethods->xUnlock(p->real, level);
+}
+
+static int tCheckReservedLock(sqlite3_file *f, int *out) {
+    TernFile *p = (TernFile *)f;
+    return p->real->pMethods->xCheckReservedLock(p->real, out);
+}
+
+static int tFileControl(sqlite3_file *f, int op, void *arg) {
+    TernFile *p = (TernFile *)f;
+    if (op == TERN_FCNTL_BUFFER_WAL && !p->isWal) {
+        if (p->pair) FLUSH_OR_RETURN(p->pair);
+        p->bufferWal = *(int *)arg != 0;
+        return SQLITE_OK;
+    }
+    if (op == TERN_FCNTL_WAL_STATS && !p->isWal) {
+        long *out = (long *)arg;
+        out[0] = p->pair != 0;
+        out[1] = p->pair ? p->pair->gathered : 0;
+        out[2] = p->pair ? p->pair->flushes : 0;
+        return SQLITE_OK;
+    }
+    if (p->isWal) FLUSH_OR_RETURN(p);
+    else if (p->pair) FLUSH_OR_RETURN(p->pair);
+    return p->real->pMethods->xFileControl(p->real, op, arg);
+}
+
+static int tSectorSize(sqlite3_file *f) {
+    TernFile *p = (TernFile *)f;
+    return p->real->pMethods->xSectorSize(p->real);
+}
+
+static int tDeviceCharacteristics(sqlite3_file *f) {
+    TernFile *p = (TernFile *)f;
+    return p->real->pMethods->xDeviceCharacteristics(p->real);
+}
+
+static int tShmMap(sqlite3_file *f, int region, int size, int extend, void volatile **out) {
+    TernFile *p = (TernFile *)f;
+    return p->real->pMethods->xShmMap(p->real, region, size, extend, out);
+}
+
+static int tShmLock(sqlite3_file *f, int offset, int n, int flags) {
+    TernFile *p = (TernFile *)f;
+    if (p->pair) FLUSH_OR_RETURN(p->pair);
+    return p->real->pMethods->xShmLock(p->real, offset, n, flags);
+}
+
+static void tShmBarrier(sqlite3_file *f) {
+    TernFile *p = (TernFile *)f;
+    flushPair(p);
+    p->real->pMethods->xShmBarrier(p->real);
+}
+
+static int tShmUnmap(sqlite3_file *f, int deleteFlag) {
+    TernFile *p = (TernFile *)f;
+    if (p->pair) FLUSH_OR_RETURN(p->pair);
+    return p->real->pMethods->xShmUnmap(p->real, deleteFlag);
+}
+
+static int tFetch(sqlite3_file *f, sqlite3_int64 off, int n, void **out) {
+    TernFile *p = (TernFile *)f;
+    if (p->isWal) FLUSH_OR_RETURN(p);
+    return p->real->pMethods->xFetch(p->real, off, n, out);
+}
+
+static int tUnfetch(sqlite3_file *f, sqlite3_int64 off, void *ptr) {
+    TernFile *p = (TernFile *)f;
+    return p->real->pMethods->xUnfetch(p->real, off, ptr);
+}
+
+static const sqlite3_io_methods ternMethods = {
+    3, tClose, tRead, tWrite, tTruncate, tSync, tFileSize, tLock, tUnlock, tCheckReservedLock,
+    tFileControl, tSectorSize, tDeviceCharacteristics, tShmMap, tShmLock, tShmBarrier, tShmUnmap,
+    tFetch, tUnfetch,
+};
+
+static const sqlite3_io_methods ternMethodsV1 = {
+    1, tClose, tRead, tWrite, tTruncate, tSync, tFileSize, tLock, tUnlock, tCheckReservedLock,
+    tFileControl, tSectorSize, tDeviceCharacteristics, 0, 0, 0, 0, 0, 0,
+};
+
+static int tOpen(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *f, int flags, int *outFlags) {
+    (void)vfs;
+    TernFile *p = (TernFile *)f;
+    memset(p, 0, sizeof(*p));
+    p->real = (sqlite3_file *)&p[1];
+    int rc = origVfs->xOpen(origVfs, name, p->real, flags, outFlags);
+    if (rc != SQLITE_OK || !p->real->pMethods) {
+        p->base.pMethods = 0;
+        return rc;
+    }
+    if (p->real->pMethods->iVersion < 3) {
+        /* No shared-memory methods (not the unix VFS's files): passed
+           through, never buffered. */
+        p->base.pMethods = &ternMethodsV1;
+        return rc;
+    }
+    p->base.pMethods = &ternMethods;
+    if (flags & SQLITE_OPEN_MAIN_DB) {
+        p->name = name;
+        pthread_mutex_lock(&dbListLock);
+        p->nextDb = dbList;
+        dbList = p;
+        pthread_mutex_unlock(&dbListLock);
+    } else if ((flags & SQLITE_OPEN_WAL) && name) {
+        p->isWal = 1;
+        const char *db = sqlite3_filename_database(name);
+        pthread_mutex_lock(&dbListLock);
+        for (TernFile *q = dbList; q; q = q->nextDb) {
+            if (q->name == db && !q->pair) {
+                q->pair = p;
+                p->pair = q;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&dbListLock);
+    }
+    return rc;
+}
+
+static int tDelete(sqlite3_vfs *v, const char *n, int s) { (void)v; return origVfs->xDelete(origVfs, n, s); }
+static int tAccess(sqlite3_vfs *v, const char *n, int fl, int *o) { (void)v; return origVfs->xAccess(origVfs, n, fl, o); }
+static int tFullPathname(sqlite3_vfs *v, const char *n, int k, char *o) { (void)v; return origVfs->xFullPathname(origVfs, n, k, o); }
+static void *tDlOpen(sqlite3_vfs *v, const char *n) { (void)v; return origVfs->xDlOpen(origVfs, n); }
+static void tDlError(sqlite3_vfs *v, int k, char *o) { (void)v; origVfs->xDlError(origVfs, k, o); }
+static void (*tDlSym(sqlite3_vfs *v, void *h, const char *s))(void) { (void)v; return origVfs->xDlSym(origVfs, h, s); }
+static void tDlClose(sqlite3_vfs *v, void *h) { (void)v; origVfs->xDlClose(origVfs, h); }
+static int tRandomness(sqlite3_vfs *v, int n, char *o) { (void)v; return origVfs->xRandomness(origVfs, n, o); }
+static int tSleep(sqlite3_vfs *v, int us) { (void)v; return origVfs->xSleep(origVfs, us); }
+static int tCurrentTime(sqlite3_vfs *v, double *o) { (void)v; return origVfs->xCurrentTime(origVfs, o); }
+static int tGetLastError(sqlite3_vfs *v, int n, char *o) { (void)v; return origVfs->xGetLastError(origVfs, n, o); }
+static int tCurrentTimeInt64(sqlite3_vfs *v, sqlite3_int64 *o) { (void)v; return origVfs->xCurrentTimeInt64(origVfs, o); }
+
+int tern_wal_vfs_register(void) {
+    static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&once);
+    if (origVfs) { pthread_mutex_unlock(&once); return 1; }
+    sqlite3_vfs *base = sqlite3_vfs_find(0);
+    if (!base || base->iVersion < 2) { pthread_mutex_unlock(&once); return 0; }
+    origVfs = base;
+    memset(&ternVfs, 0, sizeof(ternVfs));
+    ternVfs.iVersion = 2;
+    ternVfs.szOsFile = (int)sizeof(TernFile) + base->szOsFile;
+    ternVfs.mxPathname = base->mxPathname;
+    ternVfs.zName = "tern-wal";
+    ternVfs.xOpen = tOpen;
+    ternVfs.xDelete = tDelete;
+    ternVfs.xAccess = tAccess;
+    ternVfs.xFullPathname = tFullPathname;
+    ternVfs.xDlOpen = tDlOpen;
+    ternVfs.xDlError = tDlError;
+    ternVfs.xDlSym = tDlSym;
+    ternVfs.xDlClose = tDlClose;
+    ternVfs.xRandomness = tRandomness;
+    ternVfs.xSleep = tSleep;
+    ternVfs.xCurrentTime = tCurrentTime;
+    ternVfs.xGetLastError = tGetLastError;
+    ternVfs.xCurrentTimeInt64 = tCurrentTimeInt64;
+    int ok = sqlite3_vfs_register(&ternVfs, 1) == SQLITE_OK;
+    pthread_mutex_unlock(&once);
+    return ok;
+}
