@@ -381,6 +381,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 return results
             }
             phase = "end of data"
+            let content = ClientProtocol.dataText(message.body)
             // RFC 2920 §3.1: the content may begin a pipelined group, so the
             // next message's MAIL, RCPT… and DATA go out with this final dot:
             // one round trip per message instead of two.
@@ -388,8 +389,8 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             if let next, caps.pipelining, ClientProtocol.preflight(next.envelope, caps) == nil {
                 nextLines = SMTPClientConnection.transactionCommands(next.envelope, caps)
             }
-            var payload = channel.allocator.buffer(capacity: message.body.count + message.body.count / 50 + nextLines.reduce(16) { $0 + $1.utf8.count + 2 })
-            ClientProtocol.writeDataText(message.body, to: &payload)
+            var payload = channel.allocator.buffer(capacity: content.count + nextLines.reduce(6) { $0 + $1.utf8.count + 2 })
+            payload.writeBytes(content)
             var timeouts = [config.dataEndTimeout]
             if !nextLines.isEmpty {
                 SMTPClientConnection.append(nextLines + ["DATA"], to: &payload)

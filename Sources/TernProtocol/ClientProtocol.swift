@@ -3,8 +3,6 @@
 // dot-stuffing (RFC 5321 §4.5.2) and the mapping of replies to per-recipient
 // outcomes. The delivery module carries these out over a socket.
 
-import NIOCore
-
 /// Assembles reply lines into replies, enhanced codes split off (RFC 2034).
 public struct ReplyParser: Sendable {
     private var code: Int? = nil
@@ -193,41 +191,37 @@ public enum ClientProtocol {
     /// The message as DATA text: CRLF line ends (a bare LF becomes CRLF),
     /// leading dots doubled, and the terminating `.`.
     public static func dataText(_ body: some Collection<UInt8>) -> [UInt8] {
-        var out = ByteBuffer()
-        writeDataText(body, to: &out)
-        return Array(out.readableBytesView)
-    }
-
-    /// `dataText` written straight into the buffer that goes to the socket.
-    public static func writeDataText(_ body: some Collection<UInt8>, to out: inout ByteBuffer) {
         // Byte by byte through a generic iterator costs a witness call per
         // byte (Data from another module is not specialised): scan contiguous
         // memory and copy whole lines instead.
-        if body.withContiguousStorageIfAvailable({ writeDataText(UnsafeRawBufferPointer($0), to: &out) }) != nil { return }
-        Array(body).withUnsafeBytes { writeDataText($0, to: &out) }
+        if let out = body.withContiguousStorageIfAvailable({ dataText(UnsafeRawBufferPointer($0)) }) { return out }
+        return Array(body).withUnsafeBytes { dataText($0) }
     }
 
-    static func writeDataText(_ p: UnsafeRawBufferPointer, to out: inout ByteBuffer) {
-        out.reserveCapacity(minimumWritableBytes: p.count + p.count / 50 + 8)
+    static func dataText(_ p: UnsafeRawBufferPointer) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(p.count + p.count / 50 + 8)
         var i = 0
         var previous: UInt8 = 10 // as if after a line end: a leading "." is stuffed
         while i < p.count {
-            if previous == 10 && p[i] == UInt8(ascii: ".") { out.writeInteger(UInt8(ascii: ".")) }
+            if previous == 10 && p[i] == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
             let j = p.firstLineFeed(from: i) ?? p.count
-            out.writeBytes(UnsafeRawBufferPointer(rebasing: p[i..<j]))
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[i..<j]))
             if j == p.count {
-                // The last line has no LF: end it (a trailing CR gets its LF).
-                if p[j - 1] != 13 { out.writeInteger(UInt8(13)) }
-                out.writeInteger(UInt8(10))
+                previous = p[j - 1]
                 break
             }
             // A bare LF becomes CRLF (RFC 5321 §2.3.8).
             let before = j > i ? p[j - 1] : previous
-            if before != 13 { out.writeInteger(UInt8(13)) }
-            out.writeInteger(UInt8(10))
+            if before != 13 { out.append(13) }
+            out.append(10)
             previous = 10
             i = j + 1
         }
-        out.writeStaticString(".\r\n")
+        if !out.isEmpty && !(out.count >= 2 && out[out.count - 2] == 13 && out[out.count - 1] == 10) {
+            if out.last == 13 { out.append(10) } else { out += [13, 10] }
+        }
+        out += Array(".\r\n".utf8)
+        return out
     }
 }
