@@ -1,5 +1,5 @@
 // A VFS shim over SQLite's default VFS that gathers a connection's WAL
-// writes into one pwrite. SQLite writes each WAL frame as two writes (its
+// writes into a few large pwrites. SQLite writes each WAL frame as two writes (its
 // 24-byte header, then the page): at 20 sessions a commit of ~37 frames
 // cost ~74 pwrite calls on the writer thread, which every session waits on.
 //
@@ -113,7 +113,10 @@ static int tWrite(sqlite3_file *f, const void *data, int n, sqlite3_int64 off) {
         return p->real->pMethods->xWrite(p->real, data, n, off);
     }
     if (p->bufLen > 0 && (off != p->bufOffset + p->bufLen || p->bufLen + n > WAL_BUFFER_CAP)) FLUSH_OR_RETURN(p);
-    if (n > WAL_WRITE_PIECE) return p->real->pMethods->xWrite(p->real, data, n, off); /* as SQLite wrote it */
+    if (n > WAL_WRITE_PIECE) { /* larger than any frame: as SQLite wrote it, after what came before */
+        FLUSH_OR_RETURN(p);
+        return p->real->pMethods->xWrite(p->real, data, n, off);
+    }
     if (!p->buf) {
         p->buf = malloc(WAL_BUFFER_CAP);
         if (!p->buf) return p->real->pMethods->xWrite(p->real, data, n, off);
