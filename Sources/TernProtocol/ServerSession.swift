@@ -200,13 +200,7 @@ public struct SMTPServerSession: Sendable {
         case (.data, .text(var run)):
             // Whole CRLF lines, none starting with "." (see SMTPFrame.text).
             previousLineEndedCRLF = true
-            bodySize += run.readableBytes
-            if bodySize > config.maxMessageSize {
-                if dataError != .bareNewline { dataError = .tooBig }
-                body = ByteBuffer()
-            } else if dataError == nil {
-                body.writeBuffer(&run)
-            }
+            appendText(&run, lineEnd: false)
             return nil
         case (.data, .overlongLine(let length)):
             bodySize += length
@@ -540,16 +534,22 @@ public struct SMTPServerSession: Sendable {
         if line.readableBytes > 0, line.getInteger(at: line.readerIndex, as: UInt8.self) == UInt8(ascii: ".") {
             line.moveReaderIndex(forwardBy: 1) // RFC 5321 §4.5.2 transparency
         }
-        bodySize += line.readableBytes + 2
+        appendText(&line, lineEnd: true)
+        return nil
+    }
+
+    /// Adds DATA text to the body, and its CRLF when `lineEnd`; past the
+    /// size limit the body is dropped and the rest only counted.
+    private mutating func appendText(_ text: inout ByteBuffer, lineEnd: Bool) {
+        bodySize += text.readableBytes + (lineEnd ? 2 : 0)
         if bodySize > config.maxMessageSize {
             // Too big says more than a long line; a bare newline says most.
             if dataError != .bareNewline { dataError = .tooBig }
             body = ByteBuffer() // keep reading to the end, store nothing
         } else if dataError == nil {
-            body.writeBuffer(&line)
-            body.writeStaticString("\r\n")
+            body.writeBuffer(&text)
+            if lineEnd { body.writeStaticString("\r\n") }
         }
-        return nil
     }
 
     private mutating func endOfData() -> SessionAction? {
