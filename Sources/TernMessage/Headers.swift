@@ -20,93 +20,90 @@ public struct HeaderBlock: Sendable {
 
     /// Parses the header section at the start of `bytes`. Lines may end in
     /// CRLF or LF; a line that is not a field and not a continuation ends it.
-    public init(_ bytes: some Collection<UInt8>) { self.init(parsing: bytes) }
-
-    /// The same for raw bytes (intake's path). A generic initialiser called
-    /// from another module runs unspecialised, through witness tables for
-    /// every byte (2.8 % of the server's CPU at 20 sessions); this overload
-    /// is specialised here.
-    public init(_ bytes: UnsafeRawBufferPointer) { self.init(parsing: bytes) }
-
-    private init(parsing bytes: some Collection<UInt8>) {
-        var fields: [(String, String)] = []
-        var current: (name: String, value: [UInt8])? = nil
-        var consumed = 0
-        var lineStart = bytes.startIndex
-        var i = bytes.startIndex
-        func flush() {
-            if let c = current {
-                let value = String(decoding: c.value, as: UTF8.self)
-                fields.append((c.name, value.trimmingWhitespace()))
-            }
-            current = nil
+    public init(_ bytes: some Collection<UInt8>) {
+        // Contiguous bytes through the raw-buffer path: a generic walk called
+        // from another module runs unspecialised, through witness tables for
+        // every byte (2.8 % of the server's CPU at 20 sessions once).
+        if let block = bytes.withContiguousStorageIfAvailable({ HeaderBlock(UnsafeRawBufferPointer($0)) }) {
+            self = block
+        } else {
+            self = Array(bytes).withUnsafeBytes { HeaderBlock($0) }
         }
-        while i != bytes.endIndex {
-            if bytes[i] == 10 {
-                var line = Array(bytes[lineStart..<i])
-                if line.last == 13 { line.removeLast() }
-                let lineLength = bytes.distance(from: lineStart, to: i) + 1
-                if line.isEmpty {
-                    consumed += lineLength
-                    flush()
-                    self.fields = fields
-                    self.length = consumed
-                    return
-                }
-                if line.first == 32 || line.first == 9 {
-                    guard current != nil else { break }
-                    current!.value += line   // RFC 5322 §2.2.3 unfolding: drop the CRLF only
-                } else if let colon = line.firstIndex(of: 58), colon > 0,
-                          line[..<colon].allSatisfy({ $0 >= 33 && $0 <= 126 }) {
-                    flush()
-                    current = (String(decoding: line[..<colon], as: UTF8.self), Array(line[(colon + 1)...]))
-                } else {
-                    break
-                }
-                consumed += lineLength
-                lineStart = bytes.index(after: i)
-            }
-            i = bytes.index(after: i)
-        }
-        flush()
-        self.fields = fields
-        self.length = consumed
     }
 
-    /// `HeaderBlock(bytes).first(name)` without parsing every field: intake
-    /// wants the Message-ID of every message, and building all fields as
-    /// strings cost more than the rest of its header work. Same grammar:
-    /// lines end in CRLF or LF, a blank line or a line that is neither a
-    /// field nor a continuation ends the section.
-    public static func firstValue(_ name: String, in bytes: UnsafeRawBufferPointer) -> String? {
-        let wanted = Array(name.utf8)
-        var value: [UInt8]? = nil   // the wanted field's value, while it is the current field
-        var haveCurrent = false
+    /// The same for raw bytes (intake's path).
+    public init(_ bytes: UnsafeRawBufferPointer) {
+        var fields: [(name: String, value: String)] = []
+        length = HeaderBlock.forEachField(in: bytes) { name, value in
+            fields.append((String(decoding: UnsafeRawBufferPointer(rebasing: bytes[name]), as: UTF8.self),
+                           HeaderBlock.valueText(value, in: bytes)))
+            return true
+        }
+        self.fields = fields
+    }
+
+    /// The grammar both readers share. Calls `field` with each field's name
+    /// and the pieces of its value (the rest of its first line, then each
+    /// continuation line whole: RFC 5322 §2.2.3 unfolding drops only the
+    /// line ends) until it returns false. A blank line or a line that is
+    /// neither a field nor a continuation ends the section. Returns the
+    /// octets of the lines read, the blank line included.
+    private static func forEachField(in bytes: UnsafeRawBufferPointer,
+                                     _ field: (_ name: Range<Int>, _ value: [Range<Int>]) -> Bool) -> Int {
+        guard let base = bytes.baseAddress else { return 0 }
+        var name: Range<Int>? = nil
+        var value: [Range<Int>] = []
+        func flush() -> Bool {
+            defer { name = nil; value.removeAll(keepingCapacity: true) }
+            guard let n = name else { return true }
+            return field(n, value)
+        }
         var lineStart = 0
-        guard let base = bytes.baseAddress else { return nil }
         while lineStart < bytes.count, let p = memchr(base + lineStart, 10, bytes.count - lineStart) {
             let lf = base.distance(to: UnsafeRawPointer(p))
             var end = lf
             if end > lineStart && bytes[end - 1] == 13 { end -= 1 }
-            if end == lineStart { break } // the blank line
+            if end == lineStart { // the blank line
+                _ = flush()
+                return lf + 1
+            }
             let first = bytes[lineStart]
             if first == 32 || first == 9 {
-                guard haveCurrent else { break }
-                value?.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[lineStart..<end]))
+                guard name != nil else { break }
+                value.append(lineStart..<end)
             } else if let colon = (lineStart..<end).first(where: { bytes[$0] == 58 }), colon > lineStart,
                       (lineStart..<colon).allSatisfy({ bytes[$0] >= 33 && bytes[$0] <= 126 }) {
-                if value != nil { break } // the wanted field is complete
-                haveCurrent = true
-                if colon - lineStart == wanted.count,
-                   zip(wanted, UnsafeRawBufferPointer(rebasing: bytes[lineStart..<colon])).allSatisfy({ asciiLower($0) == asciiLower($1) }) {
-                    value = Array(UnsafeRawBufferPointer(rebasing: bytes[(colon + 1)..<end]))
-                }
+                if !flush() { return lineStart }
+                name = lineStart..<colon
+                value.append((colon + 1)..<end)
             } else {
                 break
             }
             lineStart = lf + 1
         }
-        return value.map { String(decoding: $0, as: UTF8.self).trimmingWhitespace() }
+        _ = flush()
+        return lineStart
+    }
+
+    private static func valueText(_ pieces: [Range<Int>], in bytes: UnsafeRawBufferPointer) -> String {
+        var value: [UInt8] = []
+        for piece in pieces { value.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[piece])) }
+        return String(decoding: value, as: UTF8.self).trimmingWhitespace()
+    }
+
+    /// `HeaderBlock(bytes).first(name)` without building every field: intake
+    /// wants the Message-ID of every message, and making all fields strings
+    /// cost more than the rest of its header work.
+    public static func firstValue(_ name: String, in bytes: UnsafeRawBufferPointer) -> String? {
+        let wanted = Array(name.utf8)
+        var found: String? = nil
+        _ = forEachField(in: bytes) { n, value in
+            guard n.count == wanted.count,
+                  zip(wanted, UnsafeRawBufferPointer(rebasing: bytes[n])).allSatisfy({ asciiLower($0) == asciiLower($1) }) else { return true }
+            found = valueText(value, in: bytes)
+            return false
+        }
+        return found
     }
 
     private static func asciiLower(_ b: UInt8) -> UInt8 { b >= 65 && b <= 90 ? b | 0x20 : b }
