@@ -2,6 +2,7 @@
 // port, a blocking raw-socket SMTP client, and a runner for external programs.
 
 import Foundation
+import GRDB
 import Logging
 import NIOCore
 import NIOPosix
@@ -125,6 +126,16 @@ enum ClientError: Error { case closed, timeout, malformed(String) }
 /// Runs blocking client I/O on a Dispatch thread, so that the waiting test
 /// does not hold one of the few cooperative threads the server's own tasks
 /// (a shutdown, a commit) need to make progress.
+/// Every daily rollup row, tagged with its table: what incremental upkeep
+/// wrote, to compare with `rebuildRollups()`.
+func rollupSnapshot(_ store: Store) throws -> [String] {
+    try store.read { db in
+        try ["attempt_daily", "deferral_daily", "recipient_daily", "role_daily"].flatMap { table in
+            try Row.fetchAll(db, sql: "SELECT * FROM \(table) ORDER BY 1, 2, 3").map { "\(table) \($0)" }
+        }
+    }
+}
+
 func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { cont in
         DispatchQueue.global().async { cont.resume(with: Result { try body() }) }

@@ -108,17 +108,10 @@ func bucketBound(_ exact: Double?, seconds: Bool) -> Double? {
         // An operator deletes a delivered and a waiting recipient: the rollups follow.
         _ = try await s.store.delete(.queueID("Q1"), now: nowMillis())
         _ = try await s.store.delete(.queueID("Q8"), now: nowMillis())
-        func snapshot() throws -> [String] {
-            try s.store.read { db in
-                try ["attempt_daily", "deferral_daily", "recipient_daily", "role_daily"].flatMap { table in
-                    try Row.fetchAll(db, sql: "SELECT * FROM \(table) ORDER BY 1, 2, 3").map { "\(table) \($0)" }
-                }
-            }
-        }
-        let kept = try snapshot()
+        let kept = try rollupSnapshot(s.store)
         #expect(kept.contains { $0.hasPrefix("recipient_daily") } && kept.contains { $0.hasPrefix("attempt_daily") })
         try await s.store.rebuildRollups()
-        #expect(try snapshot() == kept)
+        #expect(try rollupSnapshot(s.store) == kept)
     }
 
     @Test func viewsDescribeTheScenario() async throws {
