@@ -112,6 +112,9 @@ public final class SMTPListener: Service, Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
+            // Replies a client leaves unread past 64 KiB stop the session
+            // from decoding more commands (see SMTPServerHandler.writeBlocked).
+            .childChannelOption(.writeBufferWaterMark, value: ChannelOptions.Types.WriteBufferWaterMark(low: 16 * 1024, high: 64 * 1024))
             .childChannelInitializer { channel in
                 if draining.withLockedValue({ $0 }) {
                     let reply = SMTPReply(421, .systemNotAccepting, "\(hostname) Service shutting down, try again later")

@@ -32,6 +32,10 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var closing = false
     private var shutdownRequested = false
     private var readPaused = false
+    /// Replies wait in the outbound buffer above its high-water mark: the
+    /// client is not reading them, so no further command is decoded (and
+    /// reading stops) until it does.
+    private var writeBlocked = false
     /// Between STARTTLS's 220 and the end of the handshake.
     private var awaitingTLS = false
     /// The idle timer: one scheduled check that re-arms itself while input
@@ -100,18 +104,32 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         } else {
             input!.writeBuffer(&bytes)
         }
-        if !committing {
-            armTimeout(context: context)
-        } else if input!.readableBytes > SMTPServerHandler.maxBufferedWhileCommitting {
-            // A client that floods while its message commits waits for us.
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
-            readPaused = true
-        }
+        if !committing && !writeBlocked { armTimeout(context: context) }
         process(context: context)
     }
 
-    /// Input held while a commit is pending before reading pauses.
-    static let maxBufferedWhileCommitting = 1 << 20
+    /// Input held undecoded (while a commit, an authentication or the
+    /// client's own unread replies hold us up) before reading pauses.
+    static let maxBufferedInput = 1 << 20
+
+    /// Reading runs while nothing holds decoding up or little input waits;
+    /// paused, the kernel's receive buffer and TCP flow control push back
+    /// on the client instead of our memory.
+    private func updateReading(context: ChannelHandlerContext) {
+        let pause = writeBlocked || (input?.readableBytes ?? 0) > SMTPServerHandler.maxBufferedInput
+        guard pause != readPaused else { return }
+        readPaused = pause
+        context.channel.setOption(ChannelOptions.autoRead, value: !pause).whenFailure { _ in }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && writeBlocked {
+            writeBlocked = false
+            armTimeout(context: context)
+            process(context: context)
+        }
+        context.fireChannelWritabilityChanged()
+    }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         logger.debug("connection error", metadata: ["error": "\(error)"])
@@ -122,6 +140,15 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func process(context: ChannelHandlerContext) {
         var wrote = false
         while !committing && !closing && !awaitingTLS, var buffer = input {
+            if !context.channel.isWritable {
+                if wrote { context.flush(); wrote = false }
+                if !context.channel.isWritable {
+                    // The client pipelines commands without reading the
+                    // replies (a HELP flood): stop until it reads.
+                    writeBlocked = true
+                    break
+                }
+            }
             framer.mode = session.inputMode
             input = nil // avoid a copy-on-write while the framer consumes
             let frame = framer.next(&buffer)
@@ -162,6 +189,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
             input!.discardReadBytes()
         }
         if wrote { context.flush() }
+        if !closing { updateReading(context: context) }
     }
 
     /// RFC 3207 §4.2: whatever the client sent after STARTTLS in the clear is
@@ -238,10 +266,6 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func resume(_ step: (inout SMTPServerSession) -> SessionAction) {
         committing = false
         guard let context, !closing else { return } // the client left: nothing to tell (a commit stays committed)
-        if readPaused {
-            readPaused = false
-            context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
-        }
         if case .reply(let replies, let close) = step(&session) {
             send(replies, context: context)
             if close { closeAfterFlush(context: context); return }
@@ -270,6 +294,8 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
         let channel = context.channel
         promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        // A client that does not read its last replies does not hold the connection.
+        context.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
     }
 
     /// RFC 5321 §4.5.3.2: the server waits at least 5 minutes for a command

@@ -3,6 +3,14 @@
 // dot-stuffing (RFC 5321 §4.5.2) and the mapping of replies to per-recipient
 // outcomes. The delivery module carries these out over a socket.
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Assembles reply lines into replies, enhanced codes split off (RFC 2034).
 public struct ReplyParser: Sendable {
     private var code: Int? = nil
@@ -188,8 +196,9 @@ public enum ClientProtocol {
         return s
     }
 
-    /// The message as DATA text: CRLF line ends (a bare LF becomes CRLF),
-    /// leading dots doubled, and the terminating `.`.
+    /// The message as DATA text: CRLF line ends (a bare LF or a bare CR
+    /// becomes CRLF, RFC 5321 §2.3.8: the client never sends either alone),
+    /// leading dots doubled (§4.5.2), and the terminating `.`.
     public static func dataText(_ body: some Collection<UInt8>) -> [UInt8] {
         // Byte by byte through a generic iterator costs a witness call per
         // byte (Data from another module is not specialised): scan contiguous
@@ -201,25 +210,30 @@ public enum ClientProtocol {
     static func dataText(_ p: UnsafeRawBufferPointer) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(p.count + p.count / 50 + 8)
-        var i = 0
-        var previous: UInt8 = 10 // as if after a line end: a leading "." is stuffed
+        guard let base = p.baseAddress else { out += Array(".\r\n".utf8); return out }
+        var i = 0 // always at the start of a line
         while i < p.count {
-            if previous == 10 && p[i] == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
             let j = p.firstLineFeed(from: i) ?? p.count
-            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[i..<j]))
-            if j == p.count {
-                previous = p[j - 1]
-                break
+            // The line's own CR before its LF; any other CR is bare.
+            let end = j < p.count && j > i && p[j - 1] == 13 ? j - 1 : j
+            var k = i
+            while true {
+                if k < end && p[k] == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
+                guard k < end, let cr = memchr(base + k, 13, end - k) else {
+                    out.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[k..<end]))
+                    break
+                }
+                let c = base.distance(to: UnsafeRawPointer(cr))
+                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[k..<c]))
+                out += [13, 10] // a bare CR ends a line of its own
+                k = c + 1
             }
-            // A bare LF becomes CRLF (RFC 5321 §2.3.8).
-            let before = j > i ? p[j - 1] : previous
-            if before != 13 { out.append(13) }
-            out.append(10)
-            previous = 10
+            if j == p.count { break }
+            out += [13, 10]
             i = j + 1
         }
         if !out.isEmpty && !(out.count >= 2 && out[out.count - 2] == 13 && out[out.count - 1] == 10) {
-            if out.last == 13 { out.append(10) } else { out += [13, 10] }
+            out += [13, 10]
         }
         out += Array(".\r\n".utf8)
         return out

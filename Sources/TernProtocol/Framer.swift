@@ -23,8 +23,11 @@ public enum SMTPFrame: Sendable, Equatable {
     /// A line without its terminator.
     case line(ByteBuffer, LineEnding)
     /// A line longer than the limit; its `length` bytes up to and including
-    /// the LF were discarded.
-    case overlongLine(length: Int)
+    /// the LF were discarded. `ending` says whether a CR stood before that LF:
+    /// the session needs it to know whether a following "." line can end
+    /// DATA (an overlong line ending in a bare LF followed by ".<CRLF>" is
+    /// the SMTP smuggling pattern, RFC 5321 §4.1.1.4).
+    case overlongLine(length: Int, ending: LineEnding)
     /// A piece of a BDAT chunk; `isEnd` when the chunk's declared size is complete.
     case chunk(ByteBuffer, isEnd: Bool)
     /// DATA mode only: a run of one or more whole lines, CRLFs included, that
@@ -51,6 +54,9 @@ public struct SMTPFramer: Sendable {
     private var chunkRemaining: Int? = nil
     private var discarding = false
     private var discarded = 0
+    /// The last byte discarded so far, to tell CRLF from LF when the LF
+    /// arrives at the start of a later read.
+    private var lastDiscarded: UInt8 = 0
 
     public init(commandLineLimit: Int = 512 + SMTPFramer.extensionAllowance, textLineLimit: Int = 1000) {
         self.commandLineLimit = commandLineLimit
@@ -88,25 +94,26 @@ public struct SMTPFramer: Sendable {
         let lf = buffer.withUnsafeReadableBytes { $0.firstLineFeed() }
         if discarding {
             guard let i = lf else {
-                discarded += buffer.readableBytes
-                buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+                discard(&buffer, buffer.readableBytes)
                 return nil
             }
+            let before = i > 0 ? buffer.getInteger(at: buffer.readerIndex + i - 1, as: UInt8.self)! : lastDiscarded
             buffer.moveReaderIndex(forwardBy: i + 1)
             discarding = false
-            return .overlongLine(length: discarded + i + 1)
+            return .overlongLine(length: discarded + i + 1, ending: before == 13 ? .crlf : .bareLF)
         }
         guard let i = lf else {
             if buffer.readableBytes > limit {
-                discarded = buffer.readableBytes
-                buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+                discarded = 0
+                discard(&buffer, buffer.readableBytes)
                 discarding = true
             }
             return nil
         }
         if i + 1 > limit {
+            let before = i > 0 ? buffer.getInteger(at: buffer.readerIndex + i - 1, as: UInt8.self)! : 0
             buffer.moveReaderIndex(forwardBy: i + 1)
-            return .overlongLine(length: i + 1)
+            return .overlongLine(length: i + 1, ending: before == 13 ? .crlf : .bareLF)
         }
         var line = buffer.readSlice(length: i + 1)!
         line.moveWriterIndex(to: line.writerIndex - 1) // drop LF
@@ -121,6 +128,13 @@ public struct SMTPFramer: Sendable {
             chunkRemaining = size
         }
         return .line(line, ending)
+    }
+
+    private mutating func discard(_ buffer: inout ByteBuffer, _ count: Int) {
+        guard count > 0 else { return }
+        lastDiscarded = buffer.getInteger(at: buffer.readerIndex + count - 1, as: UInt8.self)!
+        discarded += count
+        buffer.moveReaderIndex(forwardBy: count)
     }
 
     /// The size of a syntactically valid `BDAT n [LAST]` line.

@@ -75,6 +75,7 @@ extension EnhancedStatus {
     public static let messageTooBig = EnhancedStatus(5, 3, 4)            // message too big for system
     public static let systemError = EnhancedStatus(4, 3, 0)              // other or undefined mail system status
     public static let routingError = EnhancedStatus(4, 4, 0)             // other or undefined network or routing status
+    public static let routingLoop = EnhancedStatus(5, 4, 6)              // routing loop detected
     public static let connectionDropped = EnhancedStatus(4, 4, 2)        // bad connection
     public static let deliveryTimeExpired = EnhancedStatus(4, 4, 7)      // delivery time expired
     public static let invalidCommand = EnhancedStatus(5, 5, 1)           // invalid command

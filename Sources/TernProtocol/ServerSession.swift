@@ -5,6 +5,13 @@
 // out; nothing here touches a socket, a clock or the store.
 
 import NIOCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Limits and identity for one session.
 public struct SessionConfig: Sendable {
@@ -29,8 +36,27 @@ public struct SessionConfig: Sendable {
     public var authEnabled = false
     /// Offer AUTH without TLS to loopback clients (never to others).
     public var plaintextAuthOnLoopback = false
+    /// What a message line ending in a bare LF gets (a bare CR is always refused).
+    public var bareNewline: BareNewlinePolicy = .normalize
+    /// NOOP, VRFY, HELP, RSET and EXPN a client may send before each one
+    /// also counts as an error (Postfix's smtpd_junk_command_limit); the
+    /// count starts again with each accepted message.
+    public var maxJunkCommands: Int = 100
+    /// Command lines in one connection before it is closed with 421.
+    public var maxCommands: Int = 100_000
 
     public init(hostname: String) { self.hostname = hostname }
+}
+
+/// How DATA and BDAT text with a line that ends in a bare LF is taken.
+public enum BareNewlinePolicy: String, Sendable, CaseIterable {
+    /// Stored as if the line ended in CRLF (Postfix 3.9's
+    /// `smtpd_forbid_bare_newline = normalize`); only <CRLF>.<CRLF> on the
+    /// raw stream ends DATA, and the stored body is relayed dot-stuffed, so
+    /// no line of it can end a message or start a command downstream.
+    case normalize
+    /// The whole message is refused with 550 5.5.2 (RFC 5321 §2.3.8).
+    case reject
 }
 
 /// Who is on the other end.
@@ -124,7 +150,7 @@ public struct SMTPServerSession: Sendable {
         case closed
     }
 
-    enum DataError { case tooBig, lineTooLong, bareNewline }
+    enum DataError { case tooBig, lineTooLong, bareNewline, bareCR, nul }
     enum AuthStep: Equatable { case plain, loginUser, loginPassword(String) }
 
     public private(set) var state: State = .greeting
@@ -143,7 +169,11 @@ public struct SMTPServerSession: Sendable {
     private var dataError: DataError? = nil
     private var previousLineEndedCRLF = true
     private var pendingChunk: (reply: SMTPReply?, last: Bool)? = nil
+    /// A BDAT chunk ended in CR: the next chunk must start with LF.
+    private var chunkEndedInCR = false
     public private(set) var errorCount = 0
+    private var junkCommands = 0
+    private var commandCount = 0
     private var overshoot = 0
     /// The TLS protocol in use (nil in the clear), for `Received:`.
     public private(set) var tls: String? = nil
@@ -200,17 +230,16 @@ public struct SMTPServerSession: Sendable {
         case (.data, .text(var run)):
             // Whole CRLF lines, none starting with "." (see SMTPFrame.text).
             previousLineEndedCRLF = true
+            if run.withUnsafeReadableBytes({ $0.containsNUL }) { note(.nul) }
             appendText(&run, lineEnd: false)
             return nil
-        case (.data, .overlongLine(let length)):
+        case (.data, .overlongLine(let length, let ending)):
             bodySize += length
-            if bodySize > config.maxMessageSize {
-                if dataError != .bareNewline { dataError = .tooBig }
-            } else if dataError == nil {
-                dataError = .lineTooLong
-            }
+            note(bodySize > config.maxMessageSize ? .tooBig : .lineTooLong)
             body = ByteBuffer()
-            previousLineEndedCRLF = true // its end was not seen; a following "." may end the data
+            // RFC 5321 §4.1.1.4: only <CRLF>.<CRLF> ends DATA, so a "." after
+            // an overlong line that ended in a bare LF is text (SMTP smuggling).
+            previousLineEndedCRLF = ending == .crlf
             return nil
         case (_, .chunk(let piece, let isEnd)):
             return chunk(piece, isEnd: isEnd)
@@ -231,6 +260,7 @@ public struct SMTPServerSession: Sendable {
         state = .ready
         switch outcome {
         case .accepted(let queueID):
+            junkCommands = 0 // a productive session may say NOOP and RSET again
             return .reply([SMTPReply(250, .ok, "Ok: queued as \(queueID)")], close: false)
         case .rejected(let reply):
             return .reply([reply], close: false)
@@ -240,6 +270,11 @@ public struct SMTPServerSession: Sendable {
     // MARK: - Commands
 
     private mutating func command(_ line: ByteBuffer) -> SessionAction? {
+        commandCount += 1
+        if commandCount > config.maxCommands {
+            state = .closed
+            return .reply([SMTPReply(421, .tempSecurity, "\(config.hostname) Error: too many commands in one session")], close: true)
+        }
         let length = line.readableBytes + 2
         guard let text = line.getString(at: line.readerIndex, length: line.readableBytes),
               !text.contains("\r"), !text.contains("\0") else {
@@ -286,19 +321,20 @@ public struct SMTPServerSession: Sendable {
         case .rset:
             resetTransaction()
             if state != .greeting { state = .ready }
-            return ok(SMTPReply(250, .ok, "Ok"))
+            return junk(SMTPReply(250, .ok, "Ok"))
         case .noop:
-            return ok(SMTPReply(250, .ok, "Ok"))
+            return junk(SMTPReply(250, .ok, "Ok"))
         case .quit:
             state = .closed
             return .reply([SMTPReply(221, .ok, "Bye")], close: true)
         case .vrfy:
             // RFC 5321 §3.5.3: 252 when we will not verify but will attempt delivery.
-            return ok(SMTPReply(252, .cannotVerify, "Cannot VRFY user, but will accept message and attempt delivery"))
+            return junk(SMTPReply(252, .cannotVerify, "Cannot VRFY user, but will accept message and attempt delivery"))
         case .expn:
+            junkCommands += 1
             return error(SMTPReply(502, .invalidCommand, "EXPN not available"))
         case .help:
-            return ok(SMTPReply(214, .ok, lines: [
+            return junk(SMTPReply(214, .ok, lines: [
                 "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
                 "See RFC 5321; Tern's README describes its extensions",
             ]))
@@ -526,10 +562,13 @@ public struct SMTPServerSession: Sendable {
         if isDot && ending == .crlf && previousLineEndedCRLF {
             return endOfData()
         }
-        let hasCR = line.withUnsafeReadableBytes { $0.contains(13) }
-        if ending == .bareLF || hasCR {
-            if dataError == nil { dataError = .bareNewline }
-        }
+        let (hasCR, hasNUL) = line.withUnsafeReadableBytes { ($0.contains(13), $0.containsNUL) }
+        // RFC 5321 §2.3.8: a bare CR is refused whatever the policy; a bare
+        // LF is refused or, by default, stored as CRLF (see BareNewlinePolicy).
+        if hasCR { note(.bareCR) }
+        if ending == .bareLF && config.bareNewline == .reject { note(.bareNewline) }
+        // RFC 6152 §3: 8-bit data excludes NUL.
+        if hasNUL { note(.nul) }
         previousLineEndedCRLF = ending == .crlf
         if line.readableBytes > 0, line.getInteger(at: line.readerIndex, as: UInt8.self) == UInt8(ascii: ".") {
             line.moveReaderIndex(forwardBy: 1) // RFC 5321 §4.5.2 transparency
@@ -543,8 +582,7 @@ public struct SMTPServerSession: Sendable {
     private mutating func appendText(_ text: inout ByteBuffer, lineEnd: Bool) {
         bodySize += text.readableBytes + (lineEnd ? 2 : 0)
         if bodySize > config.maxMessageSize {
-            // Too big says more than a long line; a bare newline says most.
-            if dataError != .bareNewline { dataError = .tooBig }
+            note(.tooBig)
             body = ByteBuffer() // keep reading to the end, store nothing
         } else if dataError == nil {
             body.writeBuffer(&text)
@@ -556,16 +594,62 @@ public struct SMTPServerSession: Sendable {
         if let e = dataError {
             resetTransaction()
             state = .ready
-            switch e {
-            case .tooBig:
-                return error(SMTPReply(552, .messageTooBig, "Message size exceeds fixed maximum message size"))
-            case .lineTooLong:
-                return error(SMTPReply(500, .syntaxError, "Error: message text line longer than \(config.maxTextLine) octets"))
-            case .bareNewline:
-                return error(SMTPReply(550, .syntaxError, "Error: bare <CR> or <LF> in message text (RFC 5321 §2.3.8); message refused"))
-            }
+            return error(dataRefusal(e))
         }
         return startCommit()
+    }
+
+    /// Records a fault in the message text; the first one is the reply,
+    /// except that "too big" says more than "line too long".
+    private mutating func note(_ e: DataError) {
+        if dataError == nil || (e == .tooBig && dataError == .lineTooLong) { dataError = e }
+    }
+
+    /// Adds a piece of a BDAT chunk to the body under DATA's line rules:
+    /// a bare CR and NUL are refused, a bare LF is refused or becomes CRLF.
+    /// A CR at the end of a piece is judged by the first byte of the next.
+    private mutating func appendChunk(_ piece: ByteBuffer) {
+        let afterCR = chunkEndedInCR
+        let scan = piece.withUnsafeReadableBytes { $0.scanLineEnds(afterCR: afterCR) }
+        if scan.bareCR { note(.bareCR) }
+        if scan.nul { note(.nul) }
+        if scan.bareLF > 0 && config.bareNewline == .reject { note(.bareNewline) }
+        guard dataError == nil else { body = ByteBuffer(); return }
+        chunkEndedInCR = scan.endsInCR
+        if scan.bareLF == 0 {
+            var p = piece
+            body.writeBuffer(&p)
+            return
+        }
+        bodySize += scan.bareLF
+        if bodySize > config.maxMessageSize { note(.tooBig); body = ByteBuffer(); return }
+        piece.withUnsafeReadableBytes { raw in
+            var start = 0
+            for (i, byte) in raw.enumerated() where byte == 10 {
+                let before: UInt8 = i > 0 ? raw[i - 1] : (afterCR ? 13 : 0)
+                if before != 13 {
+                    body.writeBytes(UnsafeRawBufferPointer(rebasing: raw[start..<i]))
+                    body.writeStaticString("\r")
+                    start = i
+                }
+            }
+            body.writeBytes(UnsafeRawBufferPointer(rebasing: raw[start...]))
+        }
+    }
+
+    private func dataRefusal(_ e: DataError) -> SMTPReply {
+            switch e {
+            case .tooBig:
+                return SMTPReply(552, .messageTooBig, "Message size exceeds fixed maximum message size")
+            case .lineTooLong:
+                return SMTPReply(500, .syntaxError, "Error: message text line longer than \(config.maxTextLine) octets")
+            case .bareNewline:
+                return SMTPReply(550, .syntaxError, "Error: bare <LF> in message text (RFC 5321 §2.3.8); message refused")
+            case .bareCR:
+                return SMTPReply(550, .syntaxError, "Error: bare <CR> in message text (RFC 5321 §2.3.8); message refused")
+            case .nul:
+                return SMTPReply(550, .contentError, "Error: NUL character in message text (RFC 6152 §3); message refused")
+            }
     }
 
     private mutating func bdat(size: Int, last: Bool) -> SessionAction? {
@@ -583,6 +667,7 @@ public struct SMTPServerSession: Sendable {
             body = ByteBuffer()
             bodySize = 0
             dataError = nil
+            chunkEndedInCR = false
         }
         if refusal == nil {
             bodySize += size
@@ -598,11 +683,18 @@ public struct SMTPServerSession: Sendable {
     }
 
     private mutating func chunk(_ piece: ByteBuffer, isEnd: Bool) -> SessionAction? {
-        var piece = piece
         guard let pending = pendingChunk else { return nil }
-        if pending.reply == nil { body.writeBuffer(&piece) }
+        if pending.reply == nil && dataError == nil { appendChunk(piece) }
         guard isEnd else { return nil }
         pendingChunk = nil
+        if pending.reply == nil && pending.last && chunkEndedInCR { note(.bareCR) }
+        if pending.reply == nil, let e = dataError {
+            // BDAT text follows the same line rules as DATA text; the
+            // transaction ends with the refusal.
+            resetTransaction()
+            state = .ready
+            return error(dataRefusal(e))
+        }
         if let refusal = pending.reply {
             if state == .chunk {
                 // A failed chunk ends the transaction; the client starts again with MAIL.
@@ -644,10 +736,25 @@ public struct SMTPServerSession: Sendable {
         bodySize = 0
         dataError = nil
         pendingChunk = nil
+        chunkEndedInCR = false
         overshoot = 0
     }
 
     private func ok(_ reply: SMTPReply) -> SessionAction { .reply([reply], close: false) }
+
+    /// A reply to NOOP, VRFY, HELP or RSET: past the junk limit each one
+    /// also counts as an error, so a client that only chatters is closed.
+    private mutating func junk(_ reply: SMTPReply) -> SessionAction {
+        junkCommands += 1
+        if junkCommands > config.maxJunkCommands {
+            errorCount += 1
+            if errorCount >= config.maxErrors {
+                state = .closed
+                return .reply([reply, SMTPReply(421, .tempSecurity, "\(config.hostname) Error: too many errors")], close: true)
+            }
+        }
+        return .reply([reply], close: false)
+    }
     private func ok(lines: [String]) -> SessionAction { .reply([SMTPReply(250, nil, lines: lines)], close: false) }
 
     /// An error reply, counted; past the limit the session ends with 421.
@@ -658,5 +765,38 @@ public struct SMTPServerSession: Sendable {
             return .reply([reply, SMTPReply(421, .tempSecurity, "\(config.hostname) Error: too many errors")], close: true)
         }
         return .reply([reply], close: false)
+    }
+}
+
+/// What one BDAT piece holds in the way of line ends.
+struct LineEndScan {
+    /// LFs with no CR before them.
+    var bareLF = 0
+    /// A CR followed by anything but LF.
+    var bareCR = false
+    var nul = false
+    /// The last byte is a CR (judged by the next piece).
+    var endsInCR = false
+}
+
+extension UnsafeRawBufferPointer {
+    var containsNUL: Bool {
+        guard let base = baseAddress, count > 0 else { return false }
+        return memchr(base, 0, count) != nil
+    }
+
+    /// Scans BDAT text for bare CR, bare LF and NUL; `afterCR` when the
+    /// piece before ended in CR.
+    func scanLineEnds(afterCR: Bool) -> LineEndScan {
+        var scan = LineEndScan()
+        var previous: UInt8 = afterCR ? 13 : 0
+        for byte in self {
+            if previous == 13 && byte != 10 { scan.bareCR = true }
+            if byte == 10 && previous != 13 { scan.bareLF += 1 }
+            if byte == 0 { scan.nul = true }
+            previous = byte
+        }
+        scan.endsInCR = previous == 13
+        return scan
     }
 }

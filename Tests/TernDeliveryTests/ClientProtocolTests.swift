@@ -67,6 +67,10 @@ import Testing
         #expect(t("bare\nlf") == "bare\r\nlf\r\n.\r\n")
         #expect(t("") == ".\r\n")
         #expect(t("x\r") == "x\r\n.\r\n")
+        // A bare CR is never sent alone: it ends a line, and a dot after it is stuffed.
+        #expect(t("a\rb") == "a\r\nb\r\n.\r\n")
+        #expect(t("a\r.\r\n") == "a\r\n..\r\n.\r\n")
+        #expect(t("a\r\r\n") == "a\r\n\r\n.\r\n")
     }
 
     @Test func outcomesFromReplies() {
@@ -77,22 +81,36 @@ import Testing
 }
 
 @Suite struct DataTextEquivalenceTests {
-    /// The plain byte-by-byte rule: dot-stuff line starts, LF → CRLF, end with CRLF "." CRLF.
+    /// The plain byte-by-byte rule: dot-stuff line starts; CRLF, a bare LF
+    /// and a bare CR each become one CRLF; end with CRLF "." CRLF.
     static func reference(_ body: [UInt8]) -> [UInt8] {
         var out: [UInt8] = []
         var atLineStart = true
-        var previous: UInt8 = 0
-        for b in body {
+        var i = 0
+        while i < body.count {
+            let b = body[i]
             if atLineStart && b == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
-            if b == 10 && previous != 13 { out.append(13) }
-            out.append(b)
-            atLineStart = b == 10
-            previous = b
+            if b == 13 || b == 10 {
+                out += [13, 10]
+                if b == 13 && i + 1 < body.count && body[i + 1] == 10 { i += 1 }
+                atLineStart = true
+            } else {
+                out.append(b)
+                atLineStart = false
+            }
+            i += 1
         }
-        if !out.isEmpty && !(out.count >= 2 && out[out.count - 2] == 13 && out[out.count - 1] == 10) {
-            if out.last == 13 { out.append(10) } else { out += [13, 10] }
-        }
+        if !out.isEmpty && !atLineStart { out += [13, 10] }
         return out + Array(".\r\n".utf8)
+    }
+
+    /// RFC 5321 §2.3.8: whatever the stored body holds, no CR or LF goes out alone.
+    static func hasBareLineEnd(_ out: [UInt8]) -> Bool {
+        for (i, b) in out.enumerated() {
+            if b == 13 && (i + 1 >= out.count || out[i + 1] != 10) { return true }
+            if b == 10 && (i == 0 || out[i - 1] != 13) { return true }
+        }
+        return false
     }
 
     @Test func theLineCopyingScanEqualsTheByteRule() {
@@ -103,6 +121,7 @@ import Testing
                 let body = (0..<length).map { _ in alphabet.randomElement(using: &rng)! }
                 #expect(ClientProtocol.dataText(body) == DataTextEquivalenceTests.reference(body), "\(body)")
                 #expect(ClientProtocol.dataText(Data(body)) == DataTextEquivalenceTests.reference(body))
+                #expect(!DataTextEquivalenceTests.hasBareLineEnd(ClientProtocol.dataText(body)), "\(body)")
             }
         }
     }

@@ -57,16 +57,36 @@ import Testing
     }
 
     @Test func smugglingAttemptIsRefusedWhole() async throws {
+        // Under `reject` the message with a bare LF is refused; under the
+        // default `normalize` it is one message with the commands as text.
+        for policy in BareNewlinePolicy.allCases {
+            let server = try await TestServer.start { c, _ in c.session.bareNewline = policy }
+            defer { Task { await server.stop() } }
+            let c = try RawClient(port: server.port)
+            _ = try c.readReply()
+            try c.send("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
+            _ = try c.readReplies(4)
+            try c.send("Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<admin@local.test>\r\nRCPT TO:<victim@local.test>\r\nDATA\r\nforged\r\n.\r\nNOOP\r\n")
+            #expect(try c.readReplies(2).map(\.status) == [policy == .reject ? "550 5.5.2" : "250 2.0.0", "250 2.0.0"])
+            #expect(try server.count("SELECT count(*) FROM message") == (policy == .reject ? 0 : 1))
+            #expect(try server.count("SELECT count(*) FROM message WHERE mail_from = 'admin@local.test'") == 0)
+            #expect(try server.count("SELECT count(*) FROM recipient WHERE address = 'victim@local.test'") == 0)
+        }
+    }
+
+    /// Issue 15's dialog, over a socket: an overlong line ending in a bare
+    /// LF, then ".<CRLF>" and a smuggled transaction. Before the fix Tern
+    /// answered 500, then 250 250 354 250, and queued the forged message.
+    @Test func smugglingAfterAnOverlongLineStoresNothing() async throws {
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }
         let c = try RawClient(port: server.port)
         _ = try c.readReply()
         try c.send("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
         _ = try c.readReplies(4)
-        try c.send("Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<admin@local.test>\r\nRCPT TO:<victim@local.test>\r\nDATA\r\nforged\r\n.\r\nNOOP\r\n")
-        #expect(try c.readReplies(2).map(\.status) == ["550 5.5.2", "250 2.0.0"])
+        try c.send(String(repeating: "A", count: 1001) + "\n.\r\nMAIL FROM:<ceo@bank.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n\r\nsmuggled\r\n.\r\nNOOP\r\n")
+        #expect(try c.readReplies(2).map(\.status) == ["500 5.5.2", "250 2.0.0"])
         #expect(try server.count("SELECT count(*) FROM message") == 0)
-        #expect(try server.count("SELECT count(*) FROM recipient WHERE address = 'victim@local.test'") == 0)
     }
 
     @Test func aClientThatLeavesMidDataLeavesNothing() async throws {

@@ -23,17 +23,41 @@ import Testing
 
     @Test func overlongLineIsDiscardedThroughItsEnd() {
         let long = String(repeating: "x", count: 2000)
-        #expect(frames("\(long)\r\nNOOP\r\n") == [.overlongLine(length: 2002), line("NOOP")])
+        #expect(frames("\(long)\r\nNOOP\r\n") == [.overlongLine(length: 2002, ending: .crlf), line("NOOP")])
         #expect(frames("\(long)") == [])
         // Split across reads, the discarded length is still whole.
         var f = SMTPFramer()
         var b = ByteBuffer(string: long)
         #expect(f.next(&b) == nil)
         b.writeString("tail\r\n")
-        #expect(f.next(&b) == .overlongLine(length: 2006))
+        #expect(f.next(&b) == .overlongLine(length: 2006, ending: .crlf))
         // Exactly at the limit (terminator included) is fine; one more is not.
         #expect(frames(String(repeating: "y", count: 8) + "\r\n", limit: 10) == [line(String(repeating: "y", count: 8))])
-        #expect(frames(String(repeating: "y", count: 9) + "\r\n", limit: 10) == [.overlongLine(length: 11)])
+        #expect(frames(String(repeating: "y", count: 9) + "\r\n", limit: 10) == [.overlongLine(length: 11, ending: .crlf)])
+    }
+
+    /// The smuggling pattern of issue 15: an overlong line ending in a bare
+    /// LF must say so, wherever the read boundaries fall, so that a "." after
+    /// it cannot end DATA.
+    @Test func overlongLineReportsItsEnding() {
+        let long = String(repeating: "A", count: 1001)
+        #expect(frames("\(long)\n.\r\n", mode: .data) == [.overlongLine(length: 1002, ending: .bareLF), line(".")])
+        #expect(frames("\(long)\r\n", mode: .data) == [.overlongLine(length: 1003, ending: .crlf)])
+        for split in [1, 500, 1000, 1001, 1002] {
+            for ending in ["\n", "\r\n"] {
+                let text = long + ending + "NOOP\r\n"
+                let bytes = Array(text.utf8)
+                var f = SMTPFramer()
+                f.mode = .data
+                var b = ByteBuffer(bytes: bytes[0..<min(split, bytes.count)])
+                var got: [SMTPFrame] = []
+                while let fr = f.next(&b) { got.append(fr) }
+                b.writeBytes(bytes[min(split, bytes.count)...])
+                while let fr = f.next(&b) { got.append(fr) }
+                let expected = SMTPFrame.overlongLine(length: 1001 + ending.utf8.count, ending: ending == "\n" ? .bareLF : .crlf)
+                #expect(got.first == expected, "split \(split) ending \(ending.debugDescription)")
+            }
+        }
     }
 
     @Test func bdatPayloadIsReadAsAChunk() {
@@ -64,14 +88,14 @@ import Testing
     @Test func everySplitPointGivesTheSameResult() {
         let dialog = "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n"
             + "Subject: t\r\n\r\n..leading dot\r\nline\r\n.\r\n"
-            + "MAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<c@local.test>\r\nBDAT 7\r\nab\r\n.\r\nBDAT 4 LAST\r\nc\r\n\rNOOP\r\n"
+            + "MAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<c@local.test>\r\nBDAT 7\r\nab\r\n.\r\nBDAT 4 LAST\r\nc\n\r\nNOOP\r\n"
             + "FOO\r\nRSET\r\nQUIT\r\n"
         let bytes = Array(dialog.utf8)
         var whole = Driver()
         whole.feed(bytes: bytes)
         #expect(whole.commits.count == 2)
         #expect(whole.commits.first?.body == "Subject: t\r\n\r\n.leading dot\r\nline\r\n")
-        #expect(whole.commits.last?.body == "ab\r\n.\r\nc\r\n\r")
+        #expect(whole.commits.last?.body == "ab\r\n.\r\nc\r\n\r\n")
         #expect(whole.closed)
         for split in 1..<bytes.count {
             var d = Driver()
@@ -100,7 +124,7 @@ import Testing
         f.mode = .data
         var b = ByteBuffer(string: "abcd\r\nabcde\r\nx\r\n")
         #expect(f.next(&b) == text("abcd\r\n"))
-        #expect(f.next(&b) == .overlongLine(length: 7))
+        #expect(f.next(&b) == .overlongLine(length: 7, ending: .crlf))
         #expect(f.next(&b) == text("x\r\n"))
         #expect(f.next(&b) == nil)
         // Runs are off on request: then every line comes alone.

@@ -129,24 +129,158 @@ import Testing
     }
 
     @Test func dataTransparencyAndSmuggling() {
+        for policy in BareNewlinePolicy.allCases {
+            var d = Driver(config: Driver.config { $0.bareNewline = policy })
+            d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
+            #expect(d.last == "354")
+            // <LF>.<CRLF> must not end the message: the "smuggled" MAIL is text.
+            d.feed("Subject: s\r\n\r\nhello\n.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@local.test>\r\nDATA\r\nevil\r\n.\r\n")
+            #expect(d.codes.count == 5) // no reply was produced for the smuggled commands
+            switch policy {
+            case .reject:
+                #expect(d.commits.isEmpty)
+                #expect(d.last == "550 5.5.2")
+            case .normalize:
+                // One message, the would-be commands inside it as text; relayed
+                // dot-stuffed, the lone "." cannot end anything downstream.
+                #expect(d.commits.count == 1)
+                #expect(d.commits.first?.envelope.mailFrom?.address == "a@x.test")
+                #expect(d.commits.first?.body == "Subject: s\r\n\r\nhello\r\n\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@local.test>\r\nDATA\r\nevil\r\n")
+            }
+            let before = d.commits.count
+            // <CR><LF>.<LF> neither; a bare CR is refused under either policy.
+            d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nhello\r\n.\nstill data\r\n.\r\n")
+            #expect(d.last == (policy == .reject ? "550 5.5.2" : "250 2.0.0"))
+            d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nhel\rlo\r\n.\r\n")
+            #expect(d.last == "550 5.5.2")
+            #expect(d.replies.last?.text.contains("bare <CR>") == true)
+            #expect(d.commits.count == before + (policy == .reject ? 0 : 1))
+            // A proper message, with a dot-stuffed line and an empty body line.
+            d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n..\r\n\r\n...x\r\n.\r\n")
+            #expect(d.last == "250 2.0.0")
+            #expect(d.commits.last?.body == ".\r\n\r\n..x\r\n")
+        }
+    }
+
+    /// Issue 15's smuggling dialog: an overlong line that ends in a bare LF,
+    /// then ".<CRLF>" and a whole second transaction. The "." must not end
+    /// DATA, so the smuggled MAIL FROM never becomes a transaction, and the
+    /// message is refused whole for its long line.
+    @Test func smugglingAfterAnOverlongLineIsRefusedWhole() {
+        for policy in BareNewlinePolicy.allCases {
+            var d = Driver(config: Driver.config { $0.bareNewline = policy })
+            d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
+            d.feed(String(repeating: "A", count: 1001) + "\n.\r\nMAIL FROM:<ceo@bank.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n\r\nsmuggled\r\n.\r\n")
+            #expect(d.commits.isEmpty)
+            #expect(d.codes.suffix(2) == ["354", "500 5.5.2"])
+            #expect(d.codes.count == 5)
+            // The session is usable again, and the long line with CRLF still ends normally.
+            d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n" + String(repeating: "A", count: 1001) + "\r\n.\r\n")
+            #expect(d.last == "500 5.5.2")
+            #expect(d.commits.isEmpty)
+        }
+    }
+
+    /// `smtplib.sendmail(from, to, msg.as_bytes())` sends LF line ends:
+    /// normalised by default (as Postfix ≥ 3.9), refused when configured.
+    @Test func bareLineFeedsAreNormalisedByDefault() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nSubject: py\n\n..dot\nbody\r\n.\r\n")
+        #expect(d.last == "250 2.0.0")
+        #expect(d.commits.first?.body == "Subject: py\r\n\r\n.dot\r\nbody\r\n")
+        var r = Driver(config: Driver.config { $0.bareNewline = .reject })
+        r.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nSubject: py\n\nbody\r\n.\r\n")
+        #expect(r.last == "550 5.5.2")
+        #expect(r.commits.isEmpty)
+    }
+
+    /// RFC 6152 §3: NUL is not 8-bit data; refused in lines, runs and chunks.
+    @Test func nulBytesAreRefused() {
         var d = Driver()
         d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
-        #expect(d.last == "354")
-        // <LF>.<CRLF> must not end the message: the "smuggled" MAIL is text.
-        d.feed("Subject: s\r\n\r\nhello\n.\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@local.test>\r\nDATA\r\nevil\r\n.\r\n")
+        d.feed(bytes: Array("plain\r\nnul".utf8) + [0] + Array("here\r\nmore\r\n.\r\n".utf8))
+        #expect(d.last == "550 5.6.0")
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
+        d.feed(bytes: Array(".x".utf8) + [0] + Array("\r\n.\r\n".utf8)) // a dotted line, alone
+        #expect(d.last == "550 5.6.0")
+        d.feed(bytes: Array("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 3 LAST\r\na".utf8) + [0, 10])
+        #expect(d.last == "550 5.6.0")
         #expect(d.commits.isEmpty)
-        #expect(d.last == "550 5.5.2")
-        #expect(d.codes.count == 5) // no reply was produced for the smuggled commands
-        // <CR><LF>.<LF> neither; nor a bare CR.
-        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nhello\r\n.\nstill data\r\n.\r\n")
-        #expect(d.last == "550 5.5.2")
-        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nhel\rlo\r\n.\r\n")
-        #expect(d.last == "550 5.5.2")
-        #expect(d.commits.isEmpty)
-        // A proper message, with a dot-stuffed line and an empty body line.
-        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n..\r\n\r\n...x\r\n.\r\n")
+        #expect(d.replies.last?.text.contains("NUL") == true)
+    }
+
+    /// BDAT text gets DATA's rules: bare CR refused, bare LF normalised or
+    /// refused, a CRLF split between chunks is fine.
+    @Test func bdatFollowsTheLineRules() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 4\r\na\nb\rBDAT 3 LAST\r\n\nc\n")
         #expect(d.last == "250 2.0.0")
-        #expect(d.commits.first?.body == ".\r\n\r\n..x\r\n")
+        #expect(d.commits.last?.body == "a\r\nb\r\nc\r\n")
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 4 LAST\r\na\rbc")
+        #expect(d.last == "550 5.5.2")
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 2\r\nabBDAT 2 LAST\r\nc\r")
+        #expect(d.last == "550 5.5.2") // ends in a bare CR
+        #expect(d.commits.count == 1)
+        var r = Driver(config: Driver.config { $0.bareNewline = .reject })
+        r.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 2 LAST\r\na\n")
+        #expect(r.last == "550 5.5.2")
+        r.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nBDAT 3 LAST\r\na\r\n")
+        #expect(r.last == "250 2.0.0")
+        #expect(r.commits.count == 1)
+    }
+
+    /// Normalising can never make an end of data or a command downstream:
+    /// random text with every kind of line end and dot, taken under
+    /// `normalize`, relayed as the client sends it (dot-stuffed), is read by
+    /// a strict (`reject`) server as exactly one message with the same body.
+    @Test func normalisedBodiesRelayAsExactlyOneMessage() {
+        var rng = SystemRandomNumberGenerator()
+        let alphabet: [[UInt8]] = [[46], [10], [13, 10], [46, 13, 10], [10, 46, 13, 10], [65], [77, 65, 73, 76, 32]]
+        for _ in 0..<2000 {
+            var text: [UInt8] = []
+            for _ in 0..<Int.random(in: 0...20, using: &rng) { text += alphabet.randomElement(using: &rng)! }
+            // Text that itself holds <CRLF>.<CRLF> ends early, as it must; skip it.
+            let stream = [13, 10] + text + [13, 10, 46, 13, 10]
+            let firstEnd = (0...(stream.count - 5)).first { Array(stream[$0..<($0 + 5)]) == [13, 10, 46, 13, 10] }
+            if firstEnd != stream.count - 5 { continue }
+            var d = Driver()
+            d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
+            d.feed(bytes: text + Array("\r\n.\r\n".utf8))
+            #expect(d.commits.count == 1, "\(text)")
+            guard let stored = d.commits.first?.body else { continue }
+            var strict = Driver(config: Driver.config { $0.bareNewline = .reject })
+            strict.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n")
+            strict.feed(bytes: ClientProtocol.dataText(Array(stored.utf8)))
+            #expect(strict.commits.count == 1, "\(text)")
+            #expect(strict.commits.first?.body == stored, "\(text)")
+            #expect(strict.codes.count == 5) // EHLO, MAIL, RCPT, DATA and one 250
+        }
+    }
+
+    /// Postfix's smtpd_junk_command_limit: past it, NOOP/RSET/VRFY/HELP count
+    /// as errors, so a client that only chatters is closed; a message resets it.
+    @Test func junkCommandsAreLimited() {
+        var d = Driver(config: Driver.config { $0.maxJunkCommands = 5; $0.maxErrors = 3 })
+        d.feed("EHLO c.test\r\n" + String(repeating: "NOOP\r\n", count: 5))
+        d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nx\r\n.\r\n")
+        #expect(d.last == "250 2.0.0")
+        d.feed(String(repeating: "HELP\r\nRSET\r\n", count: 2) + "VRFY a\r\n") // 5 again: fine
+        #expect(!d.closed)
+        d.feed("NOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\n")
+        #expect(d.closed)
+        #expect(d.last == "421 4.7.0")
+        #expect(d.codes.suffix(4) == ["250 2.0.0", "250 2.0.0", "250 2.0.0", "421 4.7.0"])
+    }
+
+    @Test func commandsPerSessionAreLimited() {
+        var d = Driver(config: Driver.config { $0.maxCommands = 10 })
+        d.feed("EHLO c.test\r\n")
+        for _ in 0..<3 { d.feed("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\nx\r\n.\r\n") }
+        #expect(!d.closed)
+        #expect(d.commits.count == 3)
+        d.feed("NOOP\r\n")
+        #expect(d.closed)
+        #expect(d.replies.last?.text.contains("too many commands") == true)
     }
 
     @Test func emptyMessage() {
