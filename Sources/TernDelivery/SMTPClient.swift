@@ -466,7 +466,7 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
             let (hops, skipped) = health?.arrange(planned) ?? (planned, [])
             if hops.isEmpty, let first = skipped.min(by: { $0.until < $1.until }) {
                 let reply = SMTPReply(451, EnhancedStatus(4, 4, 1),
-                                      "All MX hosts of \(domain) are cooling down after repeated failures (\(first.hop.host) until \(Date(timeIntervalSince1970: Double(first.until) / 1000)))")
+                                      "All MX hosts of \(domain) are cooling down after repeated failures (\(first.hop) until \(Date(timeIntervalSince1970: Double(first.until) / 1000)))")
                 return .failed(reply, AttemptContext(mxHost: first.hop.host))
             }
             var last: (SMTPReply, AttemptContext)? = nil
@@ -481,10 +481,10 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
                 }
                 switch result {
                 case .success(let c):
-                    health?.succeeded(hop.host)
+                    health?.succeeded(hop)
                     return .connected(c)
                 case .failure(let reply), .tlsFailure(let reply):
-                    health?.failed(hop.host, reply: reply)
+                    health?.failed(hop, reply: reply)
                     logger.info("hop failed", metadata: ["mx": "\(hop)", "reply": "\(reply)"])
                     last = (reply, AttemptContext(mxHost: hop.host, mxAddress: hop.address.description))
                 }

@@ -32,6 +32,8 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var closing = false
     private var shutdownRequested = false
     private var readPaused = false
+    /// For tests: reading is paused (see updateReading).
+    var readingPaused: Bool { readPaused }
     /// Replies wait in the outbound buffer above its high-water mark: the
     /// client is not reading them, so no further command is decoded (and
     /// reading stops) until it does.

@@ -1,5 +1,5 @@
-// The circuit breaker: each MX host's recent connection history decides how
-// it is used. A host that failed to connect, or greeted with an error, `threshold`
+// The circuit breaker: each MX endpoint's (address and port) recent
+// connection history decides how it is used. A host that failed to connect, or greeted with an error, `threshold`
 // times in a row is skipped for a cool-down that doubles while it keeps
 // failing; when the cool-down ends it is tried again (one success closes the
 // breaker). Among hops of equal MX preference, hosts with fewer recent
@@ -61,27 +61,29 @@ public struct HostRecord: Sendable, Equatable {
 public protocol HostHealth: Sendable {
     /// The hops to try in order, and those left out because their host is cooling down (with when it ends).
     func arrange(_ hops: [Hop]) -> (usable: [Hop], skipped: [(hop: Hop, until: Int64)])
-    /// The host greeted and accepted EHLO/HELO.
-    func succeeded(_ host: String)
-    /// The host could not be reached, or greeted with an error.
-    func failed(_ host: String, reply: SMTPReply)
+    /// The hop greeted and accepted EHLO/HELO.
+    func succeeded(_ hop: Hop)
+    /// The hop could not be reached, or greeted with an error.
+    func failed(_ hop: Hop, reply: SMTPReply)
 }
 
 public enum Breaker {
-    /// Drops hops of cooling-down hosts; within one preference, fewer consecutive failures first (otherwise as planned).
+    /// Drops hops of cooling-down endpoints; within one preference, fewer
+    /// consecutive failures first (otherwise as planned). `records` are
+    /// keyed by `Hop.endpoint`.
     public static func arrange(_ hops: [Hop], records: [String: HostRecord], now: Int64)
         -> (usable: [Hop], skipped: [(hop: Hop, until: Int64)]) {
         var usable: [(Int, Hop)] = []
         var skipped: [(hop: Hop, until: Int64)] = []
         for (i, hop) in hops.enumerated() {
-            if let r = records[hop.host], r.coolingDown(at: now) {
+            if let r = records[hop.endpoint], r.coolingDown(at: now) {
                 skipped.append((hop, r.cooldownUntil!))
             } else {
                 usable.append((i, hop))
             }
         }
         usable.sort { a, b in
-            let fa = records[a.1.host]?.failures ?? 0, fb = records[b.1.host]?.failures ?? 0
+            let fa = records[a.1.endpoint]?.failures ?? 0, fb = records[b.1.endpoint]?.failures ?? 0
             return (a.1.preference, fa, a.0) < (b.1.preference, fb, b.0)
         }
         return (usable.map(\.1), skipped)

@@ -16,6 +16,10 @@ public struct Hop: Sendable, Hashable, CustomStringConvertible {
     /// The MX preference it came from (0 for routes and implicit MX).
     public var preference: Int
     public var description: String { "\(host)[\(address)]:\(port)" }
+    /// What the circuit breaker keys a host's health by: the address and
+    /// port connected to, so a dead port of an address says nothing of the
+    /// same address's other ports (or of other addresses of the same name).
+    public var endpoint: String { "[\(address)]:\(port)" }
     public init(host: String, port: Int, address: IPAddress, preference: Int = 0) {
         self.host = host
         self.port = port

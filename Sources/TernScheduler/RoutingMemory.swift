@@ -66,24 +66,25 @@ public final class HostHealthBook: HostHealth {
         }))
     }
 
-    public func record(for host: String) -> HostRecord? { records.withLockedValue { $0[host] } }
+    /// The record of an endpoint (`Hop.endpoint`, "[address]:port").
+    public func record(for endpoint: String) -> HostRecord? { records.withLockedValue { $0[endpoint] } }
 
     public func arrange(_ hops: [Hop]) -> (usable: [Hop], skipped: [(hop: Hop, until: Int64)]) {
-        let snapshot = records.withLockedValue { r in r.filter { key, _ in hops.contains { $0.host == key } } }
+        let snapshot = records.withLockedValue { r in r.filter { key, _ in hops.contains { $0.endpoint == key } } }
         return Breaker.arrange(hops, records: snapshot, now: clock.now())
     }
 
-    public func succeeded(_ host: String) {
+    public func succeeded(_ hop: Hop) {
         let now = clock.now()
-        update(host) { $0.succeeded(at: now) }
+        update(hop.endpoint) { $0.succeeded(at: now) }
     }
 
-    public func failed(_ host: String, reply: SMTPReply) {
+    public func failed(_ hop: Hop, reply: SMTPReply) {
         let now = clock.now()
-        let record = update(host) { $0.failed(reply.description, at: now, policy: policy) }
+        let record = update(hop.endpoint) { $0.failed(reply.description, at: now, policy: policy) }
         if let until = record.cooldownUntil, record.failures >= policy.threshold {
             logger.warning("MX host cooling down", metadata: [
-                "mx": "\(host)", "failures": "\(record.failures)", "until_ms": "\(until)", "reply": "\(reply)",
+                "mx": "\(hop)", "failures": "\(record.failures)", "until_ms": "\(until)", "reply": "\(reply)",
             ])
         }
     }

@@ -69,6 +69,10 @@ final class CountingDNS: DNSResolver, @unchecked Sendable {
             return Rig(store: store, clock: clock, dns: dns, book: book, scheduler: scheduler, sink: sink, group: group)
         }
 
+        /// The breaker's keys (address and port): the dead and the live endpoint.
+        var down: String { "[127.0.0.2]:\(sink.port)" }
+        var up: String { "[127.0.0.1]:\(sink.port)" }
+
         func submit(_ rcpt: String) async throws {
             let domain = String(rcpt.split(separator: "@")[1])
             _ = try await store.insertMessage(NewMessage(
@@ -97,16 +101,16 @@ final class CountingDNS: DNSResolver, @unchecked Sendable {
             rig.clock.advance(ms: 1_000)
         }
         #expect(try rig.lastReply("u@down.test").hasPrefix("deferred 451"))
-        let opened = try #require(rig.book.record(for: "mx.down.test"))
+        let opened = try #require(rig.book.record(for: rig.down))
         #expect(opened.failures == 3 && opened.cooldownUntil == rig.clock.now() - 1_000 + 60_000)
         // While it cools down nobody connects: the recipient is deferred with the reason.
         await rig.scheduler.runDue()
-        #expect(rig.book.record(for: "mx.down.test")?.failures == 3)
+        #expect(rig.book.record(for: rig.down)?.failures == 3)
         #expect(try rig.lastReply("u@down.test").contains("cooling down after repeated failures"))
         // After the cool-down it is tried again (and, still down, cools down twice as long).
         rig.clock.advance(ms: 60_000)
         await rig.scheduler.runDue()
-        let again = try #require(rig.book.record(for: "mx.down.test"))
+        let again = try #require(rig.book.record(for: rig.down))
         #expect(again.failures == 4 && again.cooldownUntil == rig.clock.now() + 120_000)
         // The table behind `tern stats routes` says so (written through the group commit).
         var stored: [StoredHostHealth] = []
@@ -115,7 +119,7 @@ final class CountingDNS: DNSResolver, @unchecked Sendable {
             if stored.first?.failures == 4 { break }
             try await Task.sleep(for: .milliseconds(10))
         }
-        #expect(stored.map(\.host) == ["mx.down.test"] && stored.first?.failures == 4)
+        #expect(stored.map(\.host) == [rig.down] && stored.first?.failures == 4)
         #expect(stored.first?.lastError?.hasPrefix("451") == true || stored.first?.lastError?.hasPrefix("421") == true)
         await rig.close()
     }
@@ -126,12 +130,12 @@ final class CountingDNS: DNSResolver, @unchecked Sendable {
         await rig.scheduler.runDue()
         // mx-a (first) failed, mx-b delivered.
         #expect(try rig.lastReply("a@ok.test").hasPrefix("delivered 250"))
-        #expect(rig.book.record(for: "mx-a.ok.test")?.failures == 1 && rig.book.record(for: "mx-b.ok.test")?.successes == 1)
+        #expect(rig.book.record(for: rig.down)?.failures == 1 && rig.book.record(for: rig.up)?.successes == 1)
         // Next message: mx-b goes first (fewer failures at the same preference), mx-a is not tried.
         try await rig.submit("b@ok.test")
         await rig.scheduler.runDue()
         #expect(try rig.lastReply("b@ok.test").hasPrefix("delivered 250"))
-        #expect(rig.book.record(for: "mx-a.ok.test")?.failures == 1)
+        #expect(rig.book.record(for: rig.down)?.failures == 1)
         #expect(rig.sink.connections == 2)
         // One DNS question for both messages: the second plan read the SQLite cache.
         #expect(rig.dns.mxQueries == 1)

@@ -5,6 +5,7 @@ import Foundation
 import GRDB
 import Testing
 @testable import TernListener
+import TernProtocol
 @testable import TernStore
 
 @Suite(.serialized) struct ListenerTests {

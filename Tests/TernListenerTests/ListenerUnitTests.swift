@@ -28,6 +28,11 @@ import TernStore
 
 @Suite struct HandlerTests {
     func makeHandler(_ edit: (inout SMTPServerHandler.Settings) -> Void = { _ in }) throws -> (EmbeddedChannel, SessionRegistry, Store) {
+        let (c, r, s, _) = try makeHandlerKeepingIt(edit)
+        return (c, r, s)
+    }
+
+    func makeHandlerKeepingIt(_ edit: (inout SMTPServerHandler.Settings) -> Void = { _ in }) throws -> (EmbeddedChannel, SessionRegistry, Store, SMTPServerHandler) {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("tern-lt-\(UUID().uuidString)/t.sqlite").path
         let store = try Store(path: path)
         var logger = Logger(label: "t")
@@ -41,7 +46,7 @@ import TernStore
                                         intake: Intake(store: store, hostname: "mx.test", logger: logger), registry: registry,
                                         logger: logger, onClose: {})
         let channel = EmbeddedChannel(handler: handler)
-        return (channel, registry, store)
+        return (channel, registry, store, handler)
     }
 
     func output(_ channel: EmbeddedChannel) throws -> String {
@@ -61,6 +66,33 @@ import TernStore
         channel.embeddedEventLoop.run()
         #expect(!channel.isActive) // closed after QUIT; the NOOP after it was never answered
         #expect(registry.count == 0)
+    }
+
+    /// Issue 15: a client pipelining HELP without reading the replies grew
+    /// the server to 1.1 GB. While the outbound buffer is over its high-water
+    /// mark (the channel is not writable) no command is decoded and reading
+    /// stops; once the client reads, the session goes on where it stopped.
+    @Test func unreadRepliesStopDecodingAndReading() throws {
+        let (channel, _, store, handler) = try makeHandlerKeepingIt { $0.session.maxJunkCommands = .max }
+        defer { store.close() }
+        try channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 25)).wait()
+        _ = try output(channel)
+        try channel.writeInbound(ByteBuffer(string: "NOOP\r\n"))
+        #expect(try output(channel) == "250 2.0.0 Ok\r\n")
+        channel.isWritable = false
+        let flood = String(repeating: "HELP\r\n", count: 1000)
+        try channel.writeInbound(ByteBuffer(string: flood))
+        #expect(try output(channel) == "") // nothing decoded, nothing queued
+        #expect(handler.readingPaused)
+        // More input while blocked is held, not answered; reading stays off.
+        try channel.writeInbound(ByteBuffer(string: String(repeating: "HELP\r\n", count: 20_000)))
+        #expect(try output(channel) == "")
+        #expect(handler.readingPaused)
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        let replies = try output(channel).components(separatedBy: "\r\n").filter { $0.hasPrefix("214 ") }
+        #expect(replies.count == 21_000)
+        #expect(!handler.readingPaused)
     }
 
     @Test func idleTimeoutFiresOnTheLoopClock() throws {

@@ -191,13 +191,26 @@ import Glibc
         let b = Hop(host: "b.mx", port: 25, address: IPAddress("192.0.2.2")!, preference: 10)
         let b6 = Hop(host: "b.mx", port: 25, address: IPAddress("2001:db8::2")!, preference: 10)
         let c = Hop(host: "c.mx", port: 25, address: IPAddress("192.0.2.3")!, preference: 20)
-        let records = ["a.mx": HostRecord(failures: 2), "c.mx": HostRecord(failures: 5, cooldownUntil: 1_000)]
+        let records = [a.endpoint: HostRecord(failures: 2), c.endpoint: HostRecord(failures: 5, cooldownUntil: 1_000)]
         let (usable, skipped) = Breaker.arrange([a, b, b6, c], records: records, now: 500)
         #expect(usable == [b, b6, a])   // b is healthier than a at the same preference; c is cooling down
         #expect(skipped.map(\.hop) == [c] && skipped[0].until == 1_000)
         // A worse host of a better preference still comes before a lower preference.
         let later = Breaker.arrange([a, b, c], records: records, now: 2_000)
         #expect(later.usable == [b, a, c] && later.skipped.isEmpty)
+    }
+
+    /// Issue 15: a dead 127.0.0.1:9 tripped the breaker for "127.0.0.1", and
+    /// a healthy route to 127.0.0.1:2626 then deferred everything. Health is
+    /// kept per address and port.
+    @Test func aDeadPortDoesNotCoolDownTheAddressesOtherPorts() {
+        let dead = Hop(host: "127.0.0.1", port: 9, address: IPAddress("127.0.0.1")!)
+        let live = Hop(host: "127.0.0.1", port: 2626, address: IPAddress("127.0.0.1")!)
+        #expect(dead.endpoint == "[127.0.0.1]:9")
+        let records = [dead.endpoint: HostRecord(failures: 9, cooldownUntil: 10_000)]
+        let (usable, skipped) = Breaker.arrange([live], records: records, now: 500)
+        #expect(usable == [live] && skipped.isEmpty)
+        #expect(Breaker.arrange([dead], records: records, now: 500).usable.isEmpty)
     }
 
     final class CountingResolver: DNSResolver, @unchecked Sendable {
