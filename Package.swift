@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "CTernSystem", path: "Sources/CTernSystem", linkerSettings: [.linkedLibrary("sqlite3")]),
         // Delivery: the DeliveryAgent protocol and the SwiftNIO SMTP client.
         .target(name: "TernDelivery", dependencies: [
-            "TernProtocol", "TernRouting", nioCore, nioPosix, logging, .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            "TernProtocol", "TernMessage", "TernRouting", nioCore, nioPosix, logging, .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
         // Scheduler: claims, concurrency, retries, expiry, DSNs; delivery only through DeliveryAgent.

@@ -30,6 +30,8 @@ public struct TernSettings: Sendable {
     public var commandTimeout = defaults.commandTimeoutSeconds
     public var dataTimeout = defaults.dataTimeoutSeconds
     public var shutdownGrace = defaults.shutdownGraceSeconds
+    /// `Received:` fields a message may carry (Postfix's hopcount_limit).
+    public var maxHops = 50
     // Delivery
     public var routes: [StaticRoute] = []
     /// DNS servers as HOST:PORT; empty means the system's (/etc/resolv.conf).
@@ -145,7 +147,7 @@ extension TernSettings {
     ]
     static let limitKeys: Set<String> = [
         "max_message_size", "max_recipients", "max_command_line", "max_text_line", "max_errors", "max_connections",
-        "max_connections_per_client", "command_timeout", "data_timeout", "shutdown_grace",
+        "max_connections_per_client", "command_timeout", "data_timeout", "shutdown_grace", "max_hops",
     ]
 
     /// Applies a TOML document on top of these settings.
@@ -269,6 +271,7 @@ extension TernSettings {
             if let v = try int(limits, "command_timeout") { commandTimeout = Int64(v) }
             if let v = try int(limits, "data_timeout") { dataTimeout = Int64(v) }
             if let v = try int(limits, "shutdown_grace") { shutdownGrace = Int64(v) }
+            if let v = try int(limits, "max_hops") { maxHops = v }
         }
         try validate()
     }
@@ -285,6 +288,7 @@ extension TernSettings {
         if maxTextLine < 1000 { throw ConfigError("limits.max_text_line must be at least 1000 (RFC 5321 §4.5.3.1.6)") }
         if maxRecipients < 1 { throw ConfigError("limits.max_recipients must be at least 1") }
         if maxErrors < 1 { throw ConfigError("limits.max_errors must be at least 1") }
+        if maxHops < 2 { throw ConfigError("limits.max_hops must be at least 2") }
         if maxConnections < 1 || maxConnectionsPerClient < 1 { throw ConfigError("connection limits must be at least 1") }
         if commandTimeout < 1 || dataTimeout < 1 { throw ConfigError("timeouts must be at least 1 second") }
         if hostname.isEmpty { throw ConfigError("hostname must not be empty") }

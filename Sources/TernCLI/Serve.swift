@@ -120,9 +120,11 @@ struct Serve: AsyncParsableCommand {
         client.connectTimeout = settings.connectTimeout
         client.tlsPolicy = settings.tlsPolicy
         client.tlsCAFile = settings.tlsCAFile
+        client.maxHops = settings.maxHops
+        let own = OwnEndpoints()
         let agent: SMTPDeliveryAgent
         do {
-            agent = try SMTPDeliveryAgent(router: router, config: client, group: group, health: health, logger: logger)
+            agent = try SMTPDeliveryAgent(router: router, config: client, group: group, health: health, own: own, logger: logger)
         } catch {
             throw fail("TLS set-up failed: \(error)", code: 78)
         }
@@ -150,8 +152,9 @@ struct Serve: AsyncParsableCommand {
         // (leased in the intake transaction); beyond its limits, and with
         // --no-deliver, mail is queued and claimed the usual way.
         let intake = Intake(store: store, hostname: settings.hostname, logger: logger,
-                            handoff: settings.deliver ? scheduler : nil, onAccepted: { scheduler.wake() })
+                            handoff: settings.deliver ? scheduler : nil, maxHops: settings.maxHops, onAccepted: { scheduler.wake() })
         var listenerConfig = settings.listenerConfig
+        listenerConfig.onBound = { own.set($0) }
         if let cert = settings.tlsCert, let key = settings.tlsKey {
             do {
                 listenerConfig.tls = try ServerTLS(certificate: cert, key: key)

@@ -10,6 +10,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
+import TernMessage
 import TernProtocol
 import TernRouting
 
@@ -42,6 +43,9 @@ public struct ClientConfig: Sendable {
     public var dataBlockTimeout: Int64 = 180
     public var dataEndTimeout: Int64 = 600
     public var quitTimeout: Int64 = 10
+    /// `Received:` fields a queued message may carry before it is bounced
+    /// as a mail loop instead of sent (5.4.6, as intake's limit).
+    public var maxHops: Int = 50
 
     public init(heloName: String) { self.heloName = heloName }
 
@@ -58,6 +62,42 @@ enum OpenResult {
     case failure(SMTPReply)
     /// STARTTLS was tried and failed (`may` retries the hop in plaintext).
     case tlsFailure(SMTPReply)
+    /// The server is ourselves (it greets or answers EHLO with our name).
+    case loop(SMTPReply)
+}
+
+/// The addresses Tern itself listens on, so that delivery never connects
+/// to itself (Postfix: "mail for D loops back to myself").
+public final class OwnEndpoints: Sendable {
+    private let box = NIOLockedValueBox<(listeners: [(address: IPAddress?, port: Int)], local: [IPAddress])>(([], []))
+
+    public init() {}
+
+    /// The listeners' bound addresses; a wildcard (0.0.0.0, ::) stands for
+    /// every address of this machine's interfaces and loopback.
+    public func set(_ bound: [SocketAddress]) {
+        let listeners: [(address: IPAddress?, port: Int)] = bound.compactMap { a in
+            guard let port = a.port, let text = a.ipAddress, let ip = IPAddress(text) else { return nil }
+            return (ip.isUnspecified ? nil : ip.unmapped, port)
+        }
+        var local: [IPAddress] = []
+        if listeners.contains(where: { $0.address == nil }) {
+            local = ((try? System.enumerateDevices()) ?? []).compactMap { $0.address?.ipAddress.flatMap(IPAddress.init)?.unmapped }
+        }
+        box.withLockedValue { $0 = (listeners, local) }
+    }
+
+    /// Whether connecting to `address`:`port` reaches one of our listeners.
+    public func contains(_ address: IPAddress, port: Int) -> Bool {
+        let ip = address.unmapped
+        return box.withLockedValue { own in
+            own.listeners.contains { l in
+                guard l.port == port else { return false }
+                guard let a = l.address else { return ip.isLoopback || own.local.contains(ip) }
+                return a == ip
+            }
+        }
+    }
 }
 
 /// TLS contexts, made once per agent (loading roots is not cheap).
@@ -101,7 +141,10 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
 
     var startedMessageID: Int64? { started?.messageID }
 
-    private init(channel: Channel, handler: NIOLoopBound<SMTPReplyHandler>, config: ClientConfig, hop: Hop) {
+    let logger: Logger?
+
+    private init(channel: Channel, handler: NIOLoopBound<SMTPReplyHandler>, config: ClientConfig, hop: Hop, logger: Logger?) {
+        self.logger = logger
         self.channel = channel
         self.handler = handler
         self.config = config
@@ -113,7 +156,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
 
     /// Connects, reads the greeting and introduces itself. On failure, the
     /// reply to record (4xx: try the next hop).
-    static func open(_ hop: Hop, config: ClientConfig, tls: TLSContexts?, group: EventLoopGroup) async -> OpenResult {
+    static func open(_ hop: Hop, config: ClientConfig, tls: TLSContexts?, group: EventLoopGroup, logger: Logger? = nil) async -> OpenResult {
         let channel: Channel
         let handler: NIOLoopBound<SMTPReplyHandler>
         do {
@@ -139,15 +182,28 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         } catch {
             return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "connect to \(hop) failed: \(error)"))
         }
-        let c = SMTPClientConnection(channel: channel, handler: handler, config: config, hop: hop)
+        let c = SMTPClientConnection(channel: channel, handler: handler, config: config, hop: hop, logger: logger)
         do {
             let greeting = try await c.expect(config.greetingTimeout)
             guard greeting.code == 220 else {
                 await c.close()
-                return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "\(hop) greeted with: \(greeting)"))
+                return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "\(hop) greeted with: \(greeting.keepingText(400))"))
+            }
+            // A server that greets with our own name is us (RFC 5321 §6.3).
+            if ClientProtocol.firstWord(greeting).lowercased() == config.heloName.lowercased() {
+                await c.close()
+                return .loop(SMTPReply(554, .routingLoop, "mail for \(hop.host) loops back to myself (\(hop) greets as \(config.heloName))"))
             }
             let ehlo = try await c.exchange(["EHLO \(config.heloName)"], config.ehloTimeout)[0]
+            guard ClientStep.ehlo.accepts(ehlo) else {
+                await c.abort()
+                return .failure(c.outOfStep(.ehlo, ehlo))
+            }
             if ehlo.code == 250 {
+                if ClientProtocol.firstWord(ehlo).lowercased() == config.heloName.lowercased() {
+                    await c.close()
+                    return .loop(SMTPReply(554, .routingLoop, "mail for \(hop.host) loops back to myself (\(hop) answers EHLO as \(config.heloName))"))
+                }
                 c.capabilities = ServerCapabilities(ehloReply: ehlo)
             } else {
                 let helo = try await c.exchange(["HELO \(config.heloName)"], config.ehloTimeout)[0]
@@ -236,6 +292,11 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         [ClientProtocol.mailCommand(env, caps)] + env.recipients.map { ClientProtocol.rcptCommand($0, caps) }
     }
 
+    /// What MAIL and each RCPT of a transaction answer.
+    private static func transactionSteps(_ env: ClientEnvelope) -> [ClientStep] {
+        [.mail] + Array(repeating: .rcpt, count: env.recipients.count)
+    }
+
     /// The reply timeouts of a pipelined group of `lines` followed by DATA.
     private func groupTimeouts(_ lines: [String]) -> [Int64] {
         lines.map { $0 == "RSET" || $0.hasPrefix("MAIL") ? config.mailTimeout : config.rcptTimeout } + [config.dataInitTimeout]
@@ -314,6 +375,32 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         await send(message, next: nil)
     }
 
+    /// The deferral for replies that do not fit their commands: the
+    /// session is out of step, so no reply on it can be trusted.
+    func outOfStep(_ step: ClientStep, _ reply: SMTPReply) -> SMTPReply {
+        SMTPReply(451, EnhancedStatus(4, 5, 0),
+                  "\(context.mxHost ?? "server") answered \(step) with \"\(reply.keepingText(200))\": replies out of step with commands; connection closed")
+    }
+
+    /// The first reply that cannot answer its step, if any.
+    private static func misfit(_ replies: [SMTPReply], _ steps: [ClientStep]) -> (ClientStep, SMTPReply)? {
+        for (reply, step) in zip(replies, steps) where !step.accepts(reply) { return (step, reply) }
+        return nil
+    }
+
+    /// Ends a session whose replies are out of step: every recipient of
+    /// the message without a certain final reply is deferred, the
+    /// connection dropped (issue 15: a peer answering pipelined commands
+    /// out of order had 300 recipients counted delivered on a 354).
+    private func abandon(_ env: ClientEnvelope, _ results: inout [Int64: RecipientOutcome], _ step: ClientStep, _ reply: SMTPReply) async {
+        let deferral = outOfStep(step, reply)
+        logger?.warning("replies out of step; connection closed", metadata: ["mx": "\(context.mxHost ?? "?")", "step": "\(step)",
+                                                                           "reply": "\(reply.keepingText(200))"])
+        for r in env.recipients { results[r.id] = .deferred(deferral) }
+        started = nil
+        await abort()
+    }
+
     func send(_ message: OutboundMessage, next: OutboundMessage?) async -> [Int64: RecipientOutcome] {
         let env = message.envelope
         var results: [Int64: RecipientOutcome] = [:]
@@ -331,6 +418,14 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             for r in env.recipients { results[r.id] = .bounced(refusal) }
             return results
         }
+        // A message that has made too many hops is looping: bounce it.
+        let hops = message.body.withUnsafeBytes { HeaderBlock.count("Received", in: $0) }
+        if hops > config.maxHops {
+            let reply = SMTPReply(554, .routingLoop, "too many hops (\(hops) Received: headers); mail loop?")
+            for r in env.recipients { results[r.id] = .bounced(reply) }
+            if early != nil { await abort() } // the server waits for this message's content
+            return results
+        }
         let caps = capabilities
         var phase = "MAIL"
         do {
@@ -344,21 +439,36 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 // RFC 2920: RSET, MAIL, RCPT… and DATA in one group.
                 let lines = (openTransaction ? ["RSET"] : []) + SMTPClientConnection.transactionCommands(env, caps)
                 var replies = try await exchange(lines + ["DATA"], timeouts: groupTimeouts(lines))
+                let steps = (openTransaction ? [ClientStep.rset] : []) + SMTPClientConnection.transactionSteps(env) + [.data]
+                if let (step, reply) = SMTPClientConnection.misfit(replies, steps) {
+                    await abandon(env, &results, step, reply)
+                    return results
+                }
                 if lines.first == "RSET" { replies.removeFirst() }
                 mailReply = replies.removeFirst()
                 rcptReplies = Array(replies.prefix(env.recipients.count))
                 dataReply = replies.last
             } else {
-                if openTransaction { _ = try await exchange(["RSET"], config.mailTimeout) }
-                mailReply = try await exchange([ClientProtocol.mailCommand(env, caps)], config.mailTimeout)[0]
+                // One command at a time, each reply checked against its command.
+                func step(_ line: String, _ kind: ClientStep, _ timeout: Int64) async throws -> SMTPReply? {
+                    let reply = try await exchange([line], timeout)[0]
+                    if kind.accepts(reply) { return reply }
+                    await abandon(env, &results, kind, reply)
+                    return nil
+                }
+                if openTransaction { guard try await step("RSET", .rset, config.mailTimeout) != nil else { return results } }
+                guard let m = try await step(ClientProtocol.mailCommand(env, caps), .mail, config.mailTimeout) else { return results }
+                mailReply = m
                 if mailReply.code == 250 {
                     phase = "RCPT"
                     for r in env.recipients {
-                        rcptReplies.append(try await exchange([ClientProtocol.rcptCommand(r, caps)], config.rcptTimeout)[0])
+                        guard let reply = try await step(ClientProtocol.rcptCommand(r, caps), .rcpt, config.rcptTimeout) else { return results }
+                        rcptReplies.append(reply)
                     }
                     if rcptReplies.contains(where: { $0.code / 100 == 2 }) {
                         phase = "DATA"
-                        dataReply = try await exchange(["DATA"], config.dataInitTimeout)[0]
+                        guard let d = try await step("DATA", .data, config.dataInitTimeout) else { return results }
+                        dataReply = d
                     }
                 }
             }
@@ -397,6 +507,14 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 timeouts += groupTimeouts(nextLines)
             }
             let (replies, fault) = await sendAndGather(payload, timeouts: timeouts)
+            // Every reply of the group must fit its command: if one does not,
+            // the server answered out of order and the first reply may not be
+            // the answer to this final dot (RFC 2920 §3.1).
+            let steps = [ClientStep.endOfData] + (nextLines.isEmpty ? [] : SMTPClientConnection.transactionSteps(next!.envelope) + [.data])
+            if let (step, reply) = SMTPClientConnection.misfit(replies, steps) {
+                await abandon(env, &results, step, reply)
+                return results
+            }
             // This message's reply counts even if the next one's group then
             // failed: recording it deferred would deliver it twice.
             guard let final = replies.first else { throw fault ?? ClientFault.closed }
@@ -447,9 +565,12 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
     let logger: Logger
     let tls: TLSContexts?
     let health: (any HostHealth)?
+    /// Where Tern itself listens: never a next hop.
+    public let own: OwnEndpoints
 
     public init(router: Router, config: ClientConfig, group: EventLoopGroup, health: (any HostHealth)? = nil,
-                logger: Logger = Logger(label: "tern.delivery")) throws {
+                own: OwnEndpoints = OwnEndpoints(), logger: Logger = Logger(label: "tern.delivery")) throws {
+        self.own = own
         self.router = router
         self.config = config
         self.group = group
@@ -470,16 +591,28 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
                 return .failed(reply, AttemptContext(mxHost: first.hop.host))
             }
             var last: (SMTPReply, AttemptContext)? = nil
-            for hop in hops {
-                var result = await SMTPClientConnection.open(hop, config: config, tls: tls, group: group)
+            hopLoop: for hop in hops {
+                if own.contains(hop.address, port: hop.port) {
+                    // Postfix's rule: hosts from ourselves on are not tried. With a
+                    // better hop tried and failed, wait for it; else the mail loops.
+                    logger.warning("next hop is this server", metadata: ["mx": "\(hop)", "domain": "\(domain)"])
+                    if last != nil { break hopLoop }
+                    return .failed(SMTPReply(554, .routingLoop, "mail for \(domain) loops back to myself (\(hop) is where this server listens)"),
+                                   AttemptContext(mxHost: hop.host, mxAddress: hop.address.description))
+                }
+                var result = await SMTPClientConnection.open(hop, config: config, tls: tls, group: group, logger: logger)
                 if case .tlsFailure(let reply) = result, config.tlsPolicy == .may {
                     // Opportunistic TLS: a broken handshake is no reason not to deliver.
                     logger.info("STARTTLS failed; retrying in plaintext", metadata: ["mx": "\(hop)", "reply": "\(reply)"])
                     var plain = config
                     plain.tlsPolicy = .none
-                    result = await SMTPClientConnection.open(hop, config: plain, tls: nil, group: group)
+                    result = await SMTPClientConnection.open(hop, config: plain, tls: nil, group: group, logger: logger)
                 }
                 switch result {
+                case .loop(let reply):
+                    logger.warning("next hop is this server", metadata: ["mx": "\(hop)", "reply": "\(reply)"])
+                    if last != nil { break hopLoop }
+                    return .failed(reply, AttemptContext(mxHost: hop.host, mxAddress: hop.address.description))
                 case .success(let c):
                     health?.succeeded(hop)
                     return .connected(c)

@@ -3,6 +3,7 @@
 // (RFC 2920 §3.1: replies come in command order). Each wait has a deadline;
 // a missed one fails every waiter and closes the connection.
 
+import Foundation
 import NIOCore
 import TernProtocol
 
@@ -29,7 +30,11 @@ final class SMTPReplyHandler: ChannelInboundHandler {
     typealias ReplyCallback = (Result<SMTPReply, ClientFault>) -> Void
 
     private var waiting = CircularBuffer<(done: ReplyCallback, timeout: TimeAmount)>()
+    /// The greeting, when it arrives before anyone waits for it. After the
+    /// greeting every reply must answer a command we sent: one that comes
+    /// unasked means the server is out of step (see `deliver`).
     private var early = CircularBuffer<SMTPReply>()
+    private var greeted = false
     private var failure: ClientFault? = nil
     private var context: ChannelHandlerContext? = nil
     /// When the oldest waiter's reply is due: its timeout counts from when
@@ -54,7 +59,7 @@ final class SMTPReplyHandler: ChannelInboundHandler {
     /// Callbacks rather than promises: a pipelined group gathers its replies
     /// without a future, a promise and a callback list per reply.
     func expect(timeout: TimeAmount, loop: EventLoop, _ done: @escaping ReplyCallback) {
-        if let r = early.popFirst() { done(.success(r)); return }
+        if let r = early.popFirst() { greeted = true; done(.success(r)); return }
         if let f = failure { done(.failure(f)); return }
         waiting.append((done, timeout))
         if waiting.count == 1 { due(loop.now + timeout, loop: loop) }
@@ -93,12 +98,18 @@ final class SMTPReplyHandler: ChannelInboundHandler {
             if line.hasSuffix("\r") { line.removeLast() }
             do {
                 if let reply = try parser.feed(line) { deliver(reply) }
+            } catch ReplyParser.Failure.tooLong {
+                fail(.protocolError("reply longer than \(ReplyParser.maxLines) lines or \(ReplyParser.maxBytes) octets"))
+                return
             } catch {
-                fail(.protocolError("bad reply line: \(line.prefix(80))"))
+                fail(.protocolError("bad reply line: \(SMTPReplyHandler.printable(line.prefix(80)))"))
                 return
             }
+            if failure != nil { return }
         }
-        if buffer.readableBytes > 64 * 1024 { fail(.protocolError("reply line too long")) }
+        // RFC 5321 §4.5.3.1.5 allows 512 octets a reply line; some servers
+        // send more, none sends 4 KiB.
+        if buffer.readableBytes > SMTPReplyHandler.maxLineBytes { fail(.protocolError("reply line too long")); return }
         buffer.discardReadBytes()
     }
 
@@ -111,16 +122,32 @@ final class SMTPReplyHandler: ChannelInboundHandler {
         fail(.protocolError("\(error)"))
     }
 
+    static let maxLineBytes = 4096
+
+    /// Network text for a log line or a stored reason: control characters escaped.
+    static func printable(_ s: Substring) -> String {
+        var out = ""
+        for u in s.unicodeScalars {
+            if u.value < 0x20 || u.value == 0x7F { out += String(format: "\\x%02X", u.value) } else { out.unicodeScalars.append(u) }
+        }
+        return out
+    }
+
     private func deliver(_ reply: SMTPReply) {
         if let w = waiting.popFirst() {
+            greeted = true
             if let next = waiting.first, let loop = context?.eventLoop {
                 due(loop.now + next.timeout, loop: loop)
             } else {
                 deadline = nil
             }
             w.done(.success(reply))
+        } else if !greeted && early.isEmpty {
+            early.append(reply) // the greeting, before open() waits for it
         } else {
-            early.append(reply)
+            // A reply nobody asked for: whatever comes next would be taken
+            // as the answer to the wrong command.
+            fail(.protocolError("unsolicited reply: \(reply.keepingText(200))"))
         }
     }
 

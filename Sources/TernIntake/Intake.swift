@@ -24,6 +24,9 @@ public final class Intake: Sendable {
     let logger: Logger
     let onAccepted: @Sendable () -> Void
     let handoff: (any IntakeHandoff)?
+    /// `Received:` fields a message may carry, ours included (Postfix's
+    /// hopcount_limit): one more is a mail loop, refused with 554 5.4.6.
+    public let maxHops: Int
 
     /// `clock` returns Unix milliseconds (injected so tests control time);
     /// `onAccepted` runs after each commit that queued recipients the usual
@@ -31,8 +34,9 @@ public final class Intake: Sendable {
     /// the messages it has room for straight from memory.
     public init(store: Store, hostname: String, logger: Logger = Logger(label: "tern.intake"),
                 clock: @escaping @Sendable () -> Int64 = { nowMillis() }, handoff: (any IntakeHandoff)? = nil,
-                onAccepted: @escaping @Sendable () -> Void = {}) {
+                maxHops: Int = 50, onAccepted: @escaping @Sendable () -> Void = {}) {
         self.store = store
+        self.maxHops = maxHops
         self.hostname = hostname
         self.logger = logger
         self.clock = clock
@@ -54,6 +58,17 @@ public final class Intake: Sendable {
 
     private func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?, retries: Int,
                         loop: (any EventLoop)?, completion: @escaping @Sendable (CommitOutcome) -> Void) {
+        // RFC 5321 §6.3: count the hops; ours makes one more.
+        let hops = body.withUnsafeReadableBytes { HeaderBlock.count("Received", in: $0) } + 1
+        if hops > maxHops {
+            logger.warning("mail loop: too many hops", metadata: [
+                "hops": "\(hops)", "from": "<\(envelope.mailFrom?.address ?? "")>", "peer": "\(envelope.clientAddress)",
+            ])
+            let refusal = CommitOutcome.rejected(SMTPReply(554, .routingLoop, "Error: too many hops (\(hops) Received: headers); mail loop?"))
+            // Never inside the caller's own call: the session expects the outcome later.
+            if let loop { loop.execute { completion(refusal) } } else { completion(refusal) }
+            return
+        }
         var prepared = prepare(envelope, body: body, origin: origin, authUser: authUser)
         prepared.lease = handoff?.reserve(prepared)
         let message = prepared

@@ -46,6 +46,9 @@ public struct ListenerConfig: Sendable {
     public var tls: ServerTLS? = nil
     /// Checks AUTH credentials; without one AUTH is not offered and submission listeners refuse MAIL.
     public var authenticator: (any Authenticator)? = nil
+    /// Told the bound addresses once every listener is bound (delivery
+    /// uses them never to connect to this server itself).
+    public var onBound: (@Sendable ([SocketAddress]) -> Void)? = nil
 
     public init(session: SessionConfig) { self.session = session }
 }
@@ -99,6 +102,7 @@ public final class SMTPListener: Service, Sendable {
                 "address": "\(channel.localAddress.map { "\($0)" } ?? "?")", "role": "\(address.role.rawValue)",
             ])
         }
+        config.onBound?(boundAddresses)
     }
 
     private func bootstrap(_ settings: SMTPServerHandler.Settings) -> ServerBootstrap {

@@ -106,6 +106,20 @@ public struct HeaderBlock: Sendable {
         return found
     }
 
+    /// How many fields of the header section are called `name`: the hop
+    /// count is the number of `Received:` fields (RFC 5321 §6.3: a loop is
+    /// detected by counting them).
+    public static func count(_ name: String, in bytes: UnsafeRawBufferPointer) -> Int {
+        let wanted = Array(name.utf8)
+        var n = 0
+        _ = forEachField(in: bytes) { field, _ in
+            if field.count == wanted.count,
+               zip(wanted, UnsafeRawBufferPointer(rebasing: bytes[field])).allSatisfy({ asciiLower($0) == asciiLower($1) }) { n += 1 }
+            return true
+        }
+        return n
+    }
+
     private static func asciiLower(_ b: UInt8) -> UInt8 { b >= 65 && b <= 90 ? b | 0x20 : b }
 
     /// The first field with this name (case-insensitive).

@@ -15,10 +15,25 @@ import Darwin
 public struct ReplyParser: Sendable {
     private var code: Int? = nil
     private var lines: [String] = []
+    private var bytes = 0
 
     public init() {}
 
-    public enum Failure: Error, Equatable { case malformed(String) }
+    public enum Failure: Error, Equatable {
+        case malformed(String)
+        /// More than `maxLines` lines or `maxBytes` octets in one reply: a
+        /// hostile or broken server (endless `250-` lines) is cut off
+        /// instead of buffered until the reply timeout.
+        case tooLong
+    }
+
+    /// Lines in one reply (an EHLO reply has a dozen; 100 is generous).
+    public static let maxLines = 100
+    /// Octets of text in one reply.
+    public static let maxBytes = 16 * 1024
+    /// Octets of a reply's text that are stored (`attempt.text`,
+    /// `recipient.last_text`, event details and DSNs): the rest is cut, marked "…".
+    public static let keptTextBytes = 1000
 
     /// Feeds one line (without CRLF); returns a reply when this line ends one.
     /// Reads the line's UTF-8 in place: a delivery parses four replies per
@@ -37,9 +52,11 @@ public struct ReplyParser: Sendable {
         if let current = code, current != c { throw Failure.malformed(line) }
         code = c
         guard separator == 32 || separator == UInt8(ascii: "-") else { throw Failure.malformed(line) }
+        bytes += line.utf8.count
+        guard lines.count < ReplyParser.maxLines, bytes <= ReplyParser.maxBytes else { throw Failure.tooLong }
         lines.append(line.utf8.count > 4 ? String(line[line.utf8.index(line.startIndex, offsetBy: 4)...]) : "")
         if separator == UInt8(ascii: "-") { return nil }
-        defer { code = nil; lines = [] }
+        defer { code = nil; lines = []; bytes = 0 }
         return ReplyParser.make(c, lines)
     }
 
@@ -53,6 +70,60 @@ public struct ReplyParser: Sendable {
             return String(l[rest...])
         }
         return SMTPReply(code, e, lines: texts)
+    }
+}
+
+extension SMTPReply {
+    /// The reply with its lines cut to `limit` octets of text in all (whole
+    /// lines kept while they fit, the cut marked with "…"), so that what a
+    /// remote server says cannot grow rows and bounces without bound.
+    public func keepingText(_ limit: Int) -> SMTPReply {
+        var total = 0
+        var kept: [String] = []
+        for line in lines {
+            let n = line.utf8.count
+            if total + n > limit {
+                var cut = Substring(line)
+                while cut.utf8.count > max(0, limit - total) { cut = cut.dropLast() }
+                kept.append(String(cut) + "…")
+                return SMTPReply(code, enhanced, lines: kept)
+            }
+            total += n
+            kept.append(line)
+        }
+        return self
+    }
+}
+
+/// What a reply answers: the client checks each reply against its command.
+public enum ClientStep: Sendable, Equatable {
+    case greeting, ehlo, helo, startTLS, mail, rcpt, data, endOfData, rset, quit
+
+    /// Whether `reply` can be the answer to this step (RFC 5321 §4.3.2's
+    /// sequences). A reply that cannot means the session is out of step
+    /// (a server that answers pipelined commands out of order, or says
+    /// things nobody asked): the client must stop trusting its replies.
+    /// - DATA is answered 354 or an error, never 2xx;
+    /// - nothing but DATA is answered 3xx;
+    /// - the end of data is not answered with an address status (X.1.Y:
+    ///   that is a MAIL or RCPT reply arriving in its place).
+    public func accepts(_ reply: SMTPReply) -> Bool {
+        let klass = reply.code / 100
+        switch self {
+        case .greeting:
+            return reply.code == 220 || klass == 4 || klass == 5
+        case .startTLS:
+            return reply.code == 220 || klass == 4 || klass == 5
+        case .data:
+            return reply.code == 354 || klass == 4 || klass == 5
+        case .endOfData:
+            if klass == 2, let e = reply.enhanced, e.subject == 1 { return false }
+            return klass == 2 || klass == 4 || klass == 5
+        case .ehlo, .helo, .mail, .rcpt, .rset:
+            return klass == 2 || klass == 4 || klass == 5
+        case .quit:
+            return true
+        }
     }
 }
 
@@ -183,6 +254,12 @@ public enum ClientProtocol {
             if let e = env.envID { s += " ENVID=\(XText.encode(e))" }
         }
         return s
+    }
+
+    /// The first word of a reply's first line: the name a server greets
+    /// with or answers EHLO with (RFC 5321 §4.1.1.1, §4.2).
+    public static func firstWord(_ reply: SMTPReply) -> String {
+        String((reply.lines.first ?? "").prefix { $0 != " " })
     }
 
     /// `RCPT TO:<…>`, passing NOTIFY and ORCPT on to a DSN server (RFC 3461 §5.2).

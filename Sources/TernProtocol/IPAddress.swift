@@ -35,6 +35,15 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
         return self
     }
 
+    /// 0.0.0.0 or :: (a listener on every address).
+    public var isUnspecified: Bool { bytes.allSatisfy { $0 == 0 } }
+
+    /// 127.0.0.0/8 or ::1.
+    public var isLoopback: Bool {
+        let a = unmapped
+        return a.isIPv4 ? a.bytes[0] == 127 : a.bytes == [UInt8](repeating: 0, count: 15) + [1]
+    }
+
     public var description: String {
         if isIPv4 { return bytes.map(String.init).joined(separator: ".") }
         var groups: [UInt16] = []

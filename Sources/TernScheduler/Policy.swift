@@ -90,7 +90,8 @@ public enum Policy {
                               now: Int64, config: PolicyConfig, random: @autoclosure () -> Double) -> Decision {
         let notify = NotifyPolicy(r.notify)
         let canReport = !sender.isEmpty && !notify.never
-        let reply = outcome.reply
+        // What a remote server says is stored bounded (issue 15).
+        let reply = outcome.reply.keepingText(ReplyParser.keptTextBytes)
         func dsn(_ action: DSNAction, status: String, retryUntil: Int64? = nil) -> DSNRecipient {
             // Built only when a DSN is due: most outcomes need none.
             let diagnostic = reply.wireText.trimmingCharacters(in: ["\r", "\n"]).replacingOccurrences(of: "\r\n", with: " ")
@@ -182,7 +183,7 @@ public enum Policy {
 
     public static func attempt(_ outcome: RecipientOutcome, for r: ClaimedRecipient, context ctx: AttemptContext,
                                started: Int64, ended: Int64, category: String?) -> NewAttempt {
-        let reply = outcome.reply
+        let reply = outcome.reply.keepingText(ReplyParser.keptTextBytes)
         let kind: String
         switch outcome {
         case .delivered: kind = "delivered"

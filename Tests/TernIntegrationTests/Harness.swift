@@ -47,11 +47,12 @@ final class TestServer: Sendable {
         let logger = logger ?? { var l = Logger(label: "test"); l.logLevel = .critical; return l }()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         var scheduler: Scheduler? = nil
+        let own = OwnEndpoints()
         if let d = delivery {
             var client = ClientConfig(heloName: "mx.test")
             client.setAllTimeouts(d.clientTimeout)
             let agent = try SMTPDeliveryAgent(router: Router(routes: d.routes, resolver: d.resolver, remotePort: d.remotePort),
-                                          config: client, group: group, logger: logger)
+                                          config: client, group: group, own: own, logger: logger)
             var sc = SchedulerConfig(hostname: "mx.test")
             d.edit(&sc)
             // As `serve` runs it: delivery workers on the event loops.
@@ -65,6 +66,7 @@ final class TestServer: Sendable {
         var config = ListenerConfig(session: session)
         config.listen = [ListenAddress("127.0.0.1", 0)]
         config.shutdownGraceSeconds = 5
+        config.onBound = { own.set($0) } // as `serve` does: delivery never connects to this server
         edit(&config, store)
         let listener = SMTPListener(config: config, intake: intake, group: group, logger: logger)
         try await listener.start()
