@@ -8,8 +8,10 @@ SWIFT_TEST_FLAGS ?=
 .PHONY: run test build release deps test-deps bench migrations clean
 
 ## Build (release) and run the server on its defaults: ./tern-data/tern.sqlite, 127.0.0.1:2525.
+## Other `tern` commands find that database with TERN_DB=$(CURDIR)/tern-data/tern.sqlite.
+TERN_DB ?= $(CURDIR)/tern-data/tern.sqlite
 run: release
-	.build/release/tern serve $(ARGS)
+	TERN_DB=$(TERN_DB) .build/release/tern serve $(ARGS)
 
 ## Build and run every test (unit, integration, interop).
 test: deps test-deps

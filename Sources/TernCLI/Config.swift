@@ -15,7 +15,7 @@ import TernStore
 /// Everything `tern serve` needs, resolved.
 public struct TernSettings: Sendable {
     public var hostname: String = TernSettings.defaultHostname()
-    public var db: String = "./tern-data/tern.sqlite"
+    public var db: String = DatabaseOptions.defaultDatabase
     public var listen: [ListenAddress] = [ListenAddress("127.0.0.1", 2525)]
     public var relayDomains: [String] = []
     public var trustedNetworks: [IPNetwork] = IPNetwork.loopback

@@ -72,6 +72,10 @@ struct Sendmail: AsyncParsableCommand {
         if prepared.body.contains(where: { $0 >= 0x80 }) { params.body = .eightBitMIME }
         let envelope = Envelope(clientAddress: "", helo: "", protocolName: "local", mailFrom: from,
                                 parameters: params, recipients: envelopeRecipients)
+        // Never a new, orphaned queue: the database must be the one `serve` made.
+        guard FileManager.default.fileExists(atPath: settings.db) else {
+            throw fail("no queue at \(settings.db) (is `tern serve` set up? give --db, TERN_DB or --config as it has)", code: 75)
+        }
         let store: Store
         do { store = try Store(path: settings.db) } catch { throw fail("cannot open queue \(settings.db): \(error)", code: 75) }
         defer { store.close() }

@@ -71,6 +71,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (default info).", valueName: "LEVEL"))
     var logLevel: String?
 
+    @Flag(name: .customLong("allow-shared-db"), help: "Start even when the database files are readable by other users (refused otherwise: they hold all mail and password hashes).")
+    var allowSharedDB = false
+
     func resolved() throws -> TernSettings {
         var s = try common.settings()
         if !listen.isEmpty { s.listen = try listen.map(TernSettings.parseListen) }
@@ -97,6 +100,16 @@ struct Serve: AsyncParsableCommand {
         bootstrapLogging(level: settings.logLevel)
         let logger = Logger(label: "tern")
         tuneAllocator(logger)
+        try checkDatabasePrivacy(settings.db, allow: allowSharedDB, logger: logger)
+        // One server per database: a second one would take over the first's
+        // in-flight recipients at start-up and deliver them twice.
+        let lock: ServeLock
+        do { lock = try ServeLock(database: settings.db) } catch let e as ServeLock.Held {
+            throw fail(e.description, code: 75) // EX_TEMPFAIL
+        } catch {
+            throw fail("cannot lock \(settings.db).lock: \(error)", code: 74)
+        }
+        defer { lock.release() }
         let store: Store
         do {
             store = try Store(path: settings.db, logger: logger)
@@ -293,4 +306,52 @@ func tuneAllocator(_ logger: Logger) {
     _ = tern_malloc_thresholds(64 << 20, 128 << 10)
     if tern_sqlite_memstatus_off() == 0 { logger.debug("SQLite already initialised; memory statistics stay on") }
     else { logger.debug("SQLite memory statistics off") }
+}
+
+
+/// An exclusive `flock` on `<database>.lock`, held for the life of `serve`
+/// (the kernel releases it when the process ends, even by SIGKILL). The
+/// file holds the holder's pid, for the error the next one prints. CLI
+/// commands do not take it: they work beside a running server.
+final class ServeLock: Sendable {
+    struct Held: Error, CustomStringConvertible {
+        let database: String
+        let pid: String
+        var description: String {
+            "another `tern serve` (pid \(pid.isEmpty ? "unknown" : pid)) is running on \(database); stop it first (or give this one another --db)"
+        }
+    }
+
+    let fd: Int32
+    let path: String
+
+    init(database: String) throws {
+        path = database + ".lock"
+        let folder = URL(fileURLWithPath: database).deletingLastPathComponent().path
+        if !FileManager.default.fileExists(atPath: folder) {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        }
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let e = errno
+            var buf = [UInt8](repeating: 0, count: 32)
+            let n = pread(fd, &buf, buf.count, 0)
+            close(fd)
+            if e == EWOULDBLOCK {
+                let pid = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                throw Held(database: database, pid: pid)
+            }
+            throw POSIXError(POSIXErrorCode(rawValue: e) ?? .EIO)
+        }
+        let text = Array("\(getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pwrite(fd, text, text.count, 0)
+        self.fd = fd
+    }
+
+    func release() {
+        _ = ftruncate(fd, 0)
+        close(fd) // closing drops the lock
+    }
 }

@@ -19,6 +19,23 @@ public struct TernCommand: AsyncParsableCommand {
         subcommands: [Serve.self, Migrate.self, Sendmail.self, Queue.self, History.self, Stats.self, Suppress.self, Prune.self, User.self, TLS.self, Doctor.self]
     )
     public init() {}
+
+    /// Everything `tern` creates (the database, its WAL and SHM, the lock
+    /// file, keys) is for the user running it alone: mail and password
+    /// hashes are nobody else's business.
+    public static func main() async {
+        umask(0o077)
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// Options every command that opens the database takes.
@@ -26,15 +43,61 @@ struct DatabaseOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("TOML configuration file; flags given here override it.", valueName: "FILE"))
     var config: String?
 
-    @Option(name: .long, help: ArgumentHelp("SQLite database file (default ./tern-data/tern.sqlite; the folder is created).", valueName: "PATH"))
+    @Option(name: .long, help: ArgumentHelp("SQLite database file. Default: $TERN_DB, else the config file's db, else /var/lib/tern/tern.sqlite for root and ~/.local/share/tern/tern.sqlite for others. Only serve and migrate create it.", valueName: "PATH"))
     var db: String?
 
-    /// Defaults ← file ← these flags.
+    /// Defaults ← file ← $TERN_DB ← these flags; the database path made absolute.
     func settings() throws -> TernSettings {
         var s = TernSettings()
-        if let c = config { try s.apply(configFile: c) }
-        if let d = db { s.db = d }
+        var fromFile: String? = nil
+        if let c = config {
+            let before = s.db
+            try s.apply(configFile: c)
+            if s.db != before { fromFile = c }
+        }
+        if let env = ProcessInfo.processInfo.environment["TERN_DB"], !env.isEmpty { s.db = env; fromFile = nil }
+        if let d = db { s.db = d; fromFile = nil }
+        s.db = DatabaseOptions.absolute(s.db, relativeTo: fromFile)
         return s
+    }
+
+    /// Every command must find the database `serve` uses, wherever it runs:
+    /// a relative path is taken from the directory it is given in (the
+    /// config file's for its `db`, the current one for flags and $TERN_DB).
+    static func absolute(_ path: String, relativeTo configFile: String?) -> String {
+        if path.hasPrefix("/") { return URL(fileURLWithPath: path).standardizedFileURL.path }
+        let base = configFile.map { URL(fileURLWithPath: $0).deletingLastPathComponent() }
+            ?? URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
+        return base.appendingPathComponent(path).standardizedFileURL.path
+    }
+
+    /// The built-in database path: absolute, so `tern sendmail` run from any
+    /// directory queues where `tern serve` reads.
+    static var defaultDatabase: String {
+        if getuid() == 0 { return "/var/lib/tern/tern.sqlite" }
+        let env = ProcessInfo.processInfo.environment
+        let data = env["XDG_DATA_HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil }
+            ?? (env["HOME"].map { $0 + "/.local/share" } ?? NSHomeDirectory() + "/.local/share")
+        return data + "/tern/tern.sqlite"
+    }
+}
+
+/// Refuses a database that other users can read (issue 15): every message
+/// and every password hash is in it. `allow` is the operator's explicit yes.
+func checkDatabasePrivacy(_ path: String, allow: Bool, logger: Logger) throws {
+    var folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+    if folder.isEmpty { folder = "/" }
+    for file in [path, path + "-wal", path + "-shm"] {
+        guard let mode = (try? FileManager.default.attributesOfItem(atPath: file))?[.posixPermissions] as? Int else { continue }
+        if mode & 0o077 != 0 {
+            let text = "\(file) is readable by other users (mode \(String(mode, radix: 8))): it holds every message and password hash; chmod 600 it"
+            if allow {
+                logger.warning("\(text) (allowed by --allow-shared-db)")
+            } else {
+                logger.warning("\(text), or start with --allow-shared-db")
+                throw fail("\(text), or start with --allow-shared-db", code: 77) // EX_NOPERM
+            }
+        }
     }
 }
 

@@ -194,11 +194,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 await c.close()
                 return .loop(SMTPReply(554, .routingLoop, "mail for \(hop.host) loops back to myself (\(hop) greets as \(config.heloName))"))
             }
-            let ehlo = try await c.exchange(["EHLO \(config.heloName)"], config.ehloTimeout)[0]
-            guard ClientStep.ehlo.accepts(ehlo) else {
-                await c.abort()
-                return .failure(c.outOfStep(.ehlo, ehlo))
-            }
+            let ehlo = try await c.exchange(["EHLO \(config.heloName)"], config.ehloTimeout, steps: [.ehlo])[0]
             if ehlo.code == 250 {
                 if ClientProtocol.firstWord(ehlo).lowercased() == config.heloName.lowercased() {
                     await c.close()
@@ -206,7 +202,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 }
                 c.capabilities = ServerCapabilities(ehloReply: ehlo)
             } else {
-                let helo = try await c.exchange(["HELO \(config.heloName)"], config.ehloTimeout)[0]
+                let helo = try await c.exchange(["HELO \(config.heloName)"], config.ehloTimeout, steps: [.helo])[0]
                 guard helo.code == 250 else {
                     await c.close()
                     return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "\(hop) refused EHLO and HELO: \(helo)"))
@@ -232,7 +228,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             if policy == .may { return nil }
             return .failure(SMTPReply(451, EnhancedStatus(4, 7, 10), "\(hop) does not offer STARTTLS, which the TLS policy requires"))
         }
-        let reply = try await exchange(["STARTTLS"], config.ehloTimeout)[0]
+        let reply = try await exchange(["STARTTLS"], config.ehloTimeout, steps: [.startTLS])[0]
         guard reply.code == 220 else {
             if policy == .may { return nil }
             return .failure(SMTPReply(451, EnhancedStatus(4, 7, 10), "\(hop) refused STARTTLS: \(reply)"))
@@ -249,7 +245,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 try channel.pipeline.syncOperations.addHandler(ssl, position: .first)
             }.get()
             // RFC 3207 §4.2: forget what was learned before TLS and ask again.
-            let ehlo = try await exchange(["EHLO \(config.heloName)"], config.ehloTimeout)[0]
+            let ehlo = try await exchange(["EHLO \(config.heloName)"], config.ehloTimeout, steps: [.ehlo])[0]
             guard ehlo.code == 250 else { throw ClientFault.protocolError("EHLO after STARTTLS: \(ehlo)") }
             capabilities = ServerCapabilities(ehloReply: ehlo)
             let version = try? await channel.nioSSL_tlsVersion().get()
@@ -273,14 +269,16 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     }
 
     /// Writes the lines in one go and reads one reply per line, in order.
-    private func exchange(_ lines: [String], _ seconds: Int64...) async throws -> [SMTPReply] {
-        try await exchange(lines, timeouts: lines.indices.map { seconds[min($0, seconds.count - 1)] })
+    private func exchange(_ lines: [String], _ seconds: Int64..., steps: [ClientStep]? = nil) async throws -> [SMTPReply] {
+        try await exchange(lines, timeouts: lines.indices.map { seconds[min($0, seconds.count - 1)] }, steps: steps)
     }
 
-    private func exchange(_ lines: [String], timeouts: [Int64]) async throws -> [SMTPReply] {
+    /// With `steps`, each reply is checked against its command as it
+    /// comes; the first that does not fit ends the exchange (`outOfStep`).
+    private func exchange(_ lines: [String], timeouts: [Int64], steps: [ClientStep]? = nil) async throws -> [SMTPReply] {
         var bytes = channel.allocator.buffer(capacity: lines.reduce(0) { $0 + $1.utf8.count + 2 })
         SMTPClientConnection.append(lines, to: &bytes)
-        return try await sendAndExpect(bytes, timeouts: timeouts)
+        return try await sendAndExpect(bytes, timeouts: timeouts, steps: steps)
     }
 
     private static func append(_ lines: [String], to buffer: inout ByteBuffer) {
@@ -315,8 +313,8 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     /// loop. (Awaiting each reply's future from the task instead cost a hop
     /// to the loop per future, even a completed one, to attach the callback,
     /// and a resume of the task for each.)
-    private func sendAndExpect(_ payload: ByteBuffer, timeouts: [Int64]) async throws -> [SMTPReply] {
-        let (replies, fault) = await sendAndGather(payload, timeouts: timeouts)
+    private func sendAndExpect(_ payload: ByteBuffer, timeouts: [Int64], steps: [ClientStep]? = nil) async throws -> [SMTPReply] {
+        let (replies, fault) = await sendAndGather(payload, timeouts: timeouts, steps: steps)
         if let fault { throw fault }
         return replies
     }
@@ -324,8 +322,9 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     /// `sendAndExpect` that keeps the replies that came before a failure:
     /// the first reply of a group may settle a message even when a later
     /// one never comes.
-    private func sendAndGather(_ payload: ByteBuffer, timeouts: [Int64]) async -> ([SMTPReply], ClientFault?) {
+    private func sendAndGather(_ payload: ByteBuffer, timeouts: [Int64], steps: [ClientStep]? = nil) async -> ([SMTPReply], ClientFault?) {
         precondition(!timeouts.isEmpty, "an exchange expects at least one reply")
+        precondition(steps == nil || steps!.count == timeouts.count, "one step per expected reply")
         let h = handler
         let loop = channel.eventLoop
         let channel = self.channel
@@ -338,6 +337,12 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                         guard !gathered.finished else { return }
                         switch result {
                         case .success(let reply):
+                            if let steps, !steps[gathered.replies.count].accepts(reply) {
+                                // The session is out of step: no later reply can be trusted.
+                                gathered.finished = true
+                                cont.resume(returning: (gathered.replies, .outOfStep(steps[gathered.replies.count], reply)))
+                                return
+                            }
                             gathered.replies.append(reply)
                             if gathered.replies.count == gathered.expected {
                                 gathered.finished = true
@@ -357,6 +362,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             if loop.inEventLoop { start() } else { loop.execute(start) }
         }
         if replies.contains(where: { $0.code == 421 }) { broken = true } // RFC 5321 §3.8: the server is closing
+        if case .outOfStep? = fault { broken = true; channel.close(promise: nil) }
         return (replies, fault)
     }
 
@@ -380,12 +386,6 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     func outOfStep(_ step: ClientStep, _ reply: SMTPReply) -> SMTPReply {
         SMTPReply(451, EnhancedStatus(4, 5, 0),
                   "\(context.mxHost ?? "server") answered \(step) with \"\(reply.keepingText(200))\": replies out of step with commands; connection closed")
-    }
-
-    /// The first reply that cannot answer its step, if any.
-    private static func misfit(_ replies: [SMTPReply], _ steps: [ClientStep]) -> (ClientStep, SMTPReply)? {
-        for (reply, step) in zip(replies, steps) where !step.accepts(reply) { return (step, reply) }
-        return nil
     }
 
     /// Ends a session whose replies are out of step: every recipient of
@@ -438,37 +438,23 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             } else if caps.pipelining {
                 // RFC 2920: RSET, MAIL, RCPT… and DATA in one group.
                 let lines = (openTransaction ? ["RSET"] : []) + SMTPClientConnection.transactionCommands(env, caps)
-                var replies = try await exchange(lines + ["DATA"], timeouts: groupTimeouts(lines))
                 let steps = (openTransaction ? [ClientStep.rset] : []) + SMTPClientConnection.transactionSteps(env) + [.data]
-                if let (step, reply) = SMTPClientConnection.misfit(replies, steps) {
-                    await abandon(env, &results, step, reply)
-                    return results
-                }
+                var replies = try await exchange(lines + ["DATA"], timeouts: groupTimeouts(lines), steps: steps)
                 if lines.first == "RSET" { replies.removeFirst() }
                 mailReply = replies.removeFirst()
                 rcptReplies = Array(replies.prefix(env.recipients.count))
                 dataReply = replies.last
             } else {
-                // One command at a time, each reply checked against its command.
-                func step(_ line: String, _ kind: ClientStep, _ timeout: Int64) async throws -> SMTPReply? {
-                    let reply = try await exchange([line], timeout)[0]
-                    if kind.accepts(reply) { return reply }
-                    await abandon(env, &results, kind, reply)
-                    return nil
-                }
-                if openTransaction { guard try await step("RSET", .rset, config.mailTimeout) != nil else { return results } }
-                guard let m = try await step(ClientProtocol.mailCommand(env, caps), .mail, config.mailTimeout) else { return results }
-                mailReply = m
+                if openTransaction { _ = try await exchange(["RSET"], config.mailTimeout, steps: [.rset]) }
+                mailReply = try await exchange([ClientProtocol.mailCommand(env, caps)], config.mailTimeout, steps: [.mail])[0]
                 if mailReply.code == 250 {
                     phase = "RCPT"
                     for r in env.recipients {
-                        guard let reply = try await step(ClientProtocol.rcptCommand(r, caps), .rcpt, config.rcptTimeout) else { return results }
-                        rcptReplies.append(reply)
+                        rcptReplies.append(try await exchange([ClientProtocol.rcptCommand(r, caps)], config.rcptTimeout, steps: [.rcpt])[0])
                     }
                     if rcptReplies.contains(where: { $0.code / 100 == 2 }) {
                         phase = "DATA"
-                        guard let d = try await step("DATA", .data, config.dataInitTimeout) else { return results }
-                        dataReply = d
+                        dataReply = try await exchange(["DATA"], config.dataInitTimeout, steps: [.data])[0]
                     }
                 }
             }
@@ -506,12 +492,12 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 SMTPClientConnection.append(nextLines + ["DATA"], to: &payload)
                 timeouts += groupTimeouts(nextLines)
             }
-            let (replies, fault) = await sendAndGather(payload, timeouts: timeouts)
             // Every reply of the group must fit its command: if one does not,
             // the server answered out of order and the first reply may not be
             // the answer to this final dot (RFC 2920 §3.1).
             let steps = [ClientStep.endOfData] + (nextLines.isEmpty ? [] : SMTPClientConnection.transactionSteps(next!.envelope) + [.data])
-            if let (step, reply) = SMTPClientConnection.misfit(replies, steps) {
+            let (replies, fault) = await sendAndGather(payload, timeouts: timeouts, steps: steps)
+            if case .outOfStep(let step, let reply)? = fault {
                 await abandon(env, &results, step, reply)
                 return results
             }
@@ -529,6 +515,9 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 started = (next.messageID, replies[1], Array(replies[2..<(2 + n)]), replies[2 + n])
                 openTransaction = replies[1].code / 100 == 2
             }
+            return results
+        } catch ClientFault.outOfStep(let step, let reply) {
+            await abandon(env, &results, step, reply)
             return results
         } catch {
             // Timeouts and dropped connections are temporary; a reply lost after

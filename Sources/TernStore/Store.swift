@@ -35,7 +35,11 @@ public final class Store: Sendable {
     public init(path: String, options: StoreOptions = StoreOptions(), logger: Logger = Logger(label: "tern.store")) throws {
         self.path = path
         let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        // Only its owner may enter the folder that holds the mail.
+        if !FileManager.default.fileExists(atPath: folder) {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        }
 
         if options.gatherWALWrites { _ = tern_wal_vfs_register() }
         var config = Configuration()

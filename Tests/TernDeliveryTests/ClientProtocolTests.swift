@@ -33,6 +33,32 @@ import Testing
     let env = ClientEnvelope(mailFrom: "a@x.test", size: 1234, bodyType: "8BITMIME", smtputf8: false, ret: "HDRS", envID: "id+1",
                              recipients: [ClientRecipient(id: 1, address: "b@y.test", notify: "SUCCESS,FAILURE", orcpt: "rfc822;b=orig@y.test")])
 
+    @Test func replyBoundsAndSteps() throws {
+        var p = ReplyParser()
+        for _ in 0..<99 { #expect(try p.feed("250-x") == nil) }
+        #expect(try p.feed("250 last")?.lines.count == 100)
+        for _ in 0..<100 { _ = try p.feed("250-x") }
+        #expect(throws: ReplyParser.Failure.tooLong) { try p.feed("250-one too many") }
+        var big = ReplyParser()
+        #expect(throws: ReplyParser.Failure.tooLong) {
+            for _ in 0..<20 { _ = try big.feed("250-" + String(repeating: "y", count: 1000)) }
+        }
+        let long = SMTPReply(550, .badDestinationMailbox, lines: Array(repeating: String(repeating: "z", count: 300), count: 10))
+        let kept = long.keepingText(1000)
+        #expect(kept.text.utf8.count <= 1000 + 12 && kept.lines.last!.hasSuffix("…") && kept.code == 550)
+        #expect(SMTPReply(250, .ok, "short").keepingText(1000) == SMTPReply(250, .ok, "short"))
+        // RFC 5321 §4.3.2: which replies can answer which command.
+        #expect(ClientStep.data.accepts(SMTPReply(354, nil, "go")))
+        #expect(!ClientStep.data.accepts(SMTPReply(250, .ok, "ok")))
+        #expect(!ClientStep.rcpt.accepts(SMTPReply(354, nil, "go")))
+        #expect(!ClientStep.endOfData.accepts(SMTPReply(250, .senderOK, "ok")))
+        #expect(!ClientStep.endOfData.accepts(SMTPReply(250, .destinationOK, "ok")))
+        #expect(ClientStep.endOfData.accepts(SMTPReply(250, .ok, "queued")))
+        #expect(ClientStep.endOfData.accepts(SMTPReply(250, nil, "Ok")))
+        #expect(ClientStep.mail.accepts(SMTPReply(451, .systemError, "later")))
+        #expect(!ClientStep.greeting.accepts(SMTPReply(250, nil, "hi")))
+    }
+
     @Test func commandsFollowCapabilities() {
         let full = ServerCapabilities(ehloReply: SMTPReply(250, nil, lines: ["mx", "PIPELINING", "SIZE 5000", "DSN", "8BITMIME", "SMTPUTF8"]))
         #expect(full.pipelining && full.dsn && full.sizeLimit == 5000)

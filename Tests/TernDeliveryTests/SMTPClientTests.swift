@@ -264,3 +264,113 @@ func codes(_ r: [Int64: RecipientOutcome]) -> [String] {
         try await group.shutdownGracefully()
     }
 }
+
+/// Issue 15: servers that lie, flood, answer out of order, or are us.
+@Suite(.serialized) struct HostileServerTests {
+    /// A server answering EHLO with endless "250-" lines is cut off at
+    /// 100 lines instead of buffered until the reply timeout.
+    @Test func endlessContinuationLinesAreCutOff() async throws {
+        let peer = try await ScriptedPeer.start(group: group) { line, _ in
+            line.hasPrefix("EHLO") ? Array(repeating: "250-" + String(repeating: "x", count: 200), count: 5000) + ["250 done"] : plainReply(line)
+        }
+        defer { Task { await peer.stop() } }
+        guard case .failed(let reply, _) = await agent(port: peer.port, timeouts: 30).connect(domain: "y.test") else {
+            Issue.record("connected to a flooding server"); return
+        }
+        #expect(reply.code == 451)
+        #expect(reply.text.contains("longer than 100 lines"))
+        #expect(reply.text.utf8.count < 1000)
+    }
+
+    /// smtp-sink -W .:1: the next message's MAIL, RCPT and DATA are
+    /// answered before the final dot that went out with them. Before the
+    /// check, the MAIL's "250 2.1.0" counted as this message delivered.
+    @Test func repliesOutOfOrderDeferAndClose() async throws {
+        for enhanced in [true, false] {
+            let peer = try await ScriptedPeer.start(group: group) { line, state in
+                var r = plainReply(line)
+                if !enhanced && !line.hasPrefix("EHLO") { r = r.map { String($0.prefix(4)) + "Ok" } }
+                if line == "." && state.lines.count == 5 { state.held = r; return [] } // the dot of message 1, with message 2 behind it
+                if line.hasPrefix("DATA") && !state.held.isEmpty { defer { state.held = [] }; return r + state.held }
+                return r
+            }
+            defer { Task { await peer.stop() } }
+            let c = try await connect(agent(port: peer.port))
+            let first = await c.send(message(["a@y.test"], id: 1), next: message(["b@y.test"], id: 2))
+            #expect(codes(first) == ["deferred 451 4.5.0"], "enhanced \(enhanced)")
+            #expect(!c.isReusable)
+            #expect(c.startedMessageID == nil)
+            // The started message is not sent on a dead connection: deferred too.
+            let second = await c.send(message(["b@y.test"], id: 2))
+            #expect(codes(second).allSatisfy { $0.hasPrefix("deferred") })
+        }
+    }
+
+    /// A 354 where a RCPT reply belongs, and a 250 where DATA's 354 belongs:
+    /// never a delivery.
+    @Test func repliesThatDoNotFitTheirCommandsDefer() async throws {
+        for (badVerb, badReply) in [("RCPT", "354 go on"), ("DATA", "250 2.0.0 fine")] {
+            let peer = try await ScriptedPeer.start(group: group) { line, _ in
+                line.hasPrefix(badVerb) ? [badReply] : plainReply(line)
+            }
+            defer { Task { await peer.stop() } }
+            let c = try await connect(agent(port: peer.port))
+            let r = await c.send(message(["a@y.test", "b@y.test"]))
+            #expect(codes(r) == ["deferred 451 4.5.0", "deferred 451 4.5.0"], "\(badVerb)")
+            #expect(!c.isReusable)
+            #expect(!peer.lines.contains("."))
+        }
+    }
+
+    /// A reply nobody asked for (two answers to EHLO) ends the session.
+    @Test func anUnsolicitedReplyEndsTheSession() async throws {
+        let peer = try await ScriptedPeer.start(group: group) { line, _ in
+            line.hasPrefix("EHLO") ? plainReply(line) + ["250 2.0.0 and another thing"] : plainReply(line)
+        }
+        defer { Task { await peer.stop() } }
+        let outcome = await agent(port: peer.port).connect(domain: "y.test")
+        if case .connected(let c) = outcome {
+            let r = await c.send(message(["a@y.test"]))
+            #expect(codes(r).allSatisfy { $0.hasPrefix("deferred") })
+        }
+        #expect(!peer.lines.contains { $0.hasPrefix("MAIL") && peer.lines.contains(".") })
+    }
+
+    /// Postfix's "mail for D loops back to myself": a server greeting or
+    /// answering EHLO with our name, or one of our own listening addresses.
+    @Test func deliveryNeverLoopsBackToItself() async throws {
+        let greets = try await ScriptedPeer.start(greeting: "220 tern.test ESMTP Tern", group: group) { line, _ in plainReply(line) }
+        defer { Task { await greets.stop() } }
+        guard case .failed(let r1, _) = await agent(port: greets.port).connect(domain: "y.test") else { Issue.record("greeting"); return }
+        #expect(r1.code == 554 && r1.enhanced == .routingLoop && r1.text.contains("loops back to myself"))
+
+        let answers = try await ScriptedPeer.start(group: group) { line, _ in plainReply(line, name: "TERN.test") }
+        defer { Task { await answers.stop() } }
+        guard case .failed(let r2, _) = await agent(port: answers.port).connect(domain: "y.test") else { Issue.record("EHLO"); return }
+        #expect(r2.code == 554 && r2.enhanced == .routingLoop)
+
+        let sink = try await ScriptedPeer.start(group: group) { line, _ in plainReply(line) }
+        defer { Task { await sink.stop() } }
+        let a = agent(port: sink.port)
+        a.own.set([try SocketAddress(ipAddress: "0.0.0.0", port: sink.port)]) // a wildcard listener on that port
+        guard case .failed(let r3, _) = await a.connect(domain: "y.test") else { Issue.record("own address"); return }
+        #expect(r3.code == 554 && r3.enhanced == .routingLoop)
+        #expect(sink.connections == 0)
+        // Another port of the same address is someone else.
+        a.own.set([try SocketAddress(ipAddress: "127.0.0.1", port: sink.port == 65535 ? 1 : sink.port + 1)])
+        guard case .connected = await a.connect(domain: "y.test") else { Issue.record("other port"); return }
+    }
+
+    /// A queued message that made too many hops is bounced, not sent.
+    @Test func tooManyHopsBounce() async throws {
+        let peer = try await ScriptedPeer.start(group: group) { line, _ in plainReply(line) }
+        defer { Task { await peer.stop() } }
+        let c = try await connect(agent(port: peer.port))
+        let hops = String(repeating: "Received: from a by b; Sun, 6 Dec 2026 00:00:00 +0000\r\n", count: 51)
+        let r = await c.send(message(["a@y.test"], body: hops + "Subject: loop\r\n\r\nx\r\n"))
+        #expect(codes(r) == ["bounced 554 5.4.6"])
+        #expect(!peer.lines.contains { $0.hasPrefix("MAIL") })
+        let ok = await c.send(message(["a@y.test"], body: String(hops.dropFirst(hops.count / 51 * 2)) + "Subject: fine\r\n\r\nx\r\n"))
+        #expect(codes(ok) == ["delivered 250"])
+    }
+}

@@ -181,6 +181,7 @@ final class ServeProcess: @unchecked Sendable {
         let dir = try tempFolder()
         let db = dir.appendingPathComponent("tern.sqlite").path
         let bin = try ternBinary()
+        #expect(try runProgram(bin, ["migrate", "--db", db]).status == 0)
         _ = try runProgram(bin, ["sendmail", "--db", db, "a@x.test", "b@x.test"], stdin: "Subject: s\n\nx\n")
         let crashed = try runProgram("sqlite3", [db, "UPDATE recipient SET state = 'inflight', lease_owner = 'dead:1', lease_expires_at = 9999999999999"])
         #expect(crashed.status == 0)
@@ -215,6 +216,7 @@ final class ServeProcess: @unchecked Sendable {
         let dir = try tempFolder()
         let db = dir.appendingPathComponent("tern.sqlite").path
         let bin = try ternBinary()
+        #expect(try runProgram(bin, ["migrate", "--db", db]).status == 0) // sendmail never creates the queue
         _ = try runProgram(bin, ["sendmail", "--db", db, "bob@y.test"], stdin: "Subject: d\n\nx\n")
         let ok = try runProgram(bin, ["doctor", "--db", db])
         #expect(ok.status == 0, "\(ok.stdout)\(ok.stderr)")
@@ -297,6 +299,7 @@ final class ServeProcess: @unchecked Sendable {
         let dir = try tempFolder()
         let db = dir.appendingPathComponent("tern.sqlite").path
         let bin = try ternBinary()
+        #expect(try runProgram(bin, ["migrate", "--db", db]).status == 0) // sendmail never creates the queue
         let sent = try runProgram(bin, ["sendmail", "--db", db, "-f", "ann@x.test", "bob@y.test", "cat@z.test"], stdin: "Subject: admin\n\nx\n")
         let queueID = try #require(sent.stderr.split(separator: " ").last.map { String($0.dropLast()) })
         func json(_ args: [String]) throws -> [String: Any] {
