@@ -77,7 +77,7 @@ public struct QueueAdmin: Sendable {
                 b.transitions.append(d.transition)
                 if let report = d.dsn { reports.append(report) }
             }
-            if !reports.isEmpty { b.dsns.append((DSNFactory.message(for: message, reports, hostname: hostname, at: now), message.id)) }
+            if !reports.isEmpty { b.dsns.append((DSNFactory.message(for: message, reports, hostname: hostname, at: now), message.id, [])) }
             return b
         }
     }

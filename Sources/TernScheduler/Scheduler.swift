@@ -85,6 +85,11 @@ public final class Scheduler: Service, Sendable {
         /// Destinations whose queued or deferred rows were due at the last
         /// pass and have not been claimed to the end since.
         var dueInStore: Set<String> = []
+        /// Recipients this process holds a lease on and has not settled:
+        /// renewed while held, never swept (issue 15: a delivery slower than
+        /// the lease was handed to a second worker and sent twice).
+        var held: Set<Int64> = []
+        var leasesRenewedAt: Int64 = 0
 
         /// Takes the idle worker of `domain` that waited last, if any.
         mutating func popWaiter(_ domain: String) -> CheckedContinuation<Bool, Never>? {
@@ -183,6 +188,37 @@ public final class Scheduler: Service, Sendable {
         }
     }
 
+    /// Gives claimed recipients back to the store untried.
+    @discardableResult
+    private func giveBack(_ ids: [Int64]) async throws -> Int {
+        settled(ids)
+        return try await store.releaseLeases(ids, owner: owner)
+    }
+
+    /// These recipients are no longer this process's to renew (their
+    /// outcome is written, or they were given back).
+    private func settled(_ ids: some Sequence<Int64>) {
+        state.withLock { s in for id in ids { s.held.remove(id) } }
+    }
+
+    /// Renews the leases this process holds once a quarter of the lease
+    /// time has passed since the last renewal: a delivery may take longer
+    /// than a lease (the client's own timeouts add up to more), and must
+    /// not be handed to a second worker meanwhile.
+    private func renewLeases(now: Int64) async {
+        let ids = state.withLock { s -> [Int64] in
+            guard !s.held.isEmpty, now - s.leasesRenewedAt >= config.leaseMillis / 4 else { return [] }
+            s.leasesRenewedAt = now
+            return Array(s.held)
+        }
+        guard !ids.isEmpty else { return }
+        do {
+            _ = try await store.renewLeases(ids, owner: owner, until: now + config.leaseMillis)
+        } catch {
+            logger.warning("could not renew leases", metadata: ["recipients": "\(ids.count)", "error": "\(error)"])
+        }
+    }
+
     /// Gives back the leases of handed-over mail no worker took (at stop).
     private func releaseReady() async {
         let ids = state.withLock { s -> [Int64] in
@@ -197,7 +233,7 @@ public final class Scheduler: Service, Sendable {
         }
         if ids.isEmpty { return }
         do {
-            _ = try await store.releaseLeases(ids, owner: owner)
+            _ = try await giveBack(ids)
         } catch {
             logger.warning("could not give back leases at stop; the next start does", metadata: ["error": "\(error)"])
         }
@@ -232,7 +268,9 @@ public final class Scheduler: Service, Sendable {
     func startDueWorkers() async -> Int64? {
         let now = clock.now()
         endWaits(olderThan: now - config.connectionCacheMillis)
-        if let n = try? await store.recoverLeases(now: now, owner: owner, everyOtherOwner: false), n > 0 {
+        await renewLeases(now: now)
+        let holding = state.withLock { Array($0.held) }
+        if let n = try? await store.recoverLeases(now: now, owner: owner, everyOtherOwner: false, holding: holding), n > 0 {
             logger.warning("leases expired; recipients are claimable again", metadata: ["recipients": "\(n)"])
         }
         guard let due = try? store.dueDomains(now: now) else { return nil }
@@ -295,7 +333,10 @@ public final class Scheduler: Service, Sendable {
         do {
             let claimed = try await store.claim(domain: domain, now: now, owner: owner, leaseUntil: now + config.leaseMillis,
                                                 limit: config.claimBatch)
-            if claimed.count < config.claimBatch { _ = state.withLock { $0.dueInStore.remove(domain) } }
+            state.withLock { s in
+                if claimed.count < config.claimBatch { s.dueInStore.remove(domain) }
+                s.held.formUnion(claimed.map(\.id))
+            }
             return claimed
         } catch {
             logger.error("claim failed", metadata: ["domain": "\(domain)", "error": "\(error)"])
@@ -337,7 +378,9 @@ public final class Scheduler: Service, Sendable {
                 if let report = d.dsn { reports.append(report) }
                 logger.info("suppressed", metadata: ["msg": "\(stored.queueID)", "rcpt": "\(r.address)"])
             }
-            if !reports.isEmpty { batch.dsns.append((dsnMessage(for: stored, reports, at: now), stored.id)) }
+            if !reports.isEmpty { batch.dsns.append((dsnMessage(for: stored, reports, at: now), stored.id, group.map(\.id))) }
+            batch.leaseOwner = owner
+            defer { settled(group.map(\.id)) }
             do {
                 try await store.record(batch)
                 // A DSN is queued mail like any other: the pass sends it now,
@@ -399,9 +442,8 @@ public final class Scheduler: Service, Sendable {
                 s.heldRecipients -= item.recipients.count
                 s.heldBytes -= item.message.body.count
                 if item.leaseUntil - now < config.leaseMillis / 2 {
-                    // Still ours to give back only while the lease runs; after
-                    // it, the pass's lease sweep has returned them.
-                    if now < item.leaseUntil { stale += item.recipients.map(\.id) }
+                    // Still ours (held leases are renewed, never swept): give back.
+                    stale += item.recipients.map(\.id)
                     continue
                 }
                 batch.recipients += item.recipients
@@ -414,7 +456,7 @@ public final class Scheduler: Service, Sendable {
         }
         if !stale.isEmpty {
             logger.warning("handed-over mail waited too long; queued again", metadata: ["domain": "\(domain)", "recipients": "\(stale.count)"])
-            _ = try? await store.releaseLeases(stale, owner: owner)
+            _ = try? await giveBack(stale)
             wakeup.signal()
         }
         return batch
@@ -448,7 +490,7 @@ public final class Scheduler: Service, Sendable {
                         // Not sent: give these back untouched.
                         let rest = byMessage[index...].flatMap(\.value)
                         if connection.isReusable && !stopping { givenBackAtLimit.add(rest.count, ordering: .relaxed) }
-                        _ = try? await store.releaseLeases(rest.map(\.id), owner: owner)
+                        _ = try? await giveBack(rest.map(\.id))
                         if !stopping { wakeup.signal() }
                         break outer
                     }
@@ -490,7 +532,7 @@ public final class Scheduler: Service, Sendable {
         let started = clock.now()
         guard let stored = message ?? (try? store.message(id: messageID)) else {
             logger.error("claimed recipients of a missing message", metadata: ["msg": "\(messageID)"])
-            _ = try? await store.releaseLeases(recipients.map(\.id), owner: owner)
+            _ = try? await giveBack(recipients.map(\.id))
             return
         }
         let outcomes = await connection.send(outbound(messageID, recipients, stored), next: next)
@@ -507,7 +549,9 @@ public final class Scheduler: Service, Sendable {
         for (messageID, group) in Dictionary(grouping: recipients, by: \.messageID) {
             guard let stored = message ?? messages[messageID] ?? (try? store.message(id: messageID)) else { continue }
             var batch = OutcomeBatch(at: now)
-            var reports: [DSNRecipient] = []
+            batch.leaseOwner = owner
+            var reports: [(id: Int64, report: DSNRecipient)] = []
+            defer { settled(group.map(\.id)) }
             for r in group {
                 let outcome = outcomes[r.id] ?? fallback
                 let decision = Policy.decide(outcome, for: r, sender: stored.mailFrom, context: context, now: now,
@@ -520,16 +564,16 @@ public final class Scheduler: Service, Sendable {
                                             source: "bounce", createdAt: now)
                     batch.suppressions.append((entry, r.id, r.messageID))
                 }
-                if let d = decision.dsn { reports.append(d) }
+                if let d = decision.dsn { reports.append((r.id, d)) }
                 logger.info("\(decision.transition.state)", metadata: [
                     "msg": "\(stored.queueID)", "rcpt": "\(r.address)", "mx": "\(context.mxHost ?? "-")",
                     "reply": "\(outcome.reply)",
                 ])
             }
             // One report per kind (failed, delayed, relayed) for this message.
-            let kinds = Dictionary(grouping: reports, by: \.action.rawValue)
+            let kinds = Dictionary(grouping: reports, by: \.report.action.rawValue)
             for kind in kinds.keys.sorted() {
-                batch.dsns.append((dsnMessage(for: stored, kinds[kind]!, at: now), stored.id))
+                batch.dsns.append((dsnMessage(for: stored, kinds[kind]!.map(\.report), at: now), stored.id, kinds[kind]!.map(\.id)))
             }
             do {
                 try await store.record(batch)
@@ -601,6 +645,7 @@ extension Scheduler: IntakeHandoff {
             for (domain, recipients) in byDomain {
                 s.ready[domain, default: CircularBuffer()].append(ReadyItem(message: stored, recipients: recipients, leaseUntil: lease.until))
                 s.readyCount[domain, default: 0] += recipients.count
+                s.held.formUnion(recipients.map(\.id))
                 if let w = s.popWaiter(domain) {
                     resumed.append(w)
                 } else {

@@ -147,10 +147,18 @@ public struct NewAttempt: Sendable {
 /// Everything one attempt (or operator action) changes, committed together.
 public struct OutcomeBatch: Sendable {
     public var at: Int64
+    /// The lease holder whose outcomes these are: each transition applies
+    /// only while its recipient is still `inflight` under this owner (a
+    /// fence). A transition that lost its lease is not applied: its event
+    /// is `lease_lost`, and its suppression and DSN are dropped. nil for
+    /// operator actions, which read and change rows in one transaction.
+    public var leaseOwner: String? = nil
     public var attempts: [NewAttempt] = []
     public var transitions: [RecipientTransition] = []
-    /// DSN messages (origin `dsn`), with `dsnFor` set to the reported message.
-    public var dsns: [(message: NewMessage, dsnFor: Int64)] = []
+    /// DSN messages (origin `dsn`), with `dsnFor` set to the reported
+    /// message and `about` the recipients they report (dropped when every
+    /// one of them lost its lease).
+    public var dsns: [(message: NewMessage, dsnFor: Int64, about: [Int64])] = []
     /// Addresses a hard bounce put on the suppression list (kept if already there),
     /// with the recipient and message whose bounce did it.
     public var suppressions: [(entry: Suppression, recipientID: Int64, messageID: Int64)] = []
@@ -173,12 +181,19 @@ extension Store {
     /// `everyOtherOwner`, that another process instance holds — at start-up
     /// those cannot be live) to their claimable state, with a `lease_expired`
     /// event each. Returns how many.
-    public func recoverLeases(now: Int64, owner: String, everyOtherOwner: Bool) async throws -> Int {
+    ///
+    /// `holding`: recipients this process is working on. Their leases are
+    /// never taken, even past their time (the process renews them; a late
+    /// renewal must not hand a live delivery to a second worker).
+    public func recoverLeases(now: Int64, owner: String, everyOtherOwner: Bool, holding: [Int64] = []) async throws -> Int {
+        let held = "[" + holding.map(String.init).joined(separator: ",") + "]"
+        let condition = """
+            state = 'inflight' AND (lease_expires_at < :now OR (:all AND lease_owner <> :owner))
+              AND NOT (lease_owner = :owner AND id IN (SELECT value FROM json_each(:held)))
+            """
+        let arguments: StatementArguments = ["now": now, "all": everyOtherOwner, "owner": owner, "held": held]
         let stale = try readStatement { db in
-            try Int.fetchOne(db.cachedStatement(sql: """
-                SELECT count(*) FROM recipient
-                 WHERE state = 'inflight' AND (lease_expires_at < :now OR (:all AND lease_owner <> :owner))
-                """), arguments: ["now": now, "all": everyOtherOwner, "owner": owner]) ?? 0
+            try Int.fetchOne(db.cachedStatement(sql: "SELECT count(*) FROM recipient WHERE \(condition)"), arguments: arguments) ?? 0
         }
         if stale == 0 { return 0 }
         return try await write(durable: false) { db in
@@ -186,14 +201,27 @@ extension Store {
                 UPDATE recipient
                    SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
                        lease_owner = NULL, lease_expires_at = NULL
-                 WHERE state = 'inflight' AND (lease_expires_at < :now OR (:all AND lease_owner <> :owner))
+                 WHERE \(condition)
                 RETURNING id, message_id
-                """, arguments: ["now": now, "all": everyOtherOwner, "owner": owner])
+                """, arguments: arguments)
             let event = try db.cachedStatement(sql: """
                 INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (:at, 'lease_expired', :m, :r, NULL)
                 """)
             for r in rows { try event.execute(arguments: ["at": now, "m": r[1] as Int64, "r": r[0] as Int64]) }
             return rows.count
+        }
+    }
+
+    /// Extends the leases of recipients this owner is still working on;
+    /// returns how many it still holds.
+    public func renewLeases(_ ids: [Int64], owner: String, until: Int64) async throws -> Int {
+        guard !ids.isEmpty else { return 0 }
+        return try await write(durable: false) { db in
+            try db.execute(sql: """
+                UPDATE recipient SET lease_expires_at = :until
+                 WHERE state = 'inflight' AND lease_owner = :owner AND id IN (SELECT value FROM json_each(:ids))
+                """, arguments: ["until": until, "owner": owner, "ids": "[" + ids.map(String.init).joined(separator: ",") + "]"])
+            return db.changesCount
         }
     }
 
@@ -246,6 +274,66 @@ extension Store {
     /// Writes the batch's rows now; its rollup changes go into `rollups`, for
     /// the caller to write (group commit does, once per transaction).
     static func apply(_ batch: OutcomeBatch, _ db: Database, rollups: inout RollupBatch) throws {
+        var lost: Set<Int64> = []
+        // ?1 state, ?2 attempts added, ?3 next attempt, ?4-?6 reply, ?7 mark
+        // delay-notified, ?8 now, ?9 id, ?10 the state is final, ?11 the lease
+        // owner the row must still have (the fence; NULL: none).
+        let updateRecipient = try db.cachedStatement(sql: """
+            UPDATE recipient
+               SET state = ?1,
+                   attempts = attempts + ?2,
+                   next_attempt_at = coalesce(?3, next_attempt_at),
+                   lease_owner = NULL, lease_expires_at = NULL,
+                   last_code = coalesce(?4, last_code),
+                   last_enhanced = coalesce(?5, last_enhanced),
+                   last_text = coalesce(?6, last_text),
+                   delay_notified_at = CASE WHEN ?7 THEN ?8 ELSE delay_notified_at END,
+                   final_at = CASE WHEN ?10 THEN ?8 ELSE NULL END
+             WHERE id = ?9 AND (?11 IS NULL OR (state = 'inflight' AND lease_owner = ?11))
+            """)
+        // Not RETURNING: SQLite gathers RETURNING rows in an ephemeral table,
+        // opened and closed per statement (sqlite3BtreeOpen/Close were 7 % of
+        // the server's CPU with 10 recipients per message). The scheduler's
+        // transitions carry the facts; only others need this lookup by rowid.
+        let finalRow = try db.cachedStatement(sql: "SELECT domain, address, created_at FROM recipient WHERE id = ?1")
+        for t in batch.transitions {
+            var update = DirectStatement(updateRecipient)
+            update.bind(t.state)
+            update.bind(t.countsAsAttempt)
+            update.bind(t.nextAttemptAt)
+            update.bind(t.code)
+            update.bind(t.enhanced)
+            update.bind(t.text)
+            update.bind(t.markDelayNotified)
+            update.bind(batch.at)
+            update.bind(t.recipientID)
+            let final = RollupBatch.isFinal(t.state)
+            update.bind(final)
+            update.bind(batch.leaseOwner)
+            try update.execute(db)
+            if db.changesCount == 0, let owner = batch.leaseOwner {
+                // The lease was taken back (expired and swept, or the row was
+                // changed by an operator): this outcome must not overwrite it.
+                lost.insert(t.recipientID)
+                try Store.addEvent(db, at: batch.at, kind: "lease_lost", messageID: t.messageID, recipientID: t.recipientID,
+                                   detail: JSON.object([("owner", .string(owner)), ("outcome", .string(t.state)),
+                                                        ("code", t.code.map { .int($0) } ?? .null)]).text)
+                continue
+            }
+            if final && db.changesCount > 0 {
+                if let f = t.facts {
+                    rollups.addFinal(state: t.state, domain: f.domain, address: f.address, createdAt: f.createdAt, finalAt: batch.at, sign: 1)
+                } else {
+                    var lookup = DirectStatement(finalRow)
+                    lookup.bind(t.recipientID)
+                    let row = try lookup.executeReturning(db) { c in (c.string(0), c.string(1), c.int64(2)) }
+                    if let row, let domain = row.0, let address = row.1, let createdAt = row.2 {
+                        rollups.addFinal(state: t.state, domain: domain, address: address, createdAt: createdAt, finalAt: batch.at, sign: 1)
+                    }
+                }
+            }
+            try Store.addEvent(db, at: batch.at, kind: t.event, messageID: t.messageID, recipientID: t.recipientID, detail: t.eventDetail)
+        }
         let insertAttempt = try db.cachedStatement(sql: """
             INSERT INTO attempt (recipient_id, started_at, ended_at, mx_host, mx_address, source_address, tls,
                                  code, enhanced, text, outcome, category)
@@ -268,65 +356,17 @@ extension Store {
             try attempt.execute(db)
             try rollups.addAttempt(a, sign: 1, db)
         }
-        // ?1 state, ?2 attempts added, ?3 next attempt, ?4-?6 reply, ?7 mark
-        // delay-notified, ?8 now, ?9 id, ?10 the state is final.
-        let updateRecipient = try db.cachedStatement(sql: """
-            UPDATE recipient
-               SET state = ?1,
-                   attempts = attempts + ?2,
-                   next_attempt_at = coalesce(?3, next_attempt_at),
-                   lease_owner = NULL, lease_expires_at = NULL,
-                   last_code = coalesce(?4, last_code),
-                   last_enhanced = coalesce(?5, last_enhanced),
-                   last_text = coalesce(?6, last_text),
-                   delay_notified_at = CASE WHEN ?7 THEN ?8 ELSE delay_notified_at END,
-                   final_at = CASE WHEN ?10 THEN ?8 ELSE NULL END
-             WHERE id = ?9
-            """)
-        // Not RETURNING: SQLite gathers RETURNING rows in an ephemeral table,
-        // opened and closed per statement (sqlite3BtreeOpen/Close were 7 % of
-        // the server's CPU with 10 recipients per message). The scheduler's
-        // transitions carry the facts; only others need this lookup by rowid.
-        let finalRow = try db.cachedStatement(sql: "SELECT domain, address, created_at FROM recipient WHERE id = ?1")
-        for t in batch.transitions {
-            var update = DirectStatement(updateRecipient)
-            update.bind(t.state)
-            update.bind(t.countsAsAttempt)
-            update.bind(t.nextAttemptAt)
-            update.bind(t.code)
-            update.bind(t.enhanced)
-            update.bind(t.text)
-            update.bind(t.markDelayNotified)
-            update.bind(batch.at)
-            update.bind(t.recipientID)
-            let final = RollupBatch.isFinal(t.state)
-            update.bind(final)
-            try update.execute(db)
-            if final && db.changesCount > 0 {
-                if let f = t.facts {
-                    rollups.addFinal(state: t.state, domain: f.domain, address: f.address, createdAt: f.createdAt, finalAt: batch.at, sign: 1)
-                } else {
-                    var lookup = DirectStatement(finalRow)
-                    lookup.bind(t.recipientID)
-                    let row = try lookup.executeReturning(db) { c in (c.string(0), c.string(1), c.int64(2)) }
-                    if let row, let domain = row.0, let address = row.1, let createdAt = row.2 {
-                        rollups.addFinal(state: t.state, domain: domain, address: address, createdAt: createdAt, finalAt: batch.at, sign: 1)
-                    }
-                }
-            }
-            try Store.addEvent(db, at: batch.at, kind: t.event, messageID: t.messageID, recipientID: t.recipientID, detail: t.eventDetail)
-        }
         let suppress = try db.cachedStatement(sql: """
             INSERT OR IGNORE INTO suppression (address, reason, source, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
             """)
-        for (e, recipientID, messageID) in batch.suppressions {
+        for (e, recipientID, messageID) in batch.suppressions where !lost.contains(recipientID) {
             try suppress.execute(arguments: [e.address, e.reason, e.source, e.createdAt, e.expiresAt])
             if db.changesCount > 0 {
                 try Store.addEvent(db, at: batch.at, kind: "suppression_added", messageID: messageID, recipientID: recipientID,
                                    detail: JSON.object([("address", .string(e.address)), ("reason", .string(e.reason))]).text)
             }
         }
-        for (dsn, original) in batch.dsns {
+        for (dsn, original, about) in batch.dsns where about.isEmpty || !about.allSatisfy(lost.contains) {
             let id = try Store.insert(dsn, db)
             try db.execute(sql: "UPDATE message SET dsn_for = ? WHERE id = ?", arguments: [original, id])
             try Store.addEvent(db, at: batch.at, kind: "dsn_queued", messageID: original, recipientID: nil,

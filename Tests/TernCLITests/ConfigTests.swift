@@ -8,7 +8,7 @@ import TernProtocol
 @Suite struct ConfigTests {
     @Test func defaults() {
         let s = TernSettings()
-        #expect(s.db == "./tern-data/tern.sqlite")
+        #expect(s.db == (getuid() == 0 ? "/var/lib/tern/tern.sqlite" : NSHomeDirectory() + "/.local/share/tern/tern.sqlite"))
         #expect(s.listen.map { "\($0.host):\($0.port)" } == ["127.0.0.1:2525"])
         #expect(s.trustedNetworks == IPNetwork.loopback)
         #expect(s.listenerConfig.session.maxCommandLine == 512)

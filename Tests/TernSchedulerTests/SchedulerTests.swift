@@ -428,3 +428,69 @@ struct Harness {
         #expect(try h.rows("SELECT count(*) FROM message WHERE id = \(id)").first?[0] as Int? == 1) // still has a recipient
     }
 }
+
+/// Issue 15, item 3: double delivery without a crash.
+@Suite struct LeaseTests {
+    /// A delivery slower than the lease: the pass that runs meanwhile renews
+    /// the lease instead of sweeping it, so the message goes out once.
+    /// Before: the sweep returned the recipient, a second worker sent it again.
+    @Test func aDeliverySlowerThanTheLeaseIsSentOnce() async throws {
+        let h = try Harness { $0.leaseMillis = 600_000 }
+        h.agent.slow = ["slow.test"]
+        try await h.submit(["ok@slow.test"])
+        let first = Task { await h.scheduler.runDue() }
+        // Claimed and connected: the worker now waits for the slow remote.
+        for _ in 0..<1000 where h.agent.lock.withLock({ h.agent.connections }) == 0 { try await Task.sleep(for: .milliseconds(2)) }
+        #expect(try h.state("ok@slow.test") == "inflight")
+        h.clock.advance(ms: 11 * 60_000) // the remote answers after the lease time
+        await h.scheduler.startDueWorkers() // a pass: renew, sweep, start workers for due mail
+        let expiresAt: Int64? = try h.rows("SELECT lease_expires_at FROM recipient").first?[0]
+        #expect(expiresAt == h.clock.now() + 600_000)
+        h.agent.releaseSlow()
+        await first.value
+        await h.scheduler.runDue()
+        #expect(h.agent.sent.count == 1)
+        #expect(try h.state("ok@slow.test") == "delivered")
+        #expect(try h.rows("SELECT count(*) FROM event WHERE kind = 'lease_expired'").first?[0] == 0)
+    }
+
+    /// Every outcome write is fenced by state and lease owner: a worker whose
+    /// lease was swept and whose recipient an operator then bounced cannot
+    /// undo the bounce or count the recipient twice; its write becomes a
+    /// `lease_lost` event.
+    @Test func aStaleOutcomeNeverOverwritesALaterState() async throws {
+        let h = try Harness()
+        let id = try await h.submit(["ok@y.test"], notify: "FAILURE")
+        let claimed = try await h.store.claim(domain: "y.test", now: h.clock.now(), owner: "worker-a", leaseUntil: h.clock.now() + 1_000, limit: 10)
+        #expect(claimed.count == 1)
+        h.clock.advance(ms: 2_000)
+        #expect(try await h.store.recoverLeases(now: h.clock.now(), owner: "sweeper", everyOtherOwner: false) == 1)
+        let admin = QueueAdmin(store: h.store, hostname: "mx.tern.test")
+        _ = id
+        #expect(try await admin.bounce(.domain("y.test"), now: h.clock.now()).changed == 1)
+        let dsnsAfterBounce = try h.dsns().count
+        // The slow worker comes back with "delivered".
+        var batch = OutcomeBatch(at: h.clock.now())
+        batch.leaseOwner = "worker-a"
+        let d = Policy.decide(.delivered(SMTPReply(250, .ok, "ok")), for: claimed[0], sender: "alice@sender.test",
+                              context: AttemptContext(), now: h.clock.now(), config: PolicyConfig(), random: 0.5)
+        batch.transitions = [d.transition]
+        try await h.store.record(batch)
+        #expect(try h.state("ok@y.test") == "bounced")
+        #expect(try h.rows("SELECT count(*) FROM event WHERE kind = 'lease_lost'").first?[0] == 1)
+        #expect(try h.rows("SELECT count(*) FROM event WHERE kind = 'delivered'").first?[0] == 0)
+        #expect(try h.dsns().count == dsnsAfterBounce)
+        let finals: [Row] = try h.rows("SELECT delivered, bounced FROM recipient_daily")
+        #expect(finals.count == 1 && finals[0][0] == 0 && finals[0][1] == 1)
+        // The same holds for a transition whose owner never held the lease.
+        let other = try await h.submit(["ok2@y.test"])
+        let mine = try await h.store.claim(domain: "y.test", now: h.clock.now(), owner: "worker-b", leaseUntil: h.clock.now() + 60_000, limit: 10)
+        #expect(mine.map(\.messageID) == [other])
+        var wrong = OutcomeBatch(at: h.clock.now())
+        wrong.leaseOwner = "worker-c"
+        wrong.transitions = [Policy.decide(.delivered(SMTPReply(250, .ok, "ok")), for: mine[0], sender: "", context: AttemptContext(),
+                                           now: h.clock.now(), config: PolicyConfig(), random: 0.5).transition]
+        try await h.store.record(wrong)
+        #expect(try h.state("ok2@y.test") == "inflight")
+    }
+}
