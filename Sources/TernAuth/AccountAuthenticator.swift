@@ -37,7 +37,9 @@ public final class AccountAuthenticator: Authenticator {
     }
 
     public func authenticate(_ credentials: Credentials, mechanism: SASLMechanism, client: ClientInfo) async -> AuthOutcome {
-        let peer = client.addressText
+        // Failures count per client network (an IPv6 /64 by default): a
+        // host that rotates through its /64 is still one client.
+        let peer = client.network
         let user = credentials.username
         if throttle.checkBlocked(peer, now: clock()) {
             logger.warning("authentication refused: too many failures", metadata: ["peer": "\(peer)", "user": "\(user)"])

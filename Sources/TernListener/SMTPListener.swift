@@ -36,6 +36,15 @@ public struct ListenerConfig: Sendable {
     public var dataTimeoutSeconds: Int64 = 180
     public var maxConnections: Int = 1000
     public var maxConnectionsPerClient: Int = 50
+    /// Prefix lengths of a "client" for the per-client limits (connections,
+    /// AUTH failures): one IPv4 address, one IPv6 /64.
+    public var clientIPv4Prefix = 32
+    public var clientIPv6Prefix = 64
+    /// Longest a connection may last, whatever it does (a client that
+    /// drips one byte per timeout would hold it for ever).
+    public var maxSessionSeconds: Int64 = 3600
+    /// Octets of message text all sessions may hold in memory together.
+    public var messageMemory = 512 << 20
     /// Trusted networks skip the per-client limit (as Postfix exempts $mynetworks).
     public var trustedExemptFromClientLimit: Bool = true
     /// How long open transactions may run on after shutdown begins.
@@ -60,6 +69,7 @@ public final class SMTPListener: Service, Sendable {
     let logger: Logger
     let registry = SessionRegistry()
     public let limiter: ConnectionLimiter
+    public let budget: MessageMemoryBudget
     private let channels = BoundChannels()
     /// Set when shutdown begins: new connections are told 421 4.3.2.
     private let draining = NIOLockedValueBox(false)
@@ -70,6 +80,7 @@ public final class SMTPListener: Service, Sendable {
         self.group = group
         self.logger = logger
         self.limiter = ConnectionLimiter(maxTotal: config.maxConnections, maxPerAddress: config.maxConnectionsPerClient)
+        self.budget = MessageMemoryBudget(limit: config.messageMemory)
     }
 
     /// The addresses actually bound (after `start`), in the order of `config.listen`.
@@ -89,7 +100,7 @@ public final class SMTPListener: Service, Sendable {
             session: session, commandTimeout: .seconds(config.commandTimeoutSeconds),
             dataTimeout: .seconds(config.dataTimeoutSeconds),
             origin: address.role == .relay ? config.origin : .submission, tls: config.tls,
-            authenticator: config.authenticator)
+            authenticator: config.authenticator, maxSession: .seconds(config.maxSessionSeconds), budget: budget)
     }
 
     /// Binds every listen address.
@@ -109,6 +120,7 @@ public final class SMTPListener: Service, Sendable {
         let intake = self.intake, registry = self.registry, limiter = self.limiter, logger = self.logger
         let relay = config.session.relay
         let exempt = config.trustedExemptFromClientLimit
+        let v4 = config.clientIPv4Prefix, v6 = config.clientIPv6Prefix
         let hostname = config.session.hostname
         let draining = self.draining
         return ServerBootstrap(group: group)
@@ -129,7 +141,8 @@ public final class SMTPListener: Service, Sendable {
                 let ipText = channel.remoteAddress?.ipAddress ?? ""
                 let ip = IPAddress(ipText)
                 let trusted = relay.isTrusted(ip)
-                if let refusal = limiter.acquire(ip, exempt: trusted && exempt) {
+                let network = ip.map { $0.masked(ipv4Prefix: v4, ipv6Prefix: v6).description }
+                if let refusal = limiter.acquire(network, exempt: trusted && exempt) {
                     let why = refusal == .total ? "too many connections" : "too many connections from your address"
                     logger.warning("connection refused", metadata: ["peer": "\(ipText)", "reason": "\(why)"])
                     let reply = SMTPReply(421, .tempSecurity, "\(hostname) Error: \(why), try again later")
@@ -137,9 +150,9 @@ public final class SMTPListener: Service, Sendable {
                         try channel.pipeline.syncOperations.addHandler(RefusalHandler(reply: reply))
                     }
                 }
-                let client = ClientInfo(address: ip, addressText: ip?.unmapped.description ?? ipText, trusted: trusted)
+                let client = ClientInfo(address: ip, addressText: ip?.unmapped.description ?? ipText, trusted: trusted, network: network)
                 let handler = SMTPServerHandler(settings: settings, client: client, intake: intake, registry: registry,
-                                                logger: logger, onClose: { limiter.release(ip) })
+                                                logger: logger, onClose: { limiter.release(network) })
                 return channel.eventLoop.makeCompletedFuture {
                     // RFC 8314: on a submissions listener TLS starts with the first byte.
                     if settings.session.role.implicitTLS, let tls = settings.tls {

@@ -22,6 +22,10 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         var origin: Origin
         var tls: ServerTLS? = nil
         var authenticator: (any Authenticator)? = nil
+        /// The longest the connection may last.
+        var maxSession: TimeAmount = .hours(1)
+        /// Message text held in memory by all sessions (nil: unbounded, tests).
+        var budget: MessageMemoryBudget? = nil
     }
 
     private var session: SMTPServerSession
@@ -48,6 +52,11 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// client (a commit or an authentication is running).
     private var deadline: NIODeadline? = nil
     private var context: ChannelHandlerContext? = nil
+    /// Octets of message text this session holds against the budget.
+    private var reserved = 0
+    private var sessionTimer: Scheduled<Void>? = nil
+    /// The session's time ran out during a commit: close after its reply.
+    private var expireAfterCommit = false
     private var logger: Logger
     private let settings: Settings
     private let intake: Intake
@@ -86,11 +95,52 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.flush()
         }
         armTimeout(context: context)
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        sessionTimer = context.eventLoop.scheduleTask(in: settings.maxSession) { bound.value.sessionExpired() }
         context.fireChannelActive()
+    }
+
+    /// The connection has lasted `maxSession`: 421 and close, now or (during
+    /// a commit, whose reply the client is owed) right after the commit.
+    private func sessionExpired() {
+        guard let context, !closing else { return }
+        if committing { expireAfterCommit = true; return }
+        logger.info("session lasted too long", metadata: ["state": "\(session.state)"])
+        send([SMTPReply(421, .connectionDropped, "\(settings.session.hostname) Error: session too long, closing")], context: context)
+        closeAfterFlush(context: context)
+    }
+
+    /// Brings this session's share of the memory budget in line with the
+    /// message text it holds; past the budget the text is dropped (452).
+    private func accountBody() {
+        guard let budget = settings.budget, !committing else { return }
+        let now = session.bodyBytes
+        if now > reserved {
+            if budget.reserve(now - reserved) {
+                reserved = now
+            } else {
+                logger.warning("message memory budget spent; dropping message text", metadata: [
+                    "in_use": "\(budget.inUse)", "limit": "\(budget.limit)",
+                ])
+                session.dropBodyForMemory()
+                budget.release(reserved)
+                reserved = 0
+            }
+        } else if now < reserved {
+            budget.release(reserved - now)
+            reserved = now
+        }
+    }
+
+    private func releaseBudget() {
+        settings.budget?.release(reserved)
+        reserved = 0
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         stopTimer()
+        sessionTimer?.cancel()
+        if !committing { releaseBudget() } // a commit in flight still holds its text
         closing = true
         registry.remove(self)
         onClose()
@@ -156,7 +206,10 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
             let frame = framer.next(&buffer)
             input = buffer
             guard let frame else { break }
-            guard let action = session.receive(frame) else { continue }
+            if let budget = settings.budget { session.memoryTight = budget.exhausted }
+            let action = session.receive(frame)
+            accountBody()
+            guard let action else { continue }
             switch action {
             case .reply(let replies, let close):
                 send(replies, context: context)
@@ -255,6 +308,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func commitFinished(_ outcome: CommitOutcome) {
+        releaseBudget() // the text is in the store now, or refused
         if case .accepted(let id) = outcome { logger.debug("queued", metadata: ["msg": "\(id)"]) }
         resume { $0.commitFinished(outcome) }
     }
@@ -274,6 +328,11 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         if shutdownRequested {
             send([session.shuttingDown()], context: context)
+            closeAfterFlush(context: context)
+            return
+        }
+        if expireAfterCommit {
+            send([SMTPReply(421, .connectionDropped, "\(settings.session.hostname) Error: session too long, closing")], context: context)
             closeAfterFlush(context: context)
             return
         }

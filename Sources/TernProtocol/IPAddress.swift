@@ -35,6 +35,19 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
         return self
     }
 
+    /// The network of `prefix` bits this address is in (the address with
+    /// the host bits cleared); IPv4-mapped addresses count as IPv4.
+    public func masked(ipv4Prefix: Int, ipv6Prefix: Int) -> IPNetwork {
+        let a = unmapped
+        let prefix = max(0, min(a.isIPv4 ? ipv4Prefix : ipv6Prefix, a.bytes.count * 8))
+        var bytes = a.bytes
+        for i in 0..<bytes.count {
+            let keep = max(0, min(8, prefix - i * 8))
+            bytes[i] &= keep == 8 ? 0xFF : UInt8(truncatingIfNeeded: 0xFF << (8 - keep))
+        }
+        return IPNetwork(address: IPAddress(bytes: bytes), prefixLength: prefix)
+    }
+
     /// 0.0.0.0 or :: (a listener on every address).
     public var isUnspecified: Bool { bytes.allSatisfy { $0 == 0 } }
 
@@ -138,6 +151,11 @@ public struct IPNetwork: Sendable, Hashable, CustomStringConvertible {
         }
         self.address = addr
         self.prefixLength = bits
+    }
+
+    public init(address: IPAddress, prefixLength: Int) {
+        self.address = address
+        self.prefixLength = prefixLength
     }
 
     public func contains(_ candidate: IPAddress) -> Bool {

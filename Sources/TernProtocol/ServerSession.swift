@@ -65,11 +65,15 @@ public struct ClientInfo: Sendable {
     /// As shown in `Received:` and stored in `message.client_address`.
     public var addressText: String
     public var trusted: Bool
+    /// The client's network as per-client limits count it (an IPv4 address,
+    /// an IPv6 /64 by default: one host has a whole /64 to pick from).
+    public var network: String
 
-    public init(address: IPAddress?, addressText: String, trusted: Bool) {
+    public init(address: IPAddress?, addressText: String, trusted: Bool, network: String? = nil) {
         self.address = address
         self.addressText = addressText
         self.trusted = trusted
+        self.network = network ?? address.map { $0.masked(ipv4Prefix: 32, ipv6Prefix: 64).description } ?? addressText
     }
 
     public var isLoopback: Bool {
@@ -150,7 +154,7 @@ public struct SMTPServerSession: Sendable {
         case closed
     }
 
-    enum DataError { case tooBig, lineTooLong, bareNewline, bareCR, nul }
+    enum DataError { case tooBig, lineTooLong, bareNewline, bareCR, nul, noMemory }
     enum AuthStep: Equatable { case plain, loginUser, loginPassword(String) }
 
     public private(set) var state: State = .greeting
@@ -172,6 +176,9 @@ public struct SMTPServerSession: Sendable {
     /// A BDAT chunk ended in CR: the next chunk must start with LF.
     private var chunkEndedInCR = false
     public private(set) var errorCount = 0
+    /// Set by the listener while the memory budget for message text is
+    /// spent: DATA and BDAT are answered 452 4.3.1 until it is not.
+    public var memoryTight = false
     private var junkCommands = 0
     private var commandCount = 0
     private var overshoot = 0
@@ -545,6 +552,7 @@ public struct SMTPServerSession: Sendable {
         }
         if usedBDAT { return error(SMTPReply(503, .invalidCommand, "Error: DATA after BDAT is not allowed")) }
         guard !recipients.isEmpty else { return error(SMTPReply(554, .invalidCommand, "Error: no valid recipients")) }
+        if memoryTight { return .reply([SMTPServerSession.noMemory], close: false) }
         state = .data
         body = ByteBuffer()
         body.reserveCapacity(16 * 1024)
@@ -599,6 +607,21 @@ public struct SMTPServerSession: Sendable {
         return startCommit()
     }
 
+    /// RFC 5321 §4.5.3.1.10 / RFC 3463 4.3.1: a temporary refusal the client retries.
+    static let noMemory = SMTPReply(452, .mailSystemFull, "Error: insufficient system resources for message text, try again later")
+
+    /// Octets of message text held now (the listener counts them against
+    /// its memory budget).
+    public var bodyBytes: Int { body.readableBytes }
+
+    /// The memory budget ran out while this message came in: its text is
+    /// dropped, the rest read and discarded, and the end answered 452 4.3.1.
+    public mutating func dropBodyForMemory() {
+        guard state == .data || state == .chunk || (state == .mail && usedBDAT) else { return }
+        note(.noMemory)
+        body = ByteBuffer()
+    }
+
     /// Records a fault in the message text; the first one is the reply,
     /// except that "too big" says more than "line too long".
     private mutating func note(_ e: DataError) {
@@ -649,6 +672,8 @@ public struct SMTPServerSession: Sendable {
                 return SMTPReply(550, .syntaxError, "Error: bare <CR> in message text (RFC 5321 §2.3.8); message refused")
             case .nul:
                 return SMTPReply(550, .contentError, "Error: NUL character in message text (RFC 6152 §3); message refused")
+            case .noMemory:
+                return SMTPServerSession.noMemory
             }
     }
 
@@ -661,6 +686,8 @@ public struct SMTPServerSession: Sendable {
             refusal = SMTPReply(503, .invalidCommand, "Error: need MAIL command")
         } else if recipients.isEmpty {
             refusal = SMTPReply(554, .invalidCommand, "Error: no valid recipients")
+        } else if memoryTight && !usedBDAT {
+            refusal = SMTPServerSession.noMemory
         }
         if refusal == nil && !usedBDAT {
             usedBDAT = true

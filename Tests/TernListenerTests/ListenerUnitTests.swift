@@ -11,7 +11,7 @@ import TernStore
 @Suite struct ConnectionLimiterTests {
     @Test func totalAndPerAddress() {
         let l = ConnectionLimiter(maxTotal: 3, maxPerAddress: 2)
-        let a = IPAddress("192.0.2.1"), b = IPAddress("192.0.2.2")
+        let a: String? = "192.0.2.1/32", b: String? = "192.0.2.2/32"
         #expect(l.acquire(a, exempt: false) == nil)
         #expect(l.acquire(a, exempt: false) == nil)
         #expect(l.acquire(a, exempt: false) == .perAddress)
@@ -23,6 +23,80 @@ import TernStore
         for _ in 0..<2 { l.release(a) }
         l.release(b)
         #expect(l.open == 0)
+    }
+}
+
+/// Issue 15, item 6: per-network limits, the memory budget, session length.
+@Suite struct ResourceBudgetTests {
+    @Test func clientsAreCountedByNetwork() {
+        // IPv6 per /64 (one host has all of it), IPv4 per address; both configurable.
+        let a = IPAddress("2001:db8:1:2::10")!, b = IPAddress("2001:db8:1:2:ffff::1")!, c = IPAddress("2001:db8:1:3::1")!
+        #expect(a.masked(ipv4Prefix: 32, ipv6Prefix: 64) == b.masked(ipv4Prefix: 32, ipv6Prefix: 64))
+        #expect(a.masked(ipv4Prefix: 32, ipv6Prefix: 64) != c.masked(ipv4Prefix: 32, ipv6Prefix: 64))
+        #expect(a.masked(ipv4Prefix: 32, ipv6Prefix: 64).description == "2001:db8:1:2::/64")
+        #expect(IPAddress("192.0.2.7")!.masked(ipv4Prefix: 32, ipv6Prefix: 64).description == "192.0.2.7/32")
+        #expect(IPAddress("192.0.2.7")!.masked(ipv4Prefix: 24, ipv6Prefix: 64).description == "192.0.2.0/24")
+        #expect(IPAddress("::ffff:192.0.2.7")!.masked(ipv4Prefix: 32, ipv6Prefix: 64).description == "192.0.2.7/32")
+        let info = ClientInfo(address: b, addressText: "\(b)", trusted: false)
+        #expect(info.network == "2001:db8:1:2::/64")
+        let l = ConnectionLimiter(maxTotal: 10, maxPerAddress: 2)
+        let key = { (ip: IPAddress) in ip.masked(ipv4Prefix: 32, ipv6Prefix: 64).description }
+        #expect(l.acquire(key(a), exempt: false) == nil)
+        #expect(l.acquire(key(b), exempt: false) == nil)
+        #expect(l.acquire(key(IPAddress("2001:db8:1:2::99")!), exempt: false) == .perAddress)
+        #expect(l.acquire(key(c), exempt: false) == nil)
+    }
+
+    @Test func theMemoryBudgetRefusesAndReleases() {
+        let budget = MessageMemoryBudget(limit: 100)
+        #expect(budget.reserve(60) && !budget.reserve(50) && budget.inUse == 60)
+        #expect(budget.reserve(40) && budget.exhausted)
+        budget.release(100)
+        #expect(budget.inUse == 0 && !budget.exhausted)
+    }
+
+    func handler(_ edit: (inout SMTPServerHandler.Settings) -> Void) throws -> (EmbeddedChannel, Store) {
+        let (c, _, s, _) = try HandlerTests().makeHandlerKeepingIt(edit)
+        try c.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 25)).wait()
+        _ = try HandlerTests().output(c)
+        return (c, s)
+    }
+
+    /// Past the budget a message's text is dropped and its end answered
+    /// 452 4.3.1; while the budget is spent, DATA is answered 452 at once;
+    /// every octet is given back when the transaction ends.
+    @Test func messageTextOverTheBudgetIs452() throws {
+        let budget = MessageMemoryBudget(limit: 10_000)
+        let (channel, store) = try handler { $0.budget = budget }
+        defer { store.close() }
+        let big = String(repeating: String(repeating: "x", count: 98) + "\r\n", count: 200) // 20,000 octets
+        try channel.writeInbound(ByteBuffer(string: "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n" + big + ".\r\n"))
+        let out = try HandlerTests().output(channel)
+        #expect(out.hasSuffix("452 4.3.1 Error: insufficient system resources for message text, try again later\r\n"), "\(out)")
+        #expect(budget.inUse == 0)
+        // Another session holds the budget: DATA is refused before any text.
+        #expect(budget.reserve(10_000))
+        try channel.writeInbound(ByteBuffer(string: "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n"))
+        #expect(try HandlerTests().output(channel).hasSuffix("452 4.3.1 Error: insufficient system resources for message text, try again later\r\n"))
+        budget.release(10_000)
+        try channel.writeInbound(ByteBuffer(string: "DATA\r\nsmall\r\n.\r\n"))
+        channel.embeddedEventLoop.run()
+        #expect(try HandlerTests().output(channel).hasPrefix("354"))
+    }
+
+    /// A client that keeps the connection busy (one NOOP before each
+    /// timeout) is closed when the session's time is up.
+    @Test func aSessionEndsAfterItsMaximumDuration() throws {
+        let (channel, store) = try handler { $0.maxSession = .seconds(60); $0.commandTimeout = .seconds(30) }
+        defer { store.close() }
+        for _ in 0..<3 {
+            channel.embeddedEventLoop.advanceTime(by: .seconds(25))
+            try channel.writeInbound(ByteBuffer(string: "NOOP\r\n"))
+        }
+        let out = try HandlerTests().output(channel)
+        #expect(out.contains("421 4.4.2 mx.test Error: session too long, closing"), "\(out)")
+        channel.embeddedEventLoop.run()
+        #expect(!channel.isActive)
     }
 }
 
