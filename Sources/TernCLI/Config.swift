@@ -32,6 +32,14 @@ public struct TernSettings: Sendable {
     public var shutdownGrace = defaults.shutdownGraceSeconds
     /// `Received:` fields a message may carry (Postfix's hopcount_limit).
     public var maxHops = 50
+    public var maxJunkCommands = defaults.session.maxJunkCommands
+    public var maxCommands = defaults.session.maxCommands
+    public var maxSessionSeconds = defaults.maxSessionSeconds
+    public var messageMemory = defaults.messageMemory
+    public var clientIPv4Prefix = defaults.clientIPv4Prefix
+    public var clientIPv6Prefix = defaults.clientIPv6Prefix
+    /// What listeners without their own `bare_newline` do with a bare LF.
+    public var bareNewline = defaults.session.bareNewline
     // Delivery
     public var routes: [StaticRoute] = []
     /// DNS servers as HOST:PORT; empty means the system's (/etc/resolv.conf).
@@ -53,6 +61,8 @@ public struct TernSettings: Sendable {
     /// Certificate chain and key (PEM) for STARTTLS on the listeners.
     public var tlsCert: String? = nil
     public var tlsKey: String? = nil
+    /// The listeners' TLS versions and TLS 1.2 suites (`[tls] min_version`, `ciphers`).
+    public var tlsProfile = TLSProfile()
     /// Run the scheduler (false: accept and queue only).
     public var deliver = true
     public var tlsPolicy: TLSPolicy = .may
@@ -116,6 +126,9 @@ public struct TernSettings: Sendable {
         session.maxCommandLine = maxCommandLine
         session.maxTextLine = maxTextLine
         session.maxErrors = maxErrors
+        session.maxJunkCommands = maxJunkCommands
+        session.maxCommands = maxCommands
+        session.bareNewline = bareNewline
         session.relay = RelayPolicy(relayDomains: relayDomains, trustedNetworks: trustedNetworks)
         var c = ListenerConfig(session: session)
         c.listen = listen
@@ -124,6 +137,10 @@ public struct TernSettings: Sendable {
         c.maxConnections = maxConnections
         c.maxConnectionsPerClient = maxConnectionsPerClient
         c.shutdownGraceSeconds = shutdownGrace
+        c.maxSessionSeconds = maxSessionSeconds
+        c.messageMemory = messageMemory
+        c.clientIPv4Prefix = clientIPv4Prefix
+        c.clientIPv6Prefix = clientIPv6Prefix
         return c
     }
 }
@@ -136,9 +153,10 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 extension TernSettings {
     static let topKeys: Set<String> = ["hostname", "db", "listen", "listener", "relay_domains", "trusted_networks", "log_level",
                                        "limits", "routes", "resolvers", "remote_port", "delivery", "tls_cert", "tls_key", "auth",
-                                       "retention"]
+                                       "retention", "tls"]
     static let retentionKeys: Set<String> = ["bodies", "history", "sweep_interval"]
-    static let listenerKeys: Set<String> = ["address", "role", "plaintext_auth"]
+    static let tlsKeys: Set<String> = ["min_version", "ciphers"]
+    static let listenerKeys: Set<String> = ["address", "role", "plaintext_auth", "bare_newline"]
     static let authKeys: Set<String> = ["max_failures", "failure_window"]
     static let deliveryKeys: Set<String> = [
         "max_connections", "max_connections_per_destination", "messages_per_connection", "retry_first", "retry_max",
@@ -148,6 +166,8 @@ extension TernSettings {
     static let limitKeys: Set<String> = [
         "max_message_size", "max_recipients", "max_command_line", "max_text_line", "max_errors", "max_connections",
         "max_connections_per_client", "command_timeout", "data_timeout", "shutdown_grace", "max_hops",
+        "max_junk_commands", "max_commands", "max_session_time", "message_memory", "client_ipv4_prefix", "client_ipv6_prefix",
+        "bare_newline",
     ]
 
     /// Applies a TOML document on top of these settings.
@@ -198,6 +218,7 @@ extension TernSettings {
                     guard let b = v.bool else { throw ConfigError("\(source): 'listener.plaintext_auth' must be true or false") }
                     l.plaintextAuth = b
                 }
+                if let v = try string(t, "bare_newline") { l.bareNewline = try TernSettings.parseBareNewline(v) }
                 listeners.append(l)
             }
         }
@@ -248,6 +269,20 @@ extension TernSettings {
             if let v = try int(ret, "history") { retention.historyDays = v }
             if let v = try int(ret, "sweep_interval") { retentionSweepSeconds = Int64(v) }
         }
+        if let t = table["tls"] {
+            guard let tls = t.table else { throw ConfigError("\(source): 'tls' must be a table") }
+            for key in tls.keys where !TernSettings.tlsKeys.contains(key) {
+                throw ConfigError("\(source): unknown key 'tls.\(key)' (known: \(TernSettings.tlsKeys.sorted().joined(separator: ", ")))")
+            }
+            if let v = try string(tls, "min_version") {
+                switch v {
+                case "1.2": tlsProfile.minimumVersion = .tlsv12
+                case "1.3": tlsProfile.minimumVersion = .tlsv13
+                default: throw ConfigError("\(source): 'tls.min_version' must be \"1.2\" or \"1.3\"")
+                }
+            }
+            if let v = try string(tls, "ciphers") { tlsProfile.ciphers = v }
+        }
         if let a = table["auth"] {
             guard let auth = a.table else { throw ConfigError("\(source): 'auth' must be a table") }
             for key in auth.keys where !TernSettings.authKeys.contains(key) {
@@ -272,6 +307,13 @@ extension TernSettings {
             if let v = try int(limits, "data_timeout") { dataTimeout = Int64(v) }
             if let v = try int(limits, "shutdown_grace") { shutdownGrace = Int64(v) }
             if let v = try int(limits, "max_hops") { maxHops = v }
+            if let v = try int(limits, "max_junk_commands") { maxJunkCommands = v }
+            if let v = try int(limits, "max_commands") { maxCommands = v }
+            if let v = try int(limits, "max_session_time") { maxSessionSeconds = Int64(v) }
+            if let v = try int(limits, "message_memory") { messageMemory = v }
+            if let v = try int(limits, "client_ipv4_prefix") { clientIPv4Prefix = v }
+            if let v = try int(limits, "client_ipv6_prefix") { clientIPv6Prefix = v }
+            if let v = try string(limits, "bare_newline") { bareNewline = try TernSettings.parseBareNewline(v) }
         }
         try validate()
     }
@@ -289,6 +331,12 @@ extension TernSettings {
         if maxRecipients < 1 { throw ConfigError("limits.max_recipients must be at least 1") }
         if maxErrors < 1 { throw ConfigError("limits.max_errors must be at least 1") }
         if maxHops < 2 { throw ConfigError("limits.max_hops must be at least 2") }
+        if maxJunkCommands < 1 || maxCommands < 10 { throw ConfigError("limits.max_junk_commands must be ≥ 1 and limits.max_commands ≥ 10") }
+        if maxSessionSeconds < 60 { throw ConfigError("limits.max_session_time must be at least 60 seconds") }
+        if messageMemory < maxMessageSize { throw ConfigError("limits.message_memory must be at least limits.max_message_size") }
+        if !(8...32).contains(clientIPv4Prefix) || !(16...128).contains(clientIPv6Prefix) {
+            throw ConfigError("limits.client_ipv4_prefix must be 8-32 and limits.client_ipv6_prefix 16-128")
+        }
         if maxConnections < 1 || maxConnectionsPerClient < 1 { throw ConfigError("connection limits must be at least 1") }
         if commandTimeout < 1 || dataTimeout < 1 { throw ConfigError("timeouts must be at least 1 second") }
         if hostname.isEmpty { throw ConfigError("hostname must not be empty") }
@@ -355,6 +403,13 @@ extension TernSettings {
             throw ConfigError("bad port in listen address '\(text)'")
         }
         return (host.isEmpty ? "0.0.0.0" : String(host), port)
+    }
+
+    public static func parseBareNewline(_ text: String) throws -> BareNewlinePolicy {
+        guard let p = BareNewlinePolicy(rawValue: text) else {
+            throw ConfigError("bad bare_newline '\(text)' (one of normalize, reject)")
+        }
+        return p
     }
 
     public static func parseTLSPolicy(_ text: String) throws -> TLSPolicy {

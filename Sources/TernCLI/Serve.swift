@@ -170,7 +170,7 @@ struct Serve: AsyncParsableCommand {
         listenerConfig.onBound = { own.set($0) }
         if let cert = settings.tlsCert, let key = settings.tlsKey {
             do {
-                listenerConfig.tls = try ServerTLS(certificate: cert, key: key)
+                listenerConfig.tls = try ServerTLS(certificate: cert, key: key, profile: settings.tlsProfile)
             } catch {
                 throw fail("cannot load the TLS certificate or key (\(cert), \(key)): \(error)", code: 78)
             }

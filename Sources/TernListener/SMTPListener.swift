@@ -20,6 +20,8 @@ public struct ListenAddress: Sendable, Equatable {
     public var port: Int
     /// Offer AUTH without TLS to loopback clients on this listener.
     public var plaintextAuth: Bool
+    /// This listener's bare-LF policy (nil: the session default).
+    public var bareNewline: BareNewlinePolicy? = nil
 
     public init(_ host: String, _ port: Int, role: ListenerRole = .relay, plaintextAuth: Bool = false) {
         self.role = role
@@ -96,6 +98,7 @@ public final class SMTPListener: Service, Sendable {
         session.startTLS = config.tls != nil && !address.role.implicitTLS
         session.authEnabled = config.authenticator != nil
         session.plaintextAuthOnLoopback = address.plaintextAuth
+        if let b = address.bareNewline { session.bareNewline = b }
         return SMTPServerHandler.Settings(
             session: session, commandTimeout: .seconds(config.commandTimeoutSeconds),
             dataTimeout: .seconds(config.dataTimeoutSeconds),

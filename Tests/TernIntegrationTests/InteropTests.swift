@@ -98,6 +98,20 @@ import TernListener
                                stdin: "EHLO openssl.test\nQUIT\n")
         #expect(s.stdout.contains("250-mx.test greets openssl.test"), "\(s.stdout)\(s.stderr)")
         #expect(s.stdout.contains("221 2.0.0 Bye"))
+        // The modern profile (issue 15): no CBC suite (LUCKY13), no static
+        // RSA key exchange, no TLS 1.1; AEAD with ECDHE is taken.
+        func handshake(_ extra: [String]) throws -> ProcessResult {
+            try runProgram("openssl", ["s_client", "-starttls", "smtp", "-connect", "127.0.0.1:\(server.port)", "-brief"] + extra, stdin: "")
+        }
+        for cbc in ["ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA384", "AES128-GCM-SHA256", "AES256-SHA"] {
+            let r = try handshake(["-tls1_2", "-cipher", cbc])
+            #expect(!r.stderr.contains("CONNECTION ESTABLISHED"), "\(cbc) was accepted: \(r.stderr)")
+        }
+        #expect(!(try handshake(["-tls1_1"]).stderr.contains("CONNECTION ESTABLISHED")))
+        let aead = try handshake(["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"])
+        #expect(aead.stderr.contains("CONNECTION ESTABLISHED") && aead.stderr.contains("ECDHE-RSA-AES128-GCM-SHA256"), "\(aead.stderr)")
+        let chacha = try handshake(["-tls1_2", "-cipher", "ECDHE-RSA-CHACHA20-POLY1305"])
+        #expect(chacha.stderr.contains("CONNECTION ESTABLISHED"), "\(chacha.stderr)")
     }
 
     @Test func swaks() async throws {
