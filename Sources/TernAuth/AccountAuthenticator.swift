@@ -39,11 +39,12 @@ public final class AccountAuthenticator: Authenticator {
     public func authenticate(_ credentials: Credentials, mechanism: SASLMechanism, client: ClientInfo) async -> AuthOutcome {
         // Failures count per client network (an IPv6 /64 by default): a
         // host that rotates through its /64 is still one client.
-        let peer = client.network
-        let user = credentials.username
-        if throttle.checkBlocked(peer, now: clock()) {
+        let key = client.network
+        let peer = client.addressText
+        let user = credentials.username.escapingControlCharacters() // for logs and events only
+        if throttle.checkBlocked(key, now: clock()) {
             logger.warning("authentication refused: too many failures", metadata: ["peer": "\(peer)", "user": "\(user)"])
-            await event("auth_blocked", peer: peer, user: user, mechanism: mechanism, failures: throttle.failures(peer, now: clock()))
+            await event("auth_blocked", peer: peer, user: user, mechanism: mechanism, failures: throttle.failures(key, now: clock()))
             return .throttled
         }
         let store = self.store
@@ -51,7 +52,7 @@ public final class AccountAuthenticator: Authenticator {
         let result: Account??
         do {
             result = try await pool.runIfActive { () -> Account?? in
-                let account = try store.account(named: user)
+                let account = try store.account(named: credentials.username)
                 // An unknown name costs the same as a wrong password.
                 let ok = PasswordHasher.verify(password, against: account?.passwordHash ?? PasswordHasher.decoy)
                 return ok ? .some(account) : .some(nil)
@@ -61,11 +62,11 @@ public final class AccountAuthenticator: Authenticator {
             return .unavailable
         }
         if case .some(.some(let account)) = result {
-            throttle.recordSuccess(peer)
+            throttle.recordSuccess(key)
             logger.info("authenticated", metadata: ["peer": "\(peer)", "user": "\(account.name)", "mechanism": "\(mechanism.rawValue)"])
             return .success(AuthIdentity(name: account.name, allowedSenders: account.senders))
         }
-        let (failures, delay) = throttle.recordFailure(peer, now: clock())
+        let (failures, delay) = throttle.recordFailure(key, now: clock())
         logger.notice("authentication failed", metadata: [
             "peer": "\(peer)", "user": "\(user)", "mechanism": "\(mechanism.rawValue)", "failures": "\(failures)",
         ])

@@ -4,6 +4,7 @@
 
 import ArgumentParser
 import Foundation
+import TernProtocol
 import TernStore
 
 struct WindowOptions: ParsableArguments {
@@ -80,7 +81,7 @@ enum HistoryFormatter {
             out += "\n"
             for t in e.timeline { out += "  \(time(t.at))  \(describe(t))\n" }
         }
-        return out + "\(entries.count) recipient\(entries.count == 1 ? "" : "s")\n"
+        return (out + "\(entries.count) recipient\(entries.count == 1 ? "" : "s")\n").escapingControlCharacters(keepingNewlines: true)
     }
 
     static func json(_ entries: [HistoryEntry]) -> String {

@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import TernMessage
+import TernProtocol
 import TernScheduler
 import TernStore
 
@@ -231,6 +232,10 @@ public enum QueueFormatter {
     }
 
     public static func detailTable(_ d: MessageDetail) -> String {
+        detailLines(d).escapingControlCharacters(keepingNewlines: true)
+    }
+
+    static func detailLines(_ d: MessageDetail) -> String {
         let m = d.message
         var out = "queue id:    \(m.queueID)\n"
         out += "received:    \(isoTime(m.receivedAt)) UTC from \(d.clientAddress ?? "local") (\(d.helo ?? "-"))\n"
@@ -257,6 +262,8 @@ public enum QueueFormatter {
 
 /// Left-aligned columns separated by two spaces.
 func renderTable(header: [String], rows: [[String]]) -> String {
+    // Cells hold text from the network (replies, names): never raw control characters on a terminal.
+    let rows = rows.map { $0.map { $0.escapingControlCharacters() } }
     var widths = header.map(\.count)
     for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
     func line(_ cells: [String]) -> String {

@@ -54,7 +54,8 @@ public struct ReplyParser: Sendable {
         guard separator == 32 || separator == UInt8(ascii: "-") else { throw Failure.malformed(line) }
         bytes += line.utf8.count
         guard lines.count < ReplyParser.maxLines, bytes <= ReplyParser.maxBytes else { throw Failure.tooLong }
-        lines.append(line.utf8.count > 4 ? String(line[line.utf8.index(line.startIndex, offsetBy: 4)...]) : "")
+        // The text goes to logs, rows and bounces: no control characters.
+        lines.append(line.utf8.count > 4 ? String(line[line.utf8.index(line.startIndex, offsetBy: 4)...]).escapingControlCharacters() : "")
         if separator == UInt8(ascii: "-") { return nil }
         defer { code = nil; lines = []; bytes = 0 }
         return ReplyParser.make(c, lines)

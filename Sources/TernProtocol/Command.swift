@@ -336,6 +336,10 @@ public enum XText {
                 return nil
             }
         }
+        // RFC 3461 §4: xtext carries printable text; a control character
+        // decoded from "+0D", "+0A" or "+00" would go into DSN headers and
+        // our logs as it is (header injection), so it is refused.
+        if bytes.contains(where: { $0 < 0x20 || $0 == 0x7F }) { return nil }
         return String(validating: bytes, as: UTF8.self)
     }
 

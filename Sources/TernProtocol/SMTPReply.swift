@@ -160,3 +160,27 @@ public struct SMTPReply: Sendable, Hashable, CustomStringConvertible {
     /// The text of all lines, joined by a space (for storage in the database).
     public var text: String { lines.joined(separator: " ") }
 }
+
+extension String {
+    /// The text with control characters (C0, DEL, C1) written as `\xNN`,
+    /// for anything from the network that reaches a log line, a terminal
+    /// or a stored reason: a remote server's reply, an AUTH user name.
+    /// `keepingNewlines` leaves LF alone (multi-line CLI output).
+    public func escapingControlCharacters(keepingNewlines: Bool = false) -> String {
+        func isControl(_ v: UInt32) -> Bool { v < 0x20 || (v >= 0x7F && v <= 0x9F) }
+        guard unicodeScalars.contains(where: { isControl($0.value) && !(keepingNewlines && $0.value == 10) }) else { return self }
+        var out = ""
+        out.reserveCapacity(utf8.count + 8)
+        let hex = Array("0123456789ABCDEF")
+        for u in unicodeScalars {
+            if isControl(u.value) && !(keepingNewlines && u.value == 10) {
+                out += "\\x"
+                out.append(hex[Int(u.value >> 4)])
+                out.append(hex[Int(u.value & 0xF)])
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        return out
+    }
+}

@@ -283,8 +283,11 @@ public struct SMTPServerSession: Sendable {
             return .reply([SMTPReply(421, .tempSecurity, "\(config.hostname) Error: too many commands in one session")], close: true)
         }
         let length = line.readableBytes + 2
-        guard let text = line.getString(at: line.readerIndex, length: line.readableBytes),
-              !text.contains("\r"), !text.contains("\0") else {
+        // RFC 5321 §4.1.1: commands are printable text and SP. A control
+        // character (an EHLO name with ESC or TAB, a bare CR) is refused
+        // before it can reach a log line, a header or a terminal.
+        guard !line.withUnsafeReadableBytes({ $0.contains { $0 < 0x20 || $0 == 0x7F } }),
+              let text = line.getString(at: line.readerIndex, length: line.readableBytes) else {
             return error(SMTPReply(500, .syntaxError, "Error: bad characters in command"))
         }
         if text.isEmpty { return error(SMTPReply(500, .syntaxError, "Error: bad syntax")) }

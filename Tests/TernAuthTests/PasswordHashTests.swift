@@ -130,6 +130,23 @@ import TernProtocol
         await auth.shutdown()
     }
 
+    /// Issue 15: AUTH failures count per client network, so an IPv6 host
+    /// cannot reset its count by moving to another address of its /64.
+    @Test func failuresCountPerIPv6Slash64() async throws {
+        let store = try makeStore()
+        defer { store.close() }
+        var policy = ThrottlePolicy()
+        policy.maxFailures = 2
+        let auth = AccountAuthenticator(store: store, throttle: AuthThrottle(policy: policy), clock: { 5_000 }, sleep: { _ in })
+        func from(_ a: String) -> ClientInfo { ClientInfo(address: IPAddress(a), addressText: a, trusted: false) }
+        let wrong = Credentials(username: "x", password: "y")
+        #expect(await auth.authenticate(wrong, mechanism: .plain, client: from("2001:db8:7:7::1")) == .failure)
+        #expect(await auth.authenticate(wrong, mechanism: .plain, client: from("2001:db8:7:7::2")) == .failure)
+        #expect(await auth.authenticate(wrong, mechanism: .plain, client: from("2001:db8:7:7:abcd::3")) == .throttled)
+        #expect(await auth.authenticate(wrong, mechanism: .plain, client: from("2001:db8:7:8::1")) == .failure) // another /64
+        await auth.shutdown()
+    }
+
     @Test func storeFailureIsUnavailable() async throws {
         let store = try makeStore()
         let auth = AccountAuthenticator(store: store, clock: { 1 }, sleep: { _ in })

@@ -33,6 +33,13 @@ import Testing
     let env = ClientEnvelope(mailFrom: "a@x.test", size: 1234, bodyType: "8BITMIME", smtputf8: false, ret: "HDRS", envID: "id+1",
                              recipients: [ClientRecipient(id: 1, address: "b@y.test", notify: "SUCCESS,FAILURE", orcpt: "rfc822;b=orig@y.test")])
 
+    @Test func replyTextHasNoControlCharacters() throws {
+        var p = ReplyParser()
+        let r = try #require(try p.feed("550 5.1.1 no\u{1B}[31m such\tuser\u{7}"))
+        #expect(r.text == "no\\x1B[31m such\\x09user\\x07")
+        #expect("a\u{85}b\nc".escapingControlCharacters(keepingNewlines: true) == "a\\x85b\nc")
+    }
+
     @Test func replyBoundsAndSteps() throws {
         var p = ReplyParser()
         for _ in 0..<99 { #expect(try p.feed("250-x") == nil) }

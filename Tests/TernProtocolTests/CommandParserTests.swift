@@ -124,6 +124,11 @@ import Testing
         #expect(XText.decode("a=b") == nil)
         #expect(XText.decode("a b") == nil)
         #expect(XText.decode("+2b") == nil) // hex must be upper case
+        // Issue 15: decoded control characters are refused (header injection into DSNs).
+        for bad in ["a+0D+0ABcc:+20x@y", "a+00b", "a+09b", "a+7Fb"] { #expect(XText.decode(bad) == nil, "\(bad)") }
+        #expect(XText.decode("caf+C3+A9") == "café") // UTF-8 stays (RFC 6533)
+        if case .success = CommandParser.parse("MAIL FROM:<a@x.test> ENVID=x+0D+0AInjected:+20y", esmtp: true) { Issue.record("ENVID with CRLF") }
+        if case .success = CommandParser.parse("RCPT TO:<b@y.test> ORCPT=rfc822;b+0A@y.test", esmtp: true) { Issue.record("ORCPT with LF") }
         #expect(XText.encode("a+b=c d") == "a+2Bb+3Dc+20d")
         #expect(XText.decode(XText.encode("jöran+x")) == "jöran+x")
     }

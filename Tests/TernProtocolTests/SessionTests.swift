@@ -348,6 +348,9 @@ import Testing
         var d = Driver()
         d.feed("NO\rOP\r\n\r\n")
         #expect(d.codes == ["500 5.5.2", "500 5.5.2"])
+        // Control characters never reach a log line or Received: through EHLO.
+        d.feed("EHLO evil\u{1B}[2J.test\r\nEHLO tab\there\r\nHELO del\u{7F}.test\r\n")
+        #expect(d.codes.suffix(3) == ["500 5.5.2", "500 5.5.2", "500 5.5.2"])
     }
 
     @Test func commitFailureIsPassedOn() {
