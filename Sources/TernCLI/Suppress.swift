@@ -41,7 +41,7 @@ struct Suppress: AsyncParsableCommand {
         func run() async throws {
             let (store, _) = try openExisting(common)
             defer { store.close() }
-            let n = try await store.removeSuppressions(addresses)
+            let n = try await store.removeSuppressions(addresses.map { AddressParser.canonical($0) ?? $0 })
             print("removed \(n) of \(addresses.count)")
             if n < addresses.count { throw ExitCode(67) }
         }
@@ -84,10 +84,10 @@ struct Suppress: AsyncParsableCommand {
                 let line = raw.trimmingCharacters(in: .whitespaces)
                 if line.isEmpty || line.hasPrefix("#") || line.lowercased().hasPrefix("address,") || line.lowercased() == "address" { continue }
                 let first = String(line.split(separator: ",", maxSplits: 1).first ?? "").trimmingCharacters(in: CharacterSet(charactersIn: "\" "))
-                guard case .success = AddressParser.parseMailbox(Substring(first), allowUTF8: true) else {
+                guard let canonical = AddressParser.canonical(first) else {
                     throw fail("\(file):\(n + 1): bad address '\(first)'; nothing imported", code: 65)
                 }
-                entries.append(Suppression(address: first, reason: reason, source: "import", createdAt: now))
+                entries.append(Suppression(address: canonical, reason: reason, source: "import", createdAt: now))
             }
             try await save(entries, common, verb: "imported")
         }
@@ -115,11 +115,11 @@ private func save(_ entries: [Suppression], _ common: DatabaseOptions, verb: Str
     print("\(verb) \(entries.count) address\(entries.count == 1 ? "" : "es") (\(added) new)")
 }
 
+/// The address in the one form the suppression list keys by (domain as a
+/// lower-case A-label), or exit 65.
 func checkedAddress(_ s: String) throws -> String {
-    guard case .success = AddressParser.parseMailbox(Substring(s), allowUTF8: true) else {
-        throw fail("bad address '\(s)'", code: 65)
-    }
-    return s
+    guard let c = AddressParser.canonical(s) else { throw fail("bad address '\(s)'", code: 65) }
+    return c
 }
 
 /// `30d`-style durations from now, or an absolute time.

@@ -42,8 +42,21 @@ public struct Mailbox: Sendable, Hashable, CustomStringConvertible {
         return IDNA.toASCII(domain) ?? domain.lowercased()
     }
 
+    /// The one form in which addresses are compared (suppression, recipient
+    /// tables): the local part as written, the domain as a lower-case A-label.
+    /// `Jörg@Bücher.TEST` and `Jörg@xn--bcher-kva.test` are the same key.
+    public var canonical: String { localPart + "@" + normalizedDomain }
+
     /// True when any part of the address is non-ASCII (needs SMTPUTF8).
     public var needsSMTPUTF8: Bool { !address.unicodeScalars.allSatisfy(\.isASCII) }
+}
+
+extension AddressParser {
+    /// `Mailbox.canonical` of an address text; nil when it is no address.
+    public static func canonical(_ text: some StringProtocol) -> String? {
+        guard case .success(let m) = parseMailbox(Substring(text), allowUTF8: true) else { return nil }
+        return m.canonical
+    }
 }
 
 /// Why an address failed to parse.

@@ -344,6 +344,9 @@ public final class Scheduler: Service, Sendable {
         }
     }
 
+    /// The suppression key of an address: its canonical form.
+    static func key(_ address: String) -> String { AddressParser.canonical(address) ?? address }
+
     /// Claims recipients to deliver, settling the suppressed ones on the way.
     private func claimDeliverable(_ domain: String) async -> [ClaimedRecipient] {
         while true {
@@ -351,14 +354,15 @@ public final class Scheduler: Service, Sendable {
             if claimed.isEmpty { return [] }
             let reasons: [String: String]
             do {
-                reasons = try store.suppressed(claimed.map(\.address), now: clock.now())
+                // One form for both sides: the domain as a lower-case A-label.
+                reasons = try store.suppressed(claimed.map { Scheduler.key($0.address) }, now: clock.now())
             } catch {
                 logger.error("suppression check failed; delivering", metadata: ["error": "\(error)"])
                 return claimed
             }
             if reasons.isEmpty { return claimed }
             let (stopped, keep) = claimed.reduce(into: ([ClaimedRecipient](), [ClaimedRecipient]())) { acc, r in
-                if reasons[r.address.lowercased()] != nil { acc.0.append(r) } else { acc.1.append(r) }
+                if reasons[Scheduler.key(r.address)] != nil { acc.0.append(r) } else { acc.1.append(r) }
             }
             await settleSuppressed(stopped, reasons: reasons)
             if !keep.isEmpty || stopping { return keep }
@@ -373,7 +377,7 @@ public final class Scheduler: Service, Sendable {
             var batch = OutcomeBatch(at: now)
             var reports: [DSNRecipient] = []
             for r in group {
-                let d = Policy.suppress(r, reason: reasons[r.address.lowercased()] ?? "suppressed", sender: stored.mailFrom, now: now)
+                let d = Policy.suppress(r, reason: reasons[Scheduler.key(r.address)] ?? "suppressed", sender: stored.mailFrom, now: now)
                 batch.transitions.append(d.transition)
                 if let report = d.dsn { reports.append(report) }
                 logger.info("suppressed", metadata: ["msg": "\(stored.queueID)", "rcpt": "\(r.address)"])
@@ -560,7 +564,7 @@ public final class Scheduler: Service, Sendable {
                                                      category: Policy.category(outcome)))
                 batch.transitions.append(decision.transition)
                 if config.policy.suppressOnHardBounce && Policy.isNonexistentAddress(outcome) {
-                    let entry = Suppression(address: r.address, reason: "\(outcome.reply.code) \(outcome.reply.enhanced!) \(outcome.reply.text)",
+                    let entry = Suppression(address: AddressParser.canonical(r.address) ?? r.address, reason: "\(outcome.reply.code) \(outcome.reply.enhanced!) \(outcome.reply.text)",
                                             source: "bounce", createdAt: now)
                     batch.suppressions.append((entry, r.id, r.messageID))
                 }

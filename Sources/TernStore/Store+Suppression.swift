@@ -67,7 +67,9 @@ extension Store {
         }
     }
 
-    /// Which of these addresses are suppressed at `now` (expired entries do not count), with the reason.
+    /// Which of these addresses are suppressed at `now` (expired entries do
+    /// not count), with the reason, keyed as given. The caller passes the
+    /// canonical form (`Mailbox.canonical`); ASCII case does not matter.
     public func suppressed(_ addresses: [String], now: Int64) throws -> [String: String] {
         guard !addresses.isEmpty else { return [:] }
         return try readStatement { db in
@@ -76,7 +78,7 @@ extension Store {
                 SELECT reason FROM suppression WHERE address = ? AND (expires_at IS NULL OR expires_at > ?)
                 """)
             for a in Set(addresses) {
-                if let reason = try String.fetchOne(stmt, arguments: [a, now]) { found[a.lowercased()] = reason }
+                if let reason = try String.fetchOne(stmt, arguments: [a, now]) { found[a] = reason }
             }
             return found
         }

@@ -41,6 +41,25 @@ import TernProtocol
         #expect(body.contains("PERM-gone@far.test") && body.contains("Status: 5.7.1"))
     }
 
+    /// Issue 15: one canonical form for both sides (domain lower-cased and as
+    /// an A-label), so "jörg@Bücher.TEST" on the list stops mail to
+    /// "jörg@xn--bcher-kva.test" and the other way round.
+    @Test func suppressionComparesCanonicalAddresses() async throws {
+        let h = try Harness()
+        defer { h.store.close() }
+        h.agent.allOK = true
+        #expect(AddressParser.canonical("jörg@Bücher.TEST") == "jörg@xn--bcher-kva.test")
+        try await h.store.addSuppressions([Suppression(address: AddressParser.canonical("jörg@Bücher.TEST")!, reason: "manual",
+                                                       source: "manual", createdAt: h.clock.now())])
+        try await h.submit(["jörg@xn--bcher-kva.test", "ok@xn--bcher-kva.test"])
+        try await h.submit(["ok2@BÜCHER.test", "JÖRG@bücher.test"])
+        await h.scheduler.runDue()
+        #expect(try h.state("jörg@xn--bcher-kva.test") == "suppressed")
+        #expect(try h.state("ok@xn--bcher-kva.test") == "delivered")
+        #expect(try h.state("JÖRG@bücher.test") == "delivered") // a non-ASCII local part keeps its case
+        #expect(try h.state("ok2@BÜCHER.test") == "delivered")
+    }
+
     @Test func notifyNeverAndOnlySuppressedAndExpiry() async throws {
         let h = try Harness { $0.policy.suppressOnHardBounce = false }
         defer { h.store.close() }
