@@ -19,6 +19,11 @@
 // it would not lose without the shim), and a write error reaches COMMIT
 // through xSync as it would have through xWrite.
 //
+// Only on a device with POWERSAFE_OVERWRITE (SQLite's default): without it,
+// SQLite pads a commit to a sector boundary and syncs in the middle of
+// that write (walWriteToLog), so frames written after the sync would wait
+// in the buffer for xShmBarrier, where a write error cannot be reported.
+//
 // A WAL file is paired with its own connection's database file through
 // sqlite3_filename_database(): SQLite gives the WAL's xOpen a name inside
 // the same allocation as the database name it opened. A WAL without a pair
@@ -39,6 +44,8 @@ struct TernFile {
     TernFile *pair;            /* database file <-> its connection's WAL */
     const char *name;          /* the database name pointer SQLite passed to xOpen */
     int isWal;
+    int psow;                  /* database file: POWERSAFE_OVERWRITE, as SQLite's wal.c reads it from
+                                  this file (without it its WAL is never buffered) */
     int bufferWal;             /* database file: its connection's WAL may be buffered */
     long gathered, flushes;    /* WAL: writes that went into the buffer, buffers written out */
     unsigned char *buf;
@@ -72,11 +79,13 @@ static int flushBuffer(TernFile *p) {
 
 static void flushPair(TernFile *db) {
     if (db->pair && db->pair->bufLen > 0 && flushBuffer(db->pair) != SQLITE_OK) {
-        /* Unreachable while buffering is on only for synchronous=FULL
-           (xSync flushed already). Were it reached: nowhere to report the
-           error (xShmBarrier returns nothing) and the frames about to be
-           published are not in the file. Stop rather than let readers see
-           them; recovery restarts from what is on disk. */
+        /* Unreachable: buffering is on only for synchronous=FULL and only
+           with POWERSAFE_OVERWRITE, where SQLite's xSync after a commit's
+           last frame has flushed the buffer before xShmBarrier. Were it
+           reached: nowhere to report the error (xShmBarrier returns
+           nothing) and the frames about to be published are not in the
+           file. Stop rather than let readers see them; recovery restarts
+           from what is on disk. */
         abort();
     }
 }
@@ -108,7 +117,7 @@ static int tRead(sqlite3_file *f, void *out, int n, sqlite3_int64 off) {
 
 static int tWrite(sqlite3_file *f, const void *data, int n, sqlite3_int64 off) {
     TernFile *p = (TernFile *)f;
-    if (!p->isWal || !p->pair || !p->pair->bufferWal) {
+    if (!p->isWal || !p->pair || !p->pair->bufferWal || !p->pair->psow) {
         if (p->isWal) FLUSH_OR_RETURN(p);
         return p->real->pMethods->xWrite(p->real, data, n, off);
     }
@@ -154,8 +163,10 @@ static int tLock(sqlite3_file *f, int level) {
 
 static int tUnlock(sqlite3_file *f, int level) {
     TernFile *p = (TernFile *)f;
-    if (p->isWal) FLUSH_OR_RETURN(p);
-    return p->real->pMethods->xUnlock(p->real, level);
+    /* Release first, then report: a failed flush must never leave a lock held. */
+    int frc = p->isWal ? flushBuffer(p) : SQLITE_OK;
+    int rc = p->real->pMethods->xUnlock(p->real, level);
+    return frc != SQLITE_OK ? frc : rc;
 }
 
 static int tCheckReservedLock(sqlite3_file *f, int *out) {
@@ -175,6 +186,7 @@ static int tFileControl(sqlite3_file *f, int op, void *arg) {
         out[0] = p->pair != 0;
         out[1] = p->pair ? p->pair->gathered : 0;
         out[2] = p->pair ? p->pair->flushes : 0;
+        out[3] = p->psow;
         return SQLITE_OK;
     }
     if (p->isWal) FLUSH_OR_RETURN(p);
@@ -199,7 +211,15 @@ static int tShmMap(sqlite3_file *f, int region, int size, int extend, void volat
 
 static int tShmLock(sqlite3_file *f, int offset, int n, int flags) {
     TernFile *p = (TernFile *)f;
-    if (p->pair) FLUSH_OR_RETURN(p->pair);
+    int frc = p->pair ? flushBuffer(p->pair) : SQLITE_OK;
+    if (flags & SQLITE_SHM_UNLOCK) {
+        /* Release first, then report: skipping an unlock on a failed flush
+           would leave the lock held for ever (every writer and checkpoint
+           of every process would then wait on it). */
+        int rc = p->real->pMethods->xShmLock(p->real, offset, n, flags);
+        return frc != SQLITE_OK ? frc : rc;
+    }
+    if (frc != SQLITE_OK) return frc;
     return p->real->pMethods->xShmLock(p->real, offset, n, flags);
 }
 
@@ -256,6 +276,8 @@ static int tOpen(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *f, int f
     p->base.pMethods = &ternMethods;
     if (flags & SQLITE_OPEN_MAIN_DB) {
         p->name = name;
+        /* wal.c pads to sector boundaries when the database file lacks it. */
+        p->psow = (p->real->pMethods->xDeviceCharacteristics(p->real) & SQLITE_IOCAP_POWERSAFE_OVERWRITE) != 0;
         pthread_mutex_lock(&dbListLock);
         p->nextDb = dbList;
         dbList = p;

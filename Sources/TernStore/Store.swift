@@ -140,10 +140,38 @@ public final class Store: Sendable {
     /// shim, WAL writes gathered, gathered buffers written out.
     package func walGathering() throws -> (paired: Bool, gathered: Int, flushes: Int) {
         try writeDirect { db in
-            var out = [Int](repeating: 0, count: 3)
+            var out = [Int](repeating: 0, count: 4)
             _ = sqlite3_file_control(db.sqliteConnection, "main", TERN_FCNTL_WAL_STATS, &out)
             return (out[0] != 0, out[1], out[2])
         }
+    }
+
+    /// Tests: opens `uri` (SQLite URI parameters such as `psow=0`) through the
+    /// shim, commits `rows` rows at synchronous=FULL with gathering asked
+    /// for, and returns the WAL stats and the rows read back.
+    package static func walGatheringProbe(uri: String, rows: Int) throws -> (gathered: Int, psow: Bool, count: Int) {
+        _ = tern_wal_vfs_register()
+        var db: OpaquePointer? = nil
+        guard sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, nil) == SQLITE_OK, let db else {
+            throw StoreError.other("cannot open \(uri)")
+        }
+        defer { sqlite3_close_v2(db) }
+        func exec(_ sql: String) throws {
+            guard sqlite3_exec(db, sql, nil, nil, nil) == SQLITE_OK else { throw StoreError.other(String(cString: sqlite3_errmsg(db))) }
+        }
+        try exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; CREATE TABLE IF NOT EXISTS t (x BLOB)")
+        var on: Int32 = 1
+        _ = sqlite3_file_control(db, "main", TERN_FCNTL_BUFFER_WAL, &on)
+        for _ in 0..<rows { try exec("INSERT INTO t VALUES (randomblob(3000))") }
+        var out = [Int](repeating: 0, count: 4)
+        _ = sqlite3_file_control(db, "main", TERN_FCNTL_WAL_STATS, &out)
+        var count = 0
+        var stmt: OpaquePointer? = nil
+        if sqlite3_prepare_v2(db, "SELECT count(*) FROM t", -1, &stmt, nil) == SQLITE_OK, sqlite3_step(stmt) == SQLITE_ROW {
+            count = Int(sqlite3_column_int64(stmt, 0))
+        }
+        sqlite3_finalize(stmt)
+        return (out[1], out[3] != 0, count)
     }
 
     /// A pragma's value on the writer connection (`synchronous`, `journal_mode`, …).

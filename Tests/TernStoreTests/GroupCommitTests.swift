@@ -319,3 +319,20 @@ final class WriterGate: Sendable {
         #expect(integrity == "ok")
     }
 }
+
+/// Issue 15: without POWERSAFE_OVERWRITE SQLite pads a commit to a sector
+/// and syncs inside that write, so frames written after the sync would wait
+/// in the buffer for xShmBarrier, where an error cannot be reported (the
+/// shim's abort). The shim must not buffer such a WAL at all.
+@Suite struct WALGatheringPSOWTests {
+    @Test func withoutPowersafeOverwriteNothingIsGathered() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-psow-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let with = try Store.walGatheringProbe(uri: "file:\(dir.path)/a.sqlite?psow=1", rows: 20)
+        #expect(with.psow && with.gathered > 0 && with.count == 20)
+        let without = try Store.walGatheringProbe(uri: "file:\(dir.path)/b.sqlite?psow=0", rows: 20)
+        #expect(!without.psow)
+        #expect(without.gathered == 0)
+        #expect(without.count == 20)
+    }
+}

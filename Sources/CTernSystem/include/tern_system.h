@@ -19,7 +19,8 @@ int tern_wal_vfs_register(void);
 /// Only for synchronous=FULL, where SQLite syncs the WAL before publishing.
 #define TERN_FCNTL_BUFFER_WAL 0x7E57A1
 
-/// sqlite3_file_control opcode (on "main"): fills long[3] with whether the
+/// sqlite3_file_control opcode (on "main"): fills long[4] with whether the
 /// connection's WAL is paired with it (1/0), how many WAL writes were
-/// gathered and how many gathered buffers were written out (tests).
+/// gathered, how many gathered buffers were written out, and whether the
+/// WAL's device has POWERSAFE_OVERWRITE (without it nothing is gathered).
 #define TERN_FCNTL_WAL_STATS 0x7E57A2
