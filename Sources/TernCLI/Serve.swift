@@ -14,6 +14,7 @@ import TernAuth
 import TernDelivery
 import TernIntake
 import TernListener
+import TernProtocol
 import TernRouting
 import TernScheduler
 import TernStore
@@ -168,6 +169,7 @@ struct Serve: AsyncParsableCommand {
                             handoff: settings.deliver ? scheduler : nil, maxHops: settings.maxHops, onAccepted: { scheduler.wake() })
         var listenerConfig = settings.listenerConfig
         listenerConfig.onBound = { own.set($0) }
+        listenerConfig.recipients = RecipientTable()
         if let cert = settings.tlsCert, let key = settings.tlsKey {
             do {
                 listenerConfig.tls = try ServerTLS(certificate: cert, key: key, profile: settings.tlsProfile)

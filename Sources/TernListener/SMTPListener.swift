@@ -57,6 +57,11 @@ public struct ListenerConfig: Sendable {
     public var tls: ServerTLS? = nil
     /// Checks AUTH credentials; without one AUTH is not offered and submission listeners refuse MAIL.
     public var authenticator: (any Authenticator)? = nil
+    /// Valid recipients of relay domains, loaded from the store at start and
+    /// kept fresh while the listener runs.
+    public var recipients: RecipientTable? = nil
+    /// Seconds between checks of the recipient table for changes.
+    public var recipientRefreshSeconds: Int64 = 5
     /// Told the bound addresses once every listener is bound (delivery
     /// uses them never to connect to this server itself).
     public var onBound: (@Sendable ([SocketAddress]) -> Void)? = nil
@@ -75,6 +80,7 @@ public final class SMTPListener: Service, Sendable {
     private let channels = BoundChannels()
     /// Set when shutdown begins: new connections are told 421 4.3.2.
     private let draining = NIOLockedValueBox(false)
+    private let recipientsVersion = NIOLockedValueBox<String?>(nil)
 
     public init(config: ListenerConfig, intake: Intake, group: EventLoopGroup, logger: Logger = Logger(label: "tern.smtpd")) {
         self.config = config
@@ -94,6 +100,7 @@ public final class SMTPListener: Service, Sendable {
             throw ListenerError("the \(address.role.rawValue) listener \(address.host):\(address.port) needs a TLS certificate (tls_cert, tls_key)")
         }
         var session = config.session
+        session.recipients = config.recipients
         session.role = address.role
         session.startTLS = config.tls != nil && !address.role.implicitTLS
         session.authEnabled = config.authenticator != nil
@@ -106,8 +113,26 @@ public final class SMTPListener: Service, Sendable {
             authenticator: config.authenticator, maxSession: .seconds(config.maxSessionSeconds), budget: budget)
     }
 
+    /// Loads the recipient table when it changed since `version`; returns the version loaded.
+    @discardableResult
+    func refreshRecipients(since version: String?) -> String? {
+        guard let table = config.recipients else { return nil }
+        let store = intake.store
+        do {
+            let now = try store.relayRecipientsVersion()
+            if now == version { return version }
+            table.replace(addresses: try store.relayRecipients(), catchAll: try store.relayDomainPolicies())
+            logger.info("relay recipient table loaded", metadata: ["recipients": "\(table.count)"])
+            return now
+        } catch {
+            logger.error("cannot read the relay recipient table; keeping the copy in memory", metadata: ["error": "\(error)"])
+            return version
+        }
+    }
+
     /// Binds every listen address.
     public func start() async throws {
+        recipientsVersion.withLockedValue { $0 = refreshRecipients(since: nil) }
         let prepared = try config.listen.map { ($0, try settings(for: $0)) } // every error before the first bind
         for (address, settings) in prepared {
             let channel = try await bootstrap(settings).bind(host: address.host, port: address.port).get()
@@ -187,6 +212,15 @@ public final class SMTPListener: Service, Sendable {
     /// Service entry: serve until graceful shutdown is requested.
     public func run() async throws {
         try await start()
+        let refresher = config.recipients == nil ? nil : Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(config.recipientRefreshSeconds))
+                let v = recipientsVersion.withLockedValue { $0 }
+                let fresh = refreshRecipients(since: v)
+                recipientsVersion.withLockedValue { $0 = fresh }
+            }
+        }
+        defer { refresher?.cancel() }
         try? await gracefulShutdown()
         logger.info("shutting down: no new connections; finishing open transactions")
         await stop()

@@ -3,6 +3,8 @@
 // submission) or when the recipient's domain is one Tern relays for.
 // Pure; consulted by the session machine at RCPT.
 
+import Synchronization
+
 public struct RelayPolicy: Sendable, Equatable {
     /// Lower-case A-label domains; an entry starting with "." matches subdomains.
     public var relayDomains: [String]
@@ -44,3 +46,48 @@ public struct RelayPolicy: Sendable, Equatable {
         return nil
     }
 }
+
+/// The valid recipients of relay domains (Postfix's relay_recipient_maps):
+/// an in-memory copy of the `relay_recipient` and `relay_domain_policy`
+/// tables that the listener refreshes, consulted at RCPT so that an unknown
+/// recipient gets 550 5.1.1 during the session instead of a bounce to a
+/// sender who may be forged (backscatter). Addresses compare in canonical
+/// form, case-insensitively.
+public final class RecipientTable: Sendable {
+    struct Snapshot: Sendable {
+        var addresses: Set<String> = []
+        /// Domains whose recipients are checked (they have entries or a policy row without catch-all).
+        var checked: Set<String> = []
+    }
+
+    private let box = Mutex(Snapshot())
+
+    public init() {}
+
+    /// Replaces the whole table. `addresses` in canonical form; `catchAll`
+    /// per domain (true: any recipient of it is accepted).
+    public func replace(addresses: [String], catchAll: [String: Bool]) {
+        var s = Snapshot()
+        for a in addresses {
+            let key = a.lowercased()
+            s.addresses.insert(key)
+            if let at = key.lastIndex(of: "@") { s.checked.insert(String(key[key.index(after: at)...])) }
+        }
+        for (domain, on) in catchAll {
+            if on { s.checked.remove(domain.lowercased()) } else { s.checked.insert(domain.lowercased()) }
+        }
+        box.withLock { $0 = s }
+    }
+
+    /// nil when the recipient's domain is not checked; else whether it is listed.
+    public func knows(_ mailbox: Mailbox) -> Bool? {
+        let domain = mailbox.normalizedDomain
+        return box.withLock { s in
+            guard s.checked.contains(domain) else { return nil }
+            return s.addresses.contains(mailbox.canonical.lowercased())
+        }
+    }
+
+    public var count: Int { box.withLock { $0.addresses.count } }
+}
+

@@ -28,6 +28,8 @@ public struct SessionConfig: Sendable {
     /// errors (Postfix's smtpd_recipient_overshoot_limit).
     public var recipientOvershootLimit: Int = 1000
     public var relay: RelayPolicy = RelayPolicy()
+    /// Valid recipients of relay domains (nil: every recipient of a relay domain is accepted).
+    public var recipients: RecipientTable? = nil
     /// STARTTLS is offered (a certificate is configured).
     public var startTLS = false
     /// What the listener is for: relay rules, or submission with AUTH required.
@@ -532,6 +534,11 @@ public struct SMTPServerSession: Sendable {
             // An authenticated client may relay anywhere (RFC 6409 §4.3 leaves it to policy).
             if let refusal = config.relay.check(m, clientTrusted: client.trusted || identity != nil) {
                 return error(refusal)
+            }
+            // Backscatter: an unknown recipient of a relay domain is refused
+            // now, not bounced later to a sender who may be forged.
+            if let table = config.recipients, config.relay.isRelayDomain(m.normalizedDomain), table.knows(m) == false {
+                return error(SMTPReply(550, .badDestinationMailbox, "<\(m.address)>: Recipient address rejected: User unknown in relay recipient table"))
             }
             mailbox = m
         }

@@ -68,6 +68,35 @@ import Testing
         #expect(stored == ["b@local.test", "u2@local.test", "postmaster@mx.test"]) // b@LOCAL.TEST is the same mailbox
     }
 
+    /// Issue 15, backscatter: unknown recipients of a relay domain with a
+    /// recipient table are refused at RCPT (550 5.1.1), not bounced later.
+    @Test func relayRecipientTable() {
+        let table = RecipientTable()
+        table.replace(addresses: ["alice@local.test", "jörg@xn--bcher-kva.test"], catchAll: ["open.test": true, "closed.test": false])
+        let config = Driver.config {
+            $0.recipients = table
+            $0.relay = RelayPolicy(relayDomains: ["local.test", "other.test", "open.test", "closed.test", "bücher.test"])
+        }
+        for trusted in [false, true] {
+            var d = Driver(config: config, trusted: trusted, address: trusted ? "127.0.0.1" : "192.0.2.9")
+            d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test> SMTPUTF8\r\n")
+            let cases: [(String, String)] = [
+                ("<alice@local.test>", "250 2.1.5"),
+                ("<ALICE@Local.Test>", "250 2.1.5"),     // case-insensitive
+                ("<bob@local.test>", "550 5.1.1"),       // not listed
+                ("<anyone@other.test>", "250 2.1.5"),    // no table for this domain
+                ("<anyone@open.test>", "250 2.1.5"),     // catch-all on
+                ("<anyone@closed.test>", "550 5.1.1"),   // catch-all off, nobody listed
+                ("<jörg@Bücher.test>", "250 2.1.5"),     // U-label and A-label are one domain
+                ("<karl@bücher.test>", "550 5.1.1"),
+            ]
+            for (rcpt, expected) in cases {
+                d.feed("RCPT TO:\(rcpt)\r\n")
+                #expect(d.last == expected, "\(rcpt) trusted \(trusted)")
+            }
+        }
+    }
+
     @Test func trustedClientsRelayAnywhere() {
         var d = Driver(trusted: true)
         d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@far.test>\r\nRCPT TO:<user%far.test@local.test>\r\n")
