@@ -101,14 +101,28 @@ public struct SMTPReply: Sendable, Hashable, CustomStringConvertible {
     public init(_ code: Int, _ enhanced: EnhancedStatus?, _ text: String) {
         self.code = code
         self.enhanced = enhanced
-        self.lines = [text]
+        self.lines = [SMTPReply.capped(text)]
     }
 
     public init(_ code: Int, _ enhanced: EnhancedStatus?, lines: [String]) {
         precondition(!lines.isEmpty)
         self.code = code
         self.enhanced = enhanced
-        self.lines = lines
+        self.lines = lines.map(SMTPReply.capped)
+    }
+
+    /// Octets of text a reply line may carry: RFC 5321 §4.5.3.1.5 allows
+    /// 512 octets a reply line, code, enhanced code and CRLF included. A
+    /// reply that echoes what a client sent (a 1,000-octet address, an
+    /// unknown parameter) is cut to fit, ending in "...". (Found by the
+    /// session fuzz target.)
+    public static let maxLineText = 490
+
+    static func capped(_ line: String) -> String {
+        guard line.utf8.count > maxLineText else { return line }
+        var cut = Substring(line)
+        while cut.utf8.count > maxLineText - 3 { cut = cut.dropLast() }
+        return String(cut) + "..."
     }
 
     public var isPositive: Bool { code < 400 }

@@ -21,7 +21,7 @@ import Testing
         #expect(second.status == 75, "\(second.stderr)")
         #expect(second.stderr.contains("another `tern serve` (pid \(first.process.processIdentifier)) is running on \(db)"), "\(second.stderr)")
         // CLI commands work beside the running server.
-        #expect(try runProgram(bin, ["queue", "list", "--db", db]).status == 0)
+        #expect(try await runProgramOffPool(bin, ["queue", "list", "--db", db]).status == 0)
         // Everything it made is for its user alone.
         #expect(mode(dir.appendingPathComponent("data").path) == 0o700)
         for file in [db, db + "-wal", db + "-shm", db + ".lock"] { #expect(mode(file) == 0o600, "\(file)") }
@@ -36,10 +36,10 @@ import Testing
         let dir = try tempFolder()
         let db = dir.appendingPathComponent("tern.sqlite").path
         let bin = try ternBinary()
-        #expect(try runProgram(bin, ["migrate", "--db", db]).status == 0)
+        #expect(try await runProgramOffPool(bin, ["migrate", "--db", db]).status == 0)
         chmod(db, 0o644)
         let args = ["--listen", "127.0.0.1:0", "--db", db, "--no-deliver", "--resolver", "127.0.0.1:9"]
-        let refused = try runProgram(bin, ["serve"] + args)
+        let refused = try await runProgramOffPool(bin, ["serve"] + args)
         #expect(refused.status == 77)
         #expect(refused.stderr.contains("readable by other users (mode 644)"), "\(refused.stderr)")
         let allowed = try ServeProcess(args + ["--allow-shared-db"])

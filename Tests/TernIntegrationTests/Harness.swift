@@ -304,6 +304,15 @@ func ternBinary() throws -> String {
 }
 
 /// Waits (bounded: 20 s) until `condition` holds; false if it never did.
+/// `eventually` for a condition that itself awaits (blocking work kept off the pool).
+func eventuallyAsync(_ condition: () async throws -> Bool) async -> Bool {
+    for _ in 0..<1000 {
+        if (try? await condition()) == true { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return false
+}
+
 func eventually(_ condition: () throws -> Bool) async -> Bool {
     for _ in 0..<1000 {
         if (try? condition()) == true { return true }

@@ -373,6 +373,16 @@ import Testing
         #expect(d.closed)
     }
 
+    /// Found by the session fuzz target: a reply that echoes a long
+    /// parameter was longer than RFC 5321's 512 octets a reply line.
+    @Test func replyLinesFit512Octets() {
+        var d = Driver()
+        d.feed("EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@local.test> " + String(repeating: "X", count: 900) + "=1\r\n")
+        #expect(d.last == "555 5.5.4")
+        for r in d.replies { for line in r.wireText.split(separator: "\r\n") { #expect(line.utf8.count + 2 <= 512) } }
+        #expect(d.replies.last!.text.hasSuffix("..."))
+    }
+
     @Test func badBytesInCommands() {
         var d = Driver()
         d.feed("NO\rOP\r\n\r\n")

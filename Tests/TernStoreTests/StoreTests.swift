@@ -128,7 +128,7 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         try old.close()
         let store = try Store(path: path)
         defer { store.close() }
-        #expect(try store.schemaVersion() == 7)
+        #expect(try store.schemaVersion() == Migrator.knownVersion)
         #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient WHERE \(StateSQL.claimable)") } == 3)
         // Migration 7: one index for arrival time and Message-ID, filled from the rows there were.
         let indexes = try store.read { db in try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'message'") }

@@ -1,0 +1,23 @@
+// swift-tools-version: 6.1
+// libFuzzer targets for Tern's parsers (issue 15). Built by tools/fuzz with
+// `swift build --sanitize=fuzzer`: each target is a library-mode Swift file
+// exporting LLVMFuzzerTestOneInput, linked with libFuzzer's main. The
+// protocol and message modules are Tern's own sources (symlinked), so this
+// package needs no product from the main package.
+import PackageDescription
+
+let fuzz: [SwiftSetting] = [.unsafeFlags(["-parse-as-library"])]
+
+let package = Package(
+    name: "TernFuzz",
+    dependencies: [.package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0")],
+    targets: [
+        .target(name: "TernProtocol", dependencies: [.product(name: "NIOCore", package: "swift-nio")]),
+        .target(name: "TernMessage"),
+        .executableTarget(name: "fuzz-session", dependencies: ["TernProtocol"], swiftSettings: fuzz),
+        .executableTarget(name: "fuzz-command", dependencies: ["TernProtocol"], swiftSettings: fuzz),
+        .executableTarget(name: "fuzz-address", dependencies: ["TernProtocol"], swiftSettings: fuzz),
+        .executableTarget(name: "fuzz-headers", dependencies: ["TernMessage"], swiftSettings: fuzz),
+        .executableTarget(name: "fuzz-reply", dependencies: ["TernProtocol"], swiftSettings: fuzz),
+    ]
+)
