@@ -35,9 +35,11 @@ let package = Package(
         .target(name: "TernRouting", dependencies: ["TernProtocol", "CAres", logging]),
         // C library settings Swift cannot reach (mallopt).
         .target(name: "CTernSystem", path: "Sources/CTernSystem", linkerSettings: [.linkedLibrary("sqlite3")]),
+        // A Swift concurrency task executor on a SwiftNIO event loop.
+        .target(name: "TernConcurrency", dependencies: [nioCore]),
         // Delivery: the DeliveryAgent protocol and the SwiftNIO SMTP client.
         .target(name: "TernDelivery", dependencies: [
-            "TernProtocol", "TernMessage", "TernRouting", nioCore, nioPosix, logging, .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            "TernProtocol", "TernMessage", "TernRouting", "TernConcurrency", nioCore, nioPosix, logging, .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
         // Scheduler: claims, concurrency, retries, expiry, DSNs; delivery only through DeliveryAgent.
@@ -55,7 +57,7 @@ let package = Package(
         ]),
         // SwiftNIO SMTP server carrying out the session machine's actions.
         .target(name: "TernListener", dependencies: [
-            "TernProtocol", "TernIntake", nioCore, nioPosix, logging, lifecycle,
+            "TernProtocol", "TernIntake", "TernConcurrency", nioCore, nioPosix, logging, lifecycle,
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOTLS", package: "swift-nio"),
         ]),

@@ -8,6 +8,7 @@ import Logging
 import NIOCore
 import NIOSSL
 import NIOTLS
+import TernConcurrency
 import TernIntake
 import TernProtocol
 
@@ -301,7 +302,9 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let client = session.client
-        Task {
+        // On this connection's loop, not Swift's global pool: a pool that is
+        // busy (or blocked) must not hold an AUTH reply back.
+        Task(executorPreference: EventLoopExecutor(loop)) {
             let outcome = await authenticator.authenticate(credentials, mechanism: mechanism, client: client)
             loop.execute { bound.value.authFinished(outcome) }
         }
