@@ -5,7 +5,7 @@ BUILD_PACKAGES := libsqlite3-dev sqlite3 libc-ares-dev pkg-config
 TEST_PACKAGES  := swaks libnet-ssleay-perl python3 python3-aiosmtpd dnsmasq-base openssl
 SWIFT_TEST_FLAGS ?=
 
-.PHONY: run test build release deps test-deps bench migrations clean
+.PHONY: run test fuzz build release deps test-deps bench migrations clean
 
 ## Build (release) and run the server on its defaults: ./tern-data/tern.sqlite, 127.0.0.1:2525.
 ## Other `tern` commands find that database with TERN_DB=$(CURDIR)/tern-data/tern.sqlite.
@@ -30,6 +30,11 @@ deps:
 
 test-deps:
 	@tools/ensure-packages $(TEST_PACKAGES)
+
+## libFuzzer targets (Fuzz/), each for FUZZ_SECONDS from its committed corpus; CI runs this after `test`.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	tools/fuzz --seconds $(FUZZ_SECONDS)
 
 ## Benchmarks (print figures; not tests): intake, then end-to-end relay.
 bench: release
