@@ -80,23 +80,7 @@ struct Recipients: AsyncParsableCommand {
         @Argument(help: "File.") var file: String
 
         func run() async throws {
-            let text: String
-            if file == "-" {
-                text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
-            } else {
-                guard let d = FileManager.default.contents(atPath: file) else { throw fail("cannot read \(file)", code: 66) }
-                text = String(decoding: d, as: UTF8.self)
-            }
-            var addresses: [String] = []
-            for (n, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
-                let line = raw.trimmingCharacters(in: .whitespaces)
-                if line.isEmpty || line.hasPrefix("#") || line.lowercased().hasPrefix("address,") || line.lowercased() == "address" { continue }
-                let first = String(line.split(separator: ",", maxSplits: 1).first ?? "").trimmingCharacters(in: CharacterSet(charactersIn: "\" "))
-                guard let canonical = AddressParser.canonical(first) else {
-                    throw fail("\(file):\(n + 1): bad address '\(first)'; nothing imported", code: 65)
-                }
-                addresses.append(canonical)
-            }
+            let addresses = try readAddressFile(file)
             let (store, _) = try openExisting(common)
             defer { store.close() }
             let added = try await store.addRelayRecipients(addresses, now: nowMillis())

@@ -71,24 +71,8 @@ struct Suppress: AsyncParsableCommand {
         @Option(help: "Reason for the imported entries.") var reason = "imported"
 
         func run() async throws {
-            let text: String
-            if file == "-" {
-                text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
-            } else {
-                guard let d = FileManager.default.contents(atPath: file) else { throw fail("cannot read \(file)", code: 66) }
-                text = String(decoding: d, as: UTF8.self)
-            }
             let now = nowMillis()
-            var entries: [Suppression] = []
-            for (n, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
-                let line = raw.trimmingCharacters(in: .whitespaces)
-                if line.isEmpty || line.hasPrefix("#") || line.lowercased().hasPrefix("address,") || line.lowercased() == "address" { continue }
-                let first = String(line.split(separator: ",", maxSplits: 1).first ?? "").trimmingCharacters(in: CharacterSet(charactersIn: "\" "))
-                guard let canonical = AddressParser.canonical(first) else {
-                    throw fail("\(file):\(n + 1): bad address '\(first)'; nothing imported", code: 65)
-                }
-                entries.append(Suppression(address: canonical, reason: reason, source: "import", createdAt: now))
-            }
+            let entries = try readAddressFile(file).map { Suppression(address: $0, reason: reason, source: "import", createdAt: now) }
             try await save(entries, common, verb: "imported")
         }
     }
@@ -113,6 +97,31 @@ private func save(_ entries: [Suppression], _ common: DatabaseOptions, verb: Str
     defer { store.close() }
     let added = try await store.addSuppressions(entries)
     print("\(verb) \(entries.count) address\(entries.count == 1 ? "" : "es") (\(added) new)")
+}
+
+/// The addresses of an import file in canonical form: one per line, or CSV
+/// whose first column is the address; '-' reads stdin. Blank lines, `#`
+/// lines and a header line `address,…` are skipped; a bad address stops
+/// the import (exit 65) before anything is written.
+func readAddressFile(_ file: String) throws -> [String] {
+    let text: String
+    if file == "-" {
+        text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+    } else {
+        guard let d = FileManager.default.contents(atPath: file) else { throw fail("cannot read \(file)", code: 66) }
+        text = String(decoding: d, as: UTF8.self)
+    }
+    var addresses: [String] = []
+    for (n, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
+        let line = raw.trimmingCharacters(in: .whitespaces)
+        if line.isEmpty || line.hasPrefix("#") || line.lowercased().hasPrefix("address,") || line.lowercased() == "address" { continue }
+        let first = String(line.split(separator: ",", maxSplits: 1).first ?? "").trimmingCharacters(in: CharacterSet(charactersIn: "\" "))
+        guard let canonical = AddressParser.canonical(first) else {
+            throw fail("\(file):\(n + 1): bad address '\(first)'; nothing imported", code: 65)
+        }
+        addresses.append(canonical)
+    }
+    return addresses
 }
 
 /// The address in the one form the suppression list keys by (domain as a

@@ -209,7 +209,8 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard let frame else { break }
             if let budget = settings.budget { session.memoryTight = budget.exhausted }
             let action = session.receive(frame)
-            accountBody()
+            // A commit takes the text with it: it stays counted until the commit ends.
+            if case .commit? = action {} else { accountBody() }
             guard let action else { continue }
             switch action {
             case .reply(let replies, let close):

@@ -5,22 +5,14 @@
 import Glibc
 #endif
 
-public func freeLoopbackUDPPort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-    return Int(UInt16(bigEndian: addr.sin_port))
-}
+public func freeLoopbackUDPPort() -> Int { freeLoopbackPort(Int32(SOCK_DGRAM.rawValue)) }
 
 /// A TCP port free on 127.0.0.1 now (for a server that must know its own
 /// port before it binds, such as one routed to itself).
-public func freeLoopbackTCPPort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+public func freeLoopbackTCPPort() -> Int { freeLoopbackPort(Int32(SOCK_STREAM.rawValue)) }
+
+private func freeLoopbackPort(_ type: Int32) -> Int {
+    let fd = socket(AF_INET, type, 0)
     defer { close(fd) }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
