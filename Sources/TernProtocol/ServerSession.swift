@@ -177,6 +177,9 @@ public struct SMTPServerSession: Sendable {
     private var pendingChunk: (reply: SMTPReply?, last: Bool)? = nil
     /// A BDAT chunk ended in CR: the next chunk must start with LF.
     private var chunkEndedInCR = false
+    /// How the last command line ended: a DATA command that ended in a bare
+    /// LF has not given the CRLF that an immediate "." needs to end the data.
+    private var commandEnding: LineEnding = .crlf
     public private(set) var errorCount = 0
     /// Set by the listener while the memory budget for message text is
     /// spent: DATA and BDAT are answered 452 4.3.1 until it is not.
@@ -257,7 +260,8 @@ public struct SMTPServerSession: Sendable {
         case (_, .text):
             // The framer makes runs in DATA mode only, which follows the state.
             return error(SMTPReply(500, .syntaxError, "Error: unexpected message text"))
-        case (_, .line(let line, _)):
+        case (_, .line(let line, let ending)):
+            commandEnding = ending
             return command(line)
         }
     }
@@ -568,7 +572,10 @@ public struct SMTPServerSession: Sendable {
         body.reserveCapacity(16 * 1024)
         bodySize = 0
         dataError = nil
-        previousLineEndedCRLF = true
+        // RFC 5321 §4.1.1.4: the CRLF that ends the DATA command is the first
+        // of <CRLF>.<CRLF> for an empty message; a bare LF is not. (Found by
+        // the session fuzz target: "DATA<LF>.<CRLF>" ended the data.)
+        previousLineEndedCRLF = commandEnding == .crlf
         return .reply([SMTPReply(354, nil, "End data with <CR><LF>.<CR><LF>")], close: false)
     }
 

@@ -318,6 +318,11 @@ import Testing
         #expect(d.last == "250 2.0.0")
         #expect(d.commits.first?.body == "")
         #expect(d.commits.first?.envelope.mailFrom == nil)
+        // Found by the session fuzz target: after "DATA<LF>" the "." has no
+        // CRLF before it on the raw stream, so it does not end the data.
+        d.feed("MAIL FROM:<>\r\nRCPT TO:<b@local.test>\r\nDATA\n.\r\nx\r\n.\r\n")
+        #expect(d.commits.count == 2)
+        #expect(d.commits.last?.body == "\r\nx\r\n")
     }
 
     @Test func chunking() {
