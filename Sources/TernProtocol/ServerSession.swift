@@ -2,146 +2,11 @@
 // RFC 1870, 8BITMIME RFC 6152, SMTPUTF8 RFC 6531, ENHANCEDSTATUSCODES
 // RFC 2034, CHUNKING RFC 3030, DSN RFC 3461) as a pure state machine: it
 // receives frames and returns what to do. The listener carries the actions
-// out; nothing here touches a socket, a clock or the store.
+// out; nothing here touches a socket, a clock or the store. DATA/BDAT text
+// (MessageText) and AUTH exchanges (SASLExchange) are machines of their
+// own that it delegates to; its values are in SessionTypes.swift.
 
 import NIOCore
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
-/// Limits and identity for one session.
-public struct SessionConfig: Sendable {
-    public var hostname: String
-    public var maxMessageSize: Int = 26_214_400
-    public var maxRecipients: Int = 1000
-    /// RFC 5321 §4.5.3.1.4: 512 octets including CRLF.
-    public var maxCommandLine: Int = 512
-    /// RFC 5321 §4.5.3.1.6: 1000 octets including CRLF.
-    public var maxTextLine: Int = 1000
-    /// Error replies before the session is closed with 421.
-    public var maxErrors: Int = 20
-    /// Recipients past `maxRecipients` answered 452 without counting as
-    /// errors (Postfix's smtpd_recipient_overshoot_limit).
-    public var recipientOvershootLimit: Int = 1000
-    public var relay: RelayPolicy = RelayPolicy()
-    /// Valid recipients of relay domains (nil: every recipient of a relay domain is accepted).
-    public var recipients: RecipientTable? = nil
-    /// STARTTLS is offered (a certificate is configured).
-    public var startTLS = false
-    /// What the listener is for: relay rules, or submission with AUTH required.
-    public var role: ListenerRole = .relay
-    /// An Authenticator is configured, so AUTH can be offered (RFC 4954).
-    public var authEnabled = false
-    /// Offer AUTH without TLS to loopback clients (never to others).
-    public var plaintextAuthOnLoopback = false
-    /// What a message line ending in a bare LF gets (a bare CR is always refused).
-    public var bareNewline: BareNewlinePolicy = .normalize
-    /// NOOP, VRFY, HELP, RSET and EXPN a client may send before each one
-    /// also counts as an error (Postfix's smtpd_junk_command_limit); the
-    /// count starts again with each accepted message.
-    public var maxJunkCommands: Int = 100
-    /// Command lines in one connection before it is closed with 421.
-    public var maxCommands: Int = 100_000
-
-    public init(hostname: String) { self.hostname = hostname }
-}
-
-/// How DATA and BDAT text with a line that ends in a bare LF is taken.
-public enum BareNewlinePolicy: String, Sendable, CaseIterable {
-    /// Stored as if the line ended in CRLF (Postfix 3.9's
-    /// `smtpd_forbid_bare_newline = normalize`); only <CRLF>.<CRLF> on the
-    /// raw stream ends DATA, and the stored body is relayed dot-stuffed, so
-    /// no line of it can end a message or start a command downstream.
-    case normalize
-    /// The whole message is refused with 550 5.5.2 (RFC 5321 §2.3.8).
-    case reject
-}
-
-/// Who is on the other end.
-public struct ClientInfo: Sendable {
-    public var address: IPAddress?
-    /// As shown in `Received:` and stored in `message.client_address`.
-    public var addressText: String
-    public var trusted: Bool
-    /// The client's network as per-client limits count it (an IPv4 address,
-    /// an IPv6 /64 by default: one host has a whole /64 to pick from).
-    public var network: String
-
-    public init(address: IPAddress?, addressText: String, trusted: Bool, network: String? = nil) {
-        self.address = address
-        self.addressText = addressText
-        self.trusted = trusted
-        self.network = network ?? address.map { $0.masked(ipv4Prefix: 32, ipv6Prefix: 64).description } ?? addressText
-    }
-
-    public var isLoopback: Bool {
-        guard let ip = address?.unmapped else { return false }
-        return IPNetwork.loopback.contains { $0.contains(ip) }
-    }
-}
-
-public struct EnvelopeRecipient: Sendable, Hashable {
-    public var mailbox: Mailbox
-    public var notify: Notify?
-    public var orcpt: OriginalRecipient?
-
-    public init(mailbox: Mailbox, notify: Notify? = nil, orcpt: OriginalRecipient? = nil) {
-        self.mailbox = mailbox
-        self.notify = notify
-        self.orcpt = orcpt
-    }
-}
-
-/// One accepted transaction, ready for intake.
-public struct Envelope: Sendable {
-    public var clientAddress: String
-    public var helo: String
-    /// `SMTP`, `ESMTP` or `UTF8SMTP` (RFC 3848 / RFC 6531 §3.7.3), for `Received:`.
-    public var protocolName: String
-    /// nil for the null reverse-path.
-    public var mailFrom: Mailbox?
-    public var parameters: MailParameters
-    public var recipients: [EnvelopeRecipient]
-    /// The TLS protocol the message came over, if any.
-    public var tls: String? = nil
-    /// The account that authenticated (RFC 4954), if any.
-    public var authUser: String? = nil
-
-    public init(clientAddress: String, helo: String, protocolName: String, mailFrom: Mailbox?,
-                parameters: MailParameters, recipients: [EnvelopeRecipient]) {
-        self.clientAddress = clientAddress
-        self.helo = helo
-        self.protocolName = protocolName
-        self.mailFrom = mailFrom
-        self.parameters = parameters
-        self.recipients = recipients
-    }
-}
-
-public enum SessionAction: Sendable {
-    /// Write these replies; close the connection afterwards when `close`.
-    case reply([SMTPReply], close: Bool)
-    /// Write this 220, drop any input already buffered (RFC 3207 §4.2, the
-    /// CVE-2011-0411 class of injection), then start the TLS handshake; call
-    /// `tlsEstablished` once it completes.
-    case startTLS(SMTPReply)
-    /// Hand the message to intake; call `commitFinished` with the result, and
-    /// read no further frames until then.
-    case commit(Envelope, body: ByteBuffer)
-    /// Check these credentials; call `authFinished` with the outcome, and read
-    /// no further frames until then. Never log the credentials.
-    case authenticate(Credentials, SASLMechanism)
-}
-
-/// What intake made of a transaction.
-public enum CommitOutcome: Sendable {
-    case accepted(queueID: String)
-    case rejected(SMTPReply)
-}
 
 public struct SMTPServerSession: Sendable {
     public enum State: Sendable, Equatable {
@@ -156,8 +21,6 @@ public struct SMTPServerSession: Sendable {
         case closed
     }
 
-    enum DataError { case tooBig, lineTooLong, bareNewline, bareCR, nul, noMemory }
-    enum AuthStep: Equatable { case plain, loginUser, loginPassword(String) }
 
     public private(set) var state: State = .greeting
     public let config: SessionConfig
@@ -170,13 +33,9 @@ public struct SMTPServerSession: Sendable {
     private var recipients: [EnvelopeRecipient] = []
     private var recipientKeys: Set<String> = []
     private var usedBDAT = false
-    private var body = ByteBuffer()
-    private var bodySize = 0
-    private var dataError: DataError? = nil
-    private var previousLineEndedCRLF = true
+    /// The message text of this transaction, from DATA or the first BDAT on.
+    private var text: MessageText? = nil
     private var pendingChunk: (reply: SMTPReply?, last: Bool)? = nil
-    /// A BDAT chunk ended in CR: the next chunk must start with LF.
-    private var chunkEndedInCR = false
     /// How the last command line ended: a DATA command that ended in a bare
     /// LF has not given the CRLF that an immediate "." needs to end the data.
     private var commandEnding: LineEnding = .crlf
@@ -191,7 +50,7 @@ public struct SMTPServerSession: Sendable {
     public private(set) var tls: String? = nil
     /// The account this client authenticated as.
     public private(set) var identity: AuthIdentity? = nil
-    private var authStep: AuthStep? = nil
+    private var sasl: SASLExchange? = nil
 
     public init(config: SessionConfig, client: ClientInfo) {
         self.config = config
@@ -234,24 +93,15 @@ public struct SMTPServerSession: Sendable {
         case (.auth, .line(let line, _)):
             return saslResponse(line)
         case (.auth, _):
-            authStep = nil
-            state = .ready
+            endAuth()
             return error(SMTPReply(500, .syntaxError, "Error: authentication exchange line too long"))
         case (.data, .line(let line, let ending)):
-            return dataLine(line, ending)
-        case (.data, .text(var run)):
-            // Whole CRLF lines, none starting with "." (see SMTPFrame.text).
-            previousLineEndedCRLF = true
-            if run.withUnsafeReadableBytes({ $0.containsNUL }) { note(.nul) }
-            appendText(&run, lineEnd: false)
+            return text!.line(line, ending) ? endOfData() : nil
+        case (.data, .text(let run)):
+            text!.run(run)
             return nil
         case (.data, .overlongLine(let length, let ending)):
-            bodySize += length
-            note(bodySize > config.maxMessageSize ? .tooBig : .lineTooLong)
-            body = ByteBuffer()
-            // RFC 5321 §4.1.1.4: only <CRLF>.<CRLF> ends DATA, so a "." after
-            // an overlong line that ended in a bare LF is text (SMTP smuggling).
-            previousLineEndedCRLF = ending == .crlf
+            text!.overlongLine(length: length, ending: ending)
             return nil
         case (_, .chunk(let piece, let isEnd)):
             return chunk(piece, isEnd: isEnd)
@@ -387,7 +237,7 @@ public struct SMTPServerSession: Sendable {
         helo = nil
         esmtp = false
         identity = nil
-        authStep = nil
+        sasl = nil
         tls = description
         state = .greeting
     }
@@ -410,70 +260,34 @@ public struct SMTPServerSession: Sendable {
             return error(SMTPReply(504, .invalidArguments, "Unrecognized authentication type"))
         }
         state = .auth
-        switch mechanism {
-        case .plain:
-            authStep = .plain
-            if parts.count == 2 { return saslResponse(parts[1]) }
-            return .reply([SMTPReply(334, nil, "")], close: false)
-        case .login:
-            authStep = .loginUser
-            if parts.count == 2 { return saslResponse(parts[1]) } // the user name as initial response
-            return .reply([SMTPReply(334, nil, "VXNlcm5hbWU6")], close: false) // "Username:"
-        }
+        let (exchange, outcome) = SASLExchange.start(mechanism, initial: parts.count == 2 ? parts[1] : nil)
+        sasl = exchange
+        return authStep(outcome)
     }
 
     private mutating func saslResponse(_ line: ByteBuffer) -> SessionAction? {
+        guard sasl != nil else { return nil }
         let text = line.getString(at: line.readerIndex, length: line.readableBytes) ?? "\u{0}"
-        return saslResponse(Substring(text))
+        return authStep(sasl!.respond(Substring(text)))
     }
 
-    private mutating func saslResponse(_ text: Substring) -> SessionAction? {
-        guard let step = authStep else { return nil }
-        if text == "*" {
+    /// Carries out what the SASL exchange said.
+    private mutating func authStep(_ outcome: SASLExchange.Outcome) -> SessionAction {
+        switch outcome {
+        case .challenge(let reply):
+            return .reply([reply], close: false)
+        case .credentials(let credentials, let mechanism):
+            sasl = nil
+            state = .authenticating
+            return .authenticate(credentials, mechanism)
+        case .failed(let reply):
             endAuth()
-            return error(SMTPReply(501, .securityError, "Authentication cancelled"))
+            return error(reply)
         }
-        // RFC 4954 §4: "=" is an empty initial response.
-        guard let bytes = text == "=" ? [] : Base64.decode(text) else {
-            endAuth()
-            return error(SMTPReply(501, .syntaxError, "Cannot decode base64 response"))
-        }
-        switch step {
-        case .plain:
-            switch SASL.decodePlain(bytes) {
-            case .success(let credentials):
-                return startAuthentication(credentials, .plain)
-            case .failure(.authzidNotPermitted):
-                endAuth()
-                return error(SMTPReply(535, .badCredentials, "Authentication credentials invalid (authorization identity not permitted)"))
-            case .failure:
-                endAuth()
-                return error(SMTPReply(501, .syntaxError, "Malformed PLAIN response"))
-            }
-        case .loginUser:
-            guard case .success(let user) = SASL.decodeLoginField(bytes) else {
-                endAuth()
-                return error(SMTPReply(501, .syntaxError, "Malformed LOGIN user name"))
-            }
-            authStep = .loginPassword(user)
-            return .reply([SMTPReply(334, nil, "UGFzc3dvcmQ6")], close: false) // "Password:"
-        case .loginPassword(let user):
-            guard case .success(let password) = SASL.decodeLoginField(bytes) else {
-                endAuth()
-                return error(SMTPReply(501, .syntaxError, "Malformed LOGIN password"))
-            }
-            return startAuthentication(Credentials(username: user, password: password), .login)
-        }
-    }
-
-    private mutating func startAuthentication(_ credentials: Credentials, _ mechanism: SASLMechanism) -> SessionAction {
-        authStep = nil
-        state = .authenticating
-        return .authenticate(credentials, mechanism)
     }
 
     private mutating func endAuth() {
-        authStep = nil
+        sasl = nil
         state = .ready
     }
 
@@ -566,132 +380,30 @@ public struct SMTPServerSession: Sendable {
         }
         if usedBDAT { return error(SMTPReply(503, .invalidCommand, "Error: DATA after BDAT is not allowed")) }
         guard !recipients.isEmpty else { return error(SMTPReply(554, .invalidCommand, "Error: no valid recipients")) }
-        if memoryTight { return .reply([SMTPServerSession.noMemory], close: false) }
+        if memoryTight { return .reply([MessageText.noMemory], close: false) }
         state = .data
-        body = ByteBuffer()
-        body.reserveCapacity(16 * 1024)
-        bodySize = 0
-        dataError = nil
-        // RFC 5321 §4.1.1.4: the CRLF that ends the DATA command is the first
-        // of <CRLF>.<CRLF> for an empty message; a bare LF is not. (Found by
-        // the session fuzz target: "DATA<LF>.<CRLF>" ended the data.)
-        previousLineEndedCRLF = commandEnding == .crlf
+        text = MessageText(data: config, commandEnding: commandEnding)
         return .reply([SMTPReply(354, nil, "End data with <CR><LF>.<CR><LF>")], close: false)
     }
 
-    private mutating func dataLine(_ line: ByteBuffer, _ ending: LineEnding) -> SessionAction? {
-        var line = line
-        let isDot = line.readableBytes == 1 && line.getInteger(at: line.readerIndex, as: UInt8.self) == UInt8(ascii: ".")
-        // RFC 5321 §4.1.1.4: the end is <CRLF>.<CRLF> and nothing else, so a
-        // <LF>.<CRLF> or <CRLF>.<LF> cannot end the message (SMTP smuggling).
-        if isDot && ending == .crlf && previousLineEndedCRLF {
-            return endOfData()
-        }
-        let (hasCR, hasNUL) = line.withUnsafeReadableBytes { ($0.contains(13), $0.containsNUL) }
-        // RFC 5321 §2.3.8: a bare CR is refused whatever the policy; a bare
-        // LF is refused or, by default, stored as CRLF (see BareNewlinePolicy).
-        if hasCR { note(.bareCR) }
-        if ending == .bareLF && config.bareNewline == .reject { note(.bareNewline) }
-        // RFC 6152 §3: 8-bit data excludes NUL.
-        if hasNUL { note(.nul) }
-        previousLineEndedCRLF = ending == .crlf
-        if line.readableBytes > 0, line.getInteger(at: line.readerIndex, as: UInt8.self) == UInt8(ascii: ".") {
-            line.moveReaderIndex(forwardBy: 1) // RFC 5321 §4.5.2 transparency
-        }
-        appendText(&line, lineEnd: true)
-        return nil
-    }
-
-    /// Adds DATA text to the body, and its CRLF when `lineEnd`; past the
-    /// size limit the body is dropped and the rest only counted.
-    private mutating func appendText(_ text: inout ByteBuffer, lineEnd: Bool) {
-        bodySize += text.readableBytes + (lineEnd ? 2 : 0)
-        if bodySize > config.maxMessageSize {
-            note(.tooBig)
-            body = ByteBuffer() // keep reading to the end, store nothing
-        } else if dataError == nil {
-            body.writeBuffer(&text)
-            if lineEnd { body.writeStaticString("\r\n") }
-        }
-    }
-
     private mutating func endOfData() -> SessionAction? {
-        if let e = dataError {
+        if let refusal = text?.refusal {
             resetTransaction()
             state = .ready
-            return error(dataRefusal(e))
+            return error(refusal)
         }
         return startCommit()
     }
 
-    /// RFC 5321 §4.5.3.1.10 / RFC 3463 4.3.1: a temporary refusal the client retries.
-    static let noMemory = SMTPReply(452, .mailSystemFull, "Error: insufficient system resources for message text, try again later")
-
     /// Octets of message text held now (the listener counts them against
     /// its memory budget).
-    public var bodyBytes: Int { body.readableBytes }
+    public var bodyBytes: Int { text?.body.readableBytes ?? 0 }
 
     /// The memory budget ran out while this message came in: its text is
     /// dropped, the rest read and discarded, and the end answered 452 4.3.1.
     public mutating func dropBodyForMemory() {
-        guard state == .data || state == .chunk || (state == .mail && usedBDAT) else { return }
-        note(.noMemory)
-        body = ByteBuffer()
-    }
-
-    /// Records a fault in the message text; the first one is the reply,
-    /// except that "too big" says more than "line too long".
-    private mutating func note(_ e: DataError) {
-        if dataError == nil || (e == .tooBig && dataError == .lineTooLong) { dataError = e }
-    }
-
-    /// Adds a piece of a BDAT chunk to the body under DATA's line rules:
-    /// a bare CR and NUL are refused, a bare LF is refused or becomes CRLF.
-    /// A CR at the end of a piece is judged by the first byte of the next.
-    private mutating func appendChunk(_ piece: ByteBuffer) {
-        let afterCR = chunkEndedInCR
-        let scan = piece.withUnsafeReadableBytes { $0.scanLineEnds(afterCR: afterCR) }
-        if scan.bareCR { note(.bareCR) }
-        if scan.nul { note(.nul) }
-        if scan.bareLF > 0 && config.bareNewline == .reject { note(.bareNewline) }
-        guard dataError == nil else { body = ByteBuffer(); return }
-        chunkEndedInCR = scan.endsInCR
-        if scan.bareLF == 0 {
-            var p = piece
-            body.writeBuffer(&p)
-            return
-        }
-        bodySize += scan.bareLF
-        if bodySize > config.maxMessageSize { note(.tooBig); body = ByteBuffer(); return }
-        piece.withUnsafeReadableBytes { raw in
-            var start = 0
-            for (i, byte) in raw.enumerated() where byte == 10 {
-                let before: UInt8 = i > 0 ? raw[i - 1] : (afterCR ? 13 : 0)
-                if before != 13 {
-                    body.writeBytes(UnsafeRawBufferPointer(rebasing: raw[start..<i]))
-                    body.writeStaticString("\r")
-                    start = i
-                }
-            }
-            body.writeBytes(UnsafeRawBufferPointer(rebasing: raw[start...]))
-        }
-    }
-
-    private func dataRefusal(_ e: DataError) -> SMTPReply {
-            switch e {
-            case .tooBig:
-                return SMTPReply(552, .messageTooBig, "Message size exceeds fixed maximum message size")
-            case .lineTooLong:
-                return SMTPReply(500, .syntaxError, "Error: message text line longer than \(config.maxTextLine) octets")
-            case .bareNewline:
-                return SMTPReply(550, .syntaxError, "Error: bare <LF> in message text (RFC 5321 §2.3.8); message refused")
-            case .bareCR:
-                return SMTPReply(550, .syntaxError, "Error: bare <CR> in message text (RFC 5321 §2.3.8); message refused")
-            case .nul:
-                return SMTPReply(550, .contentError, "Error: NUL character in message text (RFC 6152 §3); message refused")
-            case .noMemory:
-                return SMTPServerSession.noMemory
-            }
+        guard text != nil, state == .data || state == .chunk || state == .mail else { return }
+        text!.dropForMemory()
     }
 
     private mutating func bdat(size: Int, last: Bool) -> SessionAction? {
@@ -704,40 +416,32 @@ public struct SMTPServerSession: Sendable {
         } else if recipients.isEmpty {
             refusal = SMTPReply(554, .invalidCommand, "Error: no valid recipients")
         } else if memoryTight && !usedBDAT {
-            refusal = SMTPServerSession.noMemory
+            refusal = MessageText.noMemory
         }
         if refusal == nil && !usedBDAT {
             usedBDAT = true
-            body = ByteBuffer()
-            bodySize = 0
-            dataError = nil
-            chunkEndedInCR = false
+            text = MessageText(chunks: config)
         }
-        if refusal == nil {
-            bodySize += size
-            if bodySize > config.maxMessageSize {
-                refusal = SMTPReply(552, .messageTooBig, "Message size exceeds fixed maximum message size")
-                dataError = .tooBig
-            }
+        if refusal == nil && !text!.announce(chunk: size) {
+            refusal = SMTPReply(552, .messageTooBig, "Message size exceeds fixed maximum message size")
         }
         pendingChunk = (refusal, last)
-        if refusal == nil { body.reserveCapacity(bodySize) }
         if state == .mail { state = .chunk }
         return nil
     }
 
     private mutating func chunk(_ piece: ByteBuffer, isEnd: Bool) -> SessionAction? {
         guard let pending = pendingChunk else { return nil }
-        if pending.reply == nil && dataError == nil { appendChunk(piece) }
+        if pending.reply == nil { text?.chunk(piece) }
         guard isEnd else { return nil }
         pendingChunk = nil
-        if pending.reply == nil && pending.last && chunkEndedInCR { note(.bareCR) }
-        if pending.reply == nil, let e = dataError {
+        if pending.reply == nil && pending.last { text?.lastChunkEnded() }
+        if pending.reply == nil, let refusal = text?.refusal {
             // BDAT text follows the same line rules as DATA text; the
             // transaction ends with the refusal.
             resetTransaction()
             state = .ready
-            return error(dataRefusal(e))
+            return error(refusal)
         }
         if let refusal = pending.reply {
             if state == .chunk {
@@ -749,7 +453,7 @@ public struct SMTPServerSession: Sendable {
         }
         if pending.last { return startCommit() }
         state = .mail
-        return ok(SMTPReply(250, .ok, "\(body.readableBytes) octets received"))
+        return ok(SMTPReply(250, .ok, "\(bodyBytes) octets received"))
     }
 
     private mutating func startCommit() -> SessionAction {
@@ -762,8 +466,8 @@ public struct SMTPServerSession: Sendable {
                                 mailFrom: from, parameters: mailParams, recipients: recipients)
         envelope.tls = tls
         envelope.authUser = identity?.name
-        let message = body
-        body = ByteBuffer()
+        let message = text?.body ?? ByteBuffer()
+        text = nil
         state = .committing
         return .commit(envelope, body: message)
     }
@@ -776,11 +480,8 @@ public struct SMTPServerSession: Sendable {
         recipients = []
         recipientKeys = []
         usedBDAT = false
-        body = ByteBuffer()
-        bodySize = 0
-        dataError = nil
+        text = nil
         pendingChunk = nil
-        chunkEndedInCR = false
         overshoot = 0
     }
 
@@ -812,35 +513,3 @@ public struct SMTPServerSession: Sendable {
     }
 }
 
-/// What one BDAT piece holds in the way of line ends.
-struct LineEndScan {
-    /// LFs with no CR before them.
-    var bareLF = 0
-    /// A CR followed by anything but LF.
-    var bareCR = false
-    var nul = false
-    /// The last byte is a CR (judged by the next piece).
-    var endsInCR = false
-}
-
-extension UnsafeRawBufferPointer {
-    var containsNUL: Bool {
-        guard let base = baseAddress, count > 0 else { return false }
-        return memchr(base, 0, count) != nil
-    }
-
-    /// Scans BDAT text for bare CR, bare LF and NUL; `afterCR` when the
-    /// piece before ended in CR.
-    func scanLineEnds(afterCR: Bool) -> LineEndScan {
-        var scan = LineEndScan()
-        var previous: UInt8 = afterCR ? 13 : 0
-        for byte in self {
-            if previous == 13 && byte != 10 { scan.bareCR = true }
-            if byte == 10 && previous != 13 { scan.bareLF += 1 }
-            if byte == 0 { scan.nul = true }
-            previous = byte
-        }
-        scan.endsInCR = previous == 13
-        return scan
-    }
-}
