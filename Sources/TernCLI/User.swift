@@ -122,15 +122,11 @@ struct User: AsyncParsableCommand {
     }
 }
 
-/// Opens (creating or migrating) the database: accounts may be set up before the first `tern serve`.
+/// Opens the existing database (`tern migrate` makes one before the first
+/// `tern serve`, so that accounts can be set up first): like every command
+/// but serve and migrate, `tern user` never creates a database.
 func openForAccounts(_ common: DatabaseOptions) throws -> Store {
-    bootstrapLogging(level: "warning")
-    let settings = try common.settings()
-    do {
-        return try Store(path: settings.db)
-    } catch {
-        throw fail("cannot open database \(settings.db): \(error)", code: 74)
-    }
+    try openExisting(common).0
 }
 
 func checkedName(_ name: String) throws -> String {

@@ -24,7 +24,10 @@ import Testing
     @Test func userCommands() throws {
         let dir = try tempFolder()
         let db = dir.appendingPathComponent("t.sqlite").path
-        // The database is created on first use; the password comes from stdin.
+        // Only serve and migrate create a database; the password comes from stdin.
+        #expect(try tern(["user", "add", "alice@example.test", "--db", db], stdin: "s3cret\n").status == 66)
+        #expect(!FileManager.default.fileExists(atPath: db))
+        #expect(try tern(["migrate", "--db", db]).status == 0)
         let add = try tern(["user", "add", "alice@example.test", "--db", db], stdin: "s3cret\n")
         #expect(add.status == 0, "\(add.stderr)")
         #expect(add.stdout.contains("added alice@example.test (may send as: alice@example.test)"))
@@ -63,6 +66,7 @@ import Testing
         let mode = try FileManager.default.attributesOfItem(atPath: key)[.posixPermissions] as? Int
         #expect(mode == 0o600)
         #expect(try tern(["tls", "self-signed", "--host", "mx.one.test", "--cert", cert, "--key", key]).status == 73) // no overwrite
+        #expect(try tern(["migrate", "--db", db]).status == 0)
         #expect(try tern(["user", "add", "alice@example.test", "--db", db], stdin: "pw for swaks\n").status == 0)
         // Both forms of TOML listener (flags would replace them: --listen overrides the file).
         let config = dir.appendingPathComponent("tern.toml")
