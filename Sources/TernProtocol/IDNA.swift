@@ -12,6 +12,7 @@ public enum IDNA {
         var ascii = true
         for b in domain.utf8 {
             if b >= 0x80 { ascii = false; break }
+            if b <= 0x20 || b == 0x7F { return nil } // no domain holds a space or a control character
             if b == UInt8(ascii: ".") {
                 if emptyLabel { return nil }
                 emptyLabel = true
@@ -25,8 +26,14 @@ public enum IDNA {
             return upper ? domain.lowercased() : domain
         }
         var labels: [String] = []
-        for label in domain.split(separator: ".", omittingEmptySubsequences: false) {
-            if label.isEmpty { return nil }
+        // Split on the scalar ".", not the Character: a "." followed by a
+        // combining mark is one Character, and would stay inside a label
+        // (found by the address fuzz target: the A-label held dots).
+        for scalars in domain.unicodeScalars.split(separator: ".", omittingEmptySubsequences: false) {
+            if scalars.isEmpty { return nil }
+            if scalars.contains(where: { $0.value <= 0x20 || ($0.value >= 0x7F && $0.value <= 0x9F) }) { return nil }
+            var label = ""
+            label.unicodeScalars.append(contentsOf: scalars)
             if label.unicodeScalars.allSatisfy({ $0.isASCII }) {
                 labels.append(label.lowercased())
             } else {

@@ -108,6 +108,17 @@ import Testing
         #expect(IDNA.toASCII(String(repeating: "a.", count: 126) + "b") != nil) // 253 octets
         #expect(IDNA.toASCII("Straße.a..b") == nil && IDNA.toASCII("x.bücher.") == nil)
     }
+
+    /// Found by the address fuzz target: "." followed by a combining mark is
+    /// one Character, and the label split missed it, so an A-label held dots.
+    @Test func idnaSplitsOnTheDotScalar() {
+        #expect(IDNA.toASCII("a.\u{05B2}b.test") == "a.xn--b-9fc.test")
+        #expect(IDNA.toASCII("bücher.test") == "xn--bcher-kva.test")
+        #expect(IDNA.toASCII("a\u{0}b.test") == nil)
+        #expect(IDNA.toASCII("a b.test") == nil)
+        #expect(IDNA.toASCII("ü\u{7}.test") == nil)
+    }
+
 }
 
 extension Result {

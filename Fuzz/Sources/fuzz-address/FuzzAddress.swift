@@ -17,7 +17,8 @@ public func fuzzAddress(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     if let a = IDNA.toASCII(text) {
         precondition(a.unicodeScalars.allSatisfy { $0.isASCII }, "IDNA output not ASCII")
         precondition(a == a.lowercased(), "IDNA output not lower-case")
-        precondition(IDNA.toASCII(a) == a, "IDNA not stable")
+        precondition(IDNA.toASCII(a) == a, "IDNA not stable: \(a.debugDescription)")
+        precondition(!a.split(separator: ".", omittingEmptySubsequences: false).contains { $0.isEmpty }, "empty label")
     }
     _ = IPAddress(text)
     _ = IPNetwork(text)
