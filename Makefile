@@ -15,6 +15,7 @@ run: release
 
 ## Build and run every test (unit, integration, interop).
 test: deps test-deps
+	tools/check-links
 	swift build --build-tests
 	swift test --skip-build $(SWIFT_TEST_FLAGS)
 	tools/crash-test --kills 3 --messages 500 --tern .build/debug/tern

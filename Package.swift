@@ -33,7 +33,7 @@ let package = Package(
         // Routing: static routes, MX planning, the Resolver protocol and its c-ares implementation.
         .systemLibrary(name: "CAres", path: "Sources/CAres", pkgConfig: "libcares", providers: [.apt(["libc-ares-dev"])]),
         .target(name: "TernRouting", dependencies: ["TernProtocol", "CAres", logging]),
-        // C library settings Swift cannot reach (mallopt).
+        // C: mallopt, SQLite's memory statistics, and the VFS shim that gathers the writer's WAL writes.
         .target(name: "CTernSystem", path: "Sources/CTernSystem", linkerSettings: [.linkedLibrary("sqlite3")]),
         // A Swift concurrency task executor on a SwiftNIO event loop.
         .target(name: "TernConcurrency", dependencies: [nioCore]),
@@ -99,7 +99,8 @@ let package = Package(
     ]
 )
 
-// tools/: benchmarks (they print figures; tests never depend on timing).
+// tools/: the benchmark programs (they print figures; tests never depend on timing).
+// tools/ also holds scripts: bench, crash-test, fuzz, help-flood, check-links, gen-migrations.
 package.targets.append(.executableTarget(name: "tern-loadgen", path: "tools/loadgen",
                                           swiftSettings: [.swiftLanguageMode(.v5)])) // a plain threaded tool
 package.products.append(.executable(name: "tern-loadgen", targets: ["tern-loadgen"]))

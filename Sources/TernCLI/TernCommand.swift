@@ -14,7 +14,7 @@ public struct TernCommand: AsyncParsableCommand {
         abstract: "Tern, a mail transfer agent whose queue is a SQLite database.",
         discussion: """
             Every message, recipient state, delivery attempt and event is a row in one SQLite
-            file; query it with the sqlite3 shell. Start with `tern serve` and see README.md.
+            file; query it with the sqlite3 shell. Start with `tern serve` and see README.md and docs/.
             """,
         subcommands: [Serve.self, Migrate.self, Sendmail.self, Queue.self, History.self, Stats.self, Suppress.self, Recipients.self, Prune.self, User.self, TLS.self, Doctor.self]
     )

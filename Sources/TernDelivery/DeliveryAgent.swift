@@ -1,4 +1,4 @@
-// What the scheduler knows of delivery (DESIGN.md): an agent that opens a
+// What the scheduler knows of delivery (docs/architecture.md): an agent that opens a
 // connection for a destination domain, and connections that carry messages
 // and say what happened to each recipient. Tests swap in a fake agent; the
 // server uses SMTPDeliveryAgent. Outcomes are values, not errors.

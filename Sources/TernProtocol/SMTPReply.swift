@@ -1,4 +1,4 @@
-// SMTP replies as values (STYLE.md rule 2), and the one table of RFC 3463
+// SMTP replies as values (never (code, text) tuples), and the one table of RFC 3463
 // enhanced status codes that every part of Tern uses.
 // Called by the session machine, the listener and (later) the delivery client.
 

@@ -1,4 +1,4 @@
-// Time for the scheduler, injected (STYLE.md rule 5): the server uses the
+// Time for the scheduler, injected (as the network and DNS are): the server uses the
 // wall clock, tests a manual one they advance.
 
 import Synchronization

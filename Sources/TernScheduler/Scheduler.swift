@@ -1,4 +1,4 @@
-// The scheduler (DESIGN.md): finds due destinations, runs workers that claim
+// The scheduler (docs/architecture.md): finds due destinations, runs workers that claim
 // recipients with a lease and hand them to delivery over reused
 // connections, and records each message's outcome — attempts, transitions,
 // events, DSNs — in one transaction. Limits: connections in total and per

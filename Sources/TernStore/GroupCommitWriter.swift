@@ -1,4 +1,4 @@
-// Group commit (DESIGN.md): SQLite has one writer, so all writes go through
+// Group commit (docs/architecture.md): SQLite has one writer, so all writes go through
 // this one serial queue. While a commit runs, new requests wait; the next
 // commit takes all of them (up to `maxBatch`) in one transaction, so under
 // load one fsync serves many messages, and a lone request commits at once —

@@ -1,7 +1,7 @@
 // The delivery side of the store: find due destinations, claim recipients
-// with a lease in one UPDATE … RETURNING (DESIGN.md), and record what a
+// with a lease in one UPDATE … RETURNING (docs/architecture.md), and record what a
 // delivery attempt did — attempt rows, recipient transitions, events and any
-// DSN message — in one transaction (DESIGN.md promise 2). Called by the
+// DSN message — in one transaction (docs/architecture.md, promise 2). Called by the
 // scheduler; the decisions (retry times, expiry, which DSN) are the
 // scheduler's, the store only carries them out.
 
@@ -244,7 +244,7 @@ extension Store {
     }
 
     /// Claims up to `limit` due recipients of `domain` with a lease, in
-    /// next_attempt_at order (the DESIGN.md claim).
+    /// next_attempt_at order (the claim of docs/architecture.md).
     public func claim(domain: String, now: Int64, owner: String, leaseUntil: Int64, limit: Int) async throws -> [ClaimedRecipient] {
         try await write(durable: false) { db in
             let stmt = try db.cachedStatement(sql: """

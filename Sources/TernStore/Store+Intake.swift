@@ -1,5 +1,5 @@
 // The intake transaction: a message, all its recipients (state `queued`) and
-// its `received` event, in one transaction (DESIGN.md promise 1). Called by
+// its `received` event, in one transaction (docs/architecture.md, promise 1). Called by
 // TernIntake only.
 
 import Foundation

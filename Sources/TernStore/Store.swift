@@ -1,4 +1,4 @@
-// The store: the only code that opens SQLite (DESIGN.md). Opens a GRDB
+// The store: the only code that opens SQLite (docs/architecture.md). Opens a GRDB
 // DatabasePool in WAL mode with synchronous=FULL, applies the embedded
 // migrations, and offers the writes (through group commit) and the reads
 // that the other roles need. Called by intake, the CLI and the listener's

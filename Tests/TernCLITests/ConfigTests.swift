@@ -75,17 +75,23 @@ import TernProtocol
         #expect(throws: ConfigError.self) { try s.validateForServe() } // submissions needs a certificate
     }
 
-    /// The README's example configuration is valid, key for key.
-    @Test func theREADMEExampleParses() throws {
-        let readme = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("README.md")
-        let text = try String(contentsOf: readme, encoding: .utf8)
-        let start = try #require(text.range(of: "```toml\n"))
-        let end = try #require(text.range(of: "\n```", range: start.upperBound..<text.endIndex))
-        var s = TernSettings()
-        try s.apply(toml: String(text[start.upperBound..<end.lowerBound]))
-        #expect(s.hostname == "mx.example.test")
-        #expect(s.schedulerConfig.connectionCacheMillis == 2000 && s.schedulerConfig.readyBytes == 16_777_216)
+    /// The example configurations of the README and of docs/configuration.md are valid, key for key.
+    @Test func theDocumentedExamplesParse() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        func example(_ file: String) throws -> TernSettings {
+            let text = try String(contentsOf: root.appendingPathComponent(file), encoding: .utf8)
+            let start = try #require(text.range(of: "```toml\n"))
+            let end = try #require(text.range(of: "\n```", range: start.upperBound..<text.endIndex))
+            var s = TernSettings()
+            try s.apply(toml: String(text[start.upperBound..<end.lowerBound]))
+            return s
+        }
+        let full = try example("docs/configuration.md")
+        #expect(full.hostname == "mx.example.test")
+        #expect(full.schedulerConfig.connectionCacheMillis == 2000 && full.schedulerConfig.readyBytes == 16_777_216)
+        #expect(full.tlsProfile.minimumVersion == .tlsv12 && full.maxHops == 50)
+        let short = try example("README.md")
+        #expect(short.relayDomains == ["example.test"] && short.routes.count == 1)
     }
 
     @Test func retentionSuppressionAndBreakerFromTOML() throws {
