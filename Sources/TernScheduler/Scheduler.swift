@@ -269,8 +269,8 @@ public final class Scheduler: Service, Sendable {
         let now = clock.now()
         endWaits(olderThan: now - config.connectionCacheMillis)
         await renewLeases(now: now)
-        let holding = state.withLock { Array($0.held) }
-        if let n = try? await store.recoverLeases(now: now, owner: owner, everyOtherOwner: false, holding: holding), n > 0 {
+        if let n = try? await store.recoverLeases(now: now, owner: owner, everyOtherOwner: false,
+                                                  holding: { self.state.withLock { Array($0.held) } }), n > 0 {
             logger.warning("leases expired; recipients are claimable again", metadata: ["recipients": "\(n)"])
         }
         guard let due = try? store.dueDomains(now: now) else { return nil }

@@ -185,17 +185,18 @@ extension Store {
     /// `holding`: recipients this process is working on. Their leases are
     /// never taken, even past their time (the process renews them; a late
     /// renewal must not hand a live delivery to a second worker).
-    public func recoverLeases(now: Int64, owner: String, everyOtherOwner: Bool, holding: [Int64] = []) async throws -> Int {
-        let held = "[" + holding.map(String.init).joined(separator: ",") + "]"
-        let condition = """
-            state = 'inflight' AND (lease_expires_at < :now OR (:all AND lease_owner <> :owner))
-              AND NOT (lease_owner = :owner AND id IN (SELECT value FROM json_each(:held)))
-            """
-        let arguments: StatementArguments = ["now": now, "all": everyOtherOwner, "owner": owner, "held": held]
+    public func recoverLeases(now: Int64, owner: String, everyOtherOwner: Bool,
+                              holding: () -> [Int64] = { [] }) async throws -> Int {
+        let expired = "state = 'inflight' AND (lease_expires_at < :now OR (:all AND lease_owner <> :owner))"
         let stale = try readStatement { db in
-            try Int.fetchOne(db.cachedStatement(sql: "SELECT count(*) FROM recipient WHERE \(condition)"), arguments: arguments) ?? 0
+            try Int.fetchOne(db.cachedStatement(sql: "SELECT count(*) FROM recipient WHERE \(expired)"),
+                             arguments: ["now": now, "all": everyOtherOwner, "owner": owner]) ?? 0
         }
         if stale == 0 { return 0 }
+        // Only now the (possibly long) list of what this process holds.
+        let held = "[" + holding().map(String.init).joined(separator: ",") + "]"
+        let condition = expired + " AND NOT (lease_owner = :owner AND id IN (SELECT value FROM json_each(:held)))"
+        let arguments: StatementArguments = ["now": now, "all": everyOtherOwner, "owner": owner, "held": held]
         return try await write(durable: false) { db in
             let rows = try Row.fetchAll(db, sql: """
                 UPDATE recipient
