@@ -193,7 +193,7 @@ struct Stats: ParsableCommand {
             defer { store.close() }
             let w = try TimeArgument.window(since: window.since, until: window.until, defaultSince: "30d", now: nowMillis())!
             let a: RecipientAnalytics
-            do { a = try store.recipientAnalytics(w, top: top) } catch { throw fail("\(error)", code: 74) }
+            do { a = try store.recipientAnalytics(w, top: top, nonexistent: EnhancedStatus.nonexistentAddress.map(\.description)) } catch { throw fail("\(error)", code: 74) }
             print(StatsFormatter.recipients(a, window: w, format: format), terminator: format == .json ? "\n" : "")
         }
     }

@@ -180,14 +180,14 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             guard let h = slot.withLockedValue({ $0 }) else { throw ClientFault.closed }
             handler = h
         } catch {
-            return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "connect to \(hop) failed: \(error)"))
+            return .failure(SMTPReply(451, .noAnswerFromHost, "connect to \(hop) failed: \(error)"))
         }
         let c = SMTPClientConnection(channel: channel, handler: handler, config: config, hop: hop, logger: logger)
         do {
             let greeting = try await c.expect(config.greetingTimeout)
             guard greeting.code == 220 else {
                 await c.close()
-                return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "\(hop) greeted with: \(greeting.keepingText(400))"))
+                return .failure(SMTPReply(451, .noAnswerFromHost, "\(hop) greeted with: \(greeting.keepingText(400))"))
             }
             // A server that greets with our own name is us (RFC 5321 §6.3).
             if ClientProtocol.firstWord(greeting).lowercased() == config.heloName.lowercased() {
@@ -205,7 +205,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 let helo = try await c.exchange(["HELO \(config.heloName)"], config.ehloTimeout, steps: [.helo])[0]
                 guard helo.code == 250 else {
                     await c.close()
-                    return .failure(SMTPReply(451, EnhancedStatus(4, 4, 1), "\(hop) refused EHLO and HELO: \(helo)"))
+                    return .failure(SMTPReply(451, .noAnswerFromHost, "\(hop) refused EHLO and HELO: \(helo)"))
                 }
             }
             if let failure = try await c.negotiateTLS(hop, tls: tls) {
@@ -226,12 +226,12 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         guard policy != .none, let tls else { return nil }
         guard capabilities.startTLS else {
             if policy == .may { return nil }
-            return .failure(SMTPReply(451, EnhancedStatus(4, 7, 10), "\(hop) does not offer STARTTLS, which the TLS policy requires"))
+            return .failure(SMTPReply(451, .encryptionNeeded, "\(hop) does not offer STARTTLS, which the TLS policy requires"))
         }
         let reply = try await exchange(["STARTTLS"], config.ehloTimeout, steps: [.startTLS])[0]
         guard reply.code == 220 else {
             if policy == .may { return nil }
-            return .failure(SMTPReply(451, EnhancedStatus(4, 7, 10), "\(hop) refused STARTTLS: \(reply)"))
+            return .failure(SMTPReply(451, .encryptionNeeded, "\(hop) refused STARTTLS: \(reply)"))
         }
         do {
             let sslContext = policy == .verify ? (tls.verifying ?? tls.opportunistic) : tls.opportunistic
@@ -257,7 +257,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             }
             return nil
         } catch {
-            return .tlsFailure(SMTPReply(451, EnhancedStatus(4, 7, 5), "TLS with \(hop) failed: \(error)"))
+            return .tlsFailure(SMTPReply(451, .cryptographicFailure, "TLS with \(hop) failed: \(error)"))
         }
     }
 
@@ -384,7 +384,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     /// The deferral for replies that do not fit their commands: the
     /// session is out of step, so no reply on it can be trusted.
     func outOfStep(_ step: ClientStep, _ reply: SMTPReply) -> SMTPReply {
-        SMTPReply(451, EnhancedStatus(4, 5, 0),
+        SMTPReply(451, .protocolError,
                   "\(context.mxHost ?? "server") answered \(step) with \"\(reply.keepingText(200))\": replies out of step with commands; connection closed")
     }
 
@@ -575,7 +575,7 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
         case .hops(let planned):
             let (hops, skipped) = health?.arrange(planned) ?? (planned, [])
             if hops.isEmpty, let first = skipped.min(by: { $0.until < $1.until }) {
-                let reply = SMTPReply(451, EnhancedStatus(4, 4, 1),
+                let reply = SMTPReply(451, .noAnswerFromHost,
                                       "All MX hosts of \(domain) are cooling down after repeated failures (\(first.hop) until \(Date(timeIntervalSince1970: Double(first.until) / 1000)))")
                 return .failed(reply, AttemptContext(mxHost: first.hop.host))
             }
@@ -611,7 +611,7 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
                     last = (reply, AttemptContext(mxHost: hop.host, mxAddress: hop.address.description))
                 }
             }
-            let (reply, ctx) = last ?? (SMTPReply(451, EnhancedStatus(4, 4, 4), "no route to \(domain)"), AttemptContext())
+            let (reply, ctx) = last ?? (SMTPReply(451, .unableToRoute, "no route to \(domain)"), AttemptContext())
             return .failed(reply, ctx)
         }
     }

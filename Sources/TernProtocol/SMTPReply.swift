@@ -55,6 +55,12 @@ public struct EnhancedStatus: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { "\(klass).\(subject).\(detail)" }
 
+    /// The permanent codes that say an address cannot exist (5.1.1 bad
+    /// mailbox, 5.1.2 bad system, 5.1.10 null MX): a bounce with one of them
+    /// puts the address on the suppression list, and the statistics count
+    /// it as a suppression candidate at once.
+    public static let nonexistentAddress: [EnhancedStatus] = [.badDestinationMailbox, .badDestinationSystem, .nullMX]
+
     /// The same subject and detail in another class (2, 4 or 5).
     public func withClass(_ k: Int) -> EnhancedStatus { EnhancedStatus(k, subject, detail) }
 }
@@ -75,6 +81,13 @@ extension EnhancedStatus {
     public static let messageTooBig = EnhancedStatus(5, 3, 4)            // message too big for system
     public static let systemError = EnhancedStatus(4, 3, 0)              // other or undefined mail system status
     public static let routingError = EnhancedStatus(4, 4, 0)             // other or undefined network or routing status
+    public static let noAnswerFromHost = EnhancedStatus(4, 4, 1)         // no answer from host (connect, greeting, EHLO failed)
+    public static let directoryFailure = EnhancedStatus(4, 4, 3)         // directory server failure (DNS)
+    public static let unableToRoute = EnhancedStatus(4, 4, 4)            // unable to route
+    public static let protocolError = EnhancedStatus(4, 5, 0)            // other or undefined protocol status
+    public static let cryptographicFailure = EnhancedStatus(4, 7, 5)     // cryptographic failure (TLS handshake)
+    public static let encryptionNeeded = EnhancedStatus(4, 7, 10)        // RFC 5248: encryption needed (TLS policy)
+    public static let otherPermanent = EnhancedStatus(5, 0, 0)           // other undefined status (an operator's bounce)
     public static let routingLoop = EnhancedStatus(5, 4, 6)              // routing loop detected
     public static let connectionDropped = EnhancedStatus(4, 4, 2)        // bad connection
     public static let deliveryTimeExpired = EnhancedStatus(4, 4, 7)      // delivery time expired

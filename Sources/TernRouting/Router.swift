@@ -109,7 +109,7 @@ public struct Router: Sendable {
         case .nxdomain:
             return .bounce(SMTPReply(550, .badDestinationSystem, "Host or domain name not found: \(domain) (NXDOMAIN)"))
         case .temporaryFailure(let why):
-            return .deferral(SMTPReply(451, EnhancedStatus(4, 4, 3), "DNS lookup of MX for \(domain) failed: \(why)"))
+            return .deferral(SMTPReply(451, .directoryFailure, "DNS lookup of MX for \(domain) failed: \(why)"))
         case .noRecords:
             // RFC 5321 §5.1: no MX, so the domain itself is the host.
             switch await resolver.addresses(domain) {
@@ -118,7 +118,7 @@ public struct Router: Sendable {
             case .nxdomain, .noRecords:
                 return .bounce(SMTPReply(550, .badDestinationSystem, "No MX or address records for \(domain)"))
             case .temporaryFailure(let why):
-                return .deferral(SMTPReply(451, EnhancedStatus(4, 4, 3), "DNS lookup of \(domain) failed: \(why)"))
+                return .deferral(SMTPReply(451, .directoryFailure, "DNS lookup of \(domain) failed: \(why)"))
             }
         case .records(let records):
             // RFC 7505: a single MX of "." says the domain takes no mail.
@@ -148,6 +148,6 @@ public struct Router: Sendable {
         if !hops.isEmpty { return .hops(Array(hops.prefix(maxHops))) }
         // No address for any host: a fixable DNS problem, so retry (as Postfix does).
         let why = temporary.map { "DNS lookup failed for \($0)" } ?? "no address found for the \(what)"
-        return .deferral(SMTPReply(451, EnhancedStatus(4, 4, 4), "Unable to route: \(why)"))
+        return .deferral(SMTPReply(451, .unableToRoute, "Unable to route: \(why)"))
     }
 }

@@ -158,8 +158,8 @@ public enum Policy {
 
     /// Does this bounce say the address cannot exist (so sending again is pointless)?
     public static func isNonexistentAddress(_ outcome: RecipientOutcome) -> Bool {
-        guard case .bounced(let reply) = outcome, let e = reply.enhanced, e.klass == 5, e.subject == 1 else { return false }
-        return [1, 2, 10].contains(e.detail)
+        guard case .bounced(let reply) = outcome, let e = reply.enhanced else { return false }
+        return EnhancedStatus.nonexistentAddress.contains(e)
     }
 
     /// A coarse class of a reply, stored in `attempt.category` for analytics.

@@ -67,7 +67,7 @@ public struct QueueAdmin: Sendable {
     public func bounce(_ selector: QueueSelector, now: Int64) async throws -> AdminResult {
         let hostname = self.hostname, policy = self.policy
         return try await store.adminTransition(selector, states: ["queued", "deferred", "held"], now: now) { message, recipients in
-            let reply = SMTPReply(550, EnhancedStatus(5, 0, 0), "Message bounced by the mail system administrator")
+            let reply = SMTPReply(550, .otherPermanent, "Message bounced by the mail system administrator")
             var b = OutcomeBatch(at: now)
             var reports: [DSNRecipient] = []
             for r in recipients {

@@ -483,7 +483,9 @@ extension Store {
         "no-reply", "noc", "noreply", "office", "postmaster", "root", "sales", "security", "support", "webmaster",
     ]
 
-    public func recipientAnalytics(_ w: TimeWindow, top: Int = 20) throws -> RecipientAnalytics {
+    /// `nonexistent`: the enhanced codes that make one bounce enough for a
+    /// suppression candidate (the caller passes the protocol module's table).
+    public func recipientAnalytics(_ w: TimeWindow, top: Int = 20, nonexistent: [String]) throws -> RecipientAnalytics {
         try read { db in
             var a = RecipientAnalytics()
             let args: StatementArguments = ["since": w.since, "until": w.until, "top": top]
@@ -508,9 +510,9 @@ extension Store {
                  WHERE r.final_at >= :since AND r.final_at < :until AND \(StateSQL.failed)
                    AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.address = r.address)
                  GROUP BY lower(address)
-                HAVING count(*) >= 2 OR sum(r.last_enhanced IN ('5.1.1', '5.1.2', '5.1.10')) > 0
+                HAVING count(*) >= 2 OR sum(r.last_enhanced IN (SELECT value FROM json_each(:nonexistent))) > 0
                  ORDER BY count(*) DESC, lower(address) LIMIT :top
-                """, arguments: args).map { AddressCount(address: $0[0], count: $0[1], lastReply: $0[3], lastAt: $0[2]) }
+                """, arguments: args + ["nonexistent": "[" + nonexistent.map { "\"\($0)\"" }.joined(separator: ",") + "]"]).map { AddressCount(address: $0[0], count: $0[1], lastReply: $0[3], lastAt: $0[2]) }
             return a
         }
     }
