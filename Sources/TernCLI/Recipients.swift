@@ -26,11 +26,7 @@ struct Recipients: AsyncParsableCommand {
 
         func run() async throws {
             guard !addresses.isEmpty else { throw fail("give at least one address", code: 64) }
-            let canonical = try addresses.map(checkedAddress)
-            let (store, _) = try openExisting(common)
-            defer { store.close() }
-            let added = try await store.addRelayRecipients(canonical, now: nowMillis())
-            print("added \(canonical.count) address\(canonical.count == 1 ? "" : "es") (\(added) new)")
+            try await addRecipients(try addresses.map(checkedAddress), common, verb: "added")
         }
     }
 
@@ -80,11 +76,7 @@ struct Recipients: AsyncParsableCommand {
         @Argument(help: "File.") var file: String
 
         func run() async throws {
-            let addresses = try readAddressFile(file)
-            let (store, _) = try openExisting(common)
-            defer { store.close() }
-            let added = try await store.addRelayRecipients(addresses, now: nowMillis())
-            print("imported \(addresses.count) address\(addresses.count == 1 ? "" : "es") (\(added) new)")
+            try await addRecipients(try readAddressFile(file), common, verb: "imported")
         }
     }
 
@@ -111,4 +103,12 @@ struct Recipients: AsyncParsableCommand {
             print("catch-all for \(d): \(setting)")
         }
     }
+}
+
+/// Adds canonical addresses in one transaction and says how many were new.
+private func addRecipients(_ addresses: [String], _ common: DatabaseOptions, verb: String) async throws {
+    let (store, _) = try openExisting(common)
+    defer { store.close() }
+    let added = try await store.addRelayRecipients(addresses, now: nowMillis())
+    print("\(verb) \(addresses.count) address\(addresses.count == 1 ? "" : "es") (\(added) new)")
 }

@@ -19,23 +19,6 @@ public struct TernCommand: AsyncParsableCommand {
         subcommands: [Serve.self, Migrate.self, Sendmail.self, Queue.self, History.self, Stats.self, Suppress.self, Recipients.self, Prune.self, User.self, TLS.self, Doctor.self]
     )
     public init() {}
-
-    /// Everything `tern` creates (the database, its WAL and SHM, the lock
-    /// file, keys) is for the user running it alone: mail and password
-    /// hashes are nobody else's business.
-    public static func main() async {
-        umask(0o077)
-        do {
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
-        } catch {
-            exit(withError: error)
-        }
-    }
 }
 
 /// Options every command that opens the database takes.
@@ -85,8 +68,6 @@ struct DatabaseOptions: ParsableArguments {
 /// Refuses a database that other users can read (issue 15): every message
 /// and every password hash is in it. `allow` is the operator's explicit yes.
 func checkDatabasePrivacy(_ path: String, allow: Bool, logger: Logger) throws {
-    var folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
-    if folder.isEmpty { folder = "/" }
     for file in [path, path + "-wal", path + "-shm"] {
         guard let mode = (try? FileManager.default.attributesOfItem(atPath: file))?[.posixPermissions] as? Int else { continue }
         if mode & 0o077 != 0 {

@@ -3,7 +3,6 @@
 // (RFC 2920 §3.1: replies come in command order). Each wait has a deadline;
 // a missed one fails every waiter and closes the connection.
 
-import Foundation
 import NIOCore
 import TernProtocol
 
@@ -105,7 +104,7 @@ final class SMTPReplyHandler: ChannelInboundHandler {
                 fail(.protocolError("reply longer than \(ReplyParser.maxLines) lines or \(ReplyParser.maxBytes) octets"))
                 return
             } catch {
-                fail(.protocolError("bad reply line: \(SMTPReplyHandler.printable(line.prefix(80)))"))
+                fail(.protocolError("bad reply line: \(String(line.prefix(80)).escapingControlCharacters())"))
                 return
             }
             if failure != nil { return }
@@ -126,15 +125,6 @@ final class SMTPReplyHandler: ChannelInboundHandler {
     }
 
     static let maxLineBytes = 4096
-
-    /// Network text for a log line or a stored reason: control characters escaped.
-    static func printable(_ s: Substring) -> String {
-        var out = ""
-        for u in s.unicodeScalars {
-            if u.value < 0x20 || u.value == 0x7F { out += String(format: "\\x%02X", u.value) } else { out.unicodeScalars.append(u) }
-        }
-        return out
-    }
 
     private func deliver(_ reply: SMTPReply) {
         if let w = waiting.popFirst() {

@@ -84,9 +84,7 @@ extension SMTPReply {
         for line in lines {
             let n = line.utf8.count
             if total + n > limit {
-                var cut = Substring(line)
-                while cut.utf8.count > max(0, limit - total) { cut = cut.dropLast() }
-                kept.append(String(cut) + "…")
+                kept.append(line.prefix(utf8Octets: max(0, limit - total)) + "…")
                 return SMTPReply(code, enhanced, lines: kept)
             }
             total += n
@@ -111,9 +109,7 @@ public enum ClientStep: Sendable, Equatable {
     public func accepts(_ reply: SMTPReply) -> Bool {
         let klass = reply.code / 100
         switch self {
-        case .greeting:
-            return reply.code == 220 || klass == 4 || klass == 5
-        case .startTLS:
+        case .greeting, .startTLS:
             return reply.code == 220 || klass == 4 || klass == 5
         case .data:
             return reply.code == 354 || klass == 4 || klass == 5

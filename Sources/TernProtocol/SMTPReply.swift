@@ -133,9 +133,7 @@ public struct SMTPReply: Sendable, Hashable, CustomStringConvertible {
 
     static func capped(_ line: String) -> String {
         guard line.utf8.count > maxLineText else { return line }
-        var cut = Substring(line)
-        while cut.utf8.count > maxLineText - 3 { cut = cut.dropLast() }
-        return String(cut) + "..."
+        return line.prefix(utf8Octets: maxLineText - 3) + "..."
     }
 
     public var isPositive: Bool { code < 400 }
@@ -189,6 +187,20 @@ public struct SMTPReply: Sendable, Hashable, CustomStringConvertible {
 }
 
 extension String {
+    /// The longest prefix of at most `n` UTF-8 octets that ends on a scalar
+    /// boundary (one pass; reply texts are cut with it).
+    public func prefix(utf8Octets n: Int) -> String {
+        var octets = 0
+        var end = unicodeScalars.startIndex
+        for i in unicodeScalars.indices {
+            let width = UTF8.width(unicodeScalars[i])
+            if octets + width > n { break }
+            octets += width
+            end = unicodeScalars.index(after: i)
+        }
+        return String(unicodeScalars[..<end])
+    }
+
     /// The text with control characters (C0, DEL, C1) written as `\xNN`,
     /// for anything from the network that reaches a log line, a terminal
     /// or a stored reason: a remote server's reply, an AUTH user name.

@@ -352,17 +352,20 @@ public final class Scheduler: Service, Sendable {
         while true {
             let claimed = await claim(domain)
             if claimed.isEmpty { return [] }
-            let reasons: [String: String]
+            // One form for both sides: the domain as a lower-case A-label.
+            let keys = claimed.map { Scheduler.key($0.address) }
+            let found: [String: String]
             do {
-                // One form for both sides: the domain as a lower-case A-label.
-                reasons = try store.suppressed(claimed.map { Scheduler.key($0.address) }, now: clock.now())
+                found = try store.suppressed(keys, now: clock.now())
             } catch {
                 logger.error("suppression check failed; delivering", metadata: ["error": "\(error)"])
                 return claimed
             }
-            if reasons.isEmpty { return claimed }
+            if found.isEmpty { return claimed }
+            var reasons: [Int64: String] = [:]
+            for (r, key) in zip(claimed, keys) { reasons[r.id] = found[key] }
             let (stopped, keep) = claimed.reduce(into: ([ClaimedRecipient](), [ClaimedRecipient]())) { acc, r in
-                if reasons[Scheduler.key(r.address)] != nil { acc.0.append(r) } else { acc.1.append(r) }
+                if reasons[r.id] != nil { acc.0.append(r) } else { acc.1.append(r) }
             }
             await settleSuppressed(stopped, reasons: reasons)
             if !keep.isEmpty || stopping { return keep }
@@ -370,14 +373,15 @@ public final class Scheduler: Service, Sendable {
     }
 
     /// One transaction per message: `suppressed` transitions, events, DSNs.
-    private func settleSuppressed(_ recipients: [ClaimedRecipient], reasons: [String: String]) async {
+    /// `reasons` by recipient id.
+    private func settleSuppressed(_ recipients: [ClaimedRecipient], reasons: [Int64: String]) async {
         let now = clock.now()
         for (messageID, group) in Dictionary(grouping: recipients, by: \.messageID) {
             guard let stored = try? store.message(id: messageID) else { continue }
             var batch = OutcomeBatch(at: now)
             var reports: [DSNRecipient] = []
             for r in group {
-                let d = Policy.suppress(r, reason: reasons[Scheduler.key(r.address)] ?? "suppressed", sender: stored.mailFrom, now: now)
+                let d = Policy.suppress(r, reason: reasons[r.id] ?? "suppressed", sender: stored.mailFrom, now: now)
                 batch.transitions.append(d.transition)
                 if let report = d.dsn { reports.append(report) }
                 logger.info("suppressed", metadata: ["msg": "\(stored.queueID)", "rcpt": "\(r.address)"])
@@ -564,7 +568,7 @@ public final class Scheduler: Service, Sendable {
                                                      category: Policy.category(outcome)))
                 batch.transitions.append(decision.transition)
                 if config.policy.suppressOnHardBounce && Policy.isNonexistentAddress(outcome) {
-                    let entry = Suppression(address: AddressParser.canonical(r.address) ?? r.address, reason: "\(outcome.reply.code) \(outcome.reply.enhanced!) \(outcome.reply.text)",
+                    let entry = Suppression(address: Scheduler.key(r.address), reason: "\(outcome.reply.code) \(outcome.reply.enhanced!) \(outcome.reply.text)",
                                             source: "bounce", createdAt: now)
                     batch.suppressions.append((entry, r.id, r.messageID))
                 }
