@@ -44,7 +44,7 @@ public final class AccountAuthenticator: Authenticator {
         let user = credentials.username.escapingControlCharacters() // for logs and events only
         if throttle.checkBlocked(key, now: clock()) {
             logger.warning("authentication refused: too many failures", metadata: ["peer": "\(peer)", "user": "\(user)"])
-            await event("auth_blocked", peer: peer, user: user, mechanism: mechanism, failures: throttle.failures(key, now: clock()))
+            await event(.authBlocked, peer: peer, user: user, mechanism: mechanism, failures: throttle.failures(key, now: clock()))
             return .throttled
         }
         let store = self.store
@@ -70,12 +70,12 @@ public final class AccountAuthenticator: Authenticator {
         logger.notice("authentication failed", metadata: [
             "peer": "\(peer)", "user": "\(user)", "mechanism": "\(mechanism.rawValue)", "failures": "\(failures)",
         ])
-        await event("auth_failed", peer: peer, user: user, mechanism: mechanism, failures: failures)
+        await event(.authFailed, peer: peer, user: user, mechanism: mechanism, failures: failures)
         await sleep(delay)
         return .failure
     }
 
-    private func event(_ kind: String, peer: String, user: String, mechanism: SASLMechanism, failures: Int) async {
+    private func event(_ kind: EventKind, peer: String, user: String, mechanism: SASLMechanism, failures: Int) async {
         let detail = JSON.object([
             ("client", .string(peer)), ("user", .string(user)), ("mechanism", .string(mechanism.rawValue)),
             ("failures", .int(failures)),

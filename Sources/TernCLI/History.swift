@@ -28,7 +28,7 @@ struct History: ParsableCommand {
     @Option(help: ArgumentHelp("Queue id.", valueName: "ID")) var message: String?
     @Option(name: .customLong("message-id"),
             help: ArgumentHelp("The Message-ID header's id, with or without <>.", valueName: "ID")) var messageID: String?
-    @Option(help: "State: queued, inflight, deferred, held, delivered, bounced, expired, suppressed.") var state: String?
+    @Option(help: "Only recipients in this state.") var state: RecipientState?
     @Option(help: "At most this many recipients.") var limit = 100
     @Option(help: "table, json or csv (one line per timeline step).") var format: ReportFormat = .table
 
@@ -63,12 +63,12 @@ enum HistoryFormatter {
 
     static func describe(_ t: TimelineItem) -> String {
         switch t.kind {
-        case "received": return "received" + (t.mxAddress.map { " from \($0)" } ?? " locally")
-        case "attempt":
+        case .event(.received): return "received" + (t.mxAddress.map { " from \($0)" } ?? " locally")
+        case .attempt:
             let via = [t.mxHost, t.mxAddress.map { "[\($0)]" }].compactMap { $0 }.joined()
             let tls = t.tls.map { " \($0)" } ?? ""
             return "\(t.outcome ?? "attempt") via \(via.isEmpty ? "-" : via)\(tls) in \(number(t.seconds, digits: 2)) s: \(reply(t.code, t.enhanced, t.text))"
-        default: return t.kind + (t.outcome.map { " \($0)" } ?? "")
+        default: return t.kind.description + (t.outcome.map { " \($0)" } ?? "")
         }
     }
 
@@ -76,7 +76,7 @@ enum HistoryFormatter {
         if entries.isEmpty { return "no matching recipients\n" }
         var out = ""
         for e in entries {
-            out += "\(e.queueID)  <\(e.sender)> → <\(e.recipient)>  \(e.state), \(e.attempts) attempt\(e.attempts == 1 ? "" : "s")"
+            out += "\(e.queueID)  <\(e.sender)> → <\(e.recipient)>  \(e.state.rawValue), \(e.attempts) attempt\(e.attempts == 1 ? "" : "s")"
             if let s = e.secondsToDeliver { out += ", delivered in \(number(s)) s" }
             out += "\n"
             for t in e.timeline { out += "  \(time(t.at))  \(describe(t))\n" }
@@ -88,12 +88,12 @@ enum HistoryFormatter {
         JSON.array(entries.map { e in
             .object([
                 ("queue_id", .string(e.queueID)), ("sender", .string(e.sender)), ("recipient", .string(e.recipient)),
-                ("domain", .string(e.domain)), ("state", .string(e.state)), ("attempts", .int(e.attempts)),
+                ("domain", .string(e.domain)), ("state", .string(e.state.rawValue)), ("attempts", .int(e.attempts)),
                 ("received_at", .int64(e.receivedAt)), ("final_at", jsonInt64(e.finalAt)), ("final_code", jsonInt(e.finalCode)),
                 ("final_enhanced", jsonString(e.finalEnhanced)), ("final_text", jsonString(e.finalText)),
                 ("mx_host", jsonString(e.mxHost)), ("tls", jsonString(e.tls)), ("seconds_to_deliver", jsonNumber(e.secondsToDeliver)),
                 ("timeline", .array(e.timeline.map { t in
-                    .object([("at", .int64(t.at)), ("kind", .string(t.kind)), ("mx_host", jsonString(t.mxHost)),
+                    .object([("at", .int64(t.at)), ("kind", .string(t.kind.description)), ("mx_host", jsonString(t.mxHost)),
                              ("address", jsonString(t.mxAddress)), ("tls", jsonString(t.tls)), ("code", jsonInt(t.code)),
                              ("enhanced", jsonString(t.enhanced)), ("text", jsonString(t.text)), ("outcome", jsonString(t.outcome)),
                              ("seconds", jsonNumber(t.seconds))])
@@ -106,7 +106,7 @@ enum HistoryFormatter {
         let header = ["queue_id", "sender", "recipient", "state", "at", "step", "mx_host", "address", "tls", "code", "enhanced", "text", "outcome"]
         let rows = entries.flatMap { e in
             e.timeline.map { t in
-                [e.queueID, e.sender, e.recipient, e.state, time(t.at), t.kind, t.mxHost ?? "", t.mxAddress ?? "", t.tls ?? "",
+                [e.queueID, e.sender, e.recipient, e.state.rawValue, time(t.at), t.kind.description, t.mxHost ?? "", t.mxAddress ?? "", t.tls ?? "",
                  t.code.map(String.init) ?? "", t.enhanced ?? "", t.text ?? "", t.outcome ?? ""]
             }
         }

@@ -7,6 +7,8 @@ import TernProtocol
 import TernScheduler
 import TernStore
 
+extension RecipientState: ExpressibleByArgument {}
+
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case table, json
 }
@@ -26,8 +28,8 @@ struct Queue: ParsableCommand {
         @Option(help: "table (for people) or json (one array, for machines).")
         var format: OutputFormat = .table
 
-        @Option(help: "Only recipients in this state (queued, inflight, deferred, held, delivered, bounced, expired, suppressed).")
-        var state: String?
+        @Option(help: "Only recipients in this state.")
+        var state: RecipientState?
 
         @Option(help: "Only recipients of this domain.")
         var domain: String?
@@ -37,10 +39,6 @@ struct Queue: ParsableCommand {
 
         func run() throws {
             bootstrapLogging(level: "warning")
-            let valid = ["queued", "inflight", "deferred", "held", "delivered", "bounced", "expired", "suppressed"]
-            if let s = state, !valid.contains(s) {
-                throw fail("unknown state '\(s)' (one of \(valid.joined(separator: ", ")))", code: 64)
-            }
             let (store, _) = try openExisting(common)
             let entries: [QueueEntry]
             do {
@@ -196,7 +194,7 @@ public enum QueueFormatter {
                 ("queue_id", .string(e.queueID)), ("received_at", .int64(e.receivedAt)),
                 ("received", .string(isoTime(e.receivedAt))), ("from", .string(e.mailFrom)), ("size", .int(e.size)),
                 ("recipient_id", .int64(e.recipientID)), ("recipient", .string(e.address)), ("domain", .string(e.domain)),
-                ("state", .string(e.state)), ("attempts", .int(e.attempts)), ("next_attempt_at", .int64(e.nextAttemptAt)),
+                ("state", .string(e.state.rawValue)), ("attempts", .int(e.attempts)), ("next_attempt_at", .int64(e.nextAttemptAt)),
                 ("last_code", e.lastCode.map { .int($0) } ?? .null),
                 ("last_enhanced", e.lastEnhanced.map { .string($0) } ?? .null),
                 ("last_text", e.lastText.map { .string($0) } ?? .null),
@@ -207,7 +205,7 @@ public enum QueueFormatter {
     public static func table(_ entries: [QueueEntry]) -> String {
         let header = ["QUEUE ID", "RECEIVED (UTC)", "SIZE", "FROM", "RECIPIENT", "STATE", "TRIES", "LAST REPLY"]
         let rows = entries.map { e in
-            [e.queueID, isoTime(e.receivedAt), String(e.size), e.mailFrom.isEmpty ? "<>" : e.mailFrom, e.address, e.state,
+            [e.queueID, isoTime(e.receivedAt), String(e.size), e.mailFrom.isEmpty ? "<>" : e.mailFrom, e.address, e.state.rawValue,
              String(e.attempts), [e.lastCode.map(String.init), e.lastEnhanced, e.lastText].compactMap { $0 }.joined(separator: " ")]
         }
         return renderTable(header: header, rows: rows) + "\(entries.count) recipient\(entries.count == 1 ? "" : "s")\n"

@@ -154,7 +154,7 @@ struct Serve: AsyncParsableCommand {
             let recovered = try await store.recoverLeases(now: nowMillis(), owner: scheduler.owner, everyOtherOwner: true)
             let q = try store.summary()
             logger.notice("queue recovered", metadata: [
-                "queued": "\(q.count("queued"))", "deferred": "\(q.count("deferred"))", "held": "\(q.count("held"))",
+                "queued": "\(q.count(.queued))", "deferred": "\(q.count(.deferred))", "held": "\(q.count(.held))",
                 "inflight_recovered": "\(recovered)", "integrity": "ok",
             ])
         } catch let e as ExitCode {

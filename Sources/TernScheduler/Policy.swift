@@ -98,36 +98,36 @@ public enum Policy {
             return DSNRecipient(finalRecipient: r.address, originalRecipient: r.orcpt, action: action, status: status,
                          remoteMTA: ctx.mxHost, diagnostic: diagnostic, lastAttempt: now, willRetryUntil: retryUntil)
         }
-        let base = RecipientTransition(r, state: "", nextAttemptAt: nil,
+        let base = RecipientTransition(r, state: .deferred, nextAttemptAt: nil,
                                        countsAsAttempt: true, code: reply.code, enhanced: reply.enhanced?.description,
-                                       text: reply.text, event: "", eventDetail: detail(reply, ctx))
+                                       text: reply.text, event: .deferred, eventDetail: detail(reply, ctx))
         switch outcome {
         case .delivered:
             var t = base
-            t.state = "delivered"
-            t.event = "delivered"
+            t.state = .delivered
+            t.event = .delivered
             // RFC 3461 §6.2.2: a server that offers DSN takes NOTIFY=SUCCESS on;
             // otherwise we report "relayed".
             let report = canReport && notify.success && !ctx.remoteDSN ? dsn(.relayed, status: status(reply)) : nil
             return Decision(transition: t, dsn: report)
         case .bounced:
             var t = base
-            t.state = "bounced"
-            t.event = "bounced"
+            t.state = .bounced
+            t.event = .bounced
             return Decision(transition: t, dsn: canReport && notify.failure ? dsn(.failed, status: status(reply)) : nil)
         case .deferred:
             let deadline = r.createdAt + config.maxQueueLifetimeMillis
             var t = base
             if now >= deadline {
                 // RFC 3463 4.4.7: delivery time expired; the last reply is the diagnostic.
-                t.state = "expired"
-                t.event = "expired"
+                t.state = .expired
+                t.event = .expired
                 t.enhanced = EnhancedStatus.deliveryTimeExpired.description
                 return Decision(transition: t, dsn: canReport && notify.failure ? dsn(.failed, status: "4.4.7") : nil)
             }
             let attemptNumber = r.attempts + 1
-            t.state = "deferred"
-            t.event = "deferred"
+            t.state = .deferred
+            t.event = .deferred
             t.nextAttemptAt = min(now + config.retry.delay(afterAttempt: attemptNumber, random: random()), deadline)
             var report: DSNRecipient? = nil
             if config.delayWarningMillis > 0, r.delayNotifiedAt == nil, now - r.createdAt >= config.delayWarningMillis,
@@ -143,9 +143,9 @@ public enum Policy {
     /// failure DSN when NOTIFY asks for one.
     public static func suppress(_ r: ClaimedRecipient, reason: String, sender: String, now: Int64) -> Decision {
         let reply = SMTPReply(550, .securityPolicy, "<\(r.address)>: recipient address is suppressed (\(reason))")
-        let t = RecipientTransition(r, state: "suppressed", nextAttemptAt: nil,
+        let t = RecipientTransition(r, state: .suppressed, nextAttemptAt: nil,
                                     countsAsAttempt: false, code: reply.code, enhanced: reply.enhanced?.description,
-                                    text: reply.text, event: "suppressed",
+                                    text: reply.text, event: .suppressed,
                                     eventDetail: JSON.object([("reason", .string(reason))]).text)
         let notify = NotifyPolicy(r.notify)
         let report = !sender.isEmpty && !notify.never && notify.failure
@@ -184,11 +184,11 @@ public enum Policy {
     public static func attempt(_ outcome: RecipientOutcome, for r: ClaimedRecipient, context ctx: AttemptContext,
                                started: Int64, ended: Int64, category: String?) -> NewAttempt {
         let reply = outcome.reply.keepingText(ReplyParser.keptTextBytes)
-        let kind: String
+        let kind: AttemptOutcome
         switch outcome {
-        case .delivered: kind = "delivered"
-        case .deferred: kind = "deferred"
-        case .bounced: kind = "bounced"
+        case .delivered: kind = .delivered
+        case .deferred: kind = .deferred
+        case .bounced: kind = .bounced
         }
         return NewAttempt(recipientID: r.id, startedAt: started, endedAt: ended, mxHost: ctx.mxHost, mxAddress: ctx.mxAddress,
                           tls: ctx.tls, code: reply.code, enhanced: reply.enhanced?.description, text: reply.text,

@@ -40,25 +40,25 @@ public struct QueueAdmin: Sendable {
         self.policy = policy
     }
 
-    static func transition(_ r: ClaimedRecipient, state: String, event: String, next: Int64? = nil) -> RecipientTransition {
+    static func transition(_ r: ClaimedRecipient, state: RecipientState, event: EventKind, next: Int64? = nil) -> RecipientTransition {
         RecipientTransition(r, state: state, nextAttemptAt: next, countsAsAttempt: false,
                             code: nil, enhanced: nil, text: nil, event: event, eventDetail: JSON.object([("by", .string("operator"))]).text)
     }
 
     /// queued/deferred → held: not delivered until released.
     public func hold(_ selector: QueueSelector, now: Int64) async throws -> AdminResult {
-        try await store.adminTransition(selector, states: ["queued", "deferred"], now: now) { _, recipients in
+        try await store.adminTransition(selector, states: [.queued, .deferred], now: now) { _, recipients in
             var b = OutcomeBatch(at: now)
-            b.transitions = recipients.map { QueueAdmin.transition($0, state: "held", event: "held") }
+            b.transitions = recipients.map { QueueAdmin.transition($0, state: .held, event: .held) }
             return b
         }
     }
 
     /// held → queued (never tried) or deferred, due now.
     public func release(_ selector: QueueSelector, now: Int64) async throws -> AdminResult {
-        try await store.adminTransition(selector, states: ["held"], now: now) { _, recipients in
+        try await store.adminTransition(selector, states: [.held], now: now) { _, recipients in
             var b = OutcomeBatch(at: now)
-            b.transitions = recipients.map { QueueAdmin.transition($0, state: $0.attempts > 0 ? "deferred" : "queued", event: "released", next: now) }
+            b.transitions = recipients.map { QueueAdmin.transition($0, state: .waiting(attempts: $0.attempts), event: .released, next: now) }
             return b
         }
     }
@@ -66,7 +66,7 @@ public struct QueueAdmin: Sendable {
     /// Fails matching recipients now, with a DSN as the sender's NOTIFY asks.
     public func bounce(_ selector: QueueSelector, now: Int64) async throws -> AdminResult {
         let hostname = self.hostname, policy = self.policy
-        return try await store.adminTransition(selector, states: ["queued", "deferred", "held"], now: now) { message, recipients in
+        return try await store.adminTransition(selector, states: [.queued, .deferred, .held], now: now) { message, recipients in
             let reply = SMTPReply(550, .otherPermanent, "Message bounced by the mail system administrator")
             var b = OutcomeBatch(at: now)
             var reports: [DSNRecipient] = []

@@ -381,7 +381,7 @@ public final class Scheduler: Service, Sendable {
             var batch = OutcomeBatch(at: now)
             var reports: [DSNRecipient] = []
             for r in group {
-                let d = Policy.suppress(r, reason: reasons[r.id] ?? "suppressed", sender: stored.mailFrom, now: now)
+                let d = Policy.suppress(r, reason: reasons[r.id] ?? "on the suppression list", sender: stored.mailFrom, now: now)
                 batch.transitions.append(d.transition)
                 if let report = d.dsn { reports.append(report) }
                 logger.info("suppressed", metadata: ["msg": "\(stored.queueID)", "rcpt": "\(r.address)"])

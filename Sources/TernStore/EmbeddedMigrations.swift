@@ -444,5 +444,30 @@ CREATE TABLE relay_domain_policy (
     updated_at INTEGER NOT NULL
 ) STRICT;
 """#),
+        (9, "0009_event_kind_check", #"""
+-- 0009: event.kind takes only the kinds Tern writes (issue 16).
+--
+-- Until now a misspelt kind was stored and silently missed by every query
+-- that looks for the right one. The kinds are the EventKind enum in
+-- TernStore (States.swift); StoreTests fails when the enum and this CHECK
+-- differ, so a new kind comes with a new migration.
+--
+-- SQLite cannot add a CHECK to a table. Every existing row already
+-- satisfies this one (Tern never wrote another kind), so the migrator's
+-- follow-up for 0009 edits the table's schema text under writable_schema,
+-- as 0006 did for the hot tables' CHECKs, after counting the rows that
+-- would violate it and refusing to go on if there are any. No copy of the
+-- log is made. The condition is an OR chain, not an IN list (see 0006):
+-- event rows are written on the hot path.
+--
+-- The CHECK added to `kind` (Migrator.eventKindCheck, the same text):
+--   (kind = 'received' OR kind = 'delivered' OR kind = 'deferred' OR
+--    kind = 'bounced' OR kind = 'expired' OR kind = 'suppressed' OR
+--    kind = 'held' OR kind = 'released' OR kind = 'flushed' OR
+--    kind = 'deleted' OR kind = 'lease_expired' OR kind = 'lease_lost' OR
+--    kind = 'dsn_queued' OR kind = 'suppression_added' OR
+--    kind = 'auth_failed' OR kind = 'auth_blocked')
+SELECT 1;
+"""#),
     ]
 }

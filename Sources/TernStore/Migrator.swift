@@ -17,7 +17,8 @@ public enum Migrator {
     /// file cannot express as well (filling the rollups; rewriting CHECKs).
     static var followUps: [Int: (Database) throws -> Void] {
         [5: { db in for sql in Rollups.rebuildStatements { try db.execute(sql: sql) } },
-         6: { db in try checksWithoutInLists(db) }]
+         6: { db in try checksWithoutInLists(db) },
+         9: { db in try addEventKindCheck(db) }]
     }
 
     /// Tables whose CHECK constraints migration 6 writes as OR chains.
@@ -42,6 +43,38 @@ public enum Migrator {
             try db.execute(sql: "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
                            arguments: [orChains(sql), table])
         }
+        try db.execute(sql: "PRAGMA schema_version = \(version + 1)")
+        try db.execute(sql: "PRAGMA writable_schema = OFF")
+    }
+
+    /// The CHECK migration 9 puts on `event.kind`: frozen with the migration
+    /// (a new kind needs a new migration; StoreTests compares it with EventKind).
+    static let eventKindCheck = """
+        CHECK (kind = 'received' OR kind = 'delivered' OR kind = 'deferred' OR kind = 'bounced' OR kind = 'expired' \
+        OR kind = 'suppressed' OR kind = 'held' OR kind = 'released' OR kind = 'flushed' OR kind = 'deleted' \
+        OR kind = 'lease_expired' OR kind = 'lease_lost' OR kind = 'dsn_queued' OR kind = 'suppression_added' \
+        OR kind = 'auth_failed' OR kind = 'auth_blocked')
+        """
+
+    /// Adds `eventKindCheck` to the event table's `kind` column by editing
+    /// the schema text (as `checksWithoutInLists`), after making sure no
+    /// row violates it: SQLite does not check existing rows against a CHECK
+    /// added this way, and `integrity_check` would report them.
+    static func addEventKindCheck(_ db: Database) throws {
+        let condition = String(eventKindCheck.dropFirst("CHECK ".count))
+        let unknown = try String.fetchAll(db, sql: "SELECT DISTINCT kind FROM event WHERE NOT \(condition) LIMIT 5")
+        guard unknown.isEmpty else {
+            throw StoreError.other("migration 9: the event log holds kinds Tern does not know (\(unknown.joined(separator: ", "))); "
+                                             + "delete or rename those rows and start again")
+        }
+        guard let sql = try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'event'"),
+              let column = sql.range(of: "kind         TEXT    NOT NULL") else {
+            throw StoreError.other("migration 9: the event table's schema is not the one migration 1 created")
+        }
+        let version = try Int.fetchOne(db, sql: "PRAGMA schema_version") ?? 0
+        try db.execute(sql: "PRAGMA writable_schema = ON")
+        try db.execute(sql: "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'event'",
+                       arguments: [sql.replacingCharacters(in: column, with: sql[column] + " " + eventKindCheck)])
         try db.execute(sql: "PRAGMA schema_version = \(version + 1)")
         try db.execute(sql: "PRAGMA writable_schema = OFF")
     }
@@ -108,7 +141,7 @@ public enum Migrator {
                     applied.append(m.name)
                 }
                 // Have this connection parse the rewritten CHECKs now.
-                if applied.contains(where: { $0.hasPrefix("0006_") }) { try db.execute(sql: "PRAGMA writable_schema = RESET") }
+                if applied.contains(where: { $0.hasPrefix("0006_") || $0.hasPrefix("0009_") }) { try db.execute(sql: "PRAGMA writable_schema = RESET") }
                 // Indexes a migration dropped leave free pages: give them back
                 // now rather than have the first `tern prune` report them.
                 if !applied.isEmpty { try db.execute(sql: "PRAGMA incremental_vacuum") }

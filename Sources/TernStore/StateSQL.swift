@@ -6,12 +6,14 @@
 
 public enum StateSQL {
     /// Due or waiting for a retry: `recipient_claim`.
-    public static let claimable = "(state = 'queued' OR state = 'deferred')"
+    public static let claimable = [RecipientState.queued, .deferred].orChain("state")
     /// Not final yet: `recipient_live`. The claimable pair comes last on
     /// purpose: SQLite parses `a OR b OR c OR d` as `((a OR b) OR c) OR d`,
     /// and a query whose WHERE matched a sub-term, as `claimable` would at
     /// the front, could take this index instead of `recipient_claim`.
-    public static let live = "(state = 'inflight' OR state = 'held' OR state = 'queued' OR state = 'deferred')"
+    public static let live = [RecipientState.inflight, .held, .queued, .deferred].orChain("state")
     /// Failed for good: `recipient_failed`.
-    public static let failed = "(state = 'bounced' OR state = 'expired')"
+    public static let failed = [RecipientState.bounced, .expired].orChain("state")
+    /// Final: `final_at` is set.
+    public static let final = RecipientState.allCases.filter(\.isFinal).orChain("state")
 }

@@ -68,7 +68,7 @@ extension Store {
     }
 
     /// Records an event that belongs to no message (for example `auth_failed`).
-    public func recordEvent(kind: String, detail: JSON, at: Int64) async throws {
+    public func recordEvent(kind: EventKind, detail: JSON, at: Int64) async throws {
         let text = detail.text
         try await write(durable: false) { db in
             try db.cachedStatement(sql: "INSERT INTO event (at, kind, detail) VALUES (?, ?, ?)")

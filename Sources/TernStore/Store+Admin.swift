@@ -56,19 +56,16 @@ extension Row {
 }
 
 extension Store {
-    static let active = "('queued', 'deferred', 'held')"
-
     /// Applies `build` to the matching recipients in `states`, message by
     /// message, in one transaction.
-    public func adminTransition(_ selector: QueueSelector, states: [String], now: Int64,
+    public func adminTransition(_ selector: QueueSelector, states: [RecipientState], now: Int64,
                                 build: @escaping @Sendable (StoredMessage, [ClaimedRecipient]) -> OutcomeBatch) async throws -> AdminResult {
         try await writeWithRollups { db, rollups in
             let (cond, args) = selector.sql
-            let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = 'inflight' AND \(cond)", arguments: args) ?? 0
-            let stateList = states.map { "'\($0)'" }.joined(separator: ",")
+            let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = \(RecipientState.inflight.sql) AND \(cond)", arguments: args) ?? 0
             let rows = try Row.fetchAll(db, sql: """
                 SELECT r.id, r.message_id, r.address, r.domain, r.attempts, r.notify, r.orcpt, r.created_at, r.delay_notified_at
-                  FROM recipient r WHERE r.state IN (\(stateList)) AND \(cond) ORDER BY r.message_id, r.id
+                  FROM recipient r WHERE \(states.orChain("r.state")) AND \(cond) ORDER BY r.message_id, r.id
                 """, arguments: args)
             let recipients = rows.map { r in
                 ClaimedRecipient(id: r[0], messageID: r[1], address: r[2], domain: r[3], attempts: r[4], notify: r[5],
@@ -88,12 +85,12 @@ extension Store {
             let (cond, args) = selector.sql
             var a = args
             a += ["now": now]
-            let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = 'inflight' AND \(cond)", arguments: args) ?? 0
+            let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = \(RecipientState.inflight.sql) AND \(cond)", arguments: args) ?? 0
             let rows = try Row.fetchAll(db, sql: """
                 UPDATE recipient AS r SET next_attempt_at = :now
                  WHERE \(StateSQL.claimable) AND \(cond) RETURNING id, message_id
                 """, arguments: a)
-            let event = try db.cachedStatement(sql: "INSERT INTO event (at, kind, message_id, recipient_id) VALUES (:at, 'flushed', :m, :r)")
+            let event = try db.cachedStatement(sql: "INSERT INTO event (at, kind, message_id, recipient_id) VALUES (:at, \(EventKind.flushed.sql), :m, :r)")
             for r in rows { try event.execute(arguments: ["at": now, "m": r[1] as Int64, "r": r[0] as Int64]) }
             return AdminResult(changed: rows.count, inflight: inflight)
         }
@@ -104,13 +101,13 @@ extension Store {
     public func delete(_ selector: QueueSelector, now: Int64) async throws -> AdminResult {
         try await write { db in
             let (cond, args) = selector.sql
-            let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = 'inflight' AND \(cond)", arguments: args) ?? 0
-            try Rollups.removeRecipients(where: "r.state <> 'inflight' AND \(cond)", args, db)
+            let inflight = try Int.fetchOne(db, sql: "SELECT count(*) FROM recipient r WHERE r.state = \(RecipientState.inflight.sql) AND \(cond)", arguments: args) ?? 0
+            try Rollups.removeRecipients(where: "r.state <> \(RecipientState.inflight.sql) AND \(cond)", args, db)
             let rows = try Row.fetchAll(db, sql: """
-                DELETE FROM recipient AS r WHERE r.state <> 'inflight' AND \(cond)
+                DELETE FROM recipient AS r WHERE r.state <> \(RecipientState.inflight.sql) AND \(cond)
                 RETURNING id, message_id, address, state
                 """, arguments: args)
-            let event = try db.cachedStatement(sql: "INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (:at, 'deleted', :m, :r, :d)")
+            let event = try db.cachedStatement(sql: "INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (:at, \(EventKind.deleted.sql), :m, :r, :d)")
             for r in rows {
                 let detail = JSON.object([("address", .string(r[2])), ("state", .string(r[3]))]).text
                 try event.execute(arguments: ["at": now, "m": r[1] as Int64, "r": r[0] as Int64, "d": detail])

@@ -66,8 +66,7 @@ public struct StoredMessage: Sendable {
 public struct RecipientTransition: Sendable {
     public var recipientID: Int64
     public var messageID: Int64
-    /// queued, deferred, delivered, bounced, expired, held, suppressed.
-    public var state: String
+    public var state: RecipientState
     public var nextAttemptAt: Int64?
     public var countsAsAttempt: Bool
     public var code: Int?
@@ -75,15 +74,15 @@ public struct RecipientTransition: Sendable {
     public var text: String?
     public var markDelayNotified: Bool
     /// The event written with it (`delivered`, `deferred`, `bounced`, …).
-    public var event: String
+    public var event: EventKind
     public var eventDetail: String?
     /// The recipient's domain, address and created_at, when the producer has
     /// them (a claimed recipient): a final transition's rollups need them,
     /// and without them the transaction reads them back from the row.
     public var facts: (domain: String, address: String, createdAt: Int64)? = nil
 
-    public init(recipientID: Int64, messageID: Int64, state: String, nextAttemptAt: Int64?, countsAsAttempt: Bool,
-                code: Int?, enhanced: String?, text: String?, markDelayNotified: Bool = false, event: String,
+    public init(recipientID: Int64, messageID: Int64, state: RecipientState, nextAttemptAt: Int64?, countsAsAttempt: Bool,
+                code: Int?, enhanced: String?, text: String?, markDelayNotified: Bool = false, event: EventKind,
                 eventDetail: String? = nil) {
         self.recipientID = recipientID
         self.messageID = messageID
@@ -99,8 +98,8 @@ public struct RecipientTransition: Sendable {
     }
 
     /// A transition of a claimed recipient, which carries its own facts.
-    public init(_ r: ClaimedRecipient, state: String, nextAttemptAt: Int64?, countsAsAttempt: Bool,
-                code: Int?, enhanced: String?, text: String?, markDelayNotified: Bool = false, event: String,
+    public init(_ r: ClaimedRecipient, state: RecipientState, nextAttemptAt: Int64?, countsAsAttempt: Bool,
+                code: Int?, enhanced: String?, text: String?, markDelayNotified: Bool = false, event: EventKind,
                 eventDetail: String? = nil) {
         self.init(recipientID: r.id, messageID: r.messageID, state: state, nextAttemptAt: nextAttemptAt,
                   countsAsAttempt: countsAsAttempt, code: code, enhanced: enhanced, text: text,
@@ -120,14 +119,14 @@ public struct NewAttempt: Sendable {
     public var code: Int?
     public var enhanced: String?
     public var text: String?
-    public var outcome: String
+    public var outcome: AttemptOutcome
     public var category: String?
     /// The recipient's domain, for the rollups (looked up when nil).
     public var domain: String?
 
     public init(recipientID: Int64, startedAt: Int64, endedAt: Int64, mxHost: String?, mxAddress: String?,
                 sourceAddress: String? = nil, tls: String?, code: Int?, enhanced: String?, text: String?,
-                outcome: String, category: String?, domain: String? = nil) {
+                outcome: AttemptOutcome, category: String?, domain: String? = nil) {
         self.domain = domain
         self.recipientID = recipientID
         self.startedAt = startedAt
@@ -187,7 +186,7 @@ extension Store {
     /// renewal must not hand a live delivery to a second worker).
     public func recoverLeases(now: Int64, owner: String, everyOtherOwner: Bool,
                               holding: () -> [Int64] = { [] }) async throws -> Int {
-        let expired = "state = 'inflight' AND (lease_expires_at < :now OR (:all AND lease_owner <> :owner))"
+        let expired = "state = \(RecipientState.inflight.sql) AND (lease_expires_at < :now OR (:all AND lease_owner <> :owner))"
         let stale = try readStatement { db in
             try Int.fetchOne(db.cachedStatement(sql: "SELECT count(*) FROM recipient WHERE \(expired)"),
                              arguments: ["now": now, "all": everyOtherOwner, "owner": owner]) ?? 0
@@ -200,13 +199,13 @@ extension Store {
         return try await write(durable: false) { db in
             let rows = try Row.fetchAll(db, sql: """
                 UPDATE recipient
-                   SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+                   SET state = CASE WHEN attempts > 0 THEN \(RecipientState.deferred.sql) ELSE \(RecipientState.queued.sql) END,
                        lease_owner = NULL, lease_expires_at = NULL
                  WHERE \(condition)
                 RETURNING id, message_id
                 """, arguments: arguments)
             let event = try db.cachedStatement(sql: """
-                INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (:at, 'lease_expired', :m, :r, NULL)
+                INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (:at, \(EventKind.leaseExpired.sql), :m, :r, NULL)
                 """)
             for r in rows { try event.execute(arguments: ["at": now, "m": r[1] as Int64, "r": r[0] as Int64]) }
             return rows.count
@@ -220,7 +219,7 @@ extension Store {
         return try await write(durable: false) { db in
             try db.execute(sql: """
                 UPDATE recipient SET lease_expires_at = :until
-                 WHERE state = 'inflight' AND lease_owner = :owner AND id IN (SELECT value FROM json_each(:ids))
+                 WHERE state = \(RecipientState.inflight.sql) AND lease_owner = :owner AND id IN (SELECT value FROM json_each(:ids))
                 """, arguments: ["until": until, "owner": owner, "ids": "[" + ids.map(String.init).joined(separator: ",") + "]"])
             return db.changesCount
         }
@@ -232,9 +231,9 @@ extension Store {
         return try await write(durable: false) { db in
             var n = 0
             let stmt = try db.cachedStatement(sql: """
-                UPDATE recipient SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+                UPDATE recipient SET state = CASE WHEN attempts > 0 THEN \(RecipientState.deferred.sql) ELSE \(RecipientState.queued.sql) END,
                        lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id = :id AND state = 'inflight' AND lease_owner = :owner
+                 WHERE id = :id AND state = \(RecipientState.inflight.sql) AND lease_owner = :owner
                 """)
             for id in ids {
                 try stmt.execute(arguments: ["id": id, "owner": owner])
@@ -249,7 +248,7 @@ extension Store {
     public func claim(domain: String, now: Int64, owner: String, leaseUntil: Int64, limit: Int) async throws -> [ClaimedRecipient] {
         try await write(durable: false) { db in
             let stmt = try db.cachedStatement(sql: """
-                UPDATE recipient SET state = 'inflight', lease_owner = :owner, lease_expires_at = :lease
+                UPDATE recipient SET state = \(RecipientState.inflight.sql), lease_owner = :owner, lease_expires_at = :lease
                  WHERE id IN (SELECT id FROM recipient
                                WHERE \(StateSQL.claimable) AND next_attempt_at <= :now AND domain = :domain
                                ORDER BY next_attempt_at, id LIMIT :limit)
@@ -290,7 +289,7 @@ extension Store {
                    last_text = coalesce(?6, last_text),
                    delay_notified_at = CASE WHEN ?7 THEN ?8 ELSE delay_notified_at END,
                    final_at = CASE WHEN ?10 THEN ?8 ELSE NULL END
-             WHERE id = ?9 AND (?11 IS NULL OR (state = 'inflight' AND lease_owner = ?11))
+             WHERE id = ?9 AND (?11 IS NULL OR (state = \(RecipientState.inflight.sql) AND lease_owner = ?11))
             """)
         // Not RETURNING: SQLite gathers RETURNING rows in an ephemeral table,
         // opened and closed per statement (sqlite3BtreeOpen/Close were 7 % of
@@ -299,7 +298,7 @@ extension Store {
         let finalRow = try db.cachedStatement(sql: "SELECT domain, address, created_at FROM recipient WHERE id = ?1")
         for t in batch.transitions {
             var update = DirectStatement(updateRecipient)
-            update.bind(t.state)
+            update.bind(t.state.rawValue)
             update.bind(t.countsAsAttempt)
             update.bind(t.nextAttemptAt)
             update.bind(t.code)
@@ -308,7 +307,7 @@ extension Store {
             update.bind(t.markDelayNotified)
             update.bind(batch.at)
             update.bind(t.recipientID)
-            let final = RollupBatch.isFinal(t.state)
+            let final = t.state.isFinal
             update.bind(final)
             update.bind(batch.leaseOwner)
             try update.execute(db)
@@ -316,8 +315,8 @@ extension Store {
                 // The lease was taken back (expired and swept, or the row was
                 // changed by an operator): this outcome must not overwrite it.
                 lost.insert(t.recipientID)
-                try Store.addEvent(db, at: batch.at, kind: "lease_lost", messageID: t.messageID, recipientID: t.recipientID,
-                                   detail: JSON.object([("owner", .string(owner)), ("outcome", .string(t.state)),
+                try Store.addEvent(db, at: batch.at, kind: .leaseLost, messageID: t.messageID, recipientID: t.recipientID,
+                                   detail: JSON.object([("owner", .string(owner)), ("outcome", .string(t.state.rawValue)),
                                                         ("code", t.code.map { .int($0) } ?? .null)]).text)
                 continue
             }
@@ -352,7 +351,7 @@ extension Store {
             attempt.bind(a.code)
             attempt.bind(a.enhanced)
             attempt.bind(a.text)
-            attempt.bind(a.outcome)
+            attempt.bind(a.outcome.rawValue)
             attempt.bind(a.category)
             try attempt.execute(db)
             try rollups.addAttempt(a, sign: 1, db)
@@ -363,14 +362,14 @@ extension Store {
         for (e, recipientID, messageID) in batch.suppressions where !lost.contains(recipientID) {
             try suppress.execute(arguments: [e.address, e.reason, e.source, e.createdAt, e.expiresAt])
             if db.changesCount > 0 {
-                try Store.addEvent(db, at: batch.at, kind: "suppression_added", messageID: messageID, recipientID: recipientID,
+                try Store.addEvent(db, at: batch.at, kind: .suppressionAdded, messageID: messageID, recipientID: recipientID,
                                    detail: JSON.object([("address", .string(e.address)), ("reason", .string(e.reason))]).text)
             }
         }
         for (dsn, original, about) in batch.dsns where about.isEmpty || !about.allSatisfy(lost.contains) {
             let id = try Store.insert(dsn, db)
             try db.execute(sql: "UPDATE message SET dsn_for = ? WHERE id = ?", arguments: [original, id])
-            try Store.addEvent(db, at: batch.at, kind: "dsn_queued", messageID: original, recipientID: nil,
+            try Store.addEvent(db, at: batch.at, kind: .dsnQueued, messageID: original, recipientID: nil,
                                detail: JSON.object([("dsn_queue_id", .string(dsn.queueID)),
                                                     ("to", .string(dsn.recipients.first?.address ?? ""))]).text)
         }
@@ -378,12 +377,12 @@ extension Store {
 
     /// One tracking event, through the cached positional statement that
     /// intake and outcomes share.
-    static func addEvent(_ db: Database, at: Int64, kind: String, messageID: Int64?, recipientID: Int64?, detail: String?) throws {
+    static func addEvent(_ db: Database, at: Int64, kind: EventKind, messageID: Int64?, recipientID: Int64?, detail: String?) throws {
         var event = DirectStatement(try db.cachedStatement(sql: """
             INSERT INTO event (at, kind, message_id, recipient_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)
             """))
         event.bind(at)
-        event.bind(kind)
+        event.bind(kind.rawValue)
         event.bind(messageID)
         event.bind(recipientID)
         event.bind(detail)

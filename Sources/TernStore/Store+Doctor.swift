@@ -5,8 +5,8 @@ import Foundation
 import GRDB
 
 public struct QueueSummary: Sendable, Equatable {
-    public var counts: [String: Int]
-    public func count(_ state: String) -> Int { counts[state, default: 0] }
+    public var counts: [RecipientState: Int]
+    public func count(_ state: RecipientState) -> Int { counts[state, default: 0] }
 }
 
 public struct DoctorReport: Sendable {
@@ -49,17 +49,17 @@ extension Store {
             let fk = try Row.fetchAll(db, sql: "PRAGMA foreign_key_check").count
             func int(_ sql: String) throws -> Int { try Int.fetchOne(db, sql: sql) ?? 0 }
             let checks: [(String, String)] = [
-                ("in flight without a lease", "SELECT count(*) FROM recipient WHERE state = 'inflight' AND (lease_owner IS NULL OR lease_expires_at IS NULL)"),
+                ("in flight without a lease", "SELECT count(*) FROM recipient WHERE state = \(RecipientState.inflight.sql) AND (lease_owner IS NULL OR lease_expires_at IS NULL)"),
                 ("final without an attempt or an event", """
                     SELECT count(*) FROM recipient r WHERE r.final_at IS NOT NULL
                        AND NOT EXISTS (SELECT 1 FROM attempt a WHERE a.recipient_id = r.id)
                        AND NOT EXISTS (SELECT 1 FROM event e WHERE e.recipient_id = r.id)
                     """),
-                ("final state without final_at", "SELECT count(*) FROM recipient WHERE state IN ('delivered','bounced','expired','suppressed') AND final_at IS NULL"),
+                ("final state without final_at", "SELECT count(*) FROM recipient WHERE \(StateSQL.final) AND final_at IS NULL"),
                 ("message without recipients", "SELECT count(*) FROM message m WHERE NOT EXISTS (SELECT 1 FROM recipient r WHERE r.message_id = m.id)"),
                 ("message without a received event", """
                     SELECT count(*) FROM message m WHERE m.origin <> 'dsn'
-                       AND NOT EXISTS (SELECT 1 FROM event e WHERE e.message_id = m.id AND e.kind = 'received')
+                       AND NOT EXISTS (SELECT 1 FROM event e WHERE e.message_id = m.id AND e.kind = \(EventKind.received.sql))
                     """),
                 ("live recipient of a pruned body", "SELECT count(*) FROM recipient r JOIN message m ON m.id = r.message_id WHERE r.final_at IS NULL AND m.body IS NULL"),
             ]
@@ -72,7 +72,7 @@ extension Store {
                 pageSize: try int("PRAGMA page_size"), pageCount: try int("PRAGMA page_count"),
                 freelistCount: try int("PRAGMA freelist_count"), walBytes: walBytes, states: states,
                 inconsistencies: try checks.map { ($0.0, try int($0.1)) },
-                expiredLeases: try int("SELECT count(*) FROM recipient WHERE state = 'inflight' AND lease_expires_at < \(now)"))
+                expiredLeases: try int("SELECT count(*) FROM recipient WHERE state = \(RecipientState.inflight.sql) AND lease_expires_at < \(now)"))
         }
     }
 }

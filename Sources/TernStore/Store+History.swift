@@ -24,18 +24,31 @@ public struct HistoryFilter: Sendable {
     public var queueID: String?
     /// The Message-ID header field's id, without the angle brackets.
     public var headerMessageID: String?
-    public var state: String?
+    public var state: RecipientState?
     /// On `received_at`.
     public var window: TimeWindow?
     public var limit = 100
     public init() {}
 }
 
+/// What a timeline item is: an attempt (from `attempt`) or an event.
+public enum TimelineKind: Sendable, Equatable, CustomStringConvertible {
+    case attempt
+    case event(EventKind)
+
+    public var description: String {
+        switch self {
+        case .attempt: return "attempt"
+        case .event(let kind): return kind.rawValue
+        }
+    }
+}
+
 /// One step in a recipient's life.
 public struct TimelineItem: Sendable, Equatable {
     public var at: Int64
-    /// `received`, `attempt`, or an event kind (`suppressed`, `expired`, `held`, …).
-    public var kind: String
+    /// An attempt, or an event (`received`, `suppressed`, `expired`, `held`, …).
+    public var kind: TimelineKind
     public var mxHost: String?
     public var mxAddress: String?
     public var tls: String?
@@ -52,7 +65,7 @@ public struct HistoryEntry: Sendable {
     public var sender: String
     public var recipient: String
     public var domain: String
-    public var state: String
+    public var state: RecipientState
     public var attempts: Int
     public var receivedAt: Int64
     public var finalAt: Int64?
@@ -181,26 +194,26 @@ extension Store {
                 """)
             let events = try db.cachedStatement(sql: """
                 SELECT at, kind, detail FROM event
-                 WHERE recipient_id = ? AND kind NOT IN ('delivered', 'deferred', 'bounced') ORDER BY at, id
+                 WHERE recipient_id = ? AND NOT \([EventKind.delivered, .deferred, .bounced].orChain("kind")) ORDER BY at, id
                 """)
             for i in entries.indices {
                 let e = entries[i]
-                var timeline = [TimelineItem(at: e.receivedAt, kind: "received", mxAddress: e.clientAddress)]
+                var timeline = [TimelineItem(at: e.receivedAt, kind: .event(.received), mxAddress: e.clientAddress)]
                 for a in try Row.fetchAll(attempts, arguments: [e.recipientID]) {
                     let started: Int64 = a[0], ended: Int64 = a[1]
-                    timeline.append(TimelineItem(at: started, kind: "attempt", mxHost: a[2], mxAddress: a[3], tls: a[4], code: a[5],
-                                                 enhanced: a[6], text: a[7], outcome: a[8], seconds: Double(ended - started) / 1000))
+                    timeline.append(TimelineItem(at: started, kind: .attempt, mxHost: a[2], mxAddress: a[3], tls: a[4], code: a[5],
+                                                 enhanced: a[6], text: a[7], outcome: a[8] as String?, seconds: Double(ended - started) / 1000))
                 }
                 for ev in try Row.fetchAll(events, arguments: [e.recipientID]) {
-                    timeline.append(TimelineItem(at: ev[0], kind: ev[1], outcome: ev[2]))
+                    timeline.append(TimelineItem(at: ev[0], kind: .event(ev[1]), outcome: ev[2]))
                 }
                 timeline.sort { $0.at < $1.at }
                 entries[i].timeline = timeline
-                if let last = timeline.last(where: { $0.kind == "attempt" }) {
+                if let last = timeline.last(where: { $0.kind == .attempt }) {
                     entries[i].mxHost = last.mxHost
                     entries[i].tls = last.tls
                 }
-                if e.state == "delivered", let f = e.finalAt { entries[i].secondsToDeliver = Double(f - e.receivedAt) / 1000 }
+                if e.state == .delivered, let f = e.finalAt { entries[i].secondsToDeliver = Double(f - e.receivedAt) / 1000 }
             }
             return entries
         }
@@ -290,8 +303,8 @@ extension Store {
         }
         let (cond, args) = split.rawCondition("a.started_at")
         for row in try Row.fetchAll(db, sql: """
-            SELECT r.domain, coalesce(a.mx_host, ''), count(*), sum(a.outcome = 'delivered'), sum(a.outcome = 'deferred'),
-                   sum(a.outcome = 'bounced'), sum(a.tls IS NOT NULL), sum(a.ended_at - a.started_at),
+            SELECT r.domain, coalesce(a.mx_host, ''), count(*), sum(a.outcome = \(AttemptOutcome.delivered.sql)), sum(a.outcome = \(AttemptOutcome.deferred.sql)),
+                   sum(a.outcome = \(AttemptOutcome.bounced.sql)), sum(a.tls IS NOT NULL), sum(a.ended_at - a.started_at),
                    \(Rollups.bucketSQL("a.ended_at - a.started_at", Rollups.sessionBounds)) AS bucket
               FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE \(cond) GROUP BY 1, 2, bucket
             """, arguments: args) { add(row, bucketColumn: 8) }
@@ -333,18 +346,18 @@ extension Store {
         let (cond, args) = split.rawCondition("created_at")
         let deliverBucket = Rollups.bucketSQL("(final_at - created_at)", Rollups.deliverBoundsMillis)
         for row in try Row.fetchAll(db, sql: """
-            SELECT domain, state, CASE WHEN state = 'delivered' THEN \(deliverBucket) END, count(*)
+            SELECT domain, state, CASE WHEN state = \(RecipientState.delivered.sql) THEN \(deliverBucket) END, count(*)
               FROM recipient WHERE \(cond) GROUP BY 1, 2, 3
             """, arguments: args) {
             let n: Int = row[3]
-            let state: String = row[1]
+            let state: RecipientState = row[1]
             with(row[0]) { s in
                 switch state {
-                case "delivered": s.delivered += n
-                case "bounced": s.bounced += n
-                case "expired": s.expired += n
-                case "suppressed": s.suppressed += n
-                default: s.waiting += n
+                case .delivered: s.delivered += n
+                case .bounced: s.bounced += n
+                case .expired: s.expired += n
+                case .suppressed: s.suppressed += n
+                case .queued, .inflight, .deferred, .held: s.waiting += n
                 }
             }
             if let b: Int = row[2] {
@@ -371,7 +384,7 @@ extension Store {
         let (acond, aargs) = split.rawCondition("a.started_at")
         for row in try Row.fetchAll(db, sql: """
             SELECT r.domain, \(Rollups.replySQL("a.")), count(*) FROM attempt a JOIN recipient r ON r.id = a.recipient_id
-             WHERE a.outcome = 'deferred' AND \(acond) GROUP BY 1, 2
+             WHERE a.outcome = \(AttemptOutcome.deferred.sql) AND \(acond) GROUP BY 1, 2
             """, arguments: aargs) {
             replies[row[0], default: [:]][row[1], default: 0] += row[2] as Int
         }
@@ -417,7 +430,7 @@ extension Store {
         let top = hosts.values.sorted { ($0.attempts, $1.host) > ($1.attempts, $0.host) }.prefix(limit)
         let lastError = try db.cachedStatement(sql: """
             SELECT \(Rollups.replySQL("")), started_at FROM attempt
-             WHERE mx_host = :host AND outcome <> 'delivered' AND started_at >= :since AND started_at < :until
+             WHERE mx_host = :host AND outcome <> \(AttemptOutcome.delivered.sql) AND started_at >= :since AND started_at < :until
              ORDER BY started_at DESC, id DESC LIMIT 1
             """)
         let health = try db.cachedStatement(sql: "SELECT failures, cooldown_until FROM mx_health WHERE host = ?")
@@ -498,7 +511,7 @@ extension Store {
                        -- with one max(), SQLite takes bare columns from that row: the last bounce's reply
                        coalesce(last_code || ' ', '') || coalesce(last_enhanced || ' ', '') || coalesce(last_text, '')
                   FROM recipient r
-                 WHERE \(StateSQL.failed) AND r.state = 'bounced' -- the first term selects the recipient_failed index
+                 WHERE \(StateSQL.failed) AND r.state = \(RecipientState.bounced.sql) -- the first term selects the recipient_failed index
                    AND r.final_at >= :since AND r.final_at < :until
                  GROUP BY lower(address) HAVING count(*) >= 2 ORDER BY count(*) DESC, lower(address) LIMIT :top
                 """, arguments: args).map { AddressCount(address: $0[0], count: $0[1], lastReply: $0[3], lastAt: $0[2]) }

@@ -152,7 +152,7 @@ extension Store {
         let insertRecipient = try db.cachedStatement(sql: """
             INSERT INTO recipient (message_id, address, domain, state, next_attempt_at, notify, orcpt, created_at,
                                    lease_owner, lease_expires_at)
-            VALUES (?1, ?2, ?3, CASE WHEN ?7 IS NULL THEN 'queued' ELSE 'inflight' END, ?4, ?5, ?6, ?4, ?7, ?8)
+            VALUES (?1, ?2, ?3, CASE WHEN ?7 IS NULL THEN \(RecipientState.queued.sql) ELSE \(RecipientState.inflight.sql) END, ?4, ?5, ?6, ?4, ?7, ?8)
             """)
         // A suppressed address is not leased: the scheduler's pass settles it
         // (no attempt, a DSN as NOTIFY asks) like any other suppressed recipient.
@@ -181,7 +181,7 @@ extension Store {
             try rcpt.execute(db)
             leased.append(lease == nil ? nil : db.lastInsertedRowID)
         }
-        try Store.addEvent(db, at: m.receivedAt, kind: "received", messageID: messageID, recipientID: nil,
+        try Store.addEvent(db, at: m.receivedAt, kind: .received, messageID: messageID, recipientID: nil,
                            detail: detail ?? receivedDetail(m))
         return InsertedMessage(id: messageID, leasedRecipientIDs: leased)
     }

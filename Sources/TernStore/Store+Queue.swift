@@ -11,7 +11,7 @@ public struct QueueEntry: Sendable, Equatable {
     public var recipientID: Int64
     public var address: String
     public var domain: String
-    public var state: String
+    public var state: RecipientState
     public var attempts: Int
     public var nextAttemptAt: Int64
     public var lastCode: Int?
@@ -20,10 +20,10 @@ public struct QueueEntry: Sendable, Equatable {
 }
 
 public struct QueueFilter: Sendable {
-    public var state: String?
+    public var state: RecipientState?
     public var domain: String?
     public var limit: Int = 1000
-    public init(state: String? = nil, domain: String? = nil, limit: Int = 1000) {
+    public init(state: RecipientState? = nil, domain: String? = nil, limit: Int = 1000) {
         self.state = state
         self.domain = domain
         self.limit = limit
@@ -62,9 +62,9 @@ extension Store {
     }
 
     /// Count of recipients per state.
-    public func stateCounts() throws -> [String: Int] {
+    public func stateCounts() throws -> [RecipientState: Int] {
         try read { db in
-            var out: [String: Int] = [:]
+            var out: [RecipientState: Int] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT state, count(*) FROM recipient GROUP BY state") {
                 out[row[0]] = row[1]
             }

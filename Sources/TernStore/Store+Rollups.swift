@@ -52,12 +52,12 @@ enum Rollups {
     /// Recomputes every rollup from the raw rows.
     static var rebuildStatements: [String] {
         let sSums = (0..<buckets).map { "sum(sb = \($0))" }.joined(separator: ", ")
-        let dSums = (0..<buckets).map { "sum(state = 'delivered' AND db = \($0))" }.joined(separator: ", ")
+        let dSums = (0..<buckets).map { "sum(state = \(RecipientState.delivered.sql) AND db = \($0))" }.joined(separator: ", ")
         return [
             "DELETE FROM attempt_daily", "DELETE FROM deferral_daily", "DELETE FROM recipient_daily", "DELETE FROM role_daily",
             """
             INSERT INTO attempt_daily (day, domain, mx_host, attempts, delivered, deferred, bounced, with_tls, session_ms, \(sColumns.joined(separator: ", ")))
-            SELECT day, domain, mx_host, count(*), sum(outcome = 'delivered'), sum(outcome = 'deferred'), sum(outcome = 'bounced'),
+            SELECT day, domain, mx_host, count(*), sum(outcome = \(AttemptOutcome.delivered.sql)), sum(outcome = \(AttemptOutcome.deferred.sql)), sum(outcome = \(AttemptOutcome.bounced.sql)),
                    sum(tls IS NOT NULL), sum(ms), \(sSums)
               FROM (SELECT a.started_at / \(dayMillis) AS day, r.domain, coalesce(a.mx_host, '') AS mx_host, a.outcome, a.tls,
                            a.ended_at - a.started_at AS ms, \(bucketSQL("a.ended_at - a.started_at", sessionBounds)) AS sb
@@ -67,11 +67,11 @@ enum Rollups {
             """
             INSERT INTO deferral_daily (day, domain, reply, n)
             SELECT a.started_at / \(dayMillis), r.domain, \(replySQL("a.")), count(*)
-              FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE a.outcome = 'deferred' GROUP BY 1, 2, 3
+              FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE a.outcome = \(AttemptOutcome.deferred.sql) GROUP BY 1, 2, 3
             """,
             """
             INSERT INTO recipient_daily (day, domain, delivered, bounced, expired, suppressed, \(dColumns.joined(separator: ", ")))
-            SELECT day, domain, sum(state = 'delivered'), sum(state = 'bounced'), sum(state = 'expired'), sum(state = 'suppressed'), \(dSums)
+            SELECT day, domain, sum(state = \(RecipientState.delivered.sql)), sum(state = \(RecipientState.bounced.sql)), sum(state = \(RecipientState.expired.sql)), sum(state = \(RecipientState.suppressed.sql)), \(dSums)
               FROM (SELECT created_at / \(dayMillis) AS day, domain, state,
                            \(bucketSQL("(final_at - created_at)", deliverBoundsMillis)) AS db
                       FROM recipient WHERE final_at IS NOT NULL)
@@ -161,34 +161,30 @@ struct RollupBatch {
         let key = AttemptKey(day: day, domain: domain, host: a.mxHost ?? "")
         var sums = attempts[key, default: AttemptSums()]
         sums.attempts += sign
-        if a.outcome == "delivered" { sums.delivered += sign }
-        if a.outcome == "deferred" { sums.deferred += sign }
-        if a.outcome == "bounced" { sums.bounced += sign }
+        if a.outcome == .delivered { sums.delivered += sign }
+        if a.outcome == .deferred { sums.deferred += sign }
+        if a.outcome == .bounced { sums.bounced += sign }
         if a.tls != nil { sums.tls += sign }
         sums.ms += ms * Int64(sign)
         sums.histogram[Rollups.bucket(ms, Rollups.sessionBounds)] += sign
         attempts[key] = sums
-        if a.outcome == "deferred" {
+        if a.outcome == .deferred {
             deferrals[DeferralKey(day: day, domain: domain, reply: Rollups.reply(code: a.code, enhanced: a.enhanced, text: a.text)), default: 0] += sign
         }
     }
 
     /// States a recipient ends in (the rows `recipient.final_at` is set for).
-    static func isFinal(_ state: String) -> Bool {
-        state == "delivered" || state == "bounced" || state == "expired" || state == "suppressed"
-    }
-
     /// A recipient reached (+1) or, deleted in a final state, left (−1) `state`.
-    mutating func addFinal(state: String, domain: String, address: String, createdAt: Int64, finalAt: Int64, sign: Int) {
-        guard RollupBatch.isFinal(state) else { return }
+    mutating func addFinal(state: RecipientState, domain: String, address: String, createdAt: Int64, finalAt: Int64, sign: Int) {
+        guard state.isFinal else { return }
         let key = FinalKey(day: createdAt / Rollups.dayMillis, domain: domain)
         var sums = finals[key, default: FinalSums()]
         switch state {
-        case "delivered":
+        case .delivered:
             sums.delivered += sign
             sums.histogram[Rollups.bucket(finalAt - createdAt, Rollups.deliverBoundsMillis)] += sign
-        case "bounced": sums.bounced += sign
-        case "expired": sums.expired += sign
+        case .bounced: sums.bounced += sign
+        case .expired: sums.expired += sign
         default: sums.suppressed += sign
         }
         finals[key] = sums

@@ -195,7 +195,7 @@ import TernProtocol
 @Suite struct FormatterTests {
     @Test func jsonIsParseable() throws {
         let e = QueueEntry(queueID: "Q", receivedAt: 1_795_943_877_436, mailFrom: "", size: 3, recipientID: 9,
-                                     address: "b@x.test", domain: "x.test", state: "queued", attempts: 0,
+                                     address: "b@x.test", domain: "x.test", state: .queued, attempts: 0,
                                      nextAttemptAt: 1, lastCode: nil, lastEnhanced: nil, lastText: "a \"quoted\"\ntext")
         let json = QueueFormatter.json([e])
         let parsed = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]

@@ -75,7 +75,7 @@ func envelope(_ rcpts: [String], from: String? = "a@x.test", utf8: Bool = false)
         guard case .accepted(let qid) = outcome else { Issue.record("expected acceptance, got \(outcome)"); return }
         let body = try store.read { db in try Data.fetchOne(db, sql: "SELECT body FROM message WHERE queue_id = ?", arguments: [qid]) }
         #expect(String(decoding: body ?? Data(), as: UTF8.self).contains("id \(qid)"))
-        #expect(try store.stateCounts() == ["queued": 1])
+        #expect(try store.stateCounts() == [.queued: 1])
     }
 
     @Test func failedCommitsMapToTransientReplies() async throws {
@@ -105,7 +105,7 @@ func envelope(_ rcpts: [String], from: String? = "a@x.test", utf8: Bool = false)
         guard case .accepted(let qid) = outcome else { Issue.record("expected acceptance, got \(outcome)"); return }
         #expect(await eventuallyTrue { handoff.log.withLock { $0.count } == 2 })
         #expect(handoff.log.withLock { $0 } == ["reserve \(qid)", "handOff \(qid) 2"])
-        #expect(try store.stateCounts() == ["inflight": 2])
+        #expect(try store.stateCounts() == [.inflight: 2])
         // Nothing was queued the usual way, so the scheduler's pass is not woken.
         #expect(wakes.load(ordering: .relaxed) == 0)
 
@@ -114,7 +114,7 @@ func envelope(_ rcpts: [String], from: String? = "a@x.test", utf8: Bool = false)
         let intake2 = Intake(store: store, hostname: "mx.test", handoff: refusing, onAccepted: { wakes.add(1, ordering: .relaxed) })
         _ = await intake2.accept(envelope(["d@local.test"]), body: ByteBuffer(string: "x\r\n"), origin: .smtp)
         #expect(await eventuallyTrue { wakes.load(ordering: .relaxed) == 1 })
-        #expect(try store.stateCounts() == ["inflight": 2, "queued": 1])
+        #expect(try store.stateCounts() == [.inflight: 2, .queued: 1])
     }
 
     @Test func aFailedCommitCancelsTheReservation() async throws {

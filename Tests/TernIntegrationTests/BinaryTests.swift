@@ -95,7 +95,7 @@ final class ServeProcess: @unchecked Sendable {
         // (a dead loopback port) can only give a temporary DNS failure.
         let store = try Store(path: db)
         let counts = try store.stateCounts()
-        #expect(counts == ["queued": 1] || counts == ["deferred": 1], "\(counts)")
+        #expect(counts == [.queued: 1] || counts == [.deferred: 1], "\(counts)")
         let reasons = try store.read { db in try String.fetchAll(db, sql: "SELECT enhanced FROM attempt") }
         #expect(reasons.allSatisfy { $0 == "4.4.3" }, "\(reasons)")
         store.close()
@@ -191,7 +191,7 @@ final class ServeProcess: @unchecked Sendable {
         #expect(await serve.terminate() == 0)
         let store = try Store(path: db)
         defer { store.close() }
-        #expect(try store.stateCounts() == ["queued": 2])
+        #expect(try store.stateCounts() == [.queued: 2])
         #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM event WHERE kind = 'lease_expired'") } == 2)
     }
 
@@ -208,7 +208,7 @@ final class ServeProcess: @unchecked Sendable {
         #expect(await serve.terminate() == 0)
         let store = try Store(path: db)
         defer { store.close() }
-        #expect(try store.stateCounts() == ["queued": 1])
+        #expect(try store.stateCounts() == [.queued: 1])
         #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM attempt") } == 0)
     }
 

@@ -35,17 +35,17 @@ struct Scenario {
 
     /// One attempt and the transition it causes, in one transaction (as the scheduler records them).
     func attempt(_ tag: String, at: Int64, seconds: Int64 = 1, mx: String?, tls: String? = "TLSv1.3", code: Int, enhanced: String,
-                 text: String, state: String, suppress: Bool = false) async throws {
+                 text: String, state: RecipientState, suppress: Bool = false) async throws {
         let (m, r) = ids[tag]!
         var b = OutcomeBatch(at: at + seconds * 1000)
-        let outcome = code < 400 ? "delivered" : code < 500 ? "deferred" : "bounced"
-        if mx != nil || state != "expired" {
+        let outcome: AttemptOutcome = code < 400 ? .delivered : code < 500 ? .deferred : .bounced
+        if mx != nil || state != .expired {
             b.attempts.append(NewAttempt(recipientID: r, startedAt: at, endedAt: at + seconds * 1000, mxHost: mx, mxAddress: mx == nil ? nil : "192.0.2.25",
                                          tls: tls, code: code, enhanced: enhanced, text: text, outcome: outcome, category: nil))
         }
         b.transitions.append(RecipientTransition(recipientID: r, messageID: m, state: state,
-                                                 nextAttemptAt: state == "deferred" ? at + 300_000 : nil, countsAsAttempt: true,
-                                                 code: code, enhanced: enhanced, text: text, event: state))
+                                                 nextAttemptAt: state == .deferred ? at + 300_000 : nil, countsAsAttempt: true,
+                                                 code: code, enhanced: enhanced, text: text, event: EventKind(state)))
         if suppress {
             let address = try store.read { db in try String.fetchOne(db, sql: "SELECT address FROM recipient WHERE id = ?", arguments: [r])! }
             b.suppressions.append((Suppression(address: address, reason: "\(code) \(enhanced) \(text)", source: "bounce", createdAt: at), r, m))
@@ -56,8 +56,8 @@ struct Scenario {
     func suppressed(_ tag: String, at: Int64) async throws {
         let (m, r) = ids[tag]!
         var b = OutcomeBatch(at: at)
-        b.transitions.append(RecipientTransition(recipientID: r, messageID: m, state: "suppressed", nextAttemptAt: nil, countsAsAttempt: false,
-                                                 code: 550, enhanced: "5.7.1", text: "recipient address is suppressed", event: "suppressed"))
+        b.transitions.append(RecipientTransition(recipientID: r, messageID: m, state: .suppressed, nextAttemptAt: nil, countsAsAttempt: false,
+                                                 code: 550, enhanced: "5.7.1", text: "recipient address is suppressed", event: .suppressed))
         try await store.record(b)
     }
 
@@ -65,22 +65,22 @@ struct Scenario {
         var s = try await Scenario()
         let t = s.t0
         try await s.message("1", to: "ann@gmail.test", at: t)
-        try await s.attempt("1", at: t + 1_000, seconds: 2, mx: "mx1.gmail.test", code: 250, enhanced: "2.0.0", text: "ok", state: "delivered")
+        try await s.attempt("1", at: t + 1_000, seconds: 2, mx: "mx1.gmail.test", code: 250, enhanced: "2.0.0", text: "ok", state: .delivered)
         try await s.message("2", to: "bob@slow.test", at: t + 10_000)
-        try await s.attempt("2", at: t + 11_000, mx: "mx.slow.test", tls: nil, code: 451, enhanced: "4.7.1", text: "greylisted", state: "deferred")
-        try await s.attempt("2", at: t + 311_000, seconds: 3, mx: "mx.slow.test", tls: nil, code: 250, enhanced: "2.0.0", text: "ok", state: "delivered")
+        try await s.attempt("2", at: t + 11_000, mx: "mx.slow.test", tls: nil, code: 451, enhanced: "4.7.1", text: "greylisted", state: .deferred)
+        try await s.attempt("2", at: t + 311_000, seconds: 3, mx: "mx.slow.test", tls: nil, code: 250, enhanced: "2.0.0", text: "ok", state: .delivered)
         try await s.message("3", to: "carl@gmail.test", at: t + 20_000)
-        try await s.attempt("3", at: t + 21_000, mx: "mx1.gmail.test", code: 550, enhanced: "5.1.1", text: "no such user", state: "bounced", suppress: true)
+        try await s.attempt("3", at: t + 21_000, mx: "mx1.gmail.test", code: 550, enhanced: "5.1.1", text: "no such user", state: .bounced, suppress: true)
         try await s.message("4", to: "dora@old.test", at: t + 30_000)
-        try await s.attempt("4", at: t + 31_000, mx: "mx.old.test", tls: nil, code: 421, enhanced: "4.4.2", text: "timeout", state: "deferred")
-        try await s.attempt("4", at: t + 331_000, mx: "mx.old.test", tls: nil, code: 421, enhanced: "4.4.2", text: "timeout", state: "deferred")
-        try await s.attempt("4", at: t + 631_000, mx: "mx.old.test", tls: nil, code: 421, enhanced: "4.4.7", text: "timeout", state: "expired")
+        try await s.attempt("4", at: t + 31_000, mx: "mx.old.test", tls: nil, code: 421, enhanced: "4.4.2", text: "timeout", state: .deferred)
+        try await s.attempt("4", at: t + 331_000, mx: "mx.old.test", tls: nil, code: 421, enhanced: "4.4.2", text: "timeout", state: .deferred)
+        try await s.attempt("4", at: t + 631_000, mx: "mx.old.test", tls: nil, code: 421, enhanced: "4.4.7", text: "timeout", state: .expired)
         try await s.message("5", to: "Carl@gmail.test", at: t + 40_000)
         try await s.suppressed("5", at: t + 41_000)
         try await s.message("6", to: "erin@x.test", at: t + 50_000)
-        try await s.attempt("6", at: t + 51_000, mx: "mx.x.test", code: 550, enhanced: "5.2.1", text: "mailbox disabled", state: "bounced")
+        try await s.attempt("6", at: t + 51_000, mx: "mx.x.test", code: 550, enhanced: "5.2.1", text: "mailbox disabled", state: .bounced)
         try await s.message("7", to: "erin@x.test", at: t + 60_000)
-        try await s.attempt("7", at: t + 61_000, mx: "mx.x.test", code: 550, enhanced: "5.2.1", text: "mailbox disabled", state: "bounced")
+        try await s.attempt("7", at: t + 61_000, mx: "mx.x.test", code: 550, enhanced: "5.2.1", text: "mailbox disabled", state: .bounced)
         try await s.message("8", to: "info@slow.test", at: t + 1_800_000) // waiting, 30 minutes old
         return s
     }

@@ -238,7 +238,7 @@ import TernProtocol
         await stopping.value
         // The database was closed cleanly with the message in it.
         let check = try Store(path: server.dbPath)
-        #expect(try check.stateCounts() == ["queued": 1])
+        #expect(try check.stateCounts() == [.queued: 1])
         check.close()
     }
 }

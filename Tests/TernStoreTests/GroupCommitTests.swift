@@ -66,7 +66,7 @@ final class WriterGate: Sendable {
             var b = OutcomeBatch(at: at)
             for r in rs {
                 b.attempts.append(NewAttempt(recipientID: r.id, startedAt: at - 40, endedAt: at, mxHost: "mx.far.test", mxAddress: "127.0.0.1",
-                                             tls: nil, code: 250, enhanced: "2.0.0", text: "ok", outcome: "delivered", category: nil))
+                                             tls: nil, code: 250, enhanced: "2.0.0", text: "ok", outcome: .delivered, category: nil))
                 if r.id % 2 == 0 {
                     // A claimed recipient's transition carries its facts: no read-back.
                     let (address, domain, createdAt) = try! store.read { db in
@@ -75,13 +75,13 @@ final class WriterGate: Sendable {
                     }
                     let claimed = ClaimedRecipient(id: r.id, messageID: r.message, address: address, domain: domain, attempts: 0,
                                                    notify: nil, orcpt: nil, createdAt: createdAt, delayNotifiedAt: nil)
-                    let t = RecipientTransition(claimed, state: "delivered", nextAttemptAt: nil, countsAsAttempt: true,
-                                                code: 250, enhanced: "2.0.0", text: "ok", event: "delivered")
+                    let t = RecipientTransition(claimed, state: .delivered, nextAttemptAt: nil, countsAsAttempt: true,
+                                                code: 250, enhanced: "2.0.0", text: "ok", event: .delivered)
                     #expect(t.facts?.domain == domain && t.facts?.createdAt == createdAt)
                     b.transitions.append(t)
                 } else {
-                    b.transitions.append(RecipientTransition(recipientID: r.id, messageID: r.message, state: "delivered", nextAttemptAt: nil,
-                                                             countsAsAttempt: true, code: 250, enhanced: "2.0.0", text: "ok", event: "delivered"))
+                    b.transitions.append(RecipientTransition(recipientID: r.id, messageID: r.message, state: .delivered, nextAttemptAt: nil,
+                                                             countsAsAttempt: true, code: 250, enhanced: "2.0.0", text: "ok", event: .delivered))
                 }
             }
             return b

@@ -174,6 +174,69 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         #expect(window.contains("message_received_at (received_at>? AND received_at<?)"), "\(window)")
     }
 
+    /// The values a CHECK in the schema allows for `column` of `table`.
+    func allowed(_ store: Store, _ table: String, _ column: String) throws -> Set<String> {
+        let sql = try store.read { db in try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE name = ?", arguments: [table]) } ?? ""
+        let pattern = try Regex("\\b\(column) = '([a-z_]+)'")
+        return Set(sql.matches(of: pattern).map { String($0.output[1].substring!) })
+    }
+
+    /// The enums and the schema's CHECKs name the same values: a state or
+    /// kind added to an enum without a migration (or the reverse) fails here.
+    @Test func enumsMatchTheSchema() throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        #expect(try allowed(store, "recipient", "state").isSuperset(of: RecipientState.allCases.map(\.rawValue)))
+        #expect(try allowed(store, "recipient", "state") == Set(RecipientState.allCases.map(\.rawValue)))
+        #expect(try allowed(store, "attempt", "outcome") == Set(AttemptOutcome.allCases.map(\.rawValue)))
+        #expect(try allowed(store, "event", "kind") == Set(EventKind.allCases.map(\.rawValue)))
+        // Every kind is accepted; a misspelt one is refused.
+        try store.writeDirect { db in
+            for kind in EventKind.allCases { try db.execute(sql: "INSERT INTO event (at, kind) VALUES (1, ?)", arguments: [kind.rawValue]) }
+        }
+        #expect(throws: (any Error).self) { try store.writeDirect { db in try db.execute(sql: "INSERT INTO event (at, kind) VALUES (1, 'deliverd')") } }
+        // An OR chain: no ephemeral table per event written.
+        let ephemeral = try store.writeDirect { db in
+            try Row.fetchAll(db, sql: "EXPLAIN INSERT INTO event (at, kind) VALUES (1, 'received')").filter { ($0["opcode"] as String) == "OpenEphemeral" }.count
+        }
+        #expect(ephemeral == 0)
+        #expect(try store.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") } == "ok")
+    }
+
+    /// A database of schema 8: migration 9 keeps the log and checks new rows
+    /// at once; one with a kind Tern never wrote is refused with the kinds named.
+    @Test func upgradeToNineChecksEventKinds() throws {
+        func database(at version: Int, extra: String?) throws -> String {
+            let path = temporaryDatabase()
+            try FileManager.default.createDirectory(atPath: URL(fileURLWithPath: path).deletingLastPathComponent().path, withIntermediateDirectories: true)
+            let old = try DatabaseQueue(path: path)
+            try old.write { db in
+                try db.execute(sql: Migrator.bookkeeping)
+                for m in Migrator.embedded.sorted(by: { $0.version < $1.version }) where m.version <= version {
+                    try db.execute(sql: m.sql)
+                    try Migrator.followUps[m.version]?(db)
+                    try db.execute(sql: "INSERT INTO schema_migration VALUES (?, ?, 0)", arguments: [m.version, m.name])
+                }
+                _ = try Store.insert(sampleMessage("q8", recipients: 2), db)
+                if let extra { try db.execute(sql: "INSERT INTO event (at, kind) VALUES (1, ?)", arguments: [extra]) }
+            }
+            try old.close()
+            return path
+        }
+        let store = try Store(path: try database(at: 8, extra: "auth_failed"))
+        #expect(try store.schemaVersion() == Migrator.knownVersion)
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM event") } == 2)
+        #expect(throws: (any Error).self) { try store.writeDirect { db in try db.execute(sql: "INSERT INTO event (at, kind) VALUES (1, 'x')") } }
+        #expect(try store.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") } == "ok")
+        store.close()
+        do {
+            _ = try Store(path: try database(at: 8, extra: "greylisted"))
+            Issue.record("a log with an unknown kind was migrated")
+        } catch {
+            #expect("\(error)".contains("greylisted"), "\(error)")
+        }
+    }
+
     @Test func schemaChecksStates() throws {
         let store = try Store(path: temporaryDatabase())
         defer { store.close() }
@@ -216,7 +279,7 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         #expect(entries.count == 3)
         #expect(entries.first?.queueID == "Q1")
         #expect(try store.queueEntries(QueueFilter(domain: "other.test")).isEmpty)
-        #expect(try store.stateCounts() == ["queued": 3])
+        #expect(try store.stateCounts() == [.queued: 3])
     }
 
     @Test func duplicateQueueIDFailsAloneAndLeavesNothing() async throws {

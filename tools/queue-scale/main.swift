@@ -28,7 +28,7 @@ func now() -> Double { Date().timeIntervalSince1970 }
 let store = try Store(path: path)
 let live = try store.summary()
 let total = try store.stateCounts().values.reduce(0, +)
-print("database: \(path): \(total) recipients before the run (queued \(live.count("queued")), deferred \(live.count("deferred")))")
+print("database: \(path): \(total) recipients before the run (queued \(live.count(.queued)), deferred \(live.count(.deferred)))")
 
 // Intake: 20 inserters, like 20 SMTP sessions.
 let body = Data(("Subject: scale\r\n\r\n" + String(repeating: "x", count: 4000) + "\r\n").utf8)
