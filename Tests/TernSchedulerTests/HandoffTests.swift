@@ -81,7 +81,7 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
             #expect(try h.count("SELECT count(*) FROM attempt WHERE outcome = 'delivered'") == 2)
             #expect(try h.count("SELECT count(*) FROM event WHERE kind = 'delivered' AND message_id = \(id)") == 2)
             #expect(try h.count("SELECT count(*) FROM recipient WHERE lease_owner IS NOT NULL") == 0)
-            #expect(h.scheduler.state.withLock { $0.heldRecipients == 0 && $0.heldBytes == 0 })
+            #expect(h.scheduler.state.withLock { $0.ready.heldRecipients == 0 && $0.ready.heldBytes == 0 })
         }
     }
 
@@ -126,7 +126,7 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
             // the next two wait in memory (2 of 2); the fourth is queued.
             let r1 = try await h.handOver(["ok1@a.test"])
             #expect(r1.leased)
-            #expect(await eventually { h.scheduler.state.withLock { $0.heldRecipients == 0 } })
+            #expect(await eventually { h.scheduler.state.withLock { $0.ready.heldRecipients == 0 } })
             let r2 = try await h.handOver(["ok2@a.test"])
             #expect(r2.leased)
             let r3 = try await h.handOver(["ok3@a.test"])
@@ -148,7 +148,7 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
         let task = Task { try await h.scheduler.run() }
         #expect(await eventually { h.scheduler.state.withLock { $0.running } })
         try await h.handOver(["ok1@a.test"])
-        #expect(await eventually { h.scheduler.state.withLock { $0.heldRecipients == 0 } })
+        #expect(await eventually { h.scheduler.state.withLock { $0.ready.heldRecipients == 0 } })
         try await h.handOver(["ok2@a.test"])
         try await h.handOver(["ok3@a.test"])
         h.scheduler.stop()
@@ -170,7 +170,7 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
         h.agent.slow = ["a.test"]
         try await h.running {
             try await h.handOver(["ok1@a.test"])
-            #expect(await eventually { h.scheduler.state.withLock { $0.heldRecipients == 0 } })
+            #expect(await eventually { h.scheduler.state.withLock { $0.ready.heldRecipients == 0 } })
             let (second, _) = try await h.handOver(["ok2@a.test"])
             // Six of its ten minutes pass before a worker is free for it.
             h.clock.advance(seconds: 6 * 60)
@@ -194,7 +194,7 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
         h.agent.slow = ["a.test"]
         try await h.running {
             try await h.handOver(["ok1@a.test"])
-            #expect(await eventually { h.scheduler.state.withLock { $0.heldRecipients == 0 } })
+            #expect(await eventually { h.scheduler.state.withLock { $0.ready.heldRecipients == 0 } })
             try await h.handOver(["ok2@a.test"])
             try await h.handOver(["ok3@a.test"])
             h.agent.releaseSlow()
@@ -212,7 +212,7 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
         h.agent.slow = ["a.test"]
         try await h.running {
             try await h.handOver(["ok1@a.test"])
-            #expect(await eventually { h.scheduler.state.withLock { $0.heldRecipients == 0 } })
+            #expect(await eventually { h.scheduler.state.withLock { $0.ready.heldRecipients == 0 } })
             for i in 2...6 { try await h.handOver(["ok\(i)@a.test"]) }
             h.agent.releaseSlow()
             #expect(await eventually { try h.count("SELECT count(*) FROM recipient WHERE state = 'delivered'") == 6 })

@@ -1,0 +1,55 @@
+// The seam where pacing plugs in: before it opens a connection to a
+// destination, and before each message it sends over one, the scheduler asks
+// its gate "may I send now to this destination from this source?". Traffic
+// shaping (per-provider rates and connection limits, backing off on 421s)
+// and IP warm-up (daily caps per source) are gates; the default lets
+// everything through, which is Tern's behaviour without them.
+//
+// A gate decides synchronously and must be cheap: it is asked with the
+// scheduler's state locked (for connections) and once per message. It must
+// not call back into the scheduler. A "not before" answer is never a
+// failure: nothing is bounced or counted as an attempt; the recipients stay
+// queued (or are given back untouched) and the scheduler wakes up at the
+// time the gate named.
+
+/// What the scheduler is about to do.
+public struct SendRequest: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// Open a new connection (and start a worker) for the destination.
+        case connection
+        /// Send one more message over an open connection.
+        case message
+    }
+
+    public var kind: Kind
+    /// The recipient domain the mail goes to (shaping groups domains into
+    /// providers itself).
+    public var destination: String
+    /// The local source the mail leaves from; nil: the kernel's choice
+    /// (Tern has one implicit source until source pools exist).
+    public var source: String?
+
+    public init(_ kind: Kind, destination: String, source: String? = nil) {
+        self.kind = kind
+        self.destination = destination
+        self.source = source
+    }
+}
+
+public enum SendPermission: Sendable, Equatable {
+    case go
+    /// Not now; ask again at this time (Unix milliseconds).
+    case notBefore(Int64)
+}
+
+public protocol SendGate: Sendable {
+    /// Whether `request` may go ahead at `now`. A `.go` for a message is
+    /// taken as that message being sent.
+    func admit(_ request: SendRequest, now: Int64) -> SendPermission
+}
+
+/// No pacing: every connection and message may go now.
+public struct OpenGate: SendGate {
+    public init() {}
+    public func admit(_ request: SendRequest, now: Int64) -> SendPermission { .go }
+}

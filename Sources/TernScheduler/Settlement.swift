@@ -1,0 +1,98 @@
+// Settlement: writing down what became of claimed recipients. Delivery
+// outcomes (from a connection, or a whole destination that could not be
+// reached) and suppression (addresses on the suppression list, stopped
+// before sending) take the same shape: for each recipient a Policy decision
+// (its transition and, if the sender asked, a DSN entry), optionally an
+// attempt row and a suppression entry; then, per message, one transaction
+// with all of them and one DSN per kind (failed, delayed, relayed).
+// Every write is fenced by the lease owner (a recipient whose lease was
+// taken over becomes a `lease_lost` event instead).
+
+import Logging
+import TernDelivery
+import TernMessage
+import TernProtocol
+import TernStore
+
+struct Settlement: Sendable {
+    let store: Store
+    /// The lease owner the writes are fenced by.
+    let owner: String
+    let hostname: String
+    let policy: PolicyConfig
+    let logger: Logger
+
+    /// One recipient, settled.
+    struct Entry {
+        var recipient: ClaimedRecipient
+        var decision: Decision
+        var attempt: NewAttempt? = nil
+        var suppression: Suppression? = nil
+    }
+
+    /// Commits the entries of one message in one transaction; true when it
+    /// queued a DSN (which the scheduler should send now, not at its next
+    /// wake-up). Nothing is written on failure: the leases run out and the
+    /// recipients are tried again.
+    func commit(_ entries: [Entry], of message: StoredMessage, at now: Int64) async -> Bool {
+        var batch = OutcomeBatch(at: now)
+        batch.leaseOwner = owner
+        var reports: [(id: Int64, report: DSNRecipient)] = []
+        for e in entries {
+            batch.transitions.append(e.decision.transition)
+            if let a = e.attempt { batch.attempts.append(a) }
+            if let s = e.suppression { batch.suppressions.append((s, e.recipient.id, e.recipient.messageID)) }
+            if let d = e.decision.dsn { reports.append((e.recipient.id, d)) }
+        }
+        let kinds = Dictionary(grouping: reports, by: \.report.action.rawValue)
+        for kind in kinds.keys.sorted() {
+            let group = kinds[kind]!
+            batch.dsns.append((DSNFactory.message(for: message, group.map(\.report), hostname: hostname, at: now), message.id, group.map(\.id)))
+        }
+        do {
+            try await store.record(batch)
+            return !batch.dsns.isEmpty
+        } catch {
+            logger.error("could not record outcomes", metadata: ["msg": "\(message.queueID)", "error": "\(error)"])
+            return false
+        }
+    }
+
+    /// The entries for recipients that were tried (or whose destination
+    /// could not be reached): `outcomes` by recipient id, `fallback` for the
+    /// rest.
+    func delivered(_ recipients: [ClaimedRecipient], of message: StoredMessage, outcomes: [Int64: RecipientOutcome],
+                   fallback: RecipientOutcome, context: AttemptContext, started: Int64, now: Int64, random: () -> Double) -> [Entry] {
+        recipients.map { r in
+            let outcome = outcomes[r.id] ?? fallback
+            var e = Entry(recipient: r,
+                          decision: Policy.decide(outcome, for: r, sender: message.mailFrom, context: context, now: now,
+                                                  config: policy, random: random()),
+                          attempt: Policy.attempt(outcome, for: r, context: context, started: started, ended: now,
+                                                  category: Policy.category(outcome)))
+            if policy.suppressOnHardBounce && Policy.isNonexistentAddress(outcome) {
+                e.suppression = Suppression(address: Settlement.key(r.address),
+                                            reason: "\(outcome.reply.code) \(outcome.reply.enhanced!) \(outcome.reply.text)",
+                                            source: "bounce", createdAt: now)
+            }
+            logger.info("\(e.decision.transition.state)", metadata: [
+                "msg": "\(message.queueID)", "rcpt": "\(r.address)", "mx": "\(context.mxHost ?? "-")", "reply": "\(outcome.reply)",
+            ])
+            return e
+        }
+    }
+
+    /// The entries for recipients stopped by the suppression list (`reasons`
+    /// by recipient id).
+    func suppressed(_ recipients: [ClaimedRecipient], of message: StoredMessage, reasons: [Int64: String], now: Int64) -> [Entry] {
+        recipients.map { r in
+            logger.info("suppressed", metadata: ["msg": "\(message.queueID)", "rcpt": "\(r.address)"])
+            return Entry(recipient: r, decision: Policy.suppress(r, reason: reasons[r.id] ?? "on the suppression list",
+                                                                 sender: message.mailFrom, now: now))
+        }
+    }
+
+    /// The suppression key of an address: its canonical form (the domain a
+    /// lower-case A-label), the form the suppression list stores.
+    static func key(_ address: String) -> String { AddressParser.canonical(address) ?? address }
+}

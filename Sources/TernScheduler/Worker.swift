@@ -1,0 +1,194 @@
+// A delivery worker: one connection to one destination. It takes batches of
+// recipients from two sources in turn (mail handed over by intake, and due
+// rows claimed from the store, so neither starves the other), sends their
+// messages one after the other over the connection, settles each message's
+// outcome, and keeps the connection open for a moment when there is nothing
+// more (Postfix's connection cache). It stops at the per-connection message
+// limit, when the connection can no longer be reused, when the scheduler
+// stops, or when the send gate says "not now"; what it took and did not send
+// goes back to the store untouched.
+
+import TernDelivery
+import TernProtocol
+import TernStore
+
+struct Worker {
+    let scheduler: Scheduler
+    let domain: String
+    /// Whether the next batch should come from handed-over mail first.
+    private var preferReady = true
+    /// Messages sent over this connection.
+    private var sent = 0
+
+    init(scheduler: Scheduler, domain: String) {
+        self.scheduler = scheduler
+        self.domain = domain
+    }
+
+    /// Recipients to deliver next, with the messages already in memory
+    /// (handed over by intake; the others are read from the store).
+    struct Batch {
+        var recipients: [ClaimedRecipient] = []
+        var messages: [Int64: StoredMessage] = [:]
+    }
+
+    /// Why a connection carries no more messages.
+    enum Stop {
+        case closed, stopping, limit
+        case paced(until: Int64)
+    }
+
+    mutating func run() async {
+        let s = scheduler
+        var batch = await next(messages: s.config.messagesPerConnection)
+        guard !batch.recipients.isEmpty else { return }
+        let started = s.clock.now()
+        switch await s.agent.connect(domain: domain) {
+        case .failed(let reply, let context):
+            // The whole destination is unreachable (or does not exist): every
+            // due recipient of it shares this outcome now, not one batch per pass.
+            let outcome = RecipientOutcome.from(reply)
+            while !batch.recipients.isEmpty {
+                await s.settle(batch.recipients, outcomes: [:], fallback: outcome, context: context, started: started,
+                               messages: batch.messages)
+                if s.stopping { break }
+                batch = await next()
+            }
+        case .connected(let connection):
+            while await send(batch, over: connection) {
+                batch = await next(messages: s.config.messagesPerConnection - sent)
+                // Nothing more now: keep the connection for a moment rather
+                // than close it and start a worker and a connection for the
+                // next message.
+                while batch.recipients.isEmpty, connection.isReusable, await s.waitForWork(domain) {
+                    batch = await next(messages: s.config.messagesPerConnection - sent)
+                }
+                if batch.recipients.isEmpty { break }
+            }
+            await connection.close()
+        }
+    }
+
+    /// Whether the connection may carry another message now (nil) or why
+    /// not; `askGate` false: the gate admitted this message already.
+    private func stop(_ connection: any DeliveryConnection, askGate: Bool) -> Stop? {
+        let s = scheduler
+        if !connection.isReusable { return .closed }
+        if s.stopping { return .stopping }
+        if sent >= s.config.messagesPerConnection { return .limit }
+        if askGate, case .notBefore(let t) = s.gate.admit(SendRequest(.message, destination: domain), now: s.clock.now()) {
+            return .paced(until: t)
+        }
+        return nil
+    }
+
+    /// Sends the batch's messages in turn; false when the connection carries
+    /// no more (what was not sent is given back to the store untouched).
+    private mutating func send(_ batch: Batch, over connection: any DeliveryConnection) async -> Bool {
+        let s = scheduler
+        var messages = batch.messages
+        let byMessage = Dictionary(grouping: batch.recipients, by: \.messageID).sorted { $0.key < $1.key }
+        var admitted: Int64? = nil // the gate's yes, given when it was prefetched
+        for (index, (messageID, recipients)) in byMessage.enumerated() {
+            // A message whose commands went out with the previous one's
+            // content is sent now, whatever else happened meanwhile; for the
+            // others, ask.
+            if connection.startedMessageID != messageID, let why = stop(connection, askGate: admitted != messageID) {
+                await giveBack(byMessage[index...].flatMap(\.value), because: why)
+                return false
+            }
+            // The next message of the batch can start in the same write as
+            // this one's content, if it is sure to be sent next.
+            var next: OutboundMessage? = nil
+            if index + 1 < byMessage.count, !s.stopping, sent + 1 < s.config.messagesPerConnection,
+               s.gate.admit(SendRequest(.message, destination: domain), now: s.clock.now()) == .go {
+                let (nextID, nextRecipients) = byMessage[index + 1]
+                admitted = nextID
+                if messages[nextID] == nil { messages[nextID] = try? s.store.message(id: nextID) }
+                next = messages[nextID].map { Scheduler.outbound(nextID, nextRecipients, $0) }
+            }
+            await deliver(messageID, recipients, over: connection, message: messages[messageID], next: next)
+            messages[messageID] = nil // its body is not held while the rest are sent
+            sent += 1
+        }
+        return connection.isReusable && !s.stopping && sent < s.config.messagesPerConnection
+    }
+
+    private func giveBack(_ recipients: [ClaimedRecipient], because why: Stop) async {
+        let s = scheduler
+        switch why {
+        case .limit: s.givenBackAtLimit.add(recipients.count, ordering: .relaxed)
+        case .paced(let until): s.paced(domain, until: until)
+        case .closed, .stopping: break
+        }
+        _ = try? await s.giveBack(recipients.map(\.id))
+        if !s.stopping { s.wakeup.signal() }
+    }
+
+    private func deliver(_ messageID: Int64, _ recipients: [ClaimedRecipient], over connection: any DeliveryConnection,
+                         message: StoredMessage?, next: OutboundMessage?) async {
+        let s = scheduler
+        let started = s.clock.now()
+        guard let stored = message ?? (try? s.store.message(id: messageID)) else {
+            s.logger.error("claimed recipients of a missing message", metadata: ["msg": "\(messageID)"])
+            _ = try? await s.giveBack(recipients.map(\.id))
+            return
+        }
+        let outcomes = await connection.send(Scheduler.outbound(messageID, recipients, stored), next: next)
+        let fallback = RecipientOutcome.deferred(SMTPReply(451, .systemError, "no result for this recipient"))
+        await s.settle(recipients, outcomes: outcomes, fallback: fallback, context: connection.context, started: started,
+                       messages: [messageID: stored])
+    }
+
+    // MARK: - Batches
+
+    /// The next batch: handed-over mail and due rows of the store in turn.
+    /// Handed-over mail is taken whole messages at a time, at most
+    /// `messages`: what the connection may still carry, so that none has to
+    /// be given back to the store (and claimed and read again).
+    private mutating func next(messages: Int = .max) async -> Batch {
+        let s = scheduler
+        let limit = min(s.config.claimBatch, max(1, messages))
+        let inStore = s.state.withLock { $0.dueInStore.contains(domain) }
+        if preferReady || !inStore {
+            let batch = await takeReady(messages: limit)
+            if !batch.recipients.isEmpty {
+                preferReady = false
+                return batch
+            }
+        }
+        preferReady = true
+        if inStore {
+            // A claim counts recipients: a limit of `messages` recipients would
+            // split messages with several recipients into several transactions.
+            // A full claim batch may hold more messages than the connection
+            // still carries; those few are given back at the limit.
+            let claimed = await s.claimDeliverable(domain)
+            if !claimed.isEmpty { return Batch(recipients: claimed) }
+        }
+        return await takeReady(messages: limit)
+    }
+
+    /// Handed-over recipients of this destination, up to a claim batch of at
+    /// most `messages` messages. Mail that waited so long that half its lease
+    /// is gone is given back to the store instead: its lease must outlast
+    /// the delivery.
+    private func takeReady(messages: Int) async -> Batch {
+        let s = scheduler
+        let staleBefore = s.clock.now() + s.config.leaseMillis / 2
+        let (fresh, stale) = s.state.withLock { state in
+            state.ready.take(domain, maxRecipients: s.config.claimBatch, maxMessages: messages, staleBefore: staleBefore)
+        }
+        if !stale.isEmpty {
+            s.logger.warning("handed-over mail waited too long; queued again", metadata: ["domain": "\(domain)", "recipients": "\(stale.count)"])
+            _ = try? await s.giveBack(stale.map(\.id))
+            s.wakeup.signal()
+        }
+        var batch = Batch()
+        for item in fresh {
+            batch.recipients += item.recipients
+            batch.messages[item.message.id] = item.message
+        }
+        return batch
+    }
+}
