@@ -6,23 +6,6 @@
 import NIOCore
 import TernProtocol
 
-enum ClientFault: Error, CustomStringConvertible {
-    case timeout
-    case closed
-    case protocolError(String)
-    /// A reply that cannot answer the command it came for (see ClientStep).
-    case outOfStep(ClientStep, SMTPReply)
-
-    var description: String {
-        switch self {
-        case .timeout: return "timeout"
-        case .closed: return "connection closed"
-        case .protocolError(let s): return "protocol error: \(s)"
-        case .outOfStep(let step, let reply): return "reply out of step with \(step): \(reply.keepingText(200))"
-        }
-    }
-}
-
 final class SMTPReplyHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 

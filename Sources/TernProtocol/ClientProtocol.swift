@@ -124,6 +124,85 @@ public enum ClientStep: Sendable, Equatable {
     }
 }
 
+/// Why an exchange ended without all its replies.
+public enum ClientFault: Error, Equatable, CustomStringConvertible {
+    case timeout
+    case closed
+    case protocolError(String)
+    /// A reply that cannot answer the command it came for (see ClientStep).
+    case outOfStep(ClientStep, SMTPReply)
+
+    public var description: String {
+        switch self {
+        case .timeout: return "timeout"
+        case .closed: return "connection closed"
+        case .protocolError(let s): return "protocol error: \(s)"
+        case .outOfStep(let step, let reply): return "reply out of step with \(step): \(reply.keepingText(200))"
+        }
+    }
+}
+
+/// When to use STARTTLS (RFC 3207).
+public enum TLSPolicy: String, Sendable, CaseIterable {
+    /// Never.
+    case none
+    /// When offered, without checking the certificate; plaintext when not
+    /// offered or when the handshake fails (opportunistic, RFC 7435).
+    case may
+    /// Always, without checking the certificate; defer otherwise.
+    case require
+    /// Always, with the certificate checked against trusted roots and the MX name; defer otherwise.
+    case verify
+}
+
+/// One message as the session sends it (the content stays with the caller).
+public struct ClientMessage: Sendable {
+    public var id: Int64
+    public var envelope: ClientEnvelope
+    /// `Received:` fields in its header (a loop past the limit is bounced
+    /// instead of sent); checked when the message itself is sent.
+    public var hops: Int
+
+    public init(id: Int64, envelope: ClientEnvelope, hops: Int = 0) {
+        self.id = id
+        self.envelope = envelope
+        self.hops = hops
+    }
+}
+
+/// Why a session could not be opened.
+public enum ClientOpenFailure: Sendable, Equatable {
+    /// Try the next hop; the reply is what to record if none is left.
+    case failure(SMTPReply)
+    /// STARTTLS was tried and failed (`may` retries the hop in plaintext).
+    case tlsFailure(SMTPReply)
+    /// The server is ourselves (it greets or answers EHLO with our name).
+    case loop(SMTPReply)
+}
+
+public enum ClientAction: Sendable, Equatable {
+    /// Write these lines (none: only wait) and read one reply per step.
+    case exchange([String], expecting: [ClientStep])
+    /// Write the current message's content (dot-stuffed, with its final
+    /// dot), then these lines, in one write; one reply per step.
+    case content(then: [String], expecting: [ClientStep])
+    /// Write a lone "." ending a DATA the server accepted but that has
+    /// nothing to carry; its reply is read and ignored.
+    case endData
+    /// Put TLS on the connection, then call `tlsStarted()`.
+    case startTLS
+    /// The session is open: messages may be sent.
+    case ready
+    /// Opening failed: QUIT first (the session is sane), or drop the connection.
+    case failed(ClientOpenFailure, quit: Bool)
+    /// The message is done: an outcome for every recipient of its envelope.
+    case done([Int64: RecipientOutcome])
+    /// Exchange QUIT, then close.
+    case quit
+    /// Close without QUIT.
+    case drop
+}
+
 /// What a server offered in its EHLO reply.
 public struct ServerCapabilities: Sendable, Equatable {
     public var esmtp: Bool
