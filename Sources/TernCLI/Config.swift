@@ -1,6 +1,9 @@
 // Configuration: built-in defaults, overridden by the TOML file given with
 // `--config`, overridden by command-line flags. Unknown keys in the file are
-// an error, so a typo never silently falls back to a default.
+// an error, so a typo never silently falls back to a default. The settings
+// are declared once, in SettingsTable.swift; this file holds the resolved
+// values, the component configurations derived from them, and applying a
+// file or flags through the declarations.
 
 import Foundation
 import TOMLKit
@@ -77,6 +80,8 @@ public struct TernSettings: Sendable {
     // SMTP AUTH: the failed-login throttle.
     public var authMaxFailures = ThrottlePolicy().maxFailures
     public var authFailureWindow = ThrottlePolicy().windowMillis / 1000
+    /// Where each value that is not a default came from (`tern config show`).
+    public var origins: Origins = [:]
 
     /// The throttle these settings describe.
     public var throttlePolicy: ThrottlePolicy {
@@ -151,24 +156,11 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 }
 
 extension TernSettings {
-    static let topKeys: Set<String> = ["hostname", "db", "listen", "listener", "relay_domains", "trusted_networks", "log_level",
-                                       "limits", "routes", "resolvers", "remote_port", "delivery", "tls_cert", "tls_key", "auth",
-                                       "retention", "tls"]
-    static let retentionKeys: Set<String> = ["bodies", "history", "sweep_interval"]
-    static let tlsKeys: Set<String> = ["min_version", "ciphers"]
-    static let listenerKeys: Set<String> = ["address", "role", "plaintext_auth", "bare_newline"]
-    static let authKeys: Set<String> = ["max_failures", "failure_window"]
-    static let deliveryKeys: Set<String> = [
-        "max_connections", "max_connections_per_destination", "messages_per_connection", "retry_first", "retry_max",
-        "max_queue_lifetime", "delay_warning", "connect_timeout", "tls_policy", "tls_ca_file", "enabled", "suppress_on_hard_bounce",
-        "breaker_threshold", "breaker_cooldown", "breaker_max_cooldown", "connection_cache_time", "ready_recipients", "ready_bytes",
-    ]
-    static let limitKeys: Set<String> = [
-        "max_message_size", "max_recipients", "max_command_line", "max_text_line", "max_errors", "max_connections",
-        "max_connections_per_client", "command_timeout", "data_timeout", "shutdown_grace", "max_hops",
-        "max_junk_commands", "max_commands", "max_session_time", "message_memory", "client_ipv4_prefix", "client_ipv6_prefix",
-        "bare_newline",
-    ]
+    /// Where a setting's value came from: `file PATH` or `flag --NAME`;
+    /// absent: the default.
+    public typealias Origins = [String: String]
+
+    static func setting(_ key: String) -> Setting? { declared.first { $0.key == key } }
 
     /// Applies a TOML document on top of these settings.
     public mutating func apply(toml text: String, source: String = "config") throws {
@@ -178,144 +170,87 @@ extension TernSettings {
         } catch let e as TOMLParseError {
             throw ConfigError("\(source): TOML syntax error at \(e.source.begin)")
         }
-        for key in table.keys where !TernSettings.topKeys.contains(key) {
-            throw ConfigError("\(source): unknown key '\(key)' (known: \(TernSettings.topKeys.sorted().joined(separator: ", ")))")
-        }
-        func string(_ t: TOMLTable, _ k: String) throws -> String? {
-            guard let v = t[k] else { return nil }
-            guard let s = v.string else { throw ConfigError("\(source): '\(k)' must be a string") }
-            return s
-        }
-        func strings(_ t: TOMLTable, _ k: String) throws -> [String]? {
-            guard let v = t[k] else { return nil }
-            guard let a = v.array else { throw ConfigError("\(source): '\(k)' must be an array of strings") }
-            return try a.map { item in
-                guard let s = item.string else { throw ConfigError("\(source): '\(k)' must be an array of strings") }
-                return s
-            }
-        }
-        func int(_ t: TOMLTable, _ k: String) throws -> Int? {
-            guard let v = t[k] else { return nil }
-            guard let i = v.int, i >= 0 else { throw ConfigError("\(source): '\(k)' must be a non-negative integer") }
-            return i
-        }
-        if let v = try string(table, "hostname") { hostname = v }
-        if let v = try string(table, "db") { db = v }
-        if let v = try string(table, "log_level") { logLevel = try TernSettings.checkLogLevel(v) }
-        var listeners: [ListenAddress] = []
-        if let v = try strings(table, "listen") { listeners += try v.map(TernSettings.parseListen) }
-        if let l = table["listener"] {
-            guard let array = l.array else { throw ConfigError("\(source): 'listener' must be an array of tables ([[listener]])") }
-            for item in array {
-                guard let t = item.table else { throw ConfigError("\(source): 'listener' must be an array of tables ([[listener]])") }
-                for key in t.keys where !TernSettings.listenerKeys.contains(key) {
-                    throw ConfigError("\(source): unknown key 'listener.\(key)' (known: \(TernSettings.listenerKeys.sorted().joined(separator: ", ")))")
-                }
-                guard let address = try string(t, "address") else { throw ConfigError("\(source): a [[listener]] needs 'address'") }
-                var l = try TernSettings.parseListen(address)
-                if let r = try string(t, "role") { l.role = try TernSettings.parseRole(r) }
-                if let v = t["plaintext_auth"] {
-                    guard let b = v.bool else { throw ConfigError("\(source): 'listener.plaintext_auth' must be true or false") }
-                    l.plaintextAuth = b
-                }
-                if let v = try string(t, "bare_newline") { l.bareNewline = try TernSettings.parseBareNewline(v) }
-                listeners.append(l)
-            }
-        }
-        if !listeners.isEmpty { listen = listeners }
-        if let v = try strings(table, "relay_domains") { relayDomains = v }
-        if let v = try strings(table, "trusted_networks") { trustedNetworks = try v.map(TernSettings.parseNetwork) }
-        if let v = try string(table, "tls_cert") { tlsCert = v }
-        if let v = try string(table, "tls_key") { tlsKey = v }
-        if let v = try strings(table, "routes") { routes = try v.map(TernSettings.parseRoute) }
-        if let v = try strings(table, "resolvers") { resolvers = try v.map(TernSettings.checkResolver) }
-        if let v = try int(table, "remote_port") { remotePort = v }
-        if let d = table["delivery"] {
-            guard let delivery = d.table else { throw ConfigError("\(source): 'delivery' must be a table") }
-            for key in delivery.keys where !TernSettings.deliveryKeys.contains(key) {
-                throw ConfigError("\(source): unknown key 'delivery.\(key)' (known: \(TernSettings.deliveryKeys.sorted().joined(separator: ", ")))")
-            }
-            if let v = try int(delivery, "max_connections") { deliveryMaxConnections = v }
-            if let v = try int(delivery, "max_connections_per_destination") { deliveryMaxPerDestination = v }
-            if let v = try int(delivery, "messages_per_connection") { deliveryMessagesPerConnection = v }
-            if let v = try int(delivery, "connection_cache_time") { connectionCacheMillis = Int64(v) * 1000 }
-            if let v = try int(delivery, "ready_recipients") { readyRecipients = v }
-            if let v = try int(delivery, "ready_bytes") { readyBytes = v }
-            if let v = try int(delivery, "retry_first") { retryFirst = Int64(v) }
-            if let v = try int(delivery, "retry_max") { retryMax = Int64(v) }
-            if let v = try int(delivery, "max_queue_lifetime") { maxQueueLifetime = Int64(v) }
-            if let v = try int(delivery, "delay_warning") { delayWarning = Int64(v) }
-            if let v = try int(delivery, "connect_timeout") { connectTimeout = Int64(v) }
-            if let v = try string(delivery, "tls_policy") { tlsPolicy = try TernSettings.parseTLSPolicy(v) }
-            if let v = try string(delivery, "tls_ca_file") { tlsCAFile = v }
-            if let v = try int(delivery, "breaker_threshold") { breakerPolicy.threshold = v }
-            if let v = try int(delivery, "breaker_cooldown") { breakerPolicy.baseCooldownMillis = Int64(v) * 1000 }
-            if let v = try int(delivery, "breaker_max_cooldown") { breakerPolicy.maxCooldownMillis = Int64(v) * 1000 }
-            if let v = delivery["suppress_on_hard_bounce"] {
-                guard let b = v.bool else { throw ConfigError("\(source): 'delivery.suppress_on_hard_bounce' must be true or false") }
-                suppressOnHardBounce = b
-            }
-            if let v = delivery["enabled"] {
-                guard let b = v.bool else { throw ConfigError("\(source): 'delivery.enabled' must be true or false") }
-                deliver = b
-            }
-        }
-        if let r = table["retention"] {
-            guard let ret = r.table else { throw ConfigError("\(source): 'retention' must be a table") }
-            for key in ret.keys where !TernSettings.retentionKeys.contains(key) {
-                throw ConfigError("\(source): unknown key 'retention.\(key)' (known: \(TernSettings.retentionKeys.sorted().joined(separator: ", ")))")
-            }
-            if let v = try int(ret, "bodies") { retention.bodyDays = v }
-            if let v = try int(ret, "history") { retention.historyDays = v }
-            if let v = try int(ret, "sweep_interval") { retentionSweepSeconds = Int64(v) }
-        }
-        if let t = table["tls"] {
-            guard let tls = t.table else { throw ConfigError("\(source): 'tls' must be a table") }
-            for key in tls.keys where !TernSettings.tlsKeys.contains(key) {
-                throw ConfigError("\(source): unknown key 'tls.\(key)' (known: \(TernSettings.tlsKeys.sorted().joined(separator: ", ")))")
-            }
-            if let v = try string(tls, "min_version") {
-                switch v {
-                case "1.2": tlsProfile.minimumVersion = .tlsv12
-                case "1.3": tlsProfile.minimumVersion = .tlsv13
-                default: throw ConfigError("\(source): 'tls.min_version' must be \"1.2\" or \"1.3\"")
-                }
-            }
-            if let v = try string(tls, "ciphers") { tlsProfile.ciphers = v }
-        }
-        if let a = table["auth"] {
-            guard let auth = a.table else { throw ConfigError("\(source): 'auth' must be a table") }
-            for key in auth.keys where !TernSettings.authKeys.contains(key) {
-                throw ConfigError("\(source): unknown key 'auth.\(key)' (known: \(TernSettings.authKeys.sorted().joined(separator: ", ")))")
-            }
-            if let v = try int(auth, "max_failures") { authMaxFailures = v }
-            if let v = try int(auth, "failure_window") { authFailureWindow = Int64(v) }
-        }
-        if let l = table["limits"] {
-            guard let limits = l.table else { throw ConfigError("\(source): 'limits' must be a table") }
-            for key in limits.keys where !TernSettings.limitKeys.contains(key) {
-                throw ConfigError("\(source): unknown key 'limits.\(key)' (known: \(TernSettings.limitKeys.sorted().joined(separator: ", ")))")
-            }
-            if let v = try int(limits, "max_message_size") { maxMessageSize = v }
-            if let v = try int(limits, "max_recipients") { maxRecipients = v }
-            if let v = try int(limits, "max_command_line") { maxCommandLine = v }
-            if let v = try int(limits, "max_text_line") { maxTextLine = v }
-            if let v = try int(limits, "max_errors") { maxErrors = v }
-            if let v = try int(limits, "max_connections") { maxConnections = v }
-            if let v = try int(limits, "max_connections_per_client") { maxConnectionsPerClient = v }
-            if let v = try int(limits, "command_timeout") { commandTimeout = Int64(v) }
-            if let v = try int(limits, "data_timeout") { dataTimeout = Int64(v) }
-            if let v = try int(limits, "shutdown_grace") { shutdownGrace = Int64(v) }
-            if let v = try int(limits, "max_hops") { maxHops = v }
-            if let v = try int(limits, "max_junk_commands") { maxJunkCommands = v }
-            if let v = try int(limits, "max_commands") { maxCommands = v }
-            if let v = try int(limits, "max_session_time") { maxSessionSeconds = Int64(v) }
-            if let v = try int(limits, "message_memory") { messageMemory = v }
-            if let v = try int(limits, "client_ipv4_prefix") { clientIPv4Prefix = v }
-            if let v = try int(limits, "client_ipv6_prefix") { clientIPv6Prefix = v }
-            if let v = try string(limits, "bare_newline") { bareNewline = try TernSettings.parseBareNewline(v) }
+        do {
+            try apply(table, origin: "file \(source)")
+        } catch let e as ConfigError {
+            throw ConfigError("\(source): \(e.description)")
         }
         try validate()
+    }
+
+    private mutating func apply(_ document: TOMLTable, origin: String) throws {
+        let tables = Set(TernSettings.declared.compactMap(\.table))
+        let topKeys = Set(TernSettings.declared.filter { $0.table == nil }.map(\.key)).union(tables).union(["listener"])
+        for key in document.keys where !topKeys.contains(key) {
+            throw ConfigError("unknown key '\(key)' (known: \(topKeys.sorted().joined(separator: ", ")))")
+        }
+        for name in tables.sorted() {
+            guard let value = document[name] else { continue }
+            guard let t = value.table else { throw ConfigError("'\(name)' must be a table") }
+            let known = Set(TernSettings.declared.filter { $0.table == name }.map(\.name))
+            for key in t.keys where !known.contains(key) {
+                throw ConfigError("unknown key '\(name).\(key)' (known: \(known.sorted().joined(separator: ", ")))")
+            }
+        }
+        for setting in TernSettings.declared {
+            let holder = setting.table.map { document[$0]?.table } ?? document
+            guard let raw = holder?[setting.name] else { continue }
+            try setting.set(&self, try TernSettings.value(raw, for: setting))
+            origins[setting.key] = origin
+        }
+        if let l = document["listener"] {
+            let fromListen = document["listen"] != nil ? listen : []
+            listen = fromListen + (try TernSettings.listenerTables(l))
+            origins["listen"] = origin
+        }
+    }
+
+    /// A TOML value as the setting's kind expects it.
+    static func value(_ raw: any TOMLValueConvertible, for setting: Setting) throws -> SettingValue {
+        switch setting.kind {
+        case .integer:
+            guard let i = raw.int, i >= 0 else { throw ConfigError("'\(setting.key)' must be a non-negative integer") }
+            return .int(i)
+        case .boolean:
+            guard let b = raw.bool else { throw ConfigError("'\(setting.key)' must be true or false") }
+            return .bool(b)
+        case .text, .choice:
+            guard let s = raw.string else { throw ConfigError("'\(setting.key)' must be a string") }
+            return .string(s)
+        case .list:
+            guard let a = raw.array else { throw ConfigError("'\(setting.key)' must be an array of strings") }
+            return .strings(try a.map { item in
+                guard let s = item.string else { throw ConfigError("'\(setting.key)' must be an array of strings") }
+                return s
+            })
+        }
+    }
+
+    /// `[[listener]]` tables.
+    static func listenerTables(_ value: any TOMLValueConvertible) throws -> [ListenAddress] {
+        guard let array = value.array else { throw ConfigError("'listener' must be an array of tables ([[listener]])") }
+        let known = Set(listenerKeys.map(\.0))
+        return try array.map { item in
+            guard let t = item.table else { throw ConfigError("'listener' must be an array of tables ([[listener]])") }
+            for key in t.keys where !known.contains(key) {
+                throw ConfigError("unknown key 'listener.\(key)' (known: \(known.sorted().joined(separator: ", ")))")
+            }
+            guard let address = t["address"]?.string else { throw ConfigError("a [[listener]] needs 'address'") }
+            var l = try parseListen(address)
+            if let r = t["role"] {
+                guard let text = r.string else { throw ConfigError("'listener.role' must be a string") }
+                l.role = try parseRole(text)
+            }
+            if let v = t["plaintext_auth"] {
+                guard let b = v.bool else { throw ConfigError("'listener.plaintext_auth' must be true or false") }
+                l.plaintextAuth = b
+            }
+            if let v = t["bare_newline"] {
+                guard let text = v.string else { throw ConfigError("'listener.bare_newline' must be a string") }
+                l.bareNewline = try parseBareNewline(text)
+            }
+            return l
+        }
     }
 
     public mutating func apply(configFile path: String) throws {
@@ -325,35 +260,34 @@ extension TernSettings {
         try apply(toml: String(decoding: data, as: UTF8.self), source: path)
     }
 
+    /// Applies a flag's values (one per occurrence; none: the flag was not
+    /// given) to the setting `key` declares.
+    public mutating func apply(flag key: String, _ values: [String]) throws {
+        guard !values.isEmpty, let setting = TernSettings.setting(key) else { return }
+        let flag = "--" + (setting.flag ?? key)
+        let value: SettingValue
+        switch setting.kind {
+        case .integer:
+            guard let i = Int(values.last!), i >= 0 else { throw ConfigError("\(flag) must be a non-negative integer") }
+            value = .int(i)
+        case .boolean:
+            value = .bool(values.last! == "true")
+        case .text, .choice:
+            value = .string(values.last!)
+        case .list:
+            value = .strings(values)
+        }
+        try setting.set(&self, value)
+        origins[key] = "flag \(flag)"
+    }
+
     public func validate() throws {
-        if maxCommandLine < 512 { throw ConfigError("limits.max_command_line must be at least 512 (RFC 5321 §4.5.3.1.4)") }
-        if maxTextLine < 1000 { throw ConfigError("limits.max_text_line must be at least 1000 (RFC 5321 §4.5.3.1.6)") }
-        if maxRecipients < 1 { throw ConfigError("limits.max_recipients must be at least 1") }
-        if maxErrors < 1 { throw ConfigError("limits.max_errors must be at least 1") }
-        if maxHops < 2 { throw ConfigError("limits.max_hops must be at least 2") }
-        if maxJunkCommands < 1 || maxCommands < 10 { throw ConfigError("limits.max_junk_commands must be ≥ 1 and limits.max_commands ≥ 10") }
-        if maxSessionSeconds < 60 { throw ConfigError("limits.max_session_time must be at least 60 seconds") }
-        if messageMemory < maxMessageSize { throw ConfigError("limits.message_memory must be at least limits.max_message_size") }
-        if !(8...32).contains(clientIPv4Prefix) || !(16...128).contains(clientIPv6Prefix) {
-            throw ConfigError("limits.client_ipv4_prefix must be 8-32 and limits.client_ipv6_prefix 16-128")
+        for setting in TernSettings.declared {
+            if let range = setting.range, case .int(let i) = setting.get(self), !range.contains(i) {
+                throw ConfigError(Setting.outOfRange(setting.key, range))
+            }
         }
-        if maxConnections < 1 || maxConnectionsPerClient < 1 { throw ConfigError("connection limits must be at least 1") }
-        if commandTimeout < 1 || dataTimeout < 1 { throw ConfigError("timeouts must be at least 1 second") }
-        if hostname.isEmpty { throw ConfigError("hostname must not be empty") }
-        if !(1...65535).contains(remotePort) { throw ConfigError("remote_port must be 1-65535") }
-        if (tlsCert == nil) != (tlsKey == nil) { throw ConfigError("tls_cert and tls_key go together") }
-        if breakerPolicy.threshold < 1 || breakerPolicy.baseCooldownMillis < 1000 || breakerPolicy.maxCooldownMillis < breakerPolicy.baseCooldownMillis {
-            throw ConfigError("delivery.breaker_threshold must be ≥ 1, breaker_cooldown ≥ 1 s and ≤ breaker_max_cooldown")
-        }
-        if retention.historyDays < retention.bodyDays {
-            throw ConfigError("retention.history (\(retention.historyDays) days) must be at least retention.bodies (\(retention.bodyDays))")
-        }
-        if authMaxFailures < 1 || authFailureWindow < 1 { throw ConfigError("auth.max_failures and auth.failure_window must be at least 1") }
-        if deliveryMaxConnections < 1 || deliveryMaxPerDestination < 1 || deliveryMessagesPerConnection < 1 {
-            throw ConfigError("delivery limits must be at least 1")
-        }
-        if retryFirst < 1 || retryMax < retryFirst { throw ConfigError("delivery.retry_first must be ≥ 1 and ≤ delivery.retry_max") }
-        if maxQueueLifetime < 1 { throw ConfigError("delivery.max_queue_lifetime must be at least 1 second") }
+        for (message, holds) in TernSettings.crossChecks where !holds(self) { throw ConfigError(message) }
     }
 
     /// Checks that need the file and the flags together (run by `serve` once both are applied).

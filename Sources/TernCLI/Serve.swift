@@ -19,6 +19,51 @@ import TernRouting
 import TernScheduler
 import TernStore
 
+/// The flags of `tern serve`, shared with `tern config show`. Names and help
+/// come from the settings' declarations (SettingsTable.swift).
+struct ServeOptions: ParsableArguments {
+    @OptionGroup var common: DatabaseOptions
+
+    @Option(name: .long, help: flagHelp("listen", "[ROLE@]HOST:PORT")) var listen: [String] = []
+    @Option(name: .long, help: flagHelp("hostname", "NAME")) var hostname: String?
+    @Option(name: .customLong("relay-domain"), help: flagHelp("relay_domains", "DOMAIN")) var relayDomains: [String] = []
+    @Option(name: .customLong("trusted-network"), help: flagHelp("trusted_networks", "CIDR")) var trustedNetworks: [String] = []
+    @Option(name: .customLong("max-message-size"), help: flagHelp("limits.max_message_size", "BYTES")) var maxMessageSize: String?
+    @Option(name: .long, help: flagHelp("routes", "DOMAIN=HOST[:PORT]")) var route: [String] = []
+    @Option(name: .long, help: flagHelp("resolvers", "HOST:PORT")) var resolver: [String] = []
+    @Option(name: .customLong("remote-port"), help: flagHelp("remote_port", "PORT")) var remotePort: String?
+    @Option(name: .customLong("tls-policy"), help: flagHelp("delivery.tls_policy", "POLICY")) var tlsPolicy: String?
+    @Option(name: .customLong("tls-ca-file"), help: flagHelp("delivery.tls_ca_file", "FILE")) var tlsCAFile: String?
+    @Option(name: .customLong("tls-cert"), help: flagHelp("tls_cert", "FILE")) var tlsCert: String?
+    @Option(name: .customLong("tls-key"), help: flagHelp("tls_key", "FILE")) var tlsKey: String?
+    @Flag(name: .customLong("no-deliver"), help: ArgumentHelp(TernSettings.setting("delivery.enabled")!.help)) var noDeliver = false
+    @Option(name: .customLong("log-level"), help: flagHelp("log_level", "LEVEL")) var logLevel: String?
+
+    /// Defaults ← file ← flags, each flag applied through its setting's declaration.
+    func resolved() throws -> TernSettings {
+        var s = try common.settings()
+        let flags: [(String, [String])] = [
+            ("listen", listen), ("hostname", hostname.map { [$0] } ?? []), ("relay_domains", relayDomains),
+            ("trusted_networks", trustedNetworks), ("limits.max_message_size", maxMessageSize.map { [$0] } ?? []),
+            ("routes", route), ("resolvers", resolver), ("remote_port", remotePort.map { [$0] } ?? []),
+            ("delivery.tls_policy", tlsPolicy.map { [$0] } ?? []), ("delivery.tls_ca_file", tlsCAFile.map { [$0] } ?? []),
+            ("tls_cert", tlsCert.map { [$0] } ?? []), ("tls_key", tlsKey.map { [$0] } ?? []),
+            ("delivery.enabled", noDeliver ? ["false"] : []), ("log_level", logLevel.map { [$0] } ?? []),
+        ]
+        for (key, values) in flags { try s.apply(flag: key, values) }
+        try s.validateForServe()
+        return s
+    }
+}
+
+/// A flag's help: its setting's line, and the default.
+func flagHelp(_ key: String, _ valueName: String) -> ArgumentHelp {
+    let setting = TernSettings.setting(key)!
+    let value = setting.get(TernSettings())
+    let shown = setting.defaultText ?? (value == .strings([]) || value == .string("") ? "none" : value.toml)
+    return ArgumentHelp("\(setting.help.prefix(1).uppercased() + setting.help.dropFirst()) (default \(shown)).", valueName: valueName)
+}
+
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the SMTP server in the foreground (logs to stderr; SIGTERM or SIGINT stops it cleanly).",
@@ -28,72 +73,12 @@ struct Serve: AsyncParsableCommand {
             A 250 reply to the end of DATA means the message is committed to disk.
             """)
 
-    @OptionGroup var common: DatabaseOptions
-
-    @Option(name: .long, help: ArgumentHelp("Address to listen on; repeat for several (default 127.0.0.1:2525; port 0 picks a free port). ROLE is relay (default; port 25 rules), submission (AUTH required, STARTTLS) or submissions (TLS from the first byte, AUTH required).", valueName: "[ROLE@]HOST:PORT"))
-    var listen: [String] = []
-
-    @Option(name: .long, help: ArgumentHelp("Name in the greeting, EHLO reply and Received: header (default: the system host name).", valueName: "NAME"))
-    var hostname: String?
-
-    @Option(name: .customLong("relay-domain"), help: ArgumentHelp("Accept mail for this domain from any client; repeatable. A leading dot (.example.com) also matches subdomains.", valueName: "DOMAIN"))
-    var relayDomains: [String] = []
-
-    @Option(name: .customLong("trusted-network"), help: ArgumentHelp("Clients in this network may relay to any domain; repeatable (default 127.0.0.0/8 and ::1/128; giving one replaces the default).", valueName: "CIDR"))
-    var trustedNetworks: [String] = []
-
-    @Option(name: .customLong("max-message-size"), help: ArgumentHelp("Largest message accepted, in bytes, advertised with SIZE (default 26214400).", valueName: "BYTES"))
-    var maxMessageSize: Int?
-
-    @Option(name: .long, help: ArgumentHelp("Deliver mail for DOMAIN to HOST (a name, an IPv4 address or [IPv6]) instead of its MX; repeatable; DOMAIN * is a smarthost for every domain.", valueName: "DOMAIN=HOST[:PORT]"))
-    var route: [String] = []
-
-    @Option(name: .long, help: ArgumentHelp("DNS server for MX and address look-ups; repeatable (default: the system's, from /etc/resolv.conf).", valueName: "HOST:PORT"))
-    var resolver: [String] = []
-
-    @Option(name: .customLong("remote-port"), help: ArgumentHelp("Port for delivery to MX hosts (default 25; for test set-ups).", valueName: "PORT"))
-    var remotePort: Int?
-
-    @Option(name: .customLong("tls-policy"), help: ArgumentHelp("STARTTLS for delivery: none, may (when offered, unverified; default), require (always, unverified) or verify (always, certificate checked).", valueName: "POLICY"))
-    var tlsPolicy: String?
-
-    @Option(name: .customLong("tls-ca-file"), help: ArgumentHelp("Trusted roots (PEM) for --tls-policy verify (default: the system's).", valueName: "FILE"))
-    var tlsCAFile: String?
-
-    @Option(name: .customLong("tls-cert"), help: ArgumentHelp("Certificate chain (PEM) for STARTTLS and submissions listeners (TLS 1.2 and 1.3); with --tls-key; read again on SIGHUP.", valueName: "FILE"))
-    var tlsCert: String?
-
-    @Option(name: .customLong("tls-key"), help: ArgumentHelp("Private key (PEM) of --tls-cert.", valueName: "FILE"))
-    var tlsKey: String?
-
-    @Flag(name: .customLong("no-deliver"), help: "Accept and queue mail but deliver nothing (no scheduler, no DNS): maintenance, benchmarks of intake.")
-    var noDeliver = false
-
-    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (default info).", valueName: "LEVEL"))
-    var logLevel: String?
+    @OptionGroup var options: ServeOptions
 
     @Flag(name: .customLong("allow-shared-db"), help: "Start even when the database files are readable by other users (refused otherwise: they hold all mail and password hashes).")
     var allowSharedDB = false
 
-    func resolved() throws -> TernSettings {
-        var s = try common.settings()
-        if !listen.isEmpty { s.listen = try listen.map(TernSettings.parseListen) }
-        if let h = hostname { s.hostname = h }
-        if !relayDomains.isEmpty { s.relayDomains = relayDomains }
-        if !trustedNetworks.isEmpty { s.trustedNetworks = try trustedNetworks.map(TernSettings.parseNetwork) }
-        if let m = maxMessageSize { s.maxMessageSize = m }
-        if let l = logLevel { s.logLevel = try TernSettings.checkLogLevel(l) }
-        if !route.isEmpty { s.routes = try route.map(TernSettings.parseRoute) }
-        if !resolver.isEmpty { s.resolvers = try resolver.map(TernSettings.checkResolver) }
-        if let p = remotePort { s.remotePort = p }
-        if let t = tlsPolicy { s.tlsPolicy = try TernSettings.parseTLSPolicy(t) }
-        if let f = tlsCAFile { s.tlsCAFile = f }
-        if noDeliver { s.deliver = false }
-        if let c = tlsCert { s.tlsCert = c }
-        if let k = tlsKey { s.tlsKey = k }
-        try s.validateForServe()
-        return s
-    }
+    func resolved() throws -> TernSettings { try options.resolved() }
 
     func run() async throws {
         let settings: TernSettings

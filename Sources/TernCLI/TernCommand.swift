@@ -16,7 +16,7 @@ public struct TernCommand: AsyncParsableCommand {
             Every message, recipient state, delivery attempt and event is a row in one SQLite
             file; query it with the sqlite3 shell. Start with `tern serve` and see README.md and docs/.
             """,
-        subcommands: [Serve.self, Migrate.self, Sendmail.self, Queue.self, History.self, Stats.self, Suppress.self, Recipients.self, Prune.self, User.self, TLS.self, Doctor.self]
+        subcommands: [Serve.self, Migrate.self, Sendmail.self, Queue.self, History.self, Stats.self, Suppress.self, Recipients.self, Prune.self, User.self, TLS.self, Doctor.self, ConfigCommand.self]
     )
     public init() {}
 }
@@ -38,8 +38,16 @@ struct DatabaseOptions: ParsableArguments {
             try s.apply(configFile: c)
             if s.db != before { fromFile = c }
         }
-        if let env = ProcessInfo.processInfo.environment["TERN_DB"], !env.isEmpty { s.db = env; fromFile = nil }
-        if let d = db { s.db = d; fromFile = nil }
+        if let env = ProcessInfo.processInfo.environment["TERN_DB"], !env.isEmpty {
+            s.db = env
+            fromFile = nil
+            s.origins["db"] = "environment TERN_DB"
+        }
+        if let d = db {
+            s.db = d
+            fromFile = nil
+            s.origins["db"] = "flag --db"
+        }
         s.db = DatabaseOptions.absolute(s.db, relativeTo: fromFile)
         return s
     }

@@ -232,6 +232,25 @@ final class ServeProcess: @unchecked Sendable {
         #expect(json?["schema_version"] as? Int == Migrator.knownVersion)
     }
 
+    /// `tern config show` with a file and flags: each value and its origin;
+    /// a bad file is refused as `serve` refuses it.
+    @Test func configShowWithFileAndFlags() throws {
+        let dir = try tempFolder()
+        let file = dir.appendingPathComponent("tern.toml")
+        try Data("db = \"q.sqlite\"\n[delivery]\nmax_connections = 7\n".utf8).write(to: file)
+        let r = try runProgram(try ternBinary(), ["config", "show", "--config", file.path, "--hostname", "shown.test"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("hostname = \"shown.test\""))
+        #expect(r.stdout.split(separator: "\n").contains { $0.hasPrefix("max_connections = 7 ") && $0.hasSuffix("# file \(file.path)") })
+        // The file's relative db is taken from the file's folder.
+        #expect(r.stdout.contains("db = \"\(dir.appendingPathComponent("q.sqlite").standardizedFileURL.path)\""))
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("q.sqlite").path)) // show creates nothing
+        let bad = try runProgram(try ternBinary(), ["config", "show", "--remote-port", "0"])
+        #expect(bad.status == 78 && bad.stderr.contains("remote_port must be 1-65535"))
+        let reference = try runProgram(try ternBinary(), ["config", "reference"])
+        #expect(reference.stdout.hasPrefix("# Configuration"))
+    }
+
     @Test func serveRefusesBadConfiguration() throws {
         let dir = try tempFolder()
         let file = dir.appendingPathComponent("bad.toml")
