@@ -1,7 +1,10 @@
 // swift-tools-version: 6.1
 // Tern: a mail transfer agent whose durable queue is a SQLite database.
-// One module per role (see ../shared/DESIGN.md); allowed imports point down:
-// protocol, message → store → intake → listener → cli → tern (executable).
+// One module per role (docs/architecture.md). Targets are listed in the
+// order they may import each other: a target imports only targets above it.
+// Protocol and message are pure (no I/O, no clock, no SQLite); the store is
+// the only module that opens SQLite; the scheduler reaches delivery only
+// through the DeliveryAgent protocol; the CLI is the composition root.
 import PackageDescription
 
 let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
@@ -26,7 +29,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
     ],
     targets: [
-        // Pure SMTP: commands, replies, addresses, the session state machine, framing.
+        // Pure SMTP: commands, replies, addresses, framing, and both sides' session state machines (server and client).
         .target(name: "TernProtocol", dependencies: [nioCore]),
         // RFC 5322 headers: parse, Received:, dates, queue ids.
         .target(name: "TernMessage"),
@@ -35,19 +38,20 @@ let package = Package(
         .target(name: "TernRouting", dependencies: ["TernProtocol", "CAres", logging]),
         // C: mallopt, SQLite's memory statistics, and the VFS shim that gathers the writer's WAL writes.
         .target(name: "CTernSystem", path: "Sources/CTernSystem", linkerSettings: [.linkedLibrary("sqlite3")]),
-        // A Swift concurrency task executor on a SwiftNIO event loop.
-        .target(name: "TernConcurrency", dependencies: [nioCore]),
-        // Delivery: the DeliveryAgent protocol and the SwiftNIO SMTP client.
-        .target(name: "TernDelivery", dependencies: [
-            "TernProtocol", "TernMessage", "TernRouting", "TernConcurrency", nioCore, nioPosix, logging, .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-        ]),
-        // Scheduler: claims, concurrency, retries, expiry, DSNs; delivery only through DeliveryAgent.
-        .target(name: "TernScheduler", dependencies: ["TernDelivery", "TernRouting", "TernStore", "TernMessage", "TernProtocol", logging, lifecycle, nioCore, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
         // The only module that opens SQLite: migrations, group-commit writer, queries.
         .target(name: "TernStore", dependencies: [
             .product(name: "GRDB", package: "GRDB.swift"), .product(name: "GRDBSQLite", package: "GRDB.swift"), "TernMessage", "CTernSystem", logging,
         ]),
+        // A Swift concurrency task executor on a SwiftNIO event loop.
+        .target(name: "TernConcurrency", dependencies: [nioCore]),
+        // Delivery: the DeliveryAgent protocol, the hop-by-hop agent, and the SwiftNIO I/O of the client session.
+        .target(name: "TernDelivery", dependencies: [
+            "TernProtocol", "TernMessage", "TernRouting", "TernConcurrency", nioCore, nioPosix, logging, .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ]),
+        // Scheduler: the pass loop and worker pool, leases, settlement (outcomes, suppression, DSNs), the send gate,
+        // retries and expiry, queue administration; delivery only through DeliveryAgent.
+        .target(name: "TernScheduler", dependencies: ["TernDelivery", "TernRouting", "TernStore", "TernMessage", "TernProtocol", logging, lifecycle, nioCore, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
         // Postfix's cleanup role: the one path by which mail enters the store.
         .target(name: "TernIntake", dependencies: ["TernProtocol", "TernMessage", "TernStore", logging]),
         // Accounts for SMTP AUTH: PBKDF2 password hashes, the failed-login throttle, the Authenticator.
@@ -61,7 +65,7 @@ let package = Package(
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOTLS", package: "swift-nio"),
         ]),
-        // `tern` subcommands and configuration (TOML + flags).
+        // `tern` subcommands, the settings' declarations (TOML + flags), and `serve`, the composition root.
         .target(name: "TernCLI", dependencies: [
             "TernProtocol", "TernMessage", "TernStore", "TernIntake", "TernListener", "TernRouting", "TernDelivery",
             "TernScheduler", "TernAuth", "CTernSystem", nioCore, nioPosix, logging, lifecycle,

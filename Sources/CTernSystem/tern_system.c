@@ -1,3 +1,5 @@
+// glibc malloc thresholds and SQLite start-up configuration (tern_system.h);
+// the VFS shim is in wal_vfs.c.
 #include "tern_system.h"
 #if defined(__GLIBC__)
 #include <malloc.h>

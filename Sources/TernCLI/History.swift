@@ -63,7 +63,7 @@ enum HistoryFormatter {
 
     static func describe(_ t: TimelineItem) -> String {
         switch t.kind {
-        case .event(.received): return "received" + (t.mxAddress.map { " from \($0)" } ?? " locally")
+        case .event(.received): return EventKind.received.rawValue + (t.mxAddress.map { " from \($0)" } ?? " locally")
         case .attempt:
             let via = [t.mxHost, t.mxAddress.map { "[\($0)]" }].compactMap { $0 }.joined()
             let tls = t.tls.map { " \($0)" } ?? ""
@@ -226,8 +226,8 @@ enum StatsFormatter {
             return JSON.object([
                 ("since", .int64(w.since)), ("until", .int64(w.until)),
                 ("domains", .array(domains.map { d in
-                    .object([("domain", .string(d.domain)), ("recipients", .int(d.recipients)), ("delivered", .int(d.delivered)),
-                             ("bounced", .int(d.bounced)), ("expired", .int(d.expired)), ("suppressed", .int(d.suppressed)),
+                    .object([("domain", .string(d.domain)), ("recipients", .int(d.recipients)), (RecipientState.delivered.rawValue, .int(d.delivered)),
+                             (RecipientState.bounced.rawValue, .int(d.bounced)), (RecipientState.expired.rawValue, .int(d.expired)), (RecipientState.suppressed.rawValue, .int(d.suppressed)),
                              ("waiting", .int(d.waiting)), ("delivery_rate", jsonNumber(d.deliveryRate)), ("attempts", .int(d.attempts)),
                              ("deferral_rate", jsonNumber(d.deferralRate)), ("median_seconds", jsonNumber(d.medianSeconds)),
                              ("p95_seconds", jsonNumber(d.p95Seconds)), ("top_deferral", jsonString(d.topDeferral)),
@@ -298,7 +298,7 @@ enum StatsFormatter {
         if format == .json {
             return JSON.object([
                 ("since", .int64(w.since)), ("until", .int64(w.until)), ("recipients", .int(a.total)),
-                ("suppressed", .int(a.suppressedInWindow)),
+                (RecipientState.suppressed.rawValue, .int(a.suppressedInWindow)),
                 ("domains", .array(a.perDomain.map { d in
                     .object([("domain", .string(d.domain)), ("recipients", .int(d.recipients)), ("share", jsonNumber(share(d.recipients))),
                              ("provider", .string(Provider.name(forMX: d.mxHosts.first))),

@@ -141,7 +141,7 @@ extension Queue {
 
     struct Flush: AdminCommand {
         static let configuration = CommandConfiguration(abstract: "Make queued and deferred recipients due now (all, one message, or one domain).")
-        static let verb = "flushed"
+        static let verb = EventKind.flushed.rawValue
         static let allowAll = true
         @OptionGroup var common: DatabaseOptions
         @OptionGroup var target: SelectorOptions
@@ -151,7 +151,7 @@ extension Queue {
 
     struct Hold: AdminCommand {
         static let configuration = CommandConfiguration(abstract: "Hold queued and deferred recipients: no delivery until released.")
-        static let verb = "held"
+        static let verb = EventKind.held.rawValue
         @OptionGroup var common: DatabaseOptions
         @OptionGroup var target: SelectorOptions
         @Option(help: "table or json.") var format: OutputFormat = .table
@@ -160,7 +160,7 @@ extension Queue {
 
     struct Release: AdminCommand {
         static let configuration = CommandConfiguration(abstract: "Release held recipients; they are due at once.")
-        static let verb = "released"
+        static let verb = EventKind.released.rawValue
         @OptionGroup var common: DatabaseOptions
         @OptionGroup var target: SelectorOptions
         @Option(help: "table or json.") var format: OutputFormat = .table
@@ -168,8 +168,8 @@ extension Queue {
     }
 
     struct Delete: AdminCommand {
-        static let configuration = CommandConfiguration(abstract: "Delete recipients (and a message left with none) without notice; a 'deleted' event stays in the log.")
-        static let verb = "deleted"
+        static let configuration = CommandConfiguration(abstract: "Delete recipients (and a message left with none) without notice; an event stays in the log.")
+        static let verb = EventKind.deleted.rawValue
         @OptionGroup var common: DatabaseOptions
         @OptionGroup var target: SelectorOptions
         @Option(help: "table or json.") var format: OutputFormat = .table
@@ -178,7 +178,7 @@ extension Queue {
 
     struct Bounce: AdminCommand {
         static let configuration = CommandConfiguration(abstract: "Fail queued, deferred and held recipients now (550 5.0.0) and send the sender a DSN as NOTIFY asks.")
-        static let verb = "bounced"
+        static let verb = EventKind.bounced.rawValue
         @OptionGroup var common: DatabaseOptions
         @OptionGroup var target: SelectorOptions
         @Option(help: "table or json.") var format: OutputFormat = .table
@@ -192,7 +192,7 @@ public enum QueueFormatter {
         JSON.array(entries.map { e in
             JSON.object([
                 ("queue_id", .string(e.queueID)), ("received_at", .int64(e.receivedAt)),
-                ("received", .string(isoTime(e.receivedAt))), ("from", .string(e.mailFrom)), ("size", .int(e.size)),
+                (EventKind.received.rawValue, .string(isoTime(e.receivedAt))), ("from", .string(e.mailFrom)), ("size", .int(e.size)),
                 ("recipient_id", .int64(e.recipientID)), ("recipient", .string(e.address)), ("domain", .string(e.domain)),
                 ("state", .string(e.state.rawValue)), ("attempts", .int(e.attempts)), ("next_attempt_at", .int64(e.nextAttemptAt)),
                 ("last_code", e.lastCode.map { .int($0) } ?? .null),

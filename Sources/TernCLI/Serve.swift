@@ -1,4 +1,7 @@
-// `tern serve`: run the SMTP listener in the foreground until SIGTERM/SIGINT.
+// `tern serve`: the composition root. Resolves the settings (ServeOptions:
+// the flags, shared with `tern config show`), opens the store, and runs the
+// listener, the scheduler and the retention sweep in the foreground until
+// SIGTERM/SIGINT.
 
 import ArgumentParser
 import Dispatch
@@ -139,7 +142,8 @@ struct Serve: AsyncParsableCommand {
             let recovered = try await store.recoverLeases(now: nowMillis(), owner: scheduler.owner, everyOtherOwner: true)
             let q = try store.summary()
             logger.notice("queue recovered", metadata: [
-                "queued": "\(q.count(.queued))", "deferred": "\(q.count(.deferred))", "held": "\(q.count(.held))",
+                RecipientState.queued.rawValue: "\(q.count(.queued))", RecipientState.deferred.rawValue: "\(q.count(.deferred))",
+                RecipientState.held.rawValue: "\(q.count(.held))",
                 "inflight_recovered": "\(recovered)", "integrity": "ok",
             ])
         } catch let e as ExitCode {

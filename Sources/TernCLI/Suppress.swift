@@ -29,7 +29,7 @@ struct Suppress: AsyncParsableCommand {
             let now = nowMillis()
             let expiry = try expires.map { try expiryTime($0, now: now) }
             let entries = try addresses.map { Suppression(address: try checkedAddress($0), reason: reason, source: "manual", createdAt: now, expiresAt: expiry) }
-            try await save(entries, common, verb: "suppressed")
+            try await save(entries, common, verb: RecipientState.suppressed.rawValue)
         }
     }
 

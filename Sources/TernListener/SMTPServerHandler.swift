@@ -313,7 +313,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func commitFinished(_ outcome: CommitOutcome) {
         releaseBudget() // the text is in the store now, or refused
-        if case .accepted(let id) = outcome { logger.debug("queued", metadata: ["msg": "\(id)"]) }
+        if case .accepted(let id) = outcome { logger.debug("accepted", metadata: ["msg": "\(id)"]) }
         resume { $0.commitFinished(outcome) }
     }
 

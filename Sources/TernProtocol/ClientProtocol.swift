@@ -1,7 +1,8 @@
 // The client side of SMTP as pure code: reply parsing (RFC 5321 §4.2),
-// EHLO capabilities, the MAIL/RCPT commands with their ESMTP parameters,
-// dot-stuffing (RFC 5321 §4.5.2) and the mapping of replies to per-recipient
-// outcomes. The delivery module carries these out over a socket.
+// which replies may answer which command, EHLO capabilities, the MAIL/RCPT
+// commands with their ESMTP parameters, dot-stuffing (RFC 5321 §4.5.2), the
+// mapping of replies to per-recipient outcomes, and the values the client
+// session's dialog works with (ClientSession.swift: the dialog itself).
 
 #if canImport(Glibc)
 import Glibc

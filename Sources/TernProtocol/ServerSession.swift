@@ -215,21 +215,6 @@ public struct SMTPServerSession: Sendable {
         }
     }
 
-    private func ehloLines(_ name: String) -> [String] {
-        [
-            "\(config.hostname) greets \(name)",
-            "PIPELINING",
-            "SIZE \(config.maxMessageSize)",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            "CHUNKING",
-            "DSN",
-            "HELP",
-        ] + (config.startTLS && tls == nil ? ["STARTTLS"] : [])
-          + (authOffered && identity == nil ? ["AUTH " + SASLMechanism.allCases.map(\.rawValue).joined(separator: " ")] : [])
-    }
-
     /// The handshake finished: RFC 3207 §4.2, the session starts over (the
     /// client must say EHLO again) and knows nothing from before TLS.
     public mutating func tlsEstablished(_ description: String) {

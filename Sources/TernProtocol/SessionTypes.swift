@@ -134,3 +134,20 @@ public enum CommitOutcome: Sendable {
     case rejected(SMTPReply)
 }
 
+extension SMTPServerSession {
+    /// The EHLO reply: the extensions Tern offers (RFC 5321 §4.1.1.1).
+    func ehloLines(_ name: String) -> [String] {
+        [
+            "\(config.hostname) greets \(name)",
+            "PIPELINING",
+            "SIZE \(config.maxMessageSize)",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+            "DSN",
+            "HELP",
+        ] + (config.startTLS && tls == nil ? ["STARTTLS"] : [])
+          + (authOffered && identity == nil ? ["AUTH " + SASLMechanism.allCases.map(\.rawValue).joined(separator: " ")] : [])
+    }
+}

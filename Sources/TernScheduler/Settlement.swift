@@ -86,7 +86,7 @@ struct Settlement: Sendable {
     /// by recipient id).
     func suppressed(_ recipients: [ClaimedRecipient], of message: StoredMessage, reasons: [Int64: String], now: Int64) -> [Entry] {
         recipients.map { r in
-            logger.info("suppressed", metadata: ["msg": "\(message.queueID)", "rcpt": "\(r.address)"])
+            logger.info("\(RecipientState.suppressed)", metadata: ["msg": "\(message.queueID)", "rcpt": "\(r.address)"])
             return Entry(recipient: r, decision: Policy.suppress(r, reason: reasons[r.id] ?? "on the suppression list",
                                                                  sender: message.mailFrom, now: now))
         }

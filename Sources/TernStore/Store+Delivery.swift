@@ -194,8 +194,8 @@ extension Store {
         if stale == 0 { return 0 }
         // Only now the (possibly long) list of what this process holds.
         let held = "[" + holding().map(String.init).joined(separator: ",") + "]"
-        let condition = expired + " AND NOT (lease_owner = :owner AND id IN (SELECT value FROM json_each(:held)))"
-        let arguments: StatementArguments = ["now": now, "all": everyOtherOwner, "owner": owner, "held": held]
+        let condition = expired + " AND NOT (lease_owner = :owner AND id IN (SELECT value FROM json_each(:holding)))"
+        let arguments: StatementArguments = ["now": now, "all": everyOtherOwner, "owner": owner, "holding": held]
         return try await write(durable: false) { db in
             let rows = try Row.fetchAll(db, sql: """
                 UPDATE recipient

@@ -203,6 +203,28 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         #expect(try store.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") } == "ok")
     }
 
+    /// Issue 16: no recipient state, attempt outcome or event kind is
+    /// spelt as a literal outside the enums and the migrations (a typo would
+    /// compile and match nothing); SQL interpolates the enums.
+    @Test func noStateOrKindLiteralsOutsideTheEnums() throws {
+        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Sources")
+        let allowed: Set<String> = ["States.swift", "EmbeddedMigrations.swift", "Migrator.swift"]
+        let names = Set(RecipientState.allCases.map(\.rawValue) + AttemptOutcome.allCases.map(\.rawValue) + EventKind.allCases.map(\.rawValue))
+        let pattern = try Regex("[\"']([a-z_]+)[\"']")
+        var found: [String] = []
+        let files = FileManager.default.enumerator(at: sources, includingPropertiesForKeys: nil)!
+        for case let file as URL in files where file.pathExtension == "swift" && !allowed.contains(file.lastPathComponent) {
+            let text = try String(contentsOf: file, encoding: .utf8)
+            for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                for m in line.matches(of: pattern) where names.contains(String(m.output[1].substring!)) {
+                    found.append("\(file.lastPathComponent):\(n + 1): \(line.trimmingCharacters(in: .whitespaces))")
+                }
+            }
+        }
+        #expect(found.isEmpty, "\(found.joined(separator: "\n"))")
+    }
+
     /// A database of schema 8: migration 9 keeps the log and checks new rows
     /// at once; one with a kind Tern never wrote is refused with the kinds named.
     @Test func upgradeToNineChecksEventKinds() throws {

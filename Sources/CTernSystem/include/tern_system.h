@@ -1,4 +1,6 @@
-// C library settings that Swift's Glibc module does not import.
+// C for what Swift cannot reach: glibc's malloc thresholds, SQLite's memory
+// statistics switch, and the VFS shim that gathers the writer's WAL writes
+// (wal_vfs.c).
 #pragma once
 
 /// Sets glibc's malloc trim and mmap thresholds (mallopt); returns 1 on
