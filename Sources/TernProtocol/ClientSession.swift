@@ -35,6 +35,8 @@ public struct ClientSession: Sendable {
 
     private enum Phase: Equatable {
         case greeting, ehlo, helo, startTLS, tlsHandshake, ehloAfterTLS
+        /// Opening failed, but the dialog is sane: QUIT before closing.
+        case refused
         case idle, transaction, quitting, closed
     }
 
@@ -124,7 +126,7 @@ public struct ClientSession: Sendable {
             return openFailed(.failure(SMTPReply(451, .connectionDropped, "\(config.peer) failed before mail: \(fault)")), quit: false)
         case .tlsHandshake, .ehloAfterTLS:
             return openFailed(.tlsFailure(SMTPReply(451, .cryptographicFailure, "TLS with \(config.peer) failed: \(fault)")), quit: false)
-        case .idle, .quitting, .closed:
+        case .idle, .refused, .quitting, .closed:
             broken = true
             phase = .closed
             return .drop
@@ -177,7 +179,7 @@ public struct ClientSession: Sendable {
             return opened()
         case .transaction:
             return transactionStep(replies)
-        case .idle, .quitting, .closed:
+        case .idle, .refused, .quitting, .closed:
             phase = .closed
             return .drop
         }
@@ -194,9 +196,13 @@ public struct ClientSession: Sendable {
     }
 
     private mutating func openFailed(_ failure: ClientOpenFailure, quit: Bool) -> ClientAction {
-        broken = true
-        phase = .closed
-        return .failed(failure, quit: quit)
+        if quit && !broken {
+            phase = .refused
+        } else {
+            broken = true
+            phase = .closed
+        }
+        return .failed(failure, quit: quit && !broken)
     }
 
     private mutating func opened() -> ClientAction {
@@ -437,7 +443,7 @@ public struct ClientSession: Sendable {
     /// read QUIT as content, so then the connection is dropped (the server
     /// discards the open transaction).
     public mutating func close() -> ClientAction {
-        let sane = phase == .idle && !broken && started?.data.code != 354
+        let sane = (phase == .idle || phase == .refused) && !broken && started?.data.code != 354
         started = nil
         guard sane else {
             phase = .closed

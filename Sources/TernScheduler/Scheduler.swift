@@ -72,8 +72,10 @@ public final class Scheduler: Service, Sendable {
         /// The task group running workers takes new ones from here: set
         /// while `run()` (or `runDue()`) drives workers; without it none start.
         var spawner: AsyncStream<WorkerStart>.Continuation?
-        /// `runDue()`: the group ends when the last worker does.
+        /// `runDue()`: the group ends when the last worker does, once the
+        /// pass has started all it will (`passDone`).
         var once = false
+        var passDone = false
         /// `run()` is running: intake may hand mail over.
         var running = false
         var ready = ReadyQueue()
@@ -102,7 +104,7 @@ public final class Scheduler: Service, Sendable {
 
         /// Ends the workers' task group once no worker runs and none will start.
         mutating func finishIfDone() {
-            guard total == 0, stopping || once else { return }
+            guard total == 0, stopping || (once && passDone) else { return }
             spawner?.finish()
             spawner = nil
         }
@@ -177,7 +179,10 @@ public final class Scheduler: Service, Sendable {
     public func runDue() async {
         await driveWorkers(once: true) {
             await self.startDueWorkers()
-            self.state.withLock { $0.finishIfDone() }
+            self.state.withLock { s in
+                s.passDone = true
+                s.finishIfDone()
+            }
         }
     }
 
@@ -190,6 +195,7 @@ public final class Scheduler: Service, Sendable {
             precondition(s.spawner == nil, "workers are already driven")
             s.spawner = spawner
             s.once = once
+            s.passDone = false
             if !once { s.running = true }
         }
         await withDiscardingTaskGroup { group in

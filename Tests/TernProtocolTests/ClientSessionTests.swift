@@ -64,14 +64,24 @@ func reply(_ lines: String...) -> SMTPReply {
         _ = s.receive(reply("500 no"))
         guard case .failed(.failure(let r), quit: true)? = s.receive(reply("550 go away")) else { Issue.record("not failed"); return }
         #expect(r.code == 451 && r.text.contains("refused EHLO and HELO"))
+        // No mail on a refused session; a polite QUIT.
+        guard case .done(let out) = s.send(message(1, ["u@far.test"])) else { Issue.record("sent"); return }
+        #expect(out[100]?.reply.code == 451)
+        #expect(s.close() == .quit)
     }
 
     @Test func a421GreetingFailsTheHop() {
         var s = session()
         _ = s.start()
-        guard case .failed(.failure(let r), _)? = s.receive(reply("421 4.3.2 busy, come back later")) else { Issue.record("not failed"); return }
+        // The server is closing (RFC 5321 §3.8): no QUIT.
+        guard case .failed(.failure(let r), quit: false)? = s.receive(reply("421 4.3.2 busy, come back later")) else { Issue.record("not failed"); return }
         #expect(r.code == 451 && r.enhanced == EnhancedStatus(4, 4, 1) && r.text.contains("greeted with: 421 4.3.2 busy"))
-        #expect(s.broken)
+        #expect(s.broken && s.close() == .drop)
+        // A 554 greeting: the client QUITs (RFC 5321 §3.1).
+        var t = session()
+        _ = t.start()
+        guard case .failed(.failure, quit: true)? = t.receive(reply("554 5.7.1 not you")) else { Issue.record("not failed"); return }
+        #expect(t.close() == .quit)
     }
 
     @Test func aGreetingOrEHLOWithOurOwnNameIsALoop() {
