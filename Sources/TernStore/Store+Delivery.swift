@@ -278,19 +278,7 @@ extension Store {
         // ?1 state, ?2 attempts added, ?3 next attempt, ?4-?6 reply, ?7 mark
         // delay-notified, ?8 now, ?9 id, ?10 the state is final, ?11 the lease
         // owner the row must still have (the fence; NULL: none).
-        let updateRecipient = try db.cachedStatement(sql: """
-            UPDATE recipient
-               SET state = ?1,
-                   attempts = attempts + ?2,
-                   next_attempt_at = coalesce(?3, next_attempt_at),
-                   lease_owner = NULL, lease_expires_at = NULL,
-                   last_code = coalesce(?4, last_code),
-                   last_enhanced = coalesce(?5, last_enhanced),
-                   last_text = coalesce(?6, last_text),
-                   delay_notified_at = CASE WHEN ?7 THEN ?8 ELSE delay_notified_at END,
-                   final_at = CASE WHEN ?10 THEN ?8 ELSE NULL END
-             WHERE id = ?9 AND (?11 IS NULL OR (state = \(RecipientState.inflight.sql) AND lease_owner = ?11))
-            """)
+        let updateRecipient = try db.cachedStatement(sql: Store.updateRecipientSQL)
         // Not RETURNING: SQLite gathers RETURNING rows in an ephemeral table,
         // opened and closed per statement (sqlite3BtreeOpen/Close were 7 % of
         // the server's CPU with 10 recipients per message). The scheduler's
@@ -388,4 +376,21 @@ extension Store {
         event.bind(detail)
         try event.execute(db)
     }
+}
+
+extension Store {
+    /// Built once (see `insertRecipientSQL`): one per outcome batch.
+    static let updateRecipientSQL = """
+        UPDATE recipient
+           SET state = ?1,
+               attempts = attempts + ?2,
+               next_attempt_at = coalesce(?3, next_attempt_at),
+               lease_owner = NULL, lease_expires_at = NULL,
+               last_code = coalesce(?4, last_code),
+               last_enhanced = coalesce(?5, last_enhanced),
+               last_text = coalesce(?6, last_text),
+               delay_notified_at = CASE WHEN ?7 THEN ?8 ELSE delay_notified_at END,
+               final_at = CASE WHEN ?10 THEN ?8 ELSE NULL END
+         WHERE id = ?9 AND (?11 IS NULL OR (state = \(RecipientState.inflight.sql) AND lease_owner = ?11))
+        """
 }

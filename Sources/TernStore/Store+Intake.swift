@@ -149,11 +149,7 @@ extension Store {
         msg.bind(m.origin)
         try msg.execute(db)
         let messageID = db.lastInsertedRowID
-        let insertRecipient = try db.cachedStatement(sql: """
-            INSERT INTO recipient (message_id, address, domain, state, next_attempt_at, notify, orcpt, created_at,
-                                   lease_owner, lease_expires_at)
-            VALUES (?1, ?2, ?3, CASE WHEN ?7 IS NULL THEN \(RecipientState.queued.sql) ELSE \(RecipientState.inflight.sql) END, ?4, ?5, ?6, ?4, ?7, ?8)
-            """)
+        let insertRecipient = try db.cachedStatement(sql: Store.insertRecipientSQL)
         // A suppressed address is not leased: the scheduler's pass settles it
         // (no attempt, a DSN as NOTIFY asks) like any other suppressed recipient.
         let suppressed = m.lease == nil ? nil : try db.cachedStatement(sql: """
@@ -185,4 +181,14 @@ extension Store {
                            detail: detail ?? receivedDetail(m))
         return InsertedMessage(id: messageID, leasedRecipientIDs: leased)
     }
+}
+
+extension Store {
+    /// Built once: the statement cache is keyed by the SQL text, and an
+    /// interpolated string would be built and hashed again for every message.
+    static let insertRecipientSQL = """
+        INSERT INTO recipient (message_id, address, domain, state, next_attempt_at, notify, orcpt, created_at,
+                               lease_owner, lease_expires_at)
+        VALUES (?1, ?2, ?3, CASE WHEN ?7 IS NULL THEN \(RecipientState.queued.sql) ELSE \(RecipientState.inflight.sql) END, ?4, ?5, ?6, ?4, ?7, ?8)
+        """
 }
