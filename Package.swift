@@ -52,8 +52,12 @@ let package = Package(
         // Scheduler: the pass loop and worker pool, leases, settlement (outcomes, suppression, DSNs), the send gate,
         // retries and expiry, queue administration; delivery only through DeliveryAgent.
         .target(name: "TernScheduler", dependencies: ["TernDelivery", "TernRouting", "TernStore", "TernMessage", "TernProtocol", logging, lifecycle, nioCore, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
+        // DKIM signing: keys, and signatures over TernMessage's canonical forms (swift-crypto).
+        .target(name: "TernDKIM", dependencies: [
+            "TernMessage", .product(name: "Crypto", package: "swift-crypto"), .product(name: "CryptoExtras", package: "swift-crypto"),
+        ]),
         // Postfix's cleanup role: the one path by which mail enters the store.
-        .target(name: "TernIntake", dependencies: ["TernProtocol", "TernMessage", "TernStore", logging]),
+        .target(name: "TernIntake", dependencies: ["TernProtocol", "TernMessage", "TernStore", "TernDKIM", logging]),
         // Accounts for SMTP AUTH: PBKDF2 password hashes, the failed-login throttle, the Authenticator.
         .target(name: "TernAuth", dependencies: [
             "TernProtocol", "TernStore", logging, nioPosix, .product(name: "Crypto", package: "swift-crypto"),
@@ -80,6 +84,7 @@ let package = Package(
         .executableTarget(name: "tern", dependencies: ["TernCLI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "TernProtocolTests", dependencies: ["TernProtocol", nioCore]),
+        .testTarget(name: "TernDKIMTests", dependencies: ["TernDKIM", "TernMessage", "TernTestSupport"], exclude: ["dkim_verify.py"]),
         .testTarget(name: "TernRoutingTests", dependencies: ["TernRouting", "TernProtocol", "TernTestSupport"]),
         .testTarget(name: "TernDeliveryTests", dependencies: ["TernDelivery", "TernProtocol", "TernRouting", "TernTestSupport", nioCore, nioPosix,
                                                              .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl")]),
