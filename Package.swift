@@ -72,7 +72,7 @@ let package = Package(
         // `tern` subcommands, the settings' declarations (TOML + flags), and `serve`, the composition root.
         .target(name: "TernCLI", dependencies: [
             "TernProtocol", "TernMessage", "TernStore", "TernIntake", "TernListener", "TernRouting", "TernDelivery",
-            "TernScheduler", "TernAuth", "CTernSystem", nioCore, nioPosix, logging, lifecycle,
+            "TernScheduler", "TernAuth", "TernDKIM", "CTernSystem", nioCore, nioPosix, logging, lifecycle,
             .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "TOMLKit", package: "TOMLKit"),
@@ -99,10 +99,10 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "TernAuthTests", dependencies: ["TernAuth", "TernStore", "TernProtocol", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
-        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore", "TernProtocol", "TernListener"]),
+        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore", "TernProtocol", "TernListener", "TernDKIM"]),
         .testTarget(name: "TernIntegrationTests", dependencies: [
             "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", "TernRouting", "TernDelivery",
-            "TernScheduler", "TernTestSupport", "TernAuth", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),
+            "TernScheduler", "TernTestSupport", "TernAuth", "TernDKIM", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], exclude: ["interop"]),
     ]

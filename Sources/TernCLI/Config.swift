@@ -8,6 +8,7 @@
 import Foundation
 import TOMLKit
 import TernAuth
+import TernDKIM
 import TernDelivery
 import TernListener
 import TernProtocol
@@ -80,6 +81,10 @@ public struct TernSettings: Sendable {
     // SMTP AUTH: the failed-login throttle.
     public var authMaxFailures = ThrottlePolicy().maxFailures
     public var authFailureWindow = ThrottlePolicy().windowMillis / 1000
+    /// DKIM keys (`[[dkim]]` tables), loaded by `dkimSigner()`.
+    public var dkimKeys: [DKIMKeyConfig] = []
+    /// How mail is signed (`[signing]`).
+    public var signing = DKIMSigningPolicy()
     /// Where each value that is not a default came from (`tern config show`).
     public var origins: Origins = [:]
 
@@ -180,7 +185,7 @@ extension TernSettings {
 
     private mutating func apply(_ document: TOMLTable, origin: String) throws {
         let tables = Set(TernSettings.declared.compactMap(\.table))
-        let topKeys = Set(TernSettings.declared.filter { $0.table == nil }.map(\.key)).union(tables).union(["listener"])
+        let topKeys = Set(TernSettings.declared.filter { $0.table == nil }.map(\.key)).union(tables).union(["listener", "dkim"])
         for key in document.keys where !topKeys.contains(key) {
             throw ConfigError("unknown key '\(key)' (known: \(topKeys.sorted().joined(separator: ", ")))")
         }
@@ -197,6 +202,10 @@ extension TernSettings {
             guard let raw = holder?[setting.name] else { continue }
             try setting.set(&self, try TernSettings.value(raw, for: setting))
             origins[setting.key] = origin
+        }
+        if let d = document["dkim"] {
+            dkimKeys = try TernSettings.dkimTables(d)
+            origins["dkim"] = origin
         }
         if let l = document["listener"] {
             let fromListen = document["listen"] != nil ? listen : []
@@ -249,8 +258,60 @@ extension TernSettings {
                 guard let text = v.string else { throw ConfigError("'listener.bare_newline' must be a string") }
                 l.bareNewline = try parseBareNewline(text)
             }
+            if let v = t["dkim"] {
+                guard let text = v.string, text == "auto" || text == "off" else { throw ConfigError("'listener.dkim' must be \"auto\" or \"off\"") }
+                l.dkimSign = text == "auto"
+            }
             return l
         }
+    }
+
+    /// `[[dkim]]` tables.
+    static func dkimTables(_ value: any TOMLValueConvertible) throws -> [DKIMKeyConfig] {
+        guard let array = value.array else { throw ConfigError("'dkim' must be an array of tables ([[dkim]])") }
+        let known = Set(dkimKeyNames.map(\.0))
+        return try array.map { item in
+            guard let t = item.table else { throw ConfigError("'dkim' must be an array of tables ([[dkim]])") }
+            for key in t.keys where !known.contains(key) {
+                throw ConfigError("unknown key 'dkim.\(key)' (known: \(known.sorted().joined(separator: ", ")))")
+            }
+            func text(_ k: String) throws -> String? {
+                guard let v = t[k] else { return nil }
+                guard let s = v.string, !s.isEmpty else { throw ConfigError("'dkim.\(k)' must be a non-empty string") }
+                return s
+            }
+            guard let domain = try text("domain") else { throw ConfigError("a [[dkim]] key needs 'domain'") }
+            guard let selector = try text("selector") else { throw ConfigError("the [[dkim]] key of \(domain) needs 'selector'") }
+            guard let file = try text("key_file") else { throw ConfigError("the [[dkim]] key \(selector) of \(domain) needs 'key_file'") }
+            var algorithm: DKIMPrivateKey.Algorithm? = nil
+            if let a = try text("algorithm") {
+                guard let parsed = DKIMPrivateKey.Algorithm(rawValue: a) else { throw ConfigError("'dkim.algorithm' must be rsa or ed25519") }
+                algorithm = parsed
+            }
+            return DKIMKeyConfig(domain: domain.lowercased(), selector: selector, keyFile: file, algorithm: algorithm)
+        }
+    }
+
+    /// The signer the `[[dkim]]` keys and `[signing]` describe (nil: no
+    /// keys). Reads every key file now: a missing or unreadable file, a key
+    /// too small or of the wrong kind is an error here, at start-up.
+    public func dkimSigner() throws -> DKIMSigner? {
+        guard !dkimKeys.isEmpty else {
+            if let s = signing.signAs { throw ConfigError("signing.sign_as is \(s) but there is no [[dkim]] key") }
+            return nil
+        }
+        let keys = try dkimKeys.map { k -> DKIMKey in
+            guard let data = FileManager.default.contents(atPath: k.keyFile) else {
+                throw ConfigError("dkim: cannot read the key file \(k.keyFile) (\(k.selector)._domainkey.\(k.domain))")
+            }
+            do {
+                let key = try DKIMPrivateKey(pem: String(decoding: data, as: UTF8.self), expected: k.algorithm, source: k.keyFile)
+                return DKIMKey(domain: k.domain, selector: k.selector, key: key)
+            } catch let e as DKIMError {
+                throw ConfigError("dkim: \(e.description)")
+            }
+        }
+        do { return try DKIMSigner(keys: keys, policy: signing) } catch let e as DKIMError { throw ConfigError(e.description) }
     }
 
     public mutating func apply(configFile path: String) throws {
@@ -379,4 +440,12 @@ extension TernSettings {
         guard levels.contains(s) else { throw ConfigError("log_level must be one of \(levels.joined(separator: ", "))") }
         return s
     }
+}
+
+/// One `[[dkim]]` table: a key file, read at start-up.
+public struct DKIMKeyConfig: Sendable, Equatable {
+    public var domain: String
+    public var selector: String
+    public var keyFile: String
+    public var algorithm: DKIMPrivateKey.Algorithm?
 }

@@ -48,8 +48,8 @@ extension TernSettings {
         var out = "# tern config show: the effective configuration; after each value, where it came from\n"
         var table: String? = nil
         // Listeners with per-listener options need [[listener]] tables.
-        let plain = listen.filter { !$0.plaintextAuth && $0.bareNewline == nil }
-        let special = listen.filter { $0.plaintextAuth || $0.bareNewline != nil }
+        let plain = listen.filter { !$0.plaintextAuth && $0.bareNewline == nil && $0.dkimSign }
+        let special = listen.filter { $0.plaintextAuth || $0.bareNewline != nil || !$0.dkimSign }
         for setting in TernSettings.declared {
             if setting.table != table {
                 table = setting.table
@@ -64,6 +64,12 @@ extension TernSettings {
             out += "\n[[listener]]  # \(origin("listen"))\naddress = \(SettingValue.quoted(ListenAddress(l.host, l.port).text))\n"
             out += "role = \"\(l.role.rawValue)\"\nplaintext_auth = \(l.plaintextAuth)\n"
             if let b = l.bareNewline { out += "bare_newline = \"\(b.rawValue)\"\n" }
+            if !l.dkimSign { out += "dkim = \"off\"\n" }
+        }
+        for k in dkimKeys {
+            out += "\n[[dkim]]  # \(origin("dkim"))\ndomain = \(SettingValue.quoted(k.domain))\nselector = \(SettingValue.quoted(k.selector))\n"
+            out += "key_file = \(SettingValue.quoted(k.keyFile))\n"
+            if let a = k.algorithm { out += "algorithm = \"\(a.rawValue)\"\n" }
         }
         return out
     }
@@ -119,6 +125,7 @@ extension TernSettings {
             let line = setting.kind == .text && value == .string("") ? "# \(setting.name) = \"…\"" : "\(setting.name) = \(value.toml)"
             out += line + "\n"
         }
+        out += dkimExample
         out += "```\n\n## Reference\n"
         table = nil
         out += section("Top level")
@@ -129,6 +136,22 @@ extension TernSettings {
                 out += section("`[\(table!)]`")
             }
             out += row(setting)
+        }
+        out += dkimSection
+        return out
+    }
+
+    private static var dkimExample: String {
+        "\n[[dkim]]                      # repeatable: a signing key; a domain may have an rsa and an ed25519 key\n"
+            + "domain = \"example.test\"\nselector = \"s2026\"\nkey_file = \"/etc/tern/dkim/example.test.s2026.pem\"\n"
+            + "algorithm = \"ed25519\"\n"
+    }
+
+    private static var dkimSection: String {
+        var out = section("`[[dkim]]`")
+        out += "| | | | | A DKIM signing key, one table per key; mail from submission listeners, local submission and trusted or authenticated clients is signed at intake (see `[signing]` and the listener's `dkim`) |\n"
+        for (name, kind, help) in dkimKeyNames {
+            out += "| `\(name)` | | \(escape(kind.name)) | \(name == "algorithm" ? "from the key" : "required") | \(escape(help)) |\n"
         }
         return out
     }
@@ -142,7 +165,8 @@ extension TernSettings {
         var out = section("`[[listener]]`")
         out += "| | | | | An address to listen on with per-listener options, one table per listener, in addition to `listen` |\n"
         for (name, kind, help) in listenerKeys {
-            out += "| `\(name)` | | \(escape(kind.name)) | \(name == "role" ? "relay" : name == "plaintext_auth" ? "false" : name == "address" ? "required" : "limits.bare_newline") | \(escape(help)) |\n"
+            let def = ["role": "relay", "plaintext_auth": "false", "address": "required", "dkim": "auto"][name] ?? "limits.bare_newline"
+            out += "| `\(name)` | | \(escape(kind.name)) | \(def) | \(escape(help)) |\n"
         }
         return out
     }

@@ -5,6 +5,7 @@
 import ArgumentParser
 import Foundation
 import NIOCore
+import TernDKIM
 import TernIntake
 import TernMessage
 import TernProtocol
@@ -79,7 +80,9 @@ struct Sendmail: AsyncParsableCommand {
         let store: Store
         do { store = try Store(path: settings.db) } catch { throw fail("cannot open queue \(settings.db): \(error)", code: 75) }
         defer { store.close() }
-        let intake = Intake(store: store, hostname: settings.hostname)
+        let signer: DKIMSigner?
+        do { signer = try settings.dkimSigner() } catch { throw fail("\(error)", code: 78) }
+        let intake = Intake(store: store, hostname: settings.hostname, signer: signer)
         var body = ByteBuffer()
         body.writeBytes(prepared.body)
         switch await intake.accept(envelope, body: body, origin: .local) {

@@ -14,6 +14,7 @@ import NIOPosix
 import NIOSSL
 import ServiceLifecycle
 import TernAuth
+import TernDKIM
 import TernDelivery
 import TernIntake
 import TernListener
@@ -86,6 +87,9 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         let settings: TernSettings
         do { settings = try resolved() } catch { throw fail("\(error)", code: 78) } // EX_CONFIG
+        // DKIM keys are read once, now: a bad key stops the start, not a message.
+        let signer: DKIMSigner?
+        do { signer = try settings.dkimSigner() } catch { throw fail("\(error)", code: 78) }
         bootstrapLogging(level: settings.logLevel)
         let logger = Logger(label: "tern")
         tuneAllocator(logger)
@@ -155,7 +159,8 @@ struct Serve: AsyncParsableCommand {
         // (leased in the intake transaction); beyond its limits, and with
         // --no-deliver, mail is queued and claimed the usual way.
         let intake = Intake(store: store, hostname: settings.hostname, logger: logger,
-                            handoff: settings.deliver ? scheduler : nil, maxHops: settings.maxHops, onAccepted: { scheduler.wake() })
+                            handoff: settings.deliver ? scheduler : nil, maxHops: settings.maxHops, signer: signer,
+                            onAccepted: { scheduler.wake() })
         var listenerConfig = settings.listenerConfig
         listenerConfig.onBound = { own.set($0) }
         listenerConfig.recipients = RecipientTable()

@@ -4,11 +4,13 @@
 // its keys are listed in `listenerKeys` and documented with the table.
 
 import NIOSSL
+import TernDKIM
 import TernListener
+import TernMessage
 import TernProtocol
 
 extension TernSettings {
-    public static let declared: [Setting] = top + delivery + limits + tls + auth + retention
+    public static let declared: [Setting] = top + delivery + limits + tls + auth + retention + signing
 
     /// Keys of one `[[listener]]` table: name, kind, help.
     static let listenerKeys: [(String, Setting.Kind, String)] = [
@@ -16,6 +18,15 @@ extension TernSettings {
         ("role", .choice(ListenerRole.allCases.map(\.rawValue)), "relay: port 25 rules; submission: AUTH required, STARTTLS; submissions: TLS from the first byte"),
         ("plaintext_auth", .boolean, "offer AUTH without TLS, to loopback clients only"),
         ("bare_newline", .choice(BareNewlinePolicy.allCases.map(\.rawValue)), "this listener's policy for a text line ending in a bare LF"),
+        ("dkim", .choice(["auto", "off"]), "auto: DKIM-sign mail from this listener's authenticated and trusted clients; off: never"),
+    ]
+
+    /// Keys of one `[[dkim]]` table: name, kind, help.
+    static let dkimKeyNames: [(String, Setting.Kind, String)] = [
+        ("domain", .text, "the signing domain (d=); mail whose From: domain is it or a subdomain of it is signed with this key"),
+        ("selector", .text, "the selector (s=): the key's record is at SELECTOR._domainkey.DOMAIN"),
+        ("key_file", .text, "the private key, PEM (PKCS#8, or PKCS#1 for RSA; `tern dkim keygen` writes one); RSA at least 2048 bits"),
+        ("algorithm", .choice(DKIMPrivateKey.Algorithm.allCases.map(\.rawValue)), "checked against the key; inferred from it when absent"),
     ]
 
     static let top: [Setting] = [
@@ -119,6 +130,38 @@ extension TernSettings {
         .int("retention.bodies", \.retention.bodyDays, unit: "days", "how long a finished message keeps its body"),
         .int("retention.history", \.retention.historyDays, unit: "days", "how long finished messages and their history are kept"),
         .int("retention.sweep_interval", \.retentionSweepSeconds, unit: "seconds", "between retention sweeps in tern serve (0: never)"),
+    ]
+
+    static let signing: [Setting] = [
+        .list("signing.headers", \.signing.headers, parse: { $0 }, show: { $0 },
+              "header fields a DKIM signature covers, each as often as it occurs"),
+        .list("signing.over_sign", \.signing.overSigned, parse: { $0 }, show: { $0 },
+              "fields signed once more than they occur, so that none can be added (RFC 6376 §8.15)"),
+        Setting(key: "signing.canonicalization", kind: .choice(["relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple"]),
+                flag: nil, help: "header/body canonicalisation (RFC 6376 §3.4)", range: nil, defaultText: nil, example: nil,
+                get: { .string("\($0.signing.headerCanon.rawValue)/\($0.signing.bodyCanon.rawValue)") },
+                set: { s, v in
+                    guard case .string(let text) = v, let slash = text.firstIndex(of: "/"),
+                          let h = DKIMCanonicalization(rawValue: String(text[..<slash])),
+                          let b = DKIMCanonicalization(rawValue: String(text[text.index(after: slash)...])) else {
+                        throw ConfigError("'signing.canonicalization' must be HEADER/BODY, each relaxed or simple")
+                    }
+                    s.signing.headerCanon = h
+                    s.signing.bodyCanon = b
+                }),
+        Setting(key: "signing.expiry", kind: .integer(unit: "seconds"), flag: nil, help: "how long a signature is valid (x=); 0: no expiry",
+                range: nil, defaultText: nil, example: nil, get: { .int(Int($0.signing.expirySeconds ?? 0)) },
+                set: { s, v in
+                    guard case .int(let i) = v else { throw ConfigError("'signing.expiry' must be a non-negative integer") }
+                    s.signing.expirySeconds = i == 0 ? nil : Int64(i)
+                }),
+        Setting(key: "signing.sign_as", kind: .text, flag: nil,
+                help: "the signing domain for mail whose From: domain has no key of its own (tenants); none: such mail goes unsigned",
+                range: nil, defaultText: "none", example: nil, get: { .string($0.signing.signAs ?? "") },
+                set: { s, v in
+                    guard case .string(let text) = v else { throw ConfigError("'signing.sign_as' must be a string") }
+                    s.signing.signAs = text.isEmpty ? nil : text.lowercased()
+                }),
     ]
 
     /// Checks that involve two settings (each setting's own bounds are in its declaration).

@@ -8,6 +8,7 @@
 import Foundation
 import Logging
 import NIOCore
+import TernDKIM
 import TernMessage
 import TernProtocol
 import TernStore
@@ -27,6 +28,9 @@ public final class Intake: Sendable {
     /// `Received:` fields a message may carry, ours included (Postfix's
     /// hopcount_limit): one more is a mail loop, refused with 554 5.4.6.
     public let maxHops: Int
+    /// Signs mail from submission, local and trusted or authenticated
+    /// clients, once, here: the stored body is what is sent, and a retry never signs again.
+    public let signer: DKIMSigner?
 
     /// `clock` returns Unix milliseconds (injected so tests control time);
     /// `onAccepted` runs after each commit that queued recipients the usual
@@ -34,8 +38,9 @@ public final class Intake: Sendable {
     /// the messages it has room for straight from memory.
     public init(store: Store, hostname: String, logger: Logger = Logger(label: "tern.intake"),
                 clock: @escaping @Sendable () -> Int64 = { nowMillis() }, handoff: (any IntakeHandoff)? = nil,
-                maxHops: Int = 50, onAccepted: @escaping @Sendable () -> Void = {}) {
+                maxHops: Int = 50, signer: DKIMSigner? = nil, onAccepted: @escaping @Sendable () -> Void = {}) {
         self.store = store
+        self.signer = signer
         self.maxHops = maxHops
         self.hostname = hostname
         self.logger = logger
@@ -51,12 +56,12 @@ public final class Intake: Sendable {
     /// With `loop`, `completion` and the hand-over to the scheduler run on
     /// that event loop; without, on the store's writer thread, which every
     /// message's commit waits for and should do nothing else.
-    public func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String? = nil,
+    public func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String? = nil, sign: Bool = true,
                        on loop: (any EventLoop)? = nil, completion: @escaping @Sendable (CommitOutcome) -> Void) {
-        accept(envelope, body: body, origin: origin, authUser: authUser, retries: 1, loop: loop, completion: completion)
+        accept(envelope, body: body, origin: origin, authUser: authUser, sign: sign, retries: 1, loop: loop, completion: completion)
     }
 
-    private func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?, retries: Int,
+    private func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?, sign: Bool = true, retries: Int,
                         loop: (any EventLoop)?, completion: @escaping @Sendable (CommitOutcome) -> Void) {
         // RFC 5321 §6.3: count the hops; ours makes one more.
         let hops = body.withUnsafeReadableBytes { HeaderBlock.count("Received", in: $0) } + 1
@@ -69,20 +74,20 @@ public final class Intake: Sendable {
             if let loop { loop.execute { completion(refusal) } } else { completion(refusal) }
             return
         }
-        var prepared = prepare(envelope, body: body, origin: origin, authUser: authUser)
+        var prepared = prepare(envelope, body: body, origin: origin, authUser: authUser, sign: sign)
         prepared.lease = handoff?.reserve(prepared)
         let message = prepared
         store.insertMessage(message) { result in
             if let loop {
-                loop.execute { self.committed(result, message, envelope, body, origin, authUser, retries, loop, completion) }
+                loop.execute { self.committed(result, message, envelope, body, origin, authUser, sign, retries, loop, completion) }
             } else {
-                self.committed(result, message, envelope, body, origin, authUser, retries, nil, completion)
+                self.committed(result, message, envelope, body, origin, authUser, sign, retries, nil, completion)
             }
         }
     }
 
     private func committed(_ result: Result<InsertedMessage, StoreError>, _ message: NewMessage, _ envelope: Envelope,
-                           _ body: ByteBuffer, _ origin: Origin, _ authUser: String?, _ retries: Int,
+                           _ body: ByteBuffer, _ origin: Origin, _ authUser: String?, _ sign: Bool, _ retries: Int,
                            _ loop: (any EventLoop)?, _ completion: @escaping @Sendable (CommitOutcome) -> Void) {
         switch result {
         case .success(let inserted):
@@ -96,7 +101,7 @@ public final class Intake: Sendable {
         case .failure(.constraint(let why)) where retries > 0 && why.contains("queue_id"):
             // Two processes drew the same queue id: draw again.
             if message.lease != nil { self.handoff?.cancel(message) }
-            self.accept(envelope, body: body, origin: origin, authUser: authUser, retries: retries - 1,
+            self.accept(envelope, body: body, origin: origin, authUser: authUser, sign: sign, retries: retries - 1,
                         loop: loop, completion: completion)
         case .failure(let error):
             if message.lease != nil { self.handoff?.cancel(message) }
@@ -122,7 +127,7 @@ public final class Intake: Sendable {
     }
 
     /// Builds the stored form of a message: queue id, headers, recipients.
-    func prepare(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?) -> NewMessage {
+    func prepare(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?, sign: Bool = true) -> NewMessage {
         let now = clock()
         let queueID = QueueID.make(millis: now)
         var received = ReceivedHeader(
@@ -146,6 +151,17 @@ public final class Intake: Sendable {
         var data = Data(capacity: prefix.utf8.count + body.readableBytes)
         data.append(contentsOf: prefix.utf8)
         body.withUnsafeReadableBytes { data.append(contentsOf: $0) }
+        // Ours to sign: submission and local mail, and mail from trusted or
+        // authenticated clients; never mail relayed for the world.
+        let ours = origin == .submission || origin == .local || envelope.trustedClient || authUser != nil
+        if let signer, sign, ours {
+            do {
+                let signature = try signer.sign(Array(data), now: now / 1000)
+                if !signature.isEmpty { data.insert(contentsOf: signature.utf8, at: 0) }
+            } catch {
+                logger.error("DKIM signing failed; the message goes unsigned", metadata: ["msg": "\(queueID)", "error": "\(error)"])
+            }
+        }
         let recipients = envelope.recipients.map { r in
             NewRecipient(address: r.mailbox.address, domain: r.mailbox.normalizedDomain,
                          notify: r.notify?.storedForm, orcpt: r.orcpt?.storedForm)

@@ -22,6 +22,9 @@ public struct ListenAddress: Sendable, Equatable {
     public var plaintextAuth: Bool
     /// This listener's bare-LF policy (nil: the session default).
     public var bareNewline: BareNewlinePolicy? = nil
+    /// DKIM-sign mail from this listener's authenticated and trusted
+    /// clients (false: never; mail relayed for the world is never signed).
+    public var dkimSign = true
 
     public init(_ host: String, _ port: Int, role: ListenerRole = .relay, plaintextAuth: Bool = false) {
         self.role = role
@@ -109,7 +112,7 @@ public final class SMTPListener: Service, Sendable {
         return SMTPServerHandler.Settings(
             session: session, commandTimeout: .seconds(config.commandTimeoutSeconds),
             dataTimeout: .seconds(config.dataTimeoutSeconds),
-            origin: address.role == .relay ? config.origin : .submission, tls: config.tls,
+            origin: address.role == .relay ? config.origin : .submission, dkimSign: address.dkimSign, tls: config.tls,
             authenticator: config.authenticator, maxSession: .seconds(config.maxSessionSeconds), budget: budget)
     }
 

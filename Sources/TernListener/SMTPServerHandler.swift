@@ -21,6 +21,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         var commandTimeout: TimeAmount
         var dataTimeout: TimeAmount
         var origin: Origin
+        var dkimSign = true
         var tls: ServerTLS? = nil
         var authenticator: (any Authenticator)? = nil
         /// The longest the connection may last.
@@ -289,7 +290,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         let loop = context.eventLoop
         // The outcome comes on this loop: the hand-over to the scheduler runs
         // here too, not on the writer thread that every commit waits for.
-        intake.accept(envelope, body: body, origin: settings.origin, authUser: envelope.authUser, on: loop) { outcome in
+        intake.accept(envelope, body: body, origin: settings.origin, authUser: envelope.authUser, sign: settings.dkimSign, on: loop) { outcome in
             bound.value.commitFinished(outcome)
         }
     }

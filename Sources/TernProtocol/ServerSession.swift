@@ -451,6 +451,7 @@ public struct SMTPServerSession: Sendable {
                                 mailFrom: from, parameters: mailParams, recipients: recipients)
         envelope.tls = tls
         envelope.authUser = identity?.name
+        envelope.trustedClient = client.trusted
         let message = text?.body ?? ByteBuffer()
         text = nil
         state = .committing

@@ -101,6 +101,8 @@ public struct Envelope: Sendable {
     public var tls: String? = nil
     /// The account that authenticated (RFC 4954), if any.
     public var authUser: String? = nil
+    /// The client is in a trusted network (its mail is ours to sign).
+    public var trustedClient = false
 
     public init(clientAddress: String, helo: String, protocolName: String, mailFrom: Mailbox?,
                 parameters: MailParameters, recipients: [EnvelopeRecipient]) {

@@ -3,6 +3,7 @@ import Testing
 @testable import TernCLI
 import TernListener
 import TernProtocol
+import TernDKIM
 
 /// Issue 16 item 6: every setting declared once; the file, the flags,
 /// `tern config show` and the reference all come from the declarations.
@@ -92,4 +93,90 @@ import TernProtocol
         #expect(throws: ConfigError.self) { try ServeOptions.parse(["--remote-port", "70000"]).resolved() }
         #expect(throws: ConfigError.self) { try ServeOptions.parse(["--tls-policy", "sometimes"]).resolved() }
     }
+}
+
+/// Issue 17: DKIM keys in the configuration; a bad one is a clear error at start-up.
+@Suite struct DKIMConfigTests {
+    func folder() throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-dkimcfg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    @Test func keysAndPolicyLoad() throws {
+        let dir = try folder()
+        let ed = dir.appendingPathComponent("ed.pem")
+        try Data(DKIMPrivateKey.generate(.ed25519).pem.utf8).write(to: ed)
+        var s = TernSettings()
+        try s.apply(toml: """
+            [signing]
+            canonicalization = "relaxed/simple"
+            expiry = 86400
+            over_sign = ["From"]
+            [[dkim]]
+            domain = "Example.TEST"
+            selector = "s1"
+            key_file = "\(ed.path)"
+            algorithm = "ed25519"
+            """)
+        let signer = try #require(try s.dkimSigner())
+        #expect(signer.keys.map(\.domain) == ["example.test"])
+        #expect(signer.policy.headerCanon == .relaxed && signer.policy.bodyCanon == .simple && signer.policy.expirySeconds == 86400)
+        #expect(s.showTOML().contains("[[dkim]]") && s.showTOML().contains("canonicalization = \"relaxed/simple\""))
+        #expect(try TernSettings().dkimSigner() == nil)
+    }
+
+    @Test(arguments: [
+        ("[[dkim]]\nselector = \"s\"\nkey_file = \"/k\"", "needs 'domain'"),
+        ("[[dkim]]\ndomain = \"d.test\"\nkey_file = \"/k\"", "needs 'selector'"),
+        ("[[dkim]]\ndomain = \"d.test\"\nselector = \"s\"", "needs 'key_file'"),
+        ("[[dkim]]\ndomain = \"d.test\"\nselector = \"s\"\nkey_file = \"/k\"\nalgorithm = \"dsa\"", "rsa or ed25519"),
+        ("[[dkim]]\ndomain = \"d.test\"\nselector = \"s\"\nkey_file = \"/k\"\nbits = 1", "unknown key 'dkim.bits'"),
+        ("[signing]\ncanonicalization = \"loose\"", "HEADER/BODY"),
+    ])
+    func badTablesAreExplained(_ toml: String, _ message: String) {
+        var s = TernSettings()
+        do {
+            try s.apply(toml: toml)
+            Issue.record("accepted: \(toml)")
+        } catch {
+            #expect("\(error)".contains(message), "\(error)")
+        }
+    }
+
+    @Test func badKeysStopTheStartWithTheReason() throws {
+        let dir = try folder()
+        let small = dir.appendingPathComponent("small.pem")
+        try Data(runTool("/usr/bin/openssl", ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"]).utf8).write(to: small)
+        let ed = dir.appendingPathComponent("ed.pem")
+        try Data(DKIMPrivateKey.generate(.ed25519).pem.utf8).write(to: ed)
+        let garbage = dir.appendingPathComponent("garbage.pem")
+        try Data("x".utf8).write(to: garbage)
+        for (file, algorithm, message) in [(dir.appendingPathComponent("none.pem").path, nil, "cannot read the key file"),
+                                          (small.path, nil, "1024 bits is too small"),
+                                          (ed.path, "rsa", "the key is ed25519, the configuration says rsa"),
+                                          (garbage.path, nil, "not an Ed25519 (PKCS#8) or RSA")] as [(String, String?, String)] {
+            var s = TernSettings()
+            try s.apply(toml: "[[dkim]]\ndomain = \"d.test\"\nselector = \"s\"\nkey_file = \"\(file)\"" + (algorithm.map { "\nalgorithm = \"\($0)\"" } ?? ""))
+            #expect(throws: ConfigError.self) { try s.dkimSigner() }
+            do { _ = try s.dkimSigner() } catch { #expect("\(error)".contains(message), "\(error)") }
+        }
+        var noKey = TernSettings()
+        try noKey.apply(toml: "[signing]\nsign_as = \"esp.test\"")
+        #expect(throws: ConfigError.self) { try noKey.dkimSigner() }
+    }
+}
+
+func runTool(_ path: String, _ args: [String]) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    var status: Int32 = 0
+    waitpid(p.processIdentifier, &status, 0) // not waitUntilExit: it can hang on Linux
+    return String(decoding: data, as: UTF8.self)
 }

@@ -112,43 +112,6 @@ func runTool(_ path: String, _ args: [String], input: String? = nil) throws -> S
     return String(decoding: data, as: UTF8.self)
 }
 
-/// A dnsmasq on a loopback port serving TXT records (never the system resolver).
-final class TestDNS {
-    let port = freeLoopbackUDPPort()
-    let process = Process()
-
-    init(txt: [(name: String, value: String)]) throws {
-        let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].first { FileManager.default.isExecutableFile(atPath: $0) }
-        guard let dnsmasq else { throw DKIMError("dnsmasq is not installed; run .ci/run (interop tests never skip)") }
-        process.executableURL = URL(fileURLWithPath: dnsmasq)
-        var args = ["--no-daemon", "--port=\(port)", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
-                    "--no-hosts", "--local=/test/", "--pid-file=", "--user=root"]
-        for (name, value) in txt {
-            // A TXT string holds at most 255 octets: a long record is several.
-            args.append("--txt-record=\(name)," + value.chunkedForTXT.joined(separator: ","))
-        }
-        process.arguments = args
-        process.standardError = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-    }
-
-    deinit {
-        kill(process.processIdentifier, SIGKILL)
-        var status: Int32 = 0
-        waitpid(process.processIdentifier, &status, 0)
-    }
-}
-
-extension String {
-    var chunkedForTXT: [String] {
-        var out: [String] = []
-        var rest = Substring(self)
-        while !rest.isEmpty { out.append(String(rest.prefix(250))); rest = rest.dropFirst(250) }
-        return out
-    }
-}
-
 /// Messages with every shape the canonicalisations must get exactly right.
 enum DKIMCorpus {
     static var messages: [(String, [UInt8])] {

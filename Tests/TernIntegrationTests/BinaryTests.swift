@@ -251,6 +251,31 @@ final class ServeProcess: @unchecked Sendable {
         #expect(reference.stdout.hasPrefix("# Configuration"))
     }
 
+    /// `tern dkim keygen` writes a 0600 key it will not overwrite and prints
+    /// the record; `serve` with a key it cannot use stops at start-up (78).
+    @Test func dkimKeygenAndABadKeyAtStartUp() throws {
+        let dir = try tempFolder()
+        let key = dir.appendingPathComponent("k.pem").path
+        let r = try runProgram(try ternBinary(), ["dkim", "keygen", "--domain", "Example.test", "--selector", "s1", "--algorithm", "ed25519", "--key-file", key])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("s1._domainkey.example.test. IN TXT ( \"v=DKIM1; k=ed25519; p="))
+        let mode = (try FileManager.default.attributesOfItem(atPath: key)[.posixPermissions] as? Int) ?? 0
+        #expect(mode == 0o600)
+        let again = try runProgram(try ternBinary(), ["dkim", "keygen", "--domain", "example.test", "--selector", "s1", "--key-file", key])
+        #expect(again.status == 73 && again.stderr.contains("exists; not overwritten"))
+        let rsa = try runProgram(try ternBinary(), ["dkim", "keygen", "--domain", "example.test", "--selector", "r1", "--key-file",
+                                                    dir.appendingPathComponent("r.pem").path])
+        #expect(rsa.status == 0 && rsa.stdout.contains("k=rsa; p="))
+        let small = try runProgram(try ternBinary(), ["dkim", "keygen", "--domain", "example.test", "--selector", "r2", "--bits", "1024",
+                                                      "--key-file", dir.appendingPathComponent("r2.pem").path])
+        #expect(small.status == 64 && small.stderr.contains("2048"))
+        let config = dir.appendingPathComponent("tern.toml")
+        try Data("[[dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey_file = \"\(key)\"\nalgorithm = \"rsa\"\n".utf8).write(to: config)
+        let serve = try runProgram(try ternBinary(), ["serve", "--config", config.path, "--db", dir.appendingPathComponent("t.sqlite").path,
+                                                      "--listen", "127.0.0.1:0", "--resolver", "127.0.0.1:9"])
+        #expect(serve.status == 78 && serve.stderr.contains("the key is ed25519, the configuration says rsa"), "\(serve.stderr)")
+    }
+
     @Test func serveRefusesBadConfiguration() throws {
         let dir = try tempFolder()
         let file = dir.appendingPathComponent("bad.toml")

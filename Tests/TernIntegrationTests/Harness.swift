@@ -2,6 +2,7 @@
 // port, a blocking raw-socket SMTP client, and a runner for external programs.
 
 import Foundation
+import TernDKIM
 import GRDB
 import Logging
 import NIOCore
@@ -39,7 +40,7 @@ final class TestServer: Sendable {
     let scheduler: Scheduler?
     let schedulerTask: Task<Void, Never>?
 
-    static func start(delivery: DeliverySetup? = nil, logger: Logger? = nil,
+    static func start(delivery: DeliverySetup? = nil, logger: Logger? = nil, signer: DKIMSigner? = nil,
                       _ edit: (inout ListenerConfig, Store) -> Void = { _, _ in }) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-it-\(UUID().uuidString)")
         let dbPath = dir.appendingPathComponent("tern.sqlite").path
@@ -60,7 +61,7 @@ final class TestServer: Sendable {
         }
         let s = scheduler
         // As in `tern serve`: the running scheduler takes new mail from memory.
-        let intake = Intake(store: store, hostname: "mx.test", logger: logger, handoff: s, onAccepted: { s?.wake() })
+        let intake = Intake(store: store, hostname: "mx.test", logger: logger, handoff: s, signer: signer, onAccepted: { s?.wake() })
         var session = SessionConfig(hostname: "mx.test")
         session.relay = RelayPolicy(relayDomains: ["local.test"])
         var config = ListenerConfig(session: session)
