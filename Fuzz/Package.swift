@@ -20,5 +20,6 @@ let package = Package(
         .executableTarget(name: "fuzz-headers", dependencies: ["TernMessage"], swiftSettings: fuzz),
         .executableTarget(name: "fuzz-reply", dependencies: ["TernProtocol"], swiftSettings: fuzz),
         .executableTarget(name: "fuzz-client", dependencies: ["TernProtocol"], swiftSettings: fuzz),
+        .executableTarget(name: "fuzz-dkim", dependencies: ["TernMessage"], swiftSettings: fuzz),
     ]
 )

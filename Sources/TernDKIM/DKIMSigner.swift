@@ -157,7 +157,13 @@ public final class DKIMSigner: Sendable {
     public let keys: [DKIMKey]
     public let policy: DKIMSigningPolicy
 
+    /// The policy's header names, lower-cased once, with whether each is over-signed.
+    let signedNames: [(String, Bool)]
+
     public init(keys: [DKIMKey], policy: DKIMSigningPolicy = DKIMSigningPolicy()) throws {
+        let over = Set(policy.overSigned.map { $0.lowercased() })
+        var seen = Set<String>()
+        signedNames = policy.headers.map { $0.lowercased() }.filter { seen.insert($0).inserted }.map { ($0, over.contains($0)) }
         if let s = policy.signAs, !keys.contains(where: { $0.domain == s.lowercased() }) {
             throw DKIMError("dkim sign_as \(s): no [[dkim]] key for that domain")
         }
@@ -189,12 +195,10 @@ public final class DKIMSigner: Sendable {
         let chosen = keys(for: domain)
         guard !chosen.isEmpty else { return "" }
         // h=: each listed field as often as it occurs, over-signed ones once more.
+        var present: [String: Int] = [:]
+        for f in fields { present[f.lowercasedName, default: 0] += 1 }
         var names: [String] = []
-        for h in policy.headers {
-            let count = fields.filter { $0.lowercasedName == h.lowercased() }.count
-            let over = policy.overSigned.contains { $0.lowercased() == h.lowercased() } ? 1 : 0
-            names += Array(repeating: h, count: count + over)
-        }
+        for (h, over) in signedNames { names += Array(repeating: h, count: present[h, default: 0] + (over ? 1 : 0)) }
         let signed = DKIMCanonical.select(names, from: fields)
         var headerData: [UInt8] = []
         for f in signed { headerData += DKIMCanonical.header(f, policy.headerCanon) }
@@ -216,17 +220,16 @@ public final class DKIMSigner: Sendable {
         return out
     }
 
-    /// The domain of the (last) From: address.
+    /// The domain of the (last) From: address: after the last `@` of the
+    /// angle address, else of the value; lower-case.
     static func fromDomain(_ field: RawHeaderField) -> String? {
-        let value = String(decoding: DKIMCanonical.value(of: field), as: UTF8.self)
-        let address: Substring
-        if let open = value.lastIndex(of: "<"), let close = value[open...].firstIndex(of: ">") {
-            address = value[value.index(after: open)..<close]
-        } else {
-            address = Substring(value.trimmingCharacters(in: .whitespacesAndNewlines))
+        let value = DKIMCanonical.value(of: field)
+        var scope = value[...]
+        if let open = value.lastIndex(of: UInt8(ascii: "<")), let close = value[open...].firstIndex(of: UInt8(ascii: ">")) {
+            scope = value[(open + 1)..<close]
         }
-        guard let at = address.lastIndex(of: "@") else { return nil }
-        let domain = address[address.index(after: at)...].trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
-        return domain.isEmpty ? nil : domain
+        guard let at = scope.lastIndex(of: UInt8(ascii: "@")) else { return nil }
+        let domain = scope[(at + 1)...].filter { $0 > 32 && $0 != UInt8(ascii: ">") && $0 != UInt8(ascii: ",") }
+        return domain.isEmpty ? nil : String(decoding: domain, as: UTF8.self).lowercased()
     }
 }

@@ -5,6 +5,14 @@
 // `h=` list signs (bottom-up for repeated names, §5.4.2), and the
 // DKIM-Signature field's text. The cryptography is TernDKIM's.
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 public enum DKIMCanonicalization: String, Sendable, CaseIterable {
     case simple, relaxed
 }
@@ -15,12 +23,12 @@ public struct RawHeaderField: Sendable, Equatable {
     public var raw: [UInt8]
     /// The field name as written (before the colon, without trailing WSP).
     public var name: String
-
-    public var lowercasedName: String { name.lowercased() }
+    public var lowercasedName: String
 
     public init(raw: [UInt8], name: String) {
         self.raw = raw
         self.name = name
+        self.lowercasedName = name.lowercased()
     }
 }
 
@@ -45,7 +53,9 @@ public enum DKIMCanonical {
             // Continuation lines start with WSP.
             while end < n && (message[end] == 32 || message[end] == 9) { end = lineEnd(end) }
             let raw = Array(message[i..<end])
-            let colon = raw.firstIndex(of: UInt8(ascii: ":")) ?? raw.count
+            // A line without a colon is no field; its "name" is the line
+            // itself (without the line break), which no h= list names.
+            let colon = raw.firstIndex(of: UInt8(ascii: ":")) ?? (raw.firstIndex { $0 == 13 || $0 == 10 } ?? raw.count)
             var nameEnd = colon
             while nameEnd > 0 && (raw[nameEnd - 1] == 32 || raw[nameEnd - 1] == 9) { nameEnd -= 1 }
             fields.append(RawHeaderField(raw: raw, name: String(decoding: raw[..<nameEnd], as: UTF8.self)))
@@ -77,7 +87,9 @@ public enum DKIMCanonical {
     /// §3.4.2: name lower-cased; the value unfolded, WSP runs made one SP,
     /// WSP at its start and end removed.
     static func relaxedHeader(name: String, value: ArraySlice<UInt8>) -> [UInt8] {
-        var out = Array(name.lowercased().utf8)
+        // Line breaks are removed everywhere (unfolding); a bare CR cannot
+        // reach here from SMTP (intake refuses it), but the bytes decide.
+        var out = Array(name.lowercased().utf8).filter { $0 != 13 && $0 != 10 }
         out.append(UInt8(ascii: ":"))
         var pendingSpace = false
         var started = false
@@ -97,52 +109,59 @@ public enum DKIMCanonical {
         return out
     }
 
-    /// The body in canonical form (§3.4.3, §3.4.4).
+    /// The body in canonical form (§3.4.3, §3.4.4), in one pass and one
+    /// allocation: empty lines are counted and written only when a line
+    /// with content follows (empty lines at the end are ignored).
     public static func body(_ body: ArraySlice<UInt8>, _ c: DKIMCanonicalization) -> [UInt8] {
-        var lines: [ArraySlice<UInt8>] = []
-        var start = body.startIndex
-        var i = body.startIndex
-        while i < body.endIndex {
-            if body[i] == 10 {
-                var end = i
-                if end > start && body[end - 1] == 13 { end -= 1 }
-                lines.append(body[start..<end])
-                start = i + 1
-            }
-            i += 1
-        }
-        // A last line without a line break is a line all the same (sent with CRLF).
-        if start < body.endIndex { lines.append(body[start..<body.endIndex]) }
         var out: [UInt8] = []
         out.reserveCapacity(body.count + 2)
-        var canonical: [[UInt8]] = []
-        canonical.reserveCapacity(lines.count)
-        for line in lines {
-            switch c {
-            case .simple:
-                canonical.append(Array(line))
-            case .relaxed:
-                var l: [UInt8] = []
-                l.reserveCapacity(line.count)
-                var pendingSpace = false
-                for b in line {
-                    if b == 32 || b == 9 {
-                        pendingSpace = true
-                    } else {
-                        if pendingSpace { l.append(32); pendingSpace = false }
-                        l.append(b)
+        body.withUnsafeBufferPointer { p in
+            var pendingEmpty = 0
+            func line(_ from: Int, _ to: Int) {
+                var end = to
+                if end > from && p[end - 1] == 13 { end -= 1 }
+                var first = from, last = end
+                if c == .relaxed {
+                    while first < end && (p[first] == 32 || p[first] == 9) { first += 1 }
+                    while last > first && (p[last - 1] == 32 || p[last - 1] == 9) { last -= 1 }
+                }
+                if first == last { pendingEmpty += 1; return }
+                for _ in 0..<pendingEmpty { out.append(13); out.append(10) }
+                pendingEmpty = 0
+                if c == .simple {
+                    out.append(contentsOf: UnsafeBufferPointer(rebasing: p[from..<end]))
+                } else {
+                    // Leading WSP becomes one SP; runs inside become one SP; trailing WSP goes.
+                    if first > from { out.append(32) }
+                    var i = first
+                    while i < last {
+                        // Copy up to the next WSP in one go.
+                        var j = i
+                        while j < last && p[j] != 32 && p[j] != 9 { j += 1 }
+                        out.append(contentsOf: UnsafeBufferPointer(rebasing: p[i..<j]))
+                        if j < last {
+                            out.append(32)
+                            while j < last && (p[j] == 32 || p[j] == 9) { j += 1 }
+                        }
+                        i = j
                     }
                 }
-                canonical.append(l) // trailing WSP dropped
+                out.append(13)
+                out.append(10)
+            }
+            var start = 0
+            while start < p.count {
+                guard let base = p.baseAddress, let lf = memchr(base + start, 10, p.count - start) else {
+                    // A last line without a line break is a line all the same (sent with CRLF).
+                    line(start, p.count)
+                    break
+                }
+                let i = base.distance(to: lf.assumingMemoryBound(to: UInt8.self))
+                line(start, i)
+                start = i + 1
             }
         }
-        // Empty lines at the end are ignored.
-        while let last = canonical.last, last.isEmpty { canonical.removeLast() }
-        if canonical.isEmpty { return c == .simple ? [13, 10] : [] }
-        for l in canonical {
-            out += l
-            out += [13, 10]
-        }
+        if out.isEmpty && c == .simple { return [13, 10] }
         return out
     }
 
@@ -153,7 +172,7 @@ public enum DKIMCanonical {
         var used = Set<Int>()
         var out: [RawHeaderField] = []
         for name in names {
-            let lower = name.lowercased()
+            let lower = name.utf8.contains { $0 >= 65 && $0 <= 90 } ? name.lowercased() : name
             guard let i = fields.indices.reversed().first(where: { !used.contains($0) && fields[$0].lowercasedName == lower }) else { continue }
             used.insert(i)
             out.append(fields[i])
