@@ -4,10 +4,11 @@
 import ArgumentParser
 import Foundation
 import TernDKIM
+import TernRouting
 
 struct DKIMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "dkim", abstract: "DKIM signing keys.", subcommands: [Keygen.self])
+        commandName: "dkim", abstract: "DKIM signing keys.", subcommands: [Keygen.self, Check.self])
 
     struct Keygen: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -48,6 +49,78 @@ struct DKIMCommand: ParsableCommand {
 }
 
 extension DKIMPrivateKey.Algorithm: ExpressibleByArgument {}
+
+extension DKIMCommand {
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Look up SELECTOR._domainkey.DOMAIN (through the configured resolver) and say whether it matches the key.",
+            discussion: "The key is the [[dkim]] entry of the configuration for DOMAIN and SELECTOR, or --key-file. Exit 0 when the published record matches, 1 when it does not or is missing, 75 when DNS failed.")
+
+        @OptionGroup var common: DatabaseOptions
+        @Option(help: "The signing domain (d=).") var domain: String
+        @Option(help: "The selector (s=).") var selector: String
+        @Option(name: .customLong("key-file"), help: ArgumentHelp("The private key (default: the configuration's [[dkim]] entry).", valueName: "FILE"))
+        var keyFile: String?
+        @Option(help: ArgumentHelp("DNS server for the look-up; repeatable (default: the configuration's, else the system's).", valueName: "HOST:PORT"))
+        var resolver: [String] = []
+
+        func run() async throws {
+            bootstrapLogging(level: "warning")
+            let settings: TernSettings
+            do { settings = try common.settings() } catch { throw fail("\(error)", code: 78) }
+            let domain = self.domain.lowercased()
+            guard let path = keyFile ?? settings.dkimKeys.first(where: { $0.domain == domain && $0.selector == selector })?.keyFile else {
+                throw fail("no [[dkim]] key for \(selector) of \(domain) in the configuration; give --key-file", code: 66)
+            }
+            guard let data = FileManager.default.contents(atPath: path) else { throw fail("cannot read \(path)", code: 66) }
+            let key: DKIMPrivateKey
+            do { key = try DKIMPrivateKey(pem: String(decoding: data, as: UTF8.self), source: path) } catch { throw fail("\(error)", code: 65) }
+            let servers = resolver.isEmpty ? settings.resolvers : resolver
+            for s in servers { _ = try TernSettings.checkResolver(s) }
+            let dns: CAresResolver
+            do { dns = try CAresResolver(servers: servers.isEmpty ? nil : servers) } catch { throw fail("\(error)", code: 78) }
+            defer { dns.shutdown() }
+            let name = "\(selector)._domainkey.\(domain)"
+            print("looking up TXT \(name)")
+            switch await dns.txt(name) {
+            case .temporaryFailure(let why):
+                throw fail("DNS failed for \(name): \(why)", code: 75)
+            case .nxdomain, .noRecords:
+                print("no record at \(name); publish:\n\(name). IN TXT ( \(key.dnsRecord.chunked(250).map { "\"\($0)\"" }.joined(separator: " ")) )")
+                throw ExitCode(1)
+            case .records(let records):
+                let dkim = records.filter { $0.replacingOccurrences(of: " ", with: "").hasPrefix("v=DKIM1") || $0.contains("p=") }
+                for record in dkim {
+                    let tags = DKIMCommand.tags(record)
+                    let p = tags["p"] ?? ""
+                    let k = tags["k"] ?? "rsa"
+                    print("found: \(record)")
+                    if p.isEmpty { print("the key is revoked (empty p=)"); continue }
+                    if p == key.publicKeyBase64 && k == key.algorithm.rawValue {
+                        print("match: the record is the public key of \(path) (\(k))")
+                        return
+                    }
+                    print(k != key.algorithm.rawValue ? "mismatch: the record is k=\(k), the key is \(key.algorithm.rawValue)"
+                                                       : "mismatch: p= is not the public key of \(path)")
+                }
+                if dkim.isEmpty { print("no DKIM record among \(records.count) TXT record(s)") }
+                print("publish:\n\(name). IN TXT ( \(key.dnsRecord.chunked(250).map { "\"\($0)\"" }.joined(separator: " ")) )")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    /// `tag=value` pairs of a key record (RFC 6376 §3.6.1), whitespace removed from values.
+    static func tags(_ record: String) -> [String: String] {
+        var out: [String: String] = [:]
+        for part in record.split(separator: ";") {
+            guard let eq = part.firstIndex(of: "=") else { continue }
+            let name = part[..<eq].trimmingCharacters(in: .whitespaces)
+            out[name] = part[part.index(after: eq)...].filter { !$0.isWhitespace }
+        }
+        return out
+    }
+}
 
 extension String {
     func chunked(_ n: Int) -> [String] {

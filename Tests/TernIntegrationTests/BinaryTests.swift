@@ -4,6 +4,7 @@
 import Foundation
 import GRDB
 import Testing
+import TernTestSupport
 @testable import TernStore
 
 func tempFolder() throws -> URL {
@@ -274,6 +275,35 @@ final class ServeProcess: @unchecked Sendable {
         let serve = try runProgram(try ternBinary(), ["serve", "--config", config.path, "--db", dir.appendingPathComponent("t.sqlite").path,
                                                       "--listen", "127.0.0.1:0", "--resolver", "127.0.0.1:9"])
         #expect(serve.status == 78 && serve.stderr.contains("the key is ed25519, the configuration says rsa"), "\(serve.stderr)")
+    }
+
+    /// `tern dkim check` looks the record up through the given resolver
+    /// (dnsmasq on loopback) and compares it with the key.
+    @Test func dkimCheckAgainstALoopbackDNS() throws {
+        let dir = try tempFolder()
+        let good = dir.appendingPathComponent("good.pem").path, other = dir.appendingPathComponent("other.pem").path
+        let made = try runProgram(try ternBinary(), ["dkim", "keygen", "--domain", "example.test", "--selector", "s1", "--key-file", good])
+        _ = try runProgram(try ternBinary(), ["dkim", "keygen", "--domain", "example.test", "--selector", "s1", "--algorithm", "ed25519",
+                                              "--key-file", other])
+        // The record keygen printed: the quoted strings joined.
+        let line = try #require(made.stdout.split(separator: "\n").first { $0.contains("IN TXT") })
+        let record = line.split(separator: "\"").enumerated().filter { $0.offset % 2 == 1 }.map(\.element).joined()
+        let dns = try TestDNS(txt: [("s1._domainkey.example.test", record)])
+        Thread.sleep(forTimeInterval: 0.3)
+        let resolver = "127.0.0.1:\(dns.port)"
+        let match = try runProgram(try ternBinary(), ["dkim", "check", "--domain", "example.test", "--selector", "s1", "--key-file", good,
+                                                      "--resolver", resolver])
+        #expect(match.status == 0 && match.stdout.contains("match: the record is the public key"), "\(match.stdout)\(match.stderr)")
+        let mismatch = try runProgram(try ternBinary(), ["dkim", "check", "--domain", "example.test", "--selector", "s1", "--key-file", other,
+                                                         "--resolver", resolver])
+        #expect(mismatch.status == 1 && mismatch.stdout.contains("mismatch: the record is k=rsa, the key is ed25519"), "\(mismatch.stdout)")
+        let missing = try runProgram(try ternBinary(), ["dkim", "check", "--domain", "example.test", "--selector", "s9", "--key-file", good,
+                                                        "--resolver", resolver])
+        #expect(missing.status == 1 && missing.stdout.contains("no record at s9._domainkey.example.test"), "\(missing.stdout)")
+        let dead = try runProgram(try ternBinary(), ["dkim", "check", "--domain", "example.test", "--selector", "s1", "--key-file", good,
+                                                     "--resolver", "127.0.0.1:9"])
+        #expect(dead.status == 75, "\(dead.stdout)\(dead.stderr)")
+        withExtendedLifetime(dns) {} // dnsmasq serves until here
     }
 
     @Test func serveRefusesBadConfiguration() throws {
