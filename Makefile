@@ -2,7 +2,7 @@
 # Each installs the Debian packages it needs first.
 
 BUILD_PACKAGES := libsqlite3-dev sqlite3 libc-ares-dev pkg-config
-TEST_PACKAGES  := swaks libnet-ssleay-perl python3 python3-aiosmtpd dnsmasq-base openssl python3-dkim python3-dnspython opendkim-tools iproute2
+TEST_PACKAGES  := swaks libnet-ssleay-perl python3 python3-aiosmtpd dnsmasq-base openssl python3-dkim python3-dnspython opendkim-tools iproute2 python3-yaml python3-dnslib
 SWIFT_TEST_FLAGS ?=
 
 .PHONY: run test fuzz build release deps test-deps bench migrations clean
@@ -16,6 +16,7 @@ run: release
 ## Build and run every test (unit, integration, interop).
 test: deps test-deps
 	tools/check-links
+	tools/fetch-test-data
 	swift build --build-tests
 	swift test --skip-build $(SWIFT_TEST_FLAGS)
 	tools/crash-test --kills 3 --messages 500 --tern .build/debug/tern

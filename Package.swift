@@ -56,6 +56,8 @@ let package = Package(
         .target(name: "TernDKIM", dependencies: [
             "TernMessage", .product(name: "Crypto", package: "swift-crypto"), .product(name: "CryptoExtras", package: "swift-crypto"),
         ]),
+        // Email authentication of received mail: SPF (RFC 7208), and the AuthDNS look-ups it makes.
+        .target(name: "TernMailAuth", dependencies: ["TernProtocol", "TernRouting", "TernMessage", "TernDKIM"]),
         // Postfix's cleanup role: the one path by which mail enters the store.
         .target(name: "TernIntake", dependencies: ["TernProtocol", "TernMessage", "TernStore", "TernDKIM", logging]),
         // Accounts for SMTP AUTH: PBKDF2 password hashes, the failed-login throttle, the Authenticator.
@@ -85,6 +87,8 @@ let package = Package(
 
         .testTarget(name: "TernProtocolTests", dependencies: ["TernProtocol", nioCore]),
         .testTarget(name: "TernDKIMTests", dependencies: ["TernDKIM", "TernMessage", "TernTestSupport"], exclude: ["dkim_verify.py"]),
+        .testTarget(name: "TernMailAuthTests", dependencies: ["TernMailAuth", "TernRouting", "TernProtocol", "TernTestSupport"],
+                    exclude: ["spf_suite_dns.py"]),
         .testTarget(name: "TernRoutingTests", dependencies: ["TernRouting", "TernProtocol", "TernTestSupport"]),
         .testTarget(name: "TernDeliveryTests", dependencies: ["TernDelivery", "TernProtocol", "TernRouting", "TernTestSupport", nioCore, nioPosix,
                                                              .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl")]),

@@ -13,13 +13,12 @@ import TernProtocol
 import Glibc
 #endif
 
-public final class CAresResolver: DNSResolver, @unchecked Sendable {
+public final class CAresResolver: DNSResolver, AuthDNS, @unchecked Sendable {
     // C_IN and the RR types (RFC 1035, RFC 3596).
     static let classIN: Int32 = 1
     static let typeA: Int32 = 1
     static let typeMX: Int32 = 15
     static let typeAAAA: Int32 = 28
-    static let typeTXT: Int32 = 16
 
     struct Query {
         let name: String
@@ -184,24 +183,14 @@ public final class CAresResolver: DNSResolver, @unchecked Sendable {
         return records.isEmpty ? .noRecords : .records(records)
     }
 
-    /// TXT records, each the concatenation of its strings (RFC 7208 §3.3,
-    /// RFC 6376 §3.6.2.2: a long record is several strings).
-    public func txt(_ name: String) async -> DNSAnswer<[String]> {
-        let (status, data) = await query(name, type: CAresResolver.typeTXT)
-        if let failure: DNSAnswer<[String]> = CAresResolver.classify(status) { return failure }
-        guard var buf = data else { return .temporaryFailure("empty answer") }
-        var reply: UnsafeMutablePointer<ares_txt_ext>? = nil
-        let rc = ares_parse_txt_reply_ext(&buf, Int32(buf.count), &reply)
-        if let failure: DNSAnswer<[String]> = CAresResolver.classify(rc) { return failure }
-        defer { ares_free_data(reply) }
-        var records: [[UInt8]] = []
-        var p = reply
-        while let r = p {
-            let chunk = r.pointee.txt.map { Array(UnsafeBufferPointer(start: $0, count: r.pointee.length)) } ?? []
-            if r.pointee.record_start != 0 || records.isEmpty { records.append(chunk) } else { records[records.count - 1] += chunk }
-            p = r.pointee.next
+    /// One look-up by type for the authentication checks (AuthDNS), with its TTL.
+    public func lookup(_ name: String, _ type: DNSRecordType) async -> DNSLookup {
+        let (status, data) = await query(name, type: Int32(type.rawValue))
+        if let failure: DNSAnswer<[DNSRData]> = CAresResolver.classify(status) { return DNSLookup(failure) }
+        guard let buf = data, let (records, ttl) = DNSMessage.records(buf, type: type) else {
+            return DNSLookup(.temporaryFailure("unreadable answer"))
         }
-        return records.isEmpty ? .noRecords : .records(records.map { String(decoding: $0, as: UTF8.self) })
+        return DNSLookup(records.isEmpty ? .noRecords : .records(records), ttl: ttl)
     }
 
     public func addresses(_ host: String) async -> DNSAnswer<[IPAddress]> {
