@@ -1,7 +1,7 @@
 # Tern — the two commands: `make run` and `make test` (see README.md).
 # Each installs the Debian packages it needs first.
 
-BUILD_PACKAGES := libsqlite3-dev sqlite3 libc-ares-dev pkg-config
+BUILD_PACKAGES := libsqlite3-dev sqlite3 libc-ares-dev pkg-config publicsuffix
 TEST_PACKAGES  := swaks libnet-ssleay-perl python3 python3-aiosmtpd dnsmasq-base openssl python3-dkim python3-dnspython opendkim-tools iproute2 python3-yaml python3-dnslib
 SWIFT_TEST_FLAGS ?=
 

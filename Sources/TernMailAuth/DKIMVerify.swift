@@ -26,6 +26,15 @@ public struct DKIMSignatureVerdict: Sendable, Equatable {
     public var shortSignature: String
     /// Why, when not pass.
     public var reason: String
+
+    public init(result: DKIMResult, domain: String, selector: String, algorithm: String, shortSignature: String, reason: String) {
+        self.result = result
+        self.domain = domain
+        self.selector = selector
+        self.algorithm = algorithm
+        self.shortSignature = shortSignature
+        self.reason = reason
+    }
 }
 
 public struct DKIMVerifier: Sendable {

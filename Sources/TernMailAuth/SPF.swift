@@ -20,6 +20,15 @@ public struct SPFVerdict: Sendable, Equatable {
     public var reason: String
     /// The DNS steps taken, in order.
     public var steps: [String]
+
+    public init(result: SPFResult, identity: String, domain: String, explanation: String?, reason: String, steps: [String]) {
+        self.result = result
+        self.identity = identity
+        self.domain = domain
+        self.explanation = explanation
+        self.reason = reason
+        self.steps = steps
+    }
 }
 
 public struct SPFChecker: Sendable {
