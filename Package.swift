@@ -58,7 +58,7 @@ let package = Package(
         ]),
         // Email authentication of received mail: SPF (RFC 7208), DKIM verification (RFC 6376), DMARC (RFC 7489).
         .target(name: "TernMailAuth", dependencies: [
-            "TernProtocol", "TernRouting", "TernMessage", "TernDKIM", .product(name: "Crypto", package: "swift-crypto"),
+            "TernProtocol", "TernRouting", "TernMessage", "TernDKIM", "TernStore", .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "CryptoExtras", package: "swift-crypto"),
         ]),
         // Postfix's cleanup role: the one path by which mail enters the store.
@@ -70,14 +70,14 @@ let package = Package(
         ]),
         // SwiftNIO SMTP server carrying out the session machine's actions.
         .target(name: "TernListener", dependencies: [
-            "TernProtocol", "TernIntake", "TernConcurrency", nioCore, nioPosix, logging, lifecycle,
+            "TernProtocol", "TernIntake", "TernMailAuth", "TernStore", "TernConcurrency", nioCore, nioPosix, logging, lifecycle,
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOTLS", package: "swift-nio"),
         ]),
         // `tern` subcommands, the settings' declarations (TOML + flags), and `serve`, the composition root.
         .target(name: "TernCLI", dependencies: [
             "TernProtocol", "TernMessage", "TernStore", "TernIntake", "TernListener", "TernRouting", "TernDelivery",
-            "TernScheduler", "TernAuth", "TernDKIM", "CTernSystem", nioCore, nioPosix, logging, lifecycle,
+            "TernScheduler", "TernAuth", "TernDKIM", "TernMailAuth", "CTernSystem", nioCore, nioPosix, logging, lifecycle,
             .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "TOMLKit", package: "TOMLKit"),
@@ -109,7 +109,7 @@ let package = Package(
         .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore", "TernProtocol", "TernListener", "TernDKIM"]),
         .testTarget(name: "TernIntegrationTests", dependencies: [
             "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", "TernRouting", "TernDelivery",
-            "TernScheduler", "TernTestSupport", "TernAuth", "TernDKIM", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),
+            "TernScheduler", "TernTestSupport", "TernAuth", "TernDKIM", "TernMailAuth", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], exclude: ["interop"]),
     ]

@@ -11,6 +11,7 @@ import TernAuth
 import TernDKIM
 import TernDelivery
 import TernListener
+import TernMailAuth
 import TernProtocol
 import TernRouting
 import TernScheduler
@@ -85,6 +86,11 @@ public struct TernSettings: Sendable {
     public var dkimKeys: [DKIMKeyConfig] = []
     /// How mail is signed (`[signing]`).
     public var signing = DKIMSigningPolicy()
+    /// SPF, DKIM and DMARC for mail from other MTAs (`[verify]`).
+    public var verifyPolicy: VerifyPolicy = .record
+    /// "" stands for the host name.
+    public var authservID = ""
+    public var publicSuffixList = PublicSuffixList.debianPath
     /// Where each value that is not a default came from (`tern config show`).
     public var origins: Origins = [:]
 
@@ -112,6 +118,17 @@ public struct TernSettings: Sendable {
         c.policy.delayWarningMillis = delayWarning * 1000
         c.policy.suppressOnHardBounce = suppressOnHardBounce
         return c
+    }
+
+    /// The checks of mail from other MTAs, when a relay listener runs them
+    /// (nil otherwise); the Public Suffix List is read now, once.
+    public func mailVerifier(dns: any AuthDNS) throws -> MailVerifier? {
+        let relays = listen.filter { $0.role == .relay }
+        guard relays.contains(where: { ($0.verify ?? verifyPolicy) != .off }) else { return nil }
+        let psl: PublicSuffixList
+        do { psl = try PublicSuffixList(path: publicSuffixList) } catch { throw ConfigError("verify: \(error)") }
+        let cached = CachingAuthDNS(base: dns, clock: { nowMillis() })
+        return MailVerifier(dns: cached, psl: psl, authservID: authservID.isEmpty ? hostname : authservID, clock: { nowMillis() })
     }
 
     /// The listener's own defaults are the one source of the default limits.
@@ -151,6 +168,7 @@ public struct TernSettings: Sendable {
         c.messageMemory = messageMemory
         c.clientIPv4Prefix = clientIPv4Prefix
         c.clientIPv6Prefix = clientIPv6Prefix
+        c.verifyPolicy = verifyPolicy
         return c
     }
 }
@@ -261,6 +279,16 @@ extension TernSettings {
             if let v = t["dkim"] {
                 guard let text = v.string, text == "auto" || text == "off" else { throw ConfigError("'listener.dkim' must be \"auto\" or \"off\"") }
                 l.dkimSign = text == "auto"
+            }
+            if let v = t["verify"] {
+                guard let text = v.string, let p = VerifyPolicy(rawValue: text) else {
+                    throw ConfigError("'listener.verify' must be one of \(VerifyPolicy.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", "))")
+                }
+                l.verify = p
+            }
+            if let v = t["spf_reject"] {
+                guard let b = v.bool else { throw ConfigError("'listener.spf_reject' must be true or false") }
+                l.spfReject = b
             }
             return l
         }

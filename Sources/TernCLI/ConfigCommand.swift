@@ -48,8 +48,8 @@ extension TernSettings {
         var out = "# tern config show: the effective configuration; after each value, where it came from\n"
         var table: String? = nil
         // Listeners with per-listener options need [[listener]] tables.
-        let plain = listen.filter { !$0.plaintextAuth && $0.bareNewline == nil && $0.dkimSign }
-        let special = listen.filter { $0.plaintextAuth || $0.bareNewline != nil || !$0.dkimSign }
+        let plain = listen.filter { !$0.plaintextAuth && $0.bareNewline == nil && $0.dkimSign && $0.verify == nil && !$0.spfReject }
+        let special = listen.filter { $0.plaintextAuth || $0.bareNewline != nil || !$0.dkimSign || $0.verify != nil || $0.spfReject }
         for setting in TernSettings.declared {
             if setting.table != table {
                 table = setting.table
@@ -65,6 +65,8 @@ extension TernSettings {
             out += "role = \"\(l.role.rawValue)\"\nplaintext_auth = \(l.plaintextAuth)\n"
             if let b = l.bareNewline { out += "bare_newline = \"\(b.rawValue)\"\n" }
             if !l.dkimSign { out += "dkim = \"off\"\n" }
+            if let v = l.verify { out += "verify = \"\(v.rawValue)\"\n" }
+            if l.spfReject { out += "spf_reject = true\n" }
         }
         for k in dkimKeys {
             out += "\n[[dkim]]  # \(origin("dkim"))\ndomain = \(SettingValue.quoted(k.domain))\nselector = \(SettingValue.quoted(k.selector))\n"
@@ -165,7 +167,8 @@ extension TernSettings {
         var out = section("`[[listener]]`")
         out += "| | | | | An address to listen on with per-listener options, one table per listener, in addition to `listen` |\n"
         for (name, kind, help) in listenerKeys {
-            let def = ["role": "relay", "plaintext_auth": "false", "address": "required", "dkim": "auto"][name] ?? "limits.bare_newline"
+            let def = ["role": "relay", "plaintext_auth": "false", "address": "required", "dkim": "auto", "verify": "verify.policy",
+                       "spf_reject": "false"][name] ?? "limits.bare_newline"
             out += "| `\(name)` | | \(escape(kind.name)) | \(def) | \(escape(help)) |\n"
         }
         return out

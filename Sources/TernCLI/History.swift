@@ -63,7 +63,7 @@ enum HistoryFormatter {
 
     static func describe(_ t: TimelineItem) -> String {
         switch t.kind {
-        case .event(.received): return EventKind.received.rawValue + (t.mxAddress.map { " from \($0)" } ?? " locally")
+        case .event(.received): return EventKind.received.rawValue + (t.mxAddress.map { " from \($0)" } ?? " locally") + (t.text.map { ", \($0)" } ?? "")
         case .attempt:
             let via = [t.mxHost, t.mxAddress.map { "[\($0)]" }].compactMap { $0 }.joined()
             let tls = t.tls.map { " \($0)" } ?? ""
@@ -92,6 +92,9 @@ enum HistoryFormatter {
                 ("received_at", .int64(e.receivedAt)), ("final_at", jsonInt64(e.finalAt)), ("final_code", jsonInt(e.finalCode)),
                 ("final_enhanced", jsonString(e.finalEnhanced)), ("final_text", jsonString(e.finalText)),
                 ("mx_host", jsonString(e.mxHost)), ("tls", jsonString(e.tls)), ("seconds_to_deliver", jsonNumber(e.secondsToDeliver)),
+                ("authentication", e.authentication.map { a in
+                    .object([("spf", .string(a.spf)), ("dkim", .string(a.dkim)), ("dmarc", .string(a.dmarc)), ("disposition", .string(a.disposition))])
+                } ?? .null),
                 ("timeline", .array(e.timeline.map { t in
                     .object([("at", .int64(t.at)), ("kind", .string(t.kind.description)), ("mx_host", jsonString(t.mxHost)),
                              ("address", jsonString(t.mxAddress)), ("tls", jsonString(t.tls)), ("code", jsonInt(t.code)),

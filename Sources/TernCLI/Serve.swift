@@ -173,6 +173,8 @@ struct Serve: AsyncParsableCommand {
         }
         let authenticator = AccountAuthenticator(store: store, throttle: AuthThrottle(policy: settings.throttlePolicy), logger: logger)
         listenerConfig.authenticator = authenticator
+        // SPF, DKIM and DMARC for mail from other MTAs, through the same resolver as delivery.
+        do { listenerConfig.verifier = try settings.mailVerifier(dns: resolver) } catch { throw fail("\(error)", code: 78) }
         let listener = SMTPListener(config: listenerConfig, intake: intake, group: group, logger: logger)
         logger.info("tern starting", metadata: [
             "db": "\(settings.db)", "hostname": "\(settings.hostname)",

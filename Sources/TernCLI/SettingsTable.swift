@@ -10,7 +10,7 @@ import TernMessage
 import TernProtocol
 
 extension TernSettings {
-    public static let declared: [Setting] = top + delivery + limits + tls + auth + retention + signing
+    public static let declared: [Setting] = top + delivery + limits + tls + auth + retention + signing + verify
 
     /// Keys of one `[[listener]]` table: name, kind, help.
     static let listenerKeys: [(String, Setting.Kind, String)] = [
@@ -19,6 +19,9 @@ extension TernSettings {
         ("plaintext_auth", .boolean, "offer AUTH without TLS, to loopback clients only"),
         ("bare_newline", .choice(BareNewlinePolicy.allCases.map(\.rawValue)), "this listener's policy for a text line ending in a bare LF"),
         ("dkim", .choice(["auto", "off"]), "auto: DKIM-sign mail from this listener's authenticated and trusted clients; off: never"),
+        ("verify", .choice(VerifyPolicy.allCases.map(\.rawValue)),
+         "SPF, DKIM and DMARC on mail from other MTAs (relay listeners; untrusted, unauthenticated clients): off, record, or enforce (DMARC p=reject refused)"),
+        ("spf_reject", .boolean, "refuse MAIL with 550 5.7.23 when SPF fails (-all); needs verify on"),
     ]
 
     /// Keys of one `[[dkim]]` table: name, kind, help.
@@ -162,6 +165,13 @@ extension TernSettings {
                     guard case .string(let text) = v else { throw ConfigError("'signing.sign_as' must be a string") }
                     s.signing.signAs = text.isEmpty ? nil : text.lowercased()
                 }),
+    ]
+
+    static let verify: [Setting] = [
+        .choice("verify.policy", \.verifyPolicy,
+                "relay listeners without their own verify: off, record (Authentication-Results: and the message row), enforce (also refuse DMARC p=reject with 550 5.7.1)"),
+        .string("verify.authserv_id", \.authservID, defaultText: "hostname", "the name Authentication-Results: fields carry (RFC 8601 §2.5)"),
+        .string("verify.public_suffix_list", \.publicSuffixList, "the Public Suffix List for DMARC's organisational domains (Debian package publicsuffix)"),
     ]
 
     /// Checks that involve two settings (each setting's own bounds are in its declaration).

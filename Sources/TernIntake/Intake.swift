@@ -56,12 +56,20 @@ public final class Intake: Sendable {
     /// With `loop`, `completion` and the hand-over to the scheduler run on
     /// that event loop; without, on the store's writer thread, which every
     /// message's commit waits for and should do nothing else.
+    ///
+    /// `authentication`: the verdicts of the checks the listener ran (SPF,
+    /// DKIM, DMARC), stored on the message row; their Authentication-Results:
+    /// field goes under our Received:, and any such field already in the
+    /// message that claims the same authserv-id is removed (RFC 8601 §5).
     public func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String? = nil, sign: Bool = true,
+                       authentication: AuthenticationColumns? = nil,
                        on loop: (any EventLoop)? = nil, completion: @escaping @Sendable (CommitOutcome) -> Void) {
-        accept(envelope, body: body, origin: origin, authUser: authUser, sign: sign, retries: 1, loop: loop, completion: completion)
+        accept(envelope, body: body, origin: origin, authUser: authUser, sign: sign, authentication: authentication, retries: 1,
+               loop: loop, completion: completion)
     }
 
-    private func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?, sign: Bool = true, retries: Int,
+    private func accept(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?, sign: Bool = true,
+                        authentication: AuthenticationColumns?, retries: Int,
                         loop: (any EventLoop)?, completion: @escaping @Sendable (CommitOutcome) -> Void) {
         // RFC 5321 §6.3: count the hops; ours makes one more.
         let hops = body.withUnsafeReadableBytes { HeaderBlock.count("Received", in: $0) } + 1
@@ -74,20 +82,21 @@ public final class Intake: Sendable {
             if let loop { loop.execute { completion(refusal) } } else { completion(refusal) }
             return
         }
-        var prepared = prepare(envelope, body: body, origin: origin, authUser: authUser, sign: sign)
+        var prepared = prepare(envelope, body: body, origin: origin, authUser: authUser, sign: sign, authentication: authentication)
         prepared.lease = handoff?.reserve(prepared)
         let message = prepared
         store.insertMessage(message) { result in
             if let loop {
-                loop.execute { self.committed(result, message, envelope, body, origin, authUser, sign, retries, loop, completion) }
+                loop.execute { self.committed(result, message, envelope, body, origin, authUser, sign, authentication, retries, loop, completion) }
             } else {
-                self.committed(result, message, envelope, body, origin, authUser, sign, retries, nil, completion)
+                self.committed(result, message, envelope, body, origin, authUser, sign, authentication, retries, nil, completion)
             }
         }
     }
 
     private func committed(_ result: Result<InsertedMessage, StoreError>, _ message: NewMessage, _ envelope: Envelope,
-                           _ body: ByteBuffer, _ origin: Origin, _ authUser: String?, _ sign: Bool, _ retries: Int,
+                           _ body: ByteBuffer, _ origin: Origin, _ authUser: String?, _ sign: Bool,
+                           _ authentication: AuthenticationColumns?, _ retries: Int,
                            _ loop: (any EventLoop)?, _ completion: @escaping @Sendable (CommitOutcome) -> Void) {
         switch result {
         case .success(let inserted):
@@ -101,7 +110,7 @@ public final class Intake: Sendable {
         case .failure(.constraint(let why)) where retries > 0 && why.contains("queue_id"):
             // Two processes drew the same queue id: draw again.
             if message.lease != nil { self.handoff?.cancel(message) }
-            self.accept(envelope, body: body, origin: origin, authUser: authUser, sign: sign, retries: retries - 1,
+            self.accept(envelope, body: body, origin: origin, authUser: authUser, sign: sign, authentication: authentication, retries: retries - 1,
                         loop: loop, completion: completion)
         case .failure(let error):
             if message.lease != nil { self.handoff?.cancel(message) }
@@ -127,7 +136,8 @@ public final class Intake: Sendable {
     }
 
     /// Builds the stored form of a message: queue id, headers, recipients.
-    func prepare(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?, sign: Bool = true) -> NewMessage {
+    func prepare(_ envelope: Envelope, body: ByteBuffer, origin: Origin, authUser: String?, sign: Bool = true,
+                 authentication: AuthenticationColumns? = nil) -> NewMessage {
         let now = clock()
         let queueID = QueueID.make(millis: now)
         var received = ReceivedHeader(
@@ -149,8 +159,14 @@ public final class Intake: Sendable {
             }
         }
         var data = Data(capacity: prefix.utf8.count + body.readableBytes)
-        data.append(contentsOf: prefix.utf8)
-        body.withUnsafeReadableBytes { data.append(contentsOf: $0) }
+        if let authentication {
+            prefix += "Authentication-Results: \(authentication.results)\r\n"
+            data.append(contentsOf: prefix.utf8)
+            body.withUnsafeReadableBytes { data.append(contentsOf: Intake.withoutForgedResults($0, authservID: authentication.authservID)) }
+        } else {
+            data.append(contentsOf: prefix.utf8)
+            body.withUnsafeReadableBytes { data.append(contentsOf: $0) }
+        }
         // Ours to sign: submission and local mail, and mail from trusted or
         // authenticated clients; never mail relayed for the world.
         let ours = origin == .submission || origin == .local || envelope.trustedClient || authUser != nil
@@ -172,7 +188,28 @@ public final class Intake: Sendable {
             helo: envelope.helo.isEmpty ? nil : envelope.helo, authUser: authUser,
             headerMessageID: messageID, envID: envelope.parameters.envelopeID,
             ret: envelope.parameters.ret?.rawValue, bodyType: envelope.parameters.body?.rawValue,
-            smtputf8: envelope.parameters.smtputf8, origin: origin.rawValue, recipients: recipients)
+            smtputf8: envelope.parameters.smtputf8, origin: origin.rawValue, recipients: recipients, authentication: authentication)
+    }
+
+    /// The message without the Authentication-Results: fields that claim our
+    /// authserv-id (RFC 8601 §5: a sender could forge our verdicts). The body is untouched.
+    static func withoutForgedResults(_ message: UnsafeRawBufferPointer, authservID: String) -> [UInt8] {
+        let bytes = Array(message)
+        let (fields, _) = DKIMCanonical.split(bytes)
+        let ours = authservID.lowercased()
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        for f in fields {
+            if f.lowercasedName == "authentication-results" {
+                let value = String(decoding: DKIMCanonical.value(of: f), as: UTF8.self)
+                let id = value.split(separator: ";", maxSplits: 1).first.map { $0.split(whereSeparator: { $0.isWhitespace }).first.map(String.init) ?? "" } ?? ""
+                if id.lowercased() == ours { continue }
+            }
+            out += f.raw
+        }
+        // The fields lie end to end from the start: what follows them (the empty line and the body) is copied as it is.
+        out += bytes[fields.reduce(0) { $0 + $1.raw.count }...]
+        return out
     }
 
     private func localReceived(queueID: String, now: Int64) -> String {

@@ -10,6 +10,7 @@ import NIOPosix
 import NIOSSL
 import ServiceLifecycle
 import TernIntake
+import TernMailAuth
 import TernProtocol
 
 /// One address to listen on, and what for.
@@ -25,6 +26,11 @@ public struct ListenAddress: Sendable, Equatable {
     /// DKIM-sign mail from this listener's authenticated and trusted
     /// clients (false: never; mail relayed for the world is never signed).
     public var dkimSign = true
+    /// Checking SPF, DKIM and DMARC on mail from other MTAs (relay listeners,
+    /// untrusted and unauthenticated clients); nil: the configuration's default.
+    public var verify: VerifyPolicy? = nil
+    /// Refuse MAIL (550 5.7.23) when SPF fails (opt-in; needs verify on).
+    public var spfReject = false
 
     public init(_ host: String, _ port: Int, role: ListenerRole = .relay, plaintextAuth: Bool = false) {
         self.role = role
@@ -32,6 +38,16 @@ public struct ListenAddress: Sendable, Equatable {
         self.port = port
         self.plaintextAuth = plaintextAuth
     }
+}
+
+/// What a listener does with the verdicts of SPF, DKIM and DMARC.
+public enum VerifyPolicy: String, Sendable, CaseIterable {
+    /// No checks.
+    case off
+    /// Check, record (Authentication-Results:, the message row), accept.
+    case record
+    /// As record, and DMARC p=reject is refused with 550 5.7.1 at the end of DATA; quarantine is kept and marked.
+    case enforce
 }
 
 public struct ListenerConfig: Sendable {
@@ -68,6 +84,10 @@ public struct ListenerConfig: Sendable {
     /// Told the bound addresses once every listener is bound (delivery
     /// uses them never to connect to this server itself).
     public var onBound: (@Sendable ([SocketAddress]) -> Void)? = nil
+    /// Checks mail from other MTAs (nil: no checks on any listener).
+    public var verifier: MailVerifier? = nil
+    /// The policy of relay listeners that do not name theirs.
+    public var verifyPolicy: VerifyPolicy = .record
 
     public init(session: SessionConfig) { self.session = session }
 }
@@ -109,11 +129,15 @@ public final class SMTPListener: Service, Sendable {
         session.authEnabled = config.authenticator != nil
         session.plaintextAuthOnLoopback = address.plaintextAuth
         if let b = address.bareNewline { session.bareNewline = b }
+        // Submission listeners take mail from users, not from other MTAs: never checked.
+        let policy = address.role == .relay && config.verifier != nil ? address.verify ?? config.verifyPolicy : .off
+        session.checkSender = policy != .off && address.spfReject
         return SMTPServerHandler.Settings(
             session: session, commandTimeout: .seconds(config.commandTimeoutSeconds),
             dataTimeout: .seconds(config.dataTimeoutSeconds),
             origin: address.role == .relay ? config.origin : .submission, dkimSign: address.dkimSign, tls: config.tls,
-            authenticator: config.authenticator, maxSession: .seconds(config.maxSessionSeconds), budget: budget)
+            authenticator: config.authenticator, maxSession: .seconds(config.maxSessionSeconds), budget: budget,
+            verifier: policy == .off ? nil : config.verifier, verifyPolicy: policy)
     }
 
     /// Loads the recipient table when it changed since `version`; returns the version loaded.

@@ -10,7 +10,9 @@ import NIOSSL
 import NIOTLS
 import TernConcurrency
 import TernIntake
+import TernMailAuth
 import TernProtocol
+import TernStore
 
 final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
@@ -28,6 +30,9 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         var maxSession: TimeAmount = .hours(1)
         /// Message text held in memory by all sessions (nil: unbounded, tests).
         var budget: MessageMemoryBudget? = nil
+        /// SPF, DKIM and DMARC for mail from untrusted, unauthenticated clients (nil: no checks).
+        var verifier: MailVerifier? = nil
+        var verifyPolicy: VerifyPolicy = .off
     }
 
     private var session: SMTPServerSession
@@ -60,6 +65,8 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The session's time ran out during a commit: close after its reply.
     private var expireAfterCommit = false
     private var logger: Logger
+    /// SPF's verdict at MAIL for the transaction under way (the opt-in check), reused at the end of DATA.
+    private var senderVerdict: SPFVerdict? = nil
     private let settings: Settings
     private let intake: Intake
     private let registry: SessionRegistry
@@ -234,6 +241,11 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
                 deadline = nil
                 if wrote { context.flush(); wrote = false }
                 startAuthentication(credentials, mechanism, context: context)
+            case .checkSender(let path):
+                committing = true
+                deadline = nil
+                if wrote { context.flush(); wrote = false }
+                startSenderCheck(path, context: context)
             }
             if shutdownRequested && !committing && !session.inTransaction {
                 send([session.shuttingDown()], context: context)
@@ -288,9 +300,42 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func startCommit(_ envelope: Envelope, body: ByteBuffer, context: ChannelHandlerContext) {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loop = context.eventLoop
+        if let verifier = settings.verifier, !envelope.trustedClient, envelope.authUser == nil, let ip = IPAddress(envelope.clientAddress) {
+            // Mail from another MTA: check it first (DNS, off this loop's thread), then commit with the verdicts.
+            let atMail = senderVerdict
+            senderVerdict = nil
+            let message = Array(body.readableBytesView)
+            let mailFrom = envelope.mailFrom?.address ?? ""
+            Task(executorPreference: EventLoopExecutor(loop)) {
+                let report = await verifier.verify(ip: ip, mailFrom: mailFrom, helo: envelope.helo, message: message, spfAtMail: atMail)
+                loop.execute { bound.value.verified(report, envelope, body: body) }
+            }
+            return
+        }
+        commit(envelope, body: body, authentication: nil, loop: loop)
+    }
+
+    /// The checks are done: refuse (enforce, DMARC p=reject) or commit with the verdicts.
+    private func verified(_ report: AuthenticationReport, _ envelope: Envelope, body: ByteBuffer) {
+        logger.info("authentication", metadata: [
+            "spf": "\(report.spf.result.rawValue)", "dkim": "\(report.dkimSummary.rawValue)", "dmarc": "\(report.dmarc.result.rawValue)",
+            "disposition": "\(report.dmarc.disposition.rawValue)", "from": "<\(envelope.mailFrom?.address ?? "")>",
+        ])
+        if settings.verifyPolicy == .enforce, report.dmarc.result == .fail, report.dmarc.disposition == .reject {
+            commitFinished(.rejected(SMTPReply(550, .securityPolicy,
+                "Message rejected: DMARC policy of \(report.dmarc.fromDomain) is reject, and neither SPF nor DKIM passed for it")))
+            return
+        }
+        guard let loop = context?.eventLoop else { return }
+        commit(envelope, body: body, authentication: report.columns, loop: loop)
+    }
+
+    private func commit(_ envelope: Envelope, body: ByteBuffer, authentication: AuthenticationColumns?, loop: any EventLoop) {
+        let bound = NIOLoopBound(self, eventLoop: loop)
         // The outcome comes on this loop: the hand-over to the scheduler runs
         // here too, not on the writer thread that every commit waits for.
-        intake.accept(envelope, body: body, origin: settings.origin, authUser: envelope.authUser, sign: settings.dkimSign, on: loop) { outcome in
+        intake.accept(envelope, body: body, origin: settings.origin, authUser: envelope.authUser, sign: settings.dkimSign,
+                      authentication: authentication, on: loop) { outcome in
             bound.value.commitFinished(outcome)
         }
     }
@@ -309,6 +354,27 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         Task(executorPreference: EventLoopExecutor(loop)) {
             let outcome = await authenticator.authenticate(credentials, mechanism: mechanism, client: client)
             loop.execute { bound.value.authFinished(outcome) }
+        }
+    }
+
+    /// SPF at MAIL (opt-in): a fail refuses MAIL; anything else, DNS failures included, accepts it.
+    private func startSenderCheck(_ path: SMTPPath, context: ChannelHandlerContext) {
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        senderVerdict = nil
+        guard let verifier = settings.verifier, let ip = session.client.address else {
+            resume { $0.senderChecked(nil) }
+            return
+        }
+        var mailFrom = ""
+        if case .mailbox(let m) = path { mailFrom = m.address }
+        let helo = session.heloName
+        Task(executorPreference: EventLoopExecutor(loop)) {
+            let verdict = await verifier.spf.check(ip: ip, mailFrom: mailFrom, helo: helo)
+            loop.execute {
+                bound.value.senderVerdict = verdict
+                bound.value.resume { $0.senderChecked(MailVerifier.mailRefusal(verdict, ip: ip)) }
+            }
         }
     }
 

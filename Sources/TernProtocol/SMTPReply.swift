@@ -103,6 +103,7 @@ extension EnhancedStatus {
     public static let securityError = EnhancedStatus(5, 7, 0)           // RFC 4954 §6: authentication required / aborted
     public static let badCredentials = EnhancedStatus(5, 7, 8)          // RFC 4954 §6: authentication credentials invalid
     public static let encryptionRequired = EnhancedStatus(5, 7, 11)     // RFC 5248: encryption required for mechanism
+    public static let spfFailed = EnhancedStatus(5, 7, 23)              // RFC 7372: SPF validation failed
 }
 
 /// One SMTP reply: a three-digit code, an optional enhanced code, and text lines.

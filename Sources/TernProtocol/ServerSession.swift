@@ -18,18 +18,21 @@ public struct SMTPServerSession: Sendable {
         case committing    // waiting for intake
         case auth          // reading SASL responses (RFC 4954 §4)
         case authenticating // waiting for the Authenticator
+        case checkingSender // waiting for the sender check (SPF at MAIL)
         case closed
     }
 
 
-    public private(set) var state: State = .greeting
+    public internal(set) var state: State = .greeting
     public let config: SessionConfig
     public let client: ClientInfo
 
-    private var helo: String? = nil
+    var helo: String? = nil
     private var esmtp = false
-    private var mailFrom: SMTPPath? = nil
-    private var mailParams = MailParameters()
+    var mailFrom: SMTPPath? = nil
+    var mailParams = MailParameters()
+    /// MAIL waiting for the sender check.
+    var pendingMail: (SMTPPath, MailParameters)? = nil
     private var recipients: [EnvelopeRecipient] = []
     private var recipientKeys: Set<String> = []
     private var usedBDAT = false
@@ -88,7 +91,7 @@ public struct SMTPServerSession: Sendable {
 
     public mutating func receive(_ frame: SMTPFrame) -> SessionAction? {
         switch (state, frame) {
-        case (.closed, _), (.committing, _), (.authenticating, _):
+        case (.closed, _), (.committing, _), (.authenticating, _), (.checkingSender, _):
             return nil
         case (.auth, .line(let line, _)):
             return saslResponse(line)
@@ -314,6 +317,11 @@ public struct SMTPServerSession: Sendable {
                 return error(SMTPReply(553, .securityPolicy, "<\(sender?.address ?? "")>: Sender address not owned by user \(id.name)"))
             }
         }
+        if config.checkSender, !client.trusted, identity == nil {
+            pendingMail = (path, params)
+            state = .checkingSender
+            return .checkSender(path)
+        }
         mailFrom = path
         mailParams = params
         state = .mail
@@ -471,7 +479,7 @@ public struct SMTPServerSession: Sendable {
         overshoot = 0
     }
 
-    private func ok(_ reply: SMTPReply) -> SessionAction { .reply([reply], close: false) }
+    func ok(_ reply: SMTPReply) -> SessionAction { .reply([reply], close: false) }
 
     /// A reply to NOOP, VRFY, HELP or RSET: past the junk limit each one
     /// also counts as an error, so a client that only chatters is closed.
@@ -489,7 +497,7 @@ public struct SMTPServerSession: Sendable {
     private func ok(lines: [String]) -> SessionAction { .reply([SMTPReply(250, nil, lines: lines)], close: false) }
 
     /// An error reply, counted; past the limit the session ends with 421.
-    private mutating func error(_ reply: SMTPReply) -> SessionAction {
+    mutating func error(_ reply: SMTPReply) -> SessionAction {
         errorCount += 1
         if errorCount >= config.maxErrors {
             state = .closed

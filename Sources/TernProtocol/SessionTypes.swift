@@ -37,6 +37,9 @@ public struct SessionConfig: Sendable {
     public var maxJunkCommands: Int = 100
     /// Command lines in one connection before it is closed with 421.
     public var maxCommands: Int = 100_000
+    /// Ask the listener to check the sender of untrusted, unauthenticated
+    /// clients before MAIL's reply (`.checkSender`): SPF refused at MAIL.
+    public var checkSender = false
 
     public init(hostname: String) { self.hostname = hostname }
 }
@@ -128,6 +131,9 @@ public enum SessionAction: Sendable {
     /// Check these credentials; call `authFinished` with the outcome, and read
     /// no further frames until then. Never log the credentials.
     case authenticate(Credentials, SASLMechanism)
+    /// Check the sender (SPF at MAIL, opt-in); call `senderChecked` with the
+    /// refusal or nil, and read no further frames until then.
+    case checkSender(SMTPPath)
 }
 
 /// What intake made of a transaction.

@@ -76,7 +76,19 @@ public struct HistoryEntry: Sendable {
     public var clientAddress: String?
     public var recipientID: Int64
     public var messageID: Int64
+    /// SPF, DKIM and DMARC as intake found them (nil: not checked).
+    public var authentication: MessageAuthentication? = nil
     public var timeline: [TimelineItem] = []
+}
+
+/// The verdicts on a message row (migration 0010).
+public struct MessageAuthentication: Sendable, Equatable {
+    public var spf: String
+    public var dkim: String
+    public var dmarc: String
+    public var disposition: String
+
+    public var summary: String { "spf=\(spf) dkim=\(dkim) dmarc=\(dmarc)" + (disposition == "none" ? "" : " (\(disposition))") }
 }
 
 extension Store {
@@ -119,7 +131,8 @@ extension Store {
         }
         let sql = """
             SELECT m.queue_id, m.mail_from, r.address, r.domain, r.state, r.attempts, m.received_at, r.final_at,
-                   r.last_code, r.last_enhanced, r.last_text, m.client_address, r.id, m.id
+                   r.last_code, r.last_enhanced, r.last_text, m.client_address, r.id, m.id,
+                   m.auth_spf, m.auth_dkim, m.auth_dmarc, m.auth_disposition
               FROM recipient r JOIN message m ON m.id = r.message_id
              \(conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND "))
              ORDER BY m.received_at DESC, r.id DESC LIMIT :limit
@@ -128,7 +141,10 @@ extension Store {
             var entries = try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map { row in
                 HistoryEntry(queueID: row[0], sender: row[1], recipient: row[2], domain: row[3], state: row[4], attempts: row[5],
                              receivedAt: row[6], finalAt: row[7], finalCode: row[8], finalEnhanced: row[9], finalText: row[10],
-                             clientAddress: row[11], recipientID: row[12], messageID: row[13])
+                             clientAddress: row[11], recipientID: row[12], messageID: row[13],
+                             authentication: (row[14] as String?).map { spf in
+                                 MessageAuthentication(spf: spf, dkim: row[15] ?? "", dmarc: row[16] ?? "", disposition: row[17] ?? "")
+                             })
             }
             let attempts = try db.cachedStatement(sql: """
                 SELECT started_at, ended_at, mx_host, mx_address, tls, code, enhanced, text, outcome
@@ -140,7 +156,7 @@ extension Store {
                 """)
             for i in entries.indices {
                 let e = entries[i]
-                var timeline = [TimelineItem(at: e.receivedAt, kind: .event(.received), mxAddress: e.clientAddress)]
+                var timeline = [TimelineItem(at: e.receivedAt, kind: .event(.received), mxAddress: e.clientAddress, text: e.authentication?.summary)]
                 for a in try Row.fetchAll(attempts, arguments: [e.recipientID]) {
                     let started: Int64 = a[0], ended: Int64 = a[1]
                     timeline.append(TimelineItem(at: started, kind: .attempt, mxHost: a[2], mxAddress: a[3], tls: a[4], code: a[5],

@@ -38,6 +38,27 @@ public protocol IntakeHandoff: Sendable {
 }
 
 /// An accepted message, as intake hands it to the store.
+/// The verdicts stored on a message row: results as the RFCs spell them.
+public struct AuthenticationColumns: Sendable, Equatable {
+    public var spf: String
+    public var dkim: String
+    public var dmarc: String
+    public var disposition: String
+    /// The Authentication-Results: field's value.
+    public var results: String
+
+    /// The authserv-id the value starts with.
+    public var authservID: String { results.split(separator: ";", maxSplits: 1).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? "" }
+
+    public init(spf: String, dkim: String, dmarc: String, disposition: String, results: String) {
+        self.spf = spf
+        self.dkim = dkim
+        self.dmarc = dmarc
+        self.disposition = disposition
+        self.results = results
+    }
+}
+
 public struct NewMessage: Sendable {
     public var queueID: String
     public var receivedAt: Int64
@@ -55,6 +76,8 @@ public struct NewMessage: Sendable {
     public var smtputf8: Bool
     public var origin: String
     public var recipients: [NewRecipient]
+    /// SPF, DKIM and DMARC verdicts of received mail (migration 0010); nil when not checked.
+    public var authentication: AuthenticationColumns? = nil
     /// Set when the running scheduler takes the message straight from
     /// memory: the recipients are inserted already leased to it (`inflight`),
     /// in the intake transaction itself, so no claim has to follow.
@@ -62,7 +85,8 @@ public struct NewMessage: Sendable {
 
     public init(queueID: String, receivedAt: Int64, mailFrom: String, body: Data, clientAddress: String?, helo: String?,
                 authUser: String? = nil, headerMessageID: String?, envID: String?, ret: String?, bodyType: String?,
-                smtputf8: Bool, origin: String, recipients: [NewRecipient]) {
+                smtputf8: Bool, origin: String, recipients: [NewRecipient], authentication: AuthenticationColumns? = nil) {
+        self.authentication = authentication
         self.queueID = queueID
         self.receivedAt = receivedAt
         self.mailFrom = mailFrom
@@ -130,8 +154,9 @@ extension Store {
     static func insertReturningRecipients(_ m: NewMessage, _ db: Database, detail: String? = nil) throws -> InsertedMessage {
         var msg = try DirectStatement(db.cachedStatement(sql: """
             INSERT INTO message (queue_id, received_at, mail_from, size, body, client_address, helo, auth_user,
-                                 header_message_id, env_id, ret, body_type, smtputf8, origin)
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                                 header_message_id, env_id, ret, body_type, smtputf8, origin,
+                                 auth_spf, auth_dkim, auth_dmarc, auth_disposition, auth_results)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
             """))
         msg.bind(m.queueID)
         msg.bind(m.receivedAt)
@@ -147,6 +172,11 @@ extension Store {
         msg.bind(m.bodyType)
         msg.bind(m.smtputf8)
         msg.bind(m.origin)
+        msg.bind(m.authentication?.spf)
+        msg.bind(m.authentication?.dkim)
+        msg.bind(m.authentication?.dmarc)
+        msg.bind(m.authentication?.disposition)
+        msg.bind(m.authentication?.results)
         try msg.execute(db)
         let messageID = db.lastInsertedRowID
         let insertRecipient = try db.cachedStatement(sql: Store.insertRecipientSQL)

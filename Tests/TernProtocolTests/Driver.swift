@@ -32,6 +32,10 @@ struct Driver {
 
     mutating func feed(_ text: String) { feed(bytes: Array(text.utf8)) }
 
+    /// Senders the session asked to check (`.checkSender`), and the answer it gets.
+    var checkedSenders: [SMTPPath] = []
+    var senderRefusal: SMTPReply? = nil
+
     mutating func feed(bytes: [UInt8]) {
         buffer.writeBytes(bytes)
         while !closed {
@@ -63,6 +67,9 @@ struct Driver {
             } else {
                 apply(session.authFinished(.failure))
             }
+        case .checkSender(let path):
+            checkedSenders.append(path)
+            apply(session.senderChecked(senderRefusal))
         }
     }
 

@@ -8,6 +8,19 @@ func temporaryDatabase() -> String {
     return dir.appendingPathComponent("tern.sqlite").path
 }
 
+/// A message, its recipients and its `received` event as schemas before 10
+/// hold them (Store.insert writes today's columns).
+func insertAsOldSchemasDo(_ queueID: String, recipients: Int, _ db: Database) throws {
+    try db.execute(sql: "INSERT INTO message (queue_id, received_at, mail_from, size, body, header_message_id, origin) VALUES (?, 1, 'a@b.test', 3, X'616263', 'm@x', 'smtp')",
+                   arguments: [queueID])
+    let id = db.lastInsertedRowID
+    for i in 0..<recipients {
+        try db.execute(sql: "INSERT INTO recipient (message_id, address, domain, state, next_attempt_at, created_at) VALUES (?, ?, 'b.test', 'queued', 1, 1)",
+                       arguments: [id, "r\(i)@b.test"])
+    }
+    try db.execute(sql: "INSERT INTO event (at, kind, message_id) VALUES (1, 'received', ?)", arguments: [id])
+}
+
 func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, size: Int = 100) -> NewMessage {
     NewMessage(queueID: queueID, receivedAt: 1_000, mailFrom: "a@x.test", body: Data(repeating: 65, count: size),
                clientAddress: "127.0.0.1", helo: "c.test", headerMessageID: "m@x", envID: "env", ret: "HDRS",
@@ -123,7 +136,7 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
                 try Migrator.followUps[m.version]?(db)
                 try db.execute(sql: "INSERT INTO schema_migration VALUES (?, ?, 0)", arguments: [m.version, m.name])
             }
-            _ = try Store.insert(sampleMessage("q5", recipients: 3), db)
+            try insertAsOldSchemasDo("q5", recipients: 3, db)
         }
         try old.close()
         let store = try Store(path: path)
@@ -239,7 +252,7 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
                     try Migrator.followUps[m.version]?(db)
                     try db.execute(sql: "INSERT INTO schema_migration VALUES (?, ?, 0)", arguments: [m.version, m.name])
                 }
-                _ = try Store.insert(sampleMessage("q8", recipients: 2), db)
+                try insertAsOldSchemasDo("q8", recipients: 2, db)
                 if let extra { try db.execute(sql: "INSERT INTO event (at, kind) VALUES (1, ?)", arguments: [extra]) }
             }
             try old.close()

@@ -16,6 +16,7 @@ public func fuzzSession(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     config.bareNewline = first & 1 == 0 ? .normalize : .reject
     config.maxMessageSize = 4096
     config.startTLS = first & 2 != 0
+    config.checkSender = first & 8 != 0
     var session = SMTPServerSession(config: config, client: ClientInfo(address: IPAddress("192.0.2.1"), addressText: "192.0.2.1", trusted: first & 4 != 0))
     var framer = SMTPFramer(commandLineLimit: config.maxCommandLine + SMTPFramer.extensionAllowance, textLineLimit: config.maxTextLine)
     let input = Array(bytes.dropFirst())
@@ -51,5 +52,9 @@ func check(_ action: SessionAction, frame: SMTPFrame, consumed: [UInt8], session
         session.tlsEstablished("TLSv1.3")
     case .authenticate:
         _ = session.authFinished(.failure)
+    case .checkSender:
+        // Accept and refuse in turn, by the consumed length.
+        let next = session.senderChecked(consumed.count % 2 == 0 ? nil : SMTPReply(550, .spfFailed, "SPF"))
+        if case .reply(let r, _) = next { precondition(r.count == 1) }
     }
 }

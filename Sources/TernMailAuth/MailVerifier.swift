@@ -1,0 +1,103 @@
+// The checks intake runs on mail from other MTAs: SPF (MAIL FROM, or HELO
+// for a null path) and DKIM side by side, then DMARC over both, and the
+// Authentication-Results: field (RFC 8601) that records them, with the
+// values kept on the message row.
+
+import TernProtocol
+import TernRouting
+import TernStore
+
+public struct AuthenticationReport: Sendable {
+    public var spf: SPFVerdict
+    public var dkim: [DKIMSignatureVerdict]
+    public var dmarc: DMARCVerdict
+    /// The Authentication-Results: value (without the field name and the final CRLF).
+    public var header: String
+
+    /// The message's DKIM result: pass when any signature passed, else the first one's, none without signatures.
+    public var dkimSummary: DKIMResult {
+        dkim.contains { $0.result == .pass } ? .pass : dkim.first?.result ?? .none
+    }
+
+    public var columns: AuthenticationColumns {
+        AuthenticationColumns(spf: spf.result.rawValue, dkim: dkimSummary.rawValue, dmarc: dmarc.result.rawValue,
+                              disposition: dmarc.disposition.rawValue, results: header)
+    }
+}
+
+public struct MailVerifier: Sendable {
+    public let spf: SPFChecker
+    public let dkim: DKIMVerifier
+    public let dmarc: DMARCChecker
+    /// The name in Authentication-Results: (RFC 8601 §2.5): the host name unless configured.
+    public let authservID: String
+
+    public init(dns: any AuthDNS, psl: PublicSuffixList, authservID: String, clock: @escaping @Sendable () -> Int64,
+                percentile: @escaping @Sendable () -> Int = { Int.random(in: 0..<100) }) {
+        spf = SPFChecker(dns: dns, receiver: authservID, clock: clock)
+        dkim = DKIMVerifier(dns: dns, clock: clock)
+        dmarc = DMARCChecker(dns: dns, psl: psl, percentile: percentile)
+        self.authservID = authservID
+    }
+
+    /// Every check; `spfAtMail` is the SPF verdict already made at MAIL (not asked again).
+    public func verify(ip: IPAddress, mailFrom: String, helo: String, message: [UInt8], spfAtMail: SPFVerdict? = nil) async -> AuthenticationReport {
+        async let spfVerdict = spfAtMail == nil ? spf.check(ip: ip, mailFrom: mailFrom, helo: helo) : spfAtMail!
+        async let dkimVerdicts = dkim.verify(message)
+        let (s, d) = await (spfVerdict, dkimVerdicts)
+        let m = await dmarc.check(fromDomains: fromDomains(message), spf: s, dkim: d)
+        return AuthenticationReport(spf: s, dkim: d, dmarc: m, header: AuthenticationResults.value(authservID: authservID, spf: s, dkim: d, dmarc: m, mailFrom: mailFrom))
+    }
+
+    /// The refusal for MAIL when SPF fails (the opt-in check at MAIL), nil otherwise; a DNS failure never refuses.
+    public static func mailRefusal(_ v: SPFVerdict, ip: IPAddress) -> SMTPReply? {
+        guard v.result == .fail else { return nil }
+        var text = "SPF: \(v.domain) does not designate \(ip) as a permitted sender"
+        if let e = v.explanation { text += " (\(e))" }
+        return SMTPReply(550, .spfFailed, text)
+    }
+}
+
+/// Authentication-Results: (RFC 8601 §2.2), one resinfo per method, DKIM once per signature.
+public enum AuthenticationResults {
+    public static func value(authservID: String, spf: SPFVerdict, dkim: [DKIMSignatureVerdict], dmarc: DMARCVerdict, mailFrom: String) -> String {
+        var parts: [String] = [authservID]
+        let identity = spf.identity == "helo" ? "smtp.helo=\(token(spf.domain))" : "smtp.mailfrom=\(token(mailFrom.isEmpty ? spf.domain : mailFrom))"
+        parts.append("spf=\(spf.result.rawValue)\(comment(spf.result == .pass ? "" : spf.reason)) \(identity)")
+        if dkim.isEmpty {
+            parts.append("dkim=none")
+        }
+        for sig in dkim {
+            var p = "dkim=\(sig.result.rawValue)\(comment(sig.reason))"
+            if !sig.domain.isEmpty { p += " header.d=\(token(sig.domain))" }
+            if !sig.selector.isEmpty { p += " header.s=\(token(sig.selector))" }
+            if !sig.algorithm.isEmpty { p += " header.a=\(token(sig.algorithm))" }
+            if !sig.shortSignature.isEmpty { p += " header.b=\(token(sig.shortSignature))" }
+            parts.append(p)
+        }
+        var d = "dmarc=\(dmarc.result.rawValue)"
+        if let r = dmarc.record {
+            d += " (p=\(r.policy.rawValue)" + (r.subdomainPolicy.map { " sp=\($0.rawValue)" } ?? "") + " dis=\(dmarc.disposition.rawValue))"
+        } else if !dmarc.reason.isEmpty {
+            d += comment(dmarc.reason)
+        }
+        if !dmarc.fromDomain.isEmpty { d += " header.from=\(token(dmarc.fromDomain))" }
+        parts.append(d)
+        return parts.joined(separator: ";\r\n\t")
+    }
+
+    /// A value as an RFC 2045 token, else a quoted string.
+    static func token(_ s: String) -> String {
+        let special = Set("()<>@,;:\\\"/[]?= ")
+        let clean = String(s.unicodeScalars.filter { $0.value >= 0x21 && $0.value < 0x7F }.map(Character.init))
+        if !clean.isEmpty && !clean.contains(where: { special.contains($0) && $0 != "@" && $0 != "/" }) { return clean }
+        return "\"" + clean.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+
+    /// " (text)" as an RFC 5322 comment: printable ASCII, no parentheses or backslashes, at most 120 characters.
+    static func comment(_ s: String) -> String {
+        guard !s.isEmpty else { return "" }
+        let clean = String(s.unicodeScalars.filter { $0.value >= 0x20 && $0.value < 0x7F && !"()\\".unicodeScalars.contains($0) }.map(Character.init))
+        return " (" + String(clean.prefix(120)) + ")"
+    }
+}
