@@ -76,7 +76,7 @@ public struct DKIMVerifier: Sendable {
             v.reason = why
             return v
         }
-        guard let tags = TagList.parse(DKIMCanonical.value(of: field)) else { return finish(.neutral, "unreadable tag list") }
+        guard let tags = DKIMTagList.parse(DKIMCanonical.value(of: field)) else { return finish(.neutral, "unreadable tag list") }
         v.domain = (tags["d"] ?? "").lowercased()
         v.selector = tags["s"] ?? ""
         v.algorithm = (tags["a"] ?? "").lowercased()
@@ -132,7 +132,7 @@ public struct DKIMVerifier: Sendable {
         var publicKey: PublicKey? = nil
         var strictDomain = false
         for record in records {
-            guard let k = TagList.parse(record[...]) else { keyProblem = "unreadable key record"; continue }
+            guard let k = DKIMTagList.parse(record[...]) else { keyProblem = "unreadable key record"; continue }
             if let ver = k["v"], ver != "DKIM1" { keyProblem = "key record v= is not DKIM1"; continue }
             if let hashes = k["h"], !hashes.split(separator: ":").contains(where: { $0.trimmingCharacters(in: .whitespaces).lowercased() == "sha256" }) {
                 keyProblem = "the key's h= does not allow sha256"
@@ -187,7 +187,7 @@ public struct DKIMVerifier: Sendable {
         // The header hash (§3.7): the h= fields bottom-up, then this field with b= emptied, without its CRLF.
         var data: [UInt8] = []
         for f in DKIMCanonical.select(names, from: fields) { data += DKIMCanonical.header(f, hc) }
-        var own = DKIMCanonical.header(RawHeaderField(raw: TagList.emptyingB(field.raw), name: field.name), hc)
+        var own = DKIMCanonical.header(RawHeaderField(raw: DKIMTagList.emptyingB(field.raw), name: field.name), hc)
         if own.suffix(2) == [13, 10] { own.removeLast(2) }
         data += own
         guard publicKey.isValid(signature, for: data) else { return finish(.fail, "signature does not verify (a signed header field was changed)") }
@@ -262,51 +262,5 @@ enum PublicKey {
         case .ed25519(let k):
             return k.isValidSignature(signature, for: Data(SHA256.hash(data: data)))
         }
-    }
-}
-
-/// DKIM's tag=value lists (RFC 6376 §3.2).
-enum TagList {
-    /// Tags by name; nil for a list that is not one (a tag twice, a bad name).
-    static func parse(_ value: ArraySlice<UInt8>) -> [String: String]? {
-        let text = String(decoding: value, as: UTF8.self)
-        var out: [String: String] = [:]
-        for spec in text.split(separator: ";", omittingEmptySubsequences: false) {
-            let trimmed = spec.trimmingCharacters(in: .whitespacesAndNewlines)
-            if trimmed.isEmpty { continue }
-            guard let eq = trimmed.firstIndex(of: "=") else { return nil }
-            let name = trimmed[..<eq].trimmingCharacters(in: .whitespacesAndNewlines)
-            guard !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }), out[name] == nil else { return nil }
-            // Folding whitespace inside a value is removed where it cannot matter; base64 callers strip all of it.
-            let v = trimmed[trimmed.index(after: eq)...].trimmingCharacters(in: .whitespacesAndNewlines)
-            out[name] = v.replacingOccurrences(of: "\r\n", with: "")
-        }
-        return out
-    }
-
-    /// The field with the value of its b= tag removed, all else as it was (§3.7).
-    static func emptyingB(_ raw: [UInt8]) -> [UInt8] {
-        guard let colon = raw.firstIndex(of: UInt8(ascii: ":")) else { return raw }
-        var i = colon + 1
-        while i < raw.count {
-            // At the start of a tag-spec: skip FWS, read the name.
-            var j = i
-            while j < raw.count, [32, 9, 13, 10].contains(raw[j]) { j += 1 }
-            var k = j
-            while k < raw.count, raw[k] != UInt8(ascii: "="), raw[k] != UInt8(ascii: ";") { k += 1 }
-            var nameEnd = k
-            while nameEnd > j, [32, 9, 13, 10].contains(raw[nameEnd - 1]) { nameEnd -= 1 }
-            let end = raw[k...].firstIndex(of: UInt8(ascii: ";")) ?? raw.count
-            if raw[j..<nameEnd].elementsEqual([UInt8(ascii: "b")]), k < raw.count, raw[k] == UInt8(ascii: "=") {
-                // Keep the field's final line break.
-                var valueEnd = end
-                if end == raw.count {
-                    while valueEnd > k + 1, raw[valueEnd - 1] == 10 || raw[valueEnd - 1] == 13 { valueEnd -= 1 }
-                }
-                return Array(raw[...k]) + Array(raw[valueEnd...])
-            }
-            i = end + 1
-        }
-        return raw
     }
 }

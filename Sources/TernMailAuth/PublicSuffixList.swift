@@ -68,8 +68,3 @@ public struct PublicSuffixList: Sendable {
         return label + "." + suffix
     }
 }
-
-public struct DMARCError: Error, CustomStringConvertible {
-    public var description: String
-    public init(_ d: String) { description = d }
-}

@@ -74,15 +74,6 @@ public struct SPFChecker: Sendable {
     }
 }
 
-/// Whether a name can be looked up as a domain (§4.3): labels of 1 to 63 octets, at least two, 253 octets at most.
-func isValidDomain(_ name: String) -> Bool {
-    var n = Substring(name)
-    if n.hasSuffix(".") { n = n.dropLast() }
-    guard !n.isEmpty, n.utf8.count <= 253 else { return false }
-    let labels = n.split(separator: ".", omittingEmptySubsequences: false)
-    return labels.count >= 2 && labels.allSatisfy { !$0.isEmpty && $0.utf8.count <= 63 }
-}
-
 /// One check_host() evaluation and its includes, sharing the limits.
 final class SPFRun {
     struct Outcome {
@@ -384,8 +375,4 @@ final class SPFRun {
 enum SPFLookupError: Error {
     case void
     case temporary(String)
-}
-
-extension String {
-    var trimmingDot: String { hasSuffix(".") ? String(dropLast()) : self }
 }

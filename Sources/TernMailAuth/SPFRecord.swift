@@ -45,14 +45,18 @@ struct SPFDirective: Equatable {
     var text: String
 }
 
-struct SPFRecord: Equatable {
+public struct SPFRecord: Equatable {
     var directives: [SPFDirective] = []
     var redirect: MacroString?
     var exp: MacroString?
+
+    /// The terms as written (mechanisms only), for tests and fuzzing.
+    public var mechanismTexts: [String] { directives.map(\.text) }
+    public var hasRedirect: Bool { redirect != nil }
 }
 
-struct SPFSyntaxError: Error, Equatable {
-    var reason: String
+public struct SPFSyntaxError: Error, Equatable {
+    public var reason: String
 }
 
 /// A macro-string (§7.1), parsed.
@@ -154,7 +158,7 @@ struct MacroString: Equatable {
 
 extension SPFRecord {
     /// Whether a TXT record is an SPF version 1 record (§4.5): "v=spf1" then a space or the end.
-    static func isSPF(_ bytes: [UInt8]) -> Bool {
+    public static func isSPF(_ bytes: [UInt8]) -> Bool {
         let tag = Array("v=spf1".utf8)
         guard bytes.count >= tag.count else { return false }
         for (a, b) in zip(bytes, tag) where a | 0x20 != b | 0x20 { return false }
@@ -162,7 +166,7 @@ extension SPFRecord {
     }
 
     /// Parses a whole record; any syntax error is returned before anything is evaluated (§4.6).
-    static func parse(_ bytes: [UInt8]) throws(SPFSyntaxError) -> SPFRecord {
+    public static func parse(_ bytes: [UInt8]) throws(SPFSyntaxError) -> SPFRecord {
         guard bytes.allSatisfy({ $0 < 0x80 }) else { throw SPFSyntaxError(reason: "non-ASCII text in the record") }
         let text = String(decoding: bytes, as: UTF8.self)
         var record = SPFRecord()

@@ -1,0 +1,1 @@
+../../../Sources/TernMailAuth/DMARCRecord.swift

@@ -1,0 +1,14 @@
+// Domain names as SPF and DMARC compare them.
+
+/// Whether a name can be looked up as a domain (§4.3): labels of 1 to 63 octets, at least two, 253 octets at most.
+func isValidDomain(_ name: String) -> Bool {
+    var n = Substring(name)
+    if n.hasSuffix(".") { n = n.dropLast() }
+    guard !n.isEmpty, n.utf8.count <= 253 else { return false }
+    let labels = n.split(separator: ".", omittingEmptySubsequences: false)
+    return labels.count >= 2 && labels.allSatisfy { !$0.isEmpty && $0.utf8.count <= 63 }
+}
+
+extension String {
+    var trimmingDot: String { hasSuffix(".") ? String(dropLast()) : self }
+}
