@@ -4,6 +4,7 @@
 import ArgumentParser
 import Foundation
 import TernDKIM
+import TernMailAuth
 import TernRouting
 
 struct DKIMCommand: ParsableCommand {
@@ -91,8 +92,8 @@ extension DKIMCommand {
             case .records(let records):
                 let dkim = records.filter { $0.replacingOccurrences(of: " ", with: "").hasPrefix("v=DKIM1") || $0.contains("p=") }
                 for record in dkim {
-                    let tags = DKIMCommand.tags(record)
-                    let p = tags["p"] ?? ""
+                    let tags = DKIMTagList.parse(Array(record.utf8)[...]) ?? [:]
+                    let p = (tags["p"] ?? "").filter { !$0.isWhitespace }
                     let k = tags["k"] ?? "rsa"
                     print("found: \(record)")
                     if p.isEmpty { print("the key is revoked (empty p=)"); continue }
@@ -108,28 +109,5 @@ extension DKIMCommand {
                 throw ExitCode(1)
             }
         }
-    }
-
-    /// `tag=value` pairs of a key record (RFC 6376 §3.6.1), whitespace removed from values.
-    static func tags(_ record: String) -> [String: String] {
-        var out: [String: String] = [:]
-        for part in record.split(separator: ";") {
-            guard let eq = part.firstIndex(of: "=") else { continue }
-            let name = part[..<eq].trimmingCharacters(in: .whitespaces)
-            out[name] = part[part.index(after: eq)...].filter { !$0.isWhitespace }
-        }
-        return out
-    }
-}
-
-extension String {
-    func chunked(_ n: Int) -> [String] {
-        var out: [String] = []
-        var rest = Substring(self)
-        while !rest.isEmpty {
-            out.append(String(rest.prefix(n)))
-            rest = rest.dropFirst(n)
-        }
-        return out
     }
 }

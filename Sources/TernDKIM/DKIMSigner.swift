@@ -112,7 +112,8 @@ public enum DKIMPrivateKey: Sendable {
 }
 
 extension String {
-    func chunked(_ n: Int) -> [String] {
+    /// Pieces of at most `n` characters (PEM lines, TXT strings).
+    public func chunked(_ n: Int) -> [String] {
         var out: [String] = []
         var rest = Substring(self)
         while !rest.isEmpty {
