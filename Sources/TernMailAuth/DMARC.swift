@@ -70,9 +70,11 @@ public struct DMARCChecker: Sendable {
         return .success(nil)
     }
 
-    func aligned(_ a: String, _ b: String, strict: Bool) -> Bool {
-        let x = a.lowercased().trimmingDot, y = b.lowercased().trimmingDot
-        return strict ? x == y : psl.organizationalDomain(x) == psl.organizationalDomain(y)
+    /// Whether `a` is aligned with the From: domain (`from`, lower-case; `fromOrg`, its organisational domain).
+    func aligned(_ a: String, from: String, fromOrg: String, strict: Bool) -> Bool {
+        let x = a.lowercased().trimmingDot
+        if x == from { return true }
+        return !strict && psl.organizationalDomain(x) == fromOrg
     }
 
     /// The verdict for a message: its From: domains (one expected), SPF's verdict (MAIL FROM, or HELO for a null path) and DKIM's.
@@ -103,8 +105,10 @@ public struct DMARCChecker: Sendable {
             v.record = r
             v.policyDomain = at
         }
-        if let spf, spf.result == .pass, aligned(spf.domain, from, strict: record.strictSPF) { v.spfAligned = true }
-        let passing = dkim.filter { $0.result == .pass && aligned($0.domain, from, strict: record.strictDKIM) }
+        let org = psl.organizationalDomain(from)
+        func aligned(_ a: String, strict: Bool) -> Bool { self.aligned(a, from: from, fromOrg: org, strict: strict) }
+        if let spf, spf.result == .pass, aligned(spf.domain, strict: record.strictSPF) { v.spfAligned = true }
+        let passing = dkim.filter { $0.result == .pass && aligned($0.domain, strict: record.strictDKIM) }
         v.dkimAligned = !passing.isEmpty
         if v.spfAligned || v.dkimAligned {
             v.result = .pass
@@ -112,8 +116,8 @@ public struct DMARCChecker: Sendable {
             return v
         }
         // A DNS failure on an aligned identifier could have been a pass: temperror, never fail.
-        let spfMaybe = spf.map { $0.result == .temperror && aligned($0.domain, from, strict: record.strictSPF) } ?? false
-        let dkimMaybe = dkim.contains { $0.result == .temperror && aligned($0.domain, from, strict: record.strictDKIM) }
+        let spfMaybe = spf.map { $0.result == .temperror && aligned($0.domain, strict: record.strictSPF) } ?? false
+        let dkimMaybe = dkim.contains { $0.result == .temperror && aligned($0.domain, strict: record.strictDKIM) }
         if spfMaybe || dkimMaybe {
             v.result = .temperror
             v.reason = "no aligned pass, and a DNS failure on an aligned \(spfMaybe ? "SPF" : "DKIM") identifier"

@@ -23,12 +23,20 @@ public struct DMARCRecord: Sendable, Equatable {
 
     /// A record's text; nil when it is not a DMARC record (§6.3: "v=DMARC1" first).
     public static func parse(_ text: String) -> Result<DMARCRecord, DMARCError>? {
-        let tags = text.split(separator: ";", omittingEmptySubsequences: true).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        guard let first = tags.first, first.replacingOccurrences(of: " ", with: "") == "v=DMARC1" else { return nil }
-        var values: [String: String] = [:]
+        // Tag lists by hand: Foundation's trimming and replacing showed in the intake profile.
+        func trimmed(_ s: Substring) -> Substring {
+            var t = s
+            while let f = t.first, f == " " || f == "\t" || f == "\r" || f == "\n" { t = t.dropFirst() }
+            while let l = t.last, l == " " || l == "\t" || l == "\r" || l == "\n" { t = t.dropLast() }
+            return t
+        }
+        let tags = text.split(separator: ";").map(trimmed).filter { !$0.isEmpty }
+        guard let first = tags.first, let eq = first.firstIndex(of: "="), trimmed(first[..<eq]) == "v",
+              trimmed(first[first.index(after: eq)...]) == "DMARC1" else { return nil }
+        var values: [String: Substring] = [:]
         for t in tags.dropFirst() {
             guard let eq = t.firstIndex(of: "=") else { return .failure(DMARCError("bad tag \(t)")) }
-            values[t[..<eq].trimmingCharacters(in: .whitespaces).lowercased()] = t[t.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            values[trimmed(t[..<eq]).lowercased()] = trimmed(t[t.index(after: eq)...])
         }
         guard let p = values["p"].flatMap({ DMARCPolicy(rawValue: $0.lowercased()) }) else {
             // §6.6.3: no valid p=, but a valid rua=: as p=none; otherwise no policy.

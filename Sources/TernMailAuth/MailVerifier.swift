@@ -86,13 +86,23 @@ public enum AuthenticationResults {
         return parts.joined(separator: ";\r\n\t")
     }
 
-    /// A value as an RFC 2045 token, else a quoted string.
+    /// A value as an RFC 2045 token, else a quoted string ("@" and "/" are
+    /// left bare, as pvalues and base64 prefixes carry them).
     static func token(_ s: String) -> String {
-        let special = Set("()<>@,;:\\\"/[]?= ")
-        let clean = String(s.unicodeScalars.filter { $0.value >= 0x21 && $0.value < 0x7F }.map(Character.init))
-        if !clean.isEmpty && !clean.contains(where: { special.contains($0) && $0 != "@" && $0 != "/" }) { return clean }
+        var bare = !s.isEmpty
+        var printable = true
+        for b in s.utf8 {
+            if b == 0x20 { bare = false; continue }
+            if b < 0x20 || b >= 0x7F { printable = false; bare = false; break }
+            if tspecials[Int(b)] { bare = false }
+        }
+        if bare { return s }
+        let clean = printable ? s : String(decoding: s.utf8.filter { $0 >= 0x20 && $0 < 0x7F }, as: UTF8.self)
         return "\"" + clean.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
     }
+
+    /// RFC 2045's tspecials but "@" and "/", by octet.
+    static let tspecials: [Bool] = (0..<128).map { "()<>,;:\\\"[]?=".utf8.contains(UInt8($0)) }
 
     /// " (text)" as an RFC 5322 comment: printable ASCII, no parentheses or backslashes, at most 120 characters.
     static func comment(_ s: String) -> String {

@@ -46,16 +46,19 @@ public struct PublicSuffixList: Sendable {
 
     /// The public suffix of `domain` (lower-case, without a final dot); the default rule "*" when none matches.
     public func publicSuffix(_ domain: String) -> String {
-        let labels = domain.lowercased().trimmingDot.split(separator: ".").map(String.init)
-        guard !labels.isEmpty else { return "" }
-        for i in 0..<labels.count {
-            let candidate = labels[i...].joined(separator: ".")
-            // An exception rule wins; its suffix is the rule without its first label.
-            if exceptions.contains(candidate) { return labels[(i + 1)...].joined(separator: ".") }
-            if rules.contains(candidate) { return candidate }
-            if i + 1 < labels.count, wildcards.contains(labels[(i + 1)...].joined(separator: ".")) { return candidate }
+        let d = domain.lowercased().trimmingDot
+        guard !d.isEmpty else { return "" }
+        // Suffixes from the longest (the whole name) to the last label: the first rule that matches prevails.
+        var start = d.startIndex
+        while true {
+            let candidate = d[start...]
+            let rest = candidate.firstIndex(of: ".").map { candidate[candidate.index(after: $0)...] }
+            if exceptions.contains(String(candidate)) { return rest.map(String.init) ?? "" } // the rule without its first label
+            if rules.contains(String(candidate)) { return String(candidate) }
+            if let rest, wildcards.contains(String(rest)) { return String(candidate) }
+            guard let rest else { return String(candidate) } // the default rule: the last label
+            start = rest.startIndex
         }
-        return labels.last! // the default rule: the last label
     }
 
     /// The organisational domain: the public suffix and one more label; the name itself when it is a public suffix.
