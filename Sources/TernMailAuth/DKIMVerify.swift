@@ -216,6 +216,10 @@ enum PublicKey {
         if let bits = PublicKey.rsaModulusBits(Array(der)), bits < minimumRSABits {
             throw DKIMVerifyError(reason: "an RSA key of \(bits) bits is too small (RFC 8301: at least \(minimumRSABits))")
         }
+        // A huge key costs the verifier, not the signer: RFC 8301 §3.2 asks verifiers to handle up to 4096 bits.
+        if let bits = PublicKey.rsaModulusBits(Array(der)), bits > 8192 {
+            throw DKIMVerifyError(reason: "an RSA key of \(bits) bits is too large to verify (at most 8192)")
+        }
         let key: _RSA.Signing.PublicKey
         do { key = try _RSA.Signing.PublicKey(unsafeDERRepresentation: der) } catch { throw DKIMVerifyError(reason: "unreadable RSA public key") }
         guard key.keySizeInBits >= minimumRSABits else {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TernTestSupport
 @testable import TernCLI
 import TernListener
 import TernProtocol
@@ -165,18 +166,4 @@ import TernDKIM
         try noKey.apply(toml: "[signing]\nsign_as = \"esp.test\"")
         #expect(throws: ConfigError.self) { try noKey.dkimSigner() }
     }
-}
-
-func runTool(_ path: String, _ args: [String]) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    var status: Int32 = 0
-    waitpid(p.processIdentifier, &status, 0) // not waitUntilExit: it can hang on Linux
-    return String(decoding: data, as: UTF8.self)
 }
