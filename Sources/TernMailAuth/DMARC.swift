@@ -35,6 +35,7 @@ public struct DMARCChecker: Sendable {
     public let psl: PublicSuffixList
     /// 0..<100, for pct= (injected for tests).
     let percentile: @Sendable () -> Int
+    let records = ParseCache<String, Result<DMARCRecord, DMARCError>?>()
 
     public init(dns: any AuthDNS, psl: PublicSuffixList, percentile: @escaping @Sendable () -> Int = { Int.random(in: 0..<100) }) {
         self.dns = dns
@@ -49,7 +50,7 @@ public struct DMARCChecker: Sendable {
             let name = "_dmarc.\(candidate)"
             switch await dns.txt(name) {
             case .records(let texts):
-                let records = texts.compactMap(DMARCRecord.parse)
+                let records = texts.compactMap { t in self.records.value(t) { DMARCRecord.parse(t) } }
                 steps.append("TXT \(name): " + texts.map { "\"\($0)\"" }.joined(separator: " "))
                 if records.count == 1 {
                     switch records[0] {

@@ -96,7 +96,7 @@ public func addressDomains(_ value: String) -> [String] {
     }
 }
 
-public struct DMARCError: Error, CustomStringConvertible {
+public struct DMARCError: Error, CustomStringConvertible, Sendable {
     public var description: String
     public init(_ d: String) { description = d }
 }

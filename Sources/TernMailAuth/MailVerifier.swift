@@ -8,7 +8,10 @@ import TernRouting
 import TernStore
 
 public struct AuthenticationReport: Sendable {
+    /// The MAIL FROM identity's verdict (the HELO identity's for a null reverse-path): DMARC's, and the row's.
     public var spf: SPFVerdict
+    /// The HELO identity's own verdict (RFC 7208 §2.3), when MAIL FROM had a domain of its own.
+    public var helo: SPFVerdict?
     public var dkim: [DKIMSignatureVerdict]
     public var dmarc: DMARCVerdict
     /// The Authentication-Results: value (without the field name and the final CRLF).
@@ -43,10 +46,13 @@ public struct MailVerifier: Sendable {
     /// Every check; `spfAtMail` is the SPF verdict already made at MAIL (not asked again).
     public func verify(ip: IPAddress, mailFrom: String, helo: String, message: [UInt8], spfAtMail: SPFVerdict? = nil) async -> AuthenticationReport {
         async let spfVerdict = spfAtMail == nil ? spf.check(ip: ip, mailFrom: mailFrom, helo: helo) : spfAtMail!
+        // The HELO identity too (RFC 7208 §2.3), when it is a name and not already the one checked.
+        async let heloVerdict = mailFrom.isEmpty || !isValidDomain(helo) ? nil : spf.checkHelo(ip: ip, helo: helo)
         async let dkimVerdicts = dkim.verify(message)
-        let (s, d) = await (spfVerdict, dkimVerdicts)
+        let (s, h, d) = await (spfVerdict, heloVerdict, dkimVerdicts)
         let m = await dmarc.check(fromDomains: fromDomains(message), spf: s, dkim: d)
-        return AuthenticationReport(spf: s, dkim: d, dmarc: m, header: AuthenticationResults.value(authservID: authservID, spf: s, dkim: d, dmarc: m, mailFrom: mailFrom))
+        return AuthenticationReport(spf: s, helo: h, dkim: d, dmarc: m,
+                                    header: AuthenticationResults.value(authservID: authservID, spf: s, helo: h, dkim: d, dmarc: m, mailFrom: mailFrom))
     }
 
     /// The refusal for MAIL when SPF fails (the opt-in check at MAIL), nil otherwise; a DNS failure never refuses.
@@ -60,10 +66,13 @@ public struct MailVerifier: Sendable {
 
 /// Authentication-Results: (RFC 8601 §2.2), one resinfo per method, DKIM once per signature.
 public enum AuthenticationResults {
-    public static func value(authservID: String, spf: SPFVerdict, dkim: [DKIMSignatureVerdict], dmarc: DMARCVerdict, mailFrom: String) -> String {
+    public static func value(authservID: String, spf: SPFVerdict, helo: SPFVerdict? = nil, dkim: [DKIMSignatureVerdict], dmarc: DMARCVerdict,
+                             mailFrom: String) -> String {
         var parts: [String] = [authservID]
-        let identity = spf.identity == "helo" ? "smtp.helo=\(token(spf.domain))" : "smtp.mailfrom=\(token(mailFrom.isEmpty ? spf.domain : mailFrom))"
-        parts.append("spf=\(spf.result.rawValue)\(comment(spf.result == .pass ? "" : spf.reason)) \(identity)")
+        for v in [spf, helo].compactMap({ $0 }) {
+            let identity = v.identity == "helo" ? "smtp.helo=\(token(v.domain))" : "smtp.mailfrom=\(token(mailFrom.isEmpty ? v.domain : mailFrom))"
+            parts.append("spf=\(v.result.rawValue)\(comment(v.result == .pass ? "" : v.reason)) \(identity)")
+        }
         if dkim.isEmpty {
             parts.append("dkim=none")
         }

@@ -12,3 +12,25 @@ func isValidDomain(_ name: String) -> Bool {
 extension String {
     var trimmingDot: String { hasSuffix(".") ? String(dropLast()) : self }
 }
+
+import Synchronization
+
+/// Parsed records by their text: the DNS cache keeps the text, and parsing
+/// it again for every message showed in the intake profile. Bounded: when
+/// full, it starts again empty.
+final class ParseCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
+    let entries = Mutex<[Key: Value]>([:])
+    let capacity: Int
+
+    init(capacity: Int = 10_000) { self.capacity = capacity }
+
+    func value(_ key: Key, _ make: () -> Value) -> Value {
+        if let hit = entries.withLock({ $0[key] }) { return hit }
+        let made = make()
+        entries.withLock { e in
+            if e.count >= capacity { e.removeAll(keepingCapacity: true) }
+            e[key] = made
+        }
+        return made
+    }
+}

@@ -38,6 +38,7 @@ public struct SPFChecker: Sendable {
     public var lookupLimit = 10
     public var voidLimit = 2
     let clock: @Sendable () -> Int64
+    let records = ParseCache<[UInt8], Result<SPFRecord, SPFSyntaxError>>()
 
     /// - Parameter clock: milliseconds since 1970 (for %{t}).
     public init(dns: any AuthDNS, receiver: String, clock: @escaping @Sendable () -> Int64) {
@@ -126,8 +127,13 @@ final class SPFRun {
         step("TXT \(domain): " + (records.isEmpty ? "no SPF record" : records.map { "\"\(String(decoding: $0, as: UTF8.self))\"" }.joined(separator: " ")))
         guard !records.isEmpty else { return end(.none, "\(domain) publishes no SPF record") }
         guard records.count == 1 else { return end(.permerror, "\(domain) publishes \(records.count) SPF records") }
+        let text = records[0]
+        let parsed = checker.records.value(text) { Result { () throws(SPFSyntaxError) in try SPFRecord.parse(text) } }
         let record: SPFRecord
-        do { record = try SPFRecord.parse(records[0]) } catch { return end(.permerror, "syntax error in \(domain)'s record: \(error.reason)") }
+        switch parsed {
+        case .success(let r): record = r
+        case .failure(let error): return end(.permerror, "syntax error in \(domain)'s record: \(error.reason)")
+        }
         return await evaluate(record, domain: domain, depth: depth)
     }
 

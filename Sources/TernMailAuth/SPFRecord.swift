@@ -8,7 +8,7 @@ public enum SPFResult: String, Sendable, CaseIterable, Codable {
     case none, neutral, pass, fail, softfail, temperror, permerror
 }
 
-enum SPFQualifier: Character {
+enum SPFQualifier: Character, Sendable {
     case pass = "+", fail = "-", softfail = "~", neutral = "?"
 
     var result: SPFResult {
@@ -21,7 +21,7 @@ enum SPFQualifier: Character {
     }
 }
 
-enum SPFMechanism: Equatable {
+enum SPFMechanism: Equatable, Sendable {
     case all
     case include(MacroString)
     case a(MacroString?, v4: Int, v6: Int)
@@ -39,13 +39,13 @@ enum SPFMechanism: Equatable {
     }
 }
 
-struct SPFDirective: Equatable {
+struct SPFDirective: Equatable, Sendable {
     var qualifier: SPFQualifier
     var mechanism: SPFMechanism
     var text: String
 }
 
-public struct SPFRecord: Equatable {
+public struct SPFRecord: Equatable, Sendable {
     var directives: [SPFDirective] = []
     var redirect: MacroString?
     var exp: MacroString?
@@ -60,8 +60,8 @@ public struct SPFSyntaxError: Error, Equatable {
 }
 
 /// A macro-string (§7.1), parsed.
-struct MacroString: Equatable {
-    enum Part: Equatable {
+struct MacroString: Equatable, Sendable {
+    enum Part: Equatable, Sendable {
         case literal(String)
         /// letter (lower-case), whether to URL-escape (upper-case letter), rightmost N parts (0 = all), reverse, delimiters.
         case macro(letter: Character, escape: Bool, keep: Int, reverse: Bool, delimiters: [Character])

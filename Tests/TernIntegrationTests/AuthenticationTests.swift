@@ -83,7 +83,10 @@ import TernTestSupport
         var rows = try stored(server)
         #expect(rows.count == 2)
         #expect(rows[0].spf == "pass" && rows[0].dkim == "pass" && rows[0].dmarc == "pass" && rows[0].disposition == "none", "\(rows[0])")
-        #expect(rows[0].body.contains("Authentication-Results: mx.test;\r\n\tspf=pass smtp.mailfrom=a@example.test;\r\n\tdkim=pass header.d=example.test header.s=ed"))
+        // MAIL FROM's SPF, then the HELO identity's (client.example.test publishes nothing), then the signature, then DMARC.
+        #expect(rows[0].body.contains("Authentication-Results: mx.test;\r\n\tspf=pass smtp.mailfrom=a@example.test;\r\n"
+                                      + "\tspf=none (client.example.test publishes no SPF record) smtp.helo=client.example.test;\r\n"
+                                      + "\tdkim=pass header.d=example.test header.s=ed"), "\(rows[0].body)")
         #expect(rows[0].body.components(separatedBy: "Authentication-Results: mx.test;").count == 2) // ours only: the forged one is gone
         #expect(rows[0].body.contains("Authentication-Results: other.test; spf=pass"))
         #expect(rows[1].spf == "fail" && rows[1].dkim == "none" && rows[1].dmarc == "fail" && rows[1].disposition == "reject", "\(rows[1])")

@@ -22,6 +22,10 @@ import Testing
                 + "dkim=fail (body hash mismatch) header.d=example.test header.s=\"s 2\" header.a=rsa-sha256;\r\n\t"
                 + "dmarc=pass (p=reject dis=none) header.from=example.test")
         #expect(AuthenticationResults.token("a\"b;c") == "\"a\\\"b;c\"")
+        // The HELO identity's verdict goes after MAIL FROM's.
+        let heloToo = SPFVerdict(result: .pass, identity: "helo", domain: "mail.evil.test", explanation: nil, reason: "", steps: [])
+        #expect(AuthenticationResults.value(authservID: "mx.test", spf: spf, helo: heloToo, dkim: [], dmarc: dmarc, mailFrom: "x@evil.test")
+            .contains("smtp.mailfrom=x@evil.test;\r\n\tspf=pass smtp.helo=mail.evil.test;\r\n\tdkim=none;"))
         #expect(AuthenticationResults.token("") == "\"\"")
         // Null reverse-path: the HELO identity.
         let helo = SPFVerdict(result: .none, identity: "helo", domain: "mail.test", explanation: nil, reason: "no record", steps: [])
