@@ -308,15 +308,16 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
             let mailFrom = envelope.mailFrom?.address ?? ""
             Task(executorPreference: EventLoopExecutor(loop)) {
                 let report = await verifier.verify(ip: ip, mailFrom: mailFrom, helo: envelope.helo, message: message, spfAtMail: atMail)
-                loop.execute { bound.value.verified(report, envelope, body: body) }
+                loop.execute { bound.value.verified(report, envelope, body: body, loop: loop) }
             }
             return
         }
         commit(envelope, body: body, authentication: nil, loop: loop)
     }
 
-    /// The checks are done: refuse (enforce, DMARC p=reject) or commit with the verdicts.
-    private func verified(_ report: AuthenticationReport, _ envelope: Envelope, body: ByteBuffer) {
+    /// The checks are done: refuse (enforce, DMARC p=reject) or commit with the verdicts. Also when
+    /// the client has left meanwhile: as for any commit in flight, the text is committed and its budget given back.
+    private func verified(_ report: AuthenticationReport, _ envelope: Envelope, body: ByteBuffer, loop: any EventLoop) {
         logger.info("authentication", metadata: [
             "spf": "\(report.spf.result.rawValue)", "dkim": "\(report.dkimSummary.rawValue)", "dmarc": "\(report.dmarc.result.rawValue)",
             "disposition": "\(report.dmarc.disposition.rawValue)", "from": "<\(envelope.mailFrom?.address ?? "")>",
@@ -326,7 +327,6 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
                 "Message rejected: DMARC policy of \(report.dmarc.fromDomain) is reject, and neither SPF nor DKIM passed for it")))
             return
         }
-        guard let loop = context?.eventLoop else { return }
         commit(envelope, body: body, authentication: report.columns, loop: loop)
     }
 
