@@ -63,7 +63,8 @@ struct AuthCommand: ParsableCommand {
     static func dkimJSON(_ sigs: [DKIMSignatureVerdict]) -> JSON {
         .array(sigs.map { s in
             .object([("result", .string(s.result.rawValue)), ("domain", .string(s.domain)), ("selector", .string(s.selector)),
-                     ("algorithm", .string(s.algorithm)), ("key", .string("\(s.selector)._domainkey.\(s.domain)")), ("reason", .string(s.reason))])
+                     ("algorithm", .string(s.algorithm)), ("key", .string("\(s.selector)._domainkey.\(s.domain)")), ("reason", .string(s.reason)),
+                     ("steps", .array(s.steps.map(JSON.string)))])
         })
     }
 
@@ -145,8 +146,8 @@ extension AuthCommand {
             case .text:
                 print("DKIM: \(summary.rawValue) (\(sigs.count) signature\(sigs.count == 1 ? "" : "s"))")
                 for s in sigs {
-                    print("  \(s.result.rawValue): d=\(s.domain) s=\(s.selector) a=\(s.algorithm), key TXT \(s.selector)._domainkey.\(s.domain)"
-                          + (s.reason.isEmpty ? "" : " — \(s.reason)"))
+                    print("  \(s.result.rawValue): d=\(s.domain) s=\(s.selector) a=\(s.algorithm)" + (s.reason.isEmpty ? "" : " — \(s.reason)"))
+                    for step in s.steps { print("    dns: \(step)") }
                 }
             }
         }

@@ -26,6 +26,8 @@ public struct DKIMSignatureVerdict: Sendable, Equatable {
     public var shortSignature: String
     /// Why, when not pass.
     public var reason: String
+    /// The DNS steps taken (the key record look-up).
+    public var steps: [String] = []
 
     public init(result: DKIMResult, domain: String, selector: String, algorithm: String, shortSignature: String, reason: String) {
         self.result = result
@@ -66,6 +68,14 @@ public struct DKIMVerifier: Sendable {
             out.append(await verifyOne(field, fields: fields, body: message[bodyStart...], bodyHashes: &bodyHashes))
         }
         return out
+    }
+
+    /// A key record with a long p= cut to its first and last characters.
+    static func shortened(_ record: String) -> String {
+        guard let p = record.range(of: "p=") else { return record }
+        let value = record[p.upperBound...].prefix { $0 != ";" }
+        guard value.count > 24 else { return record }
+        return record.replacingCharacters(in: value.startIndex..<value.endIndex, with: "\(value.prefix(10))…\(value.suffix(10))")
     }
 
     func verifyOne(_ field: RawHeaderField, fields: [RawHeaderField], body: ArraySlice<UInt8>,
@@ -124,9 +134,16 @@ public struct DKIMVerifier: Sendable {
         let keyName = "\(v.selector)._domainkey.\(v.domain)"
         let records: [[UInt8]]
         switch await dns.txtBytes(keyName) {
-        case .records(let r): records = r
-        case .nxdomain, .noRecords: return finish(.permerror, "no key record at \(keyName)")
-        case .temporaryFailure(let why): return finish(.temperror, "DNS failure looking up \(keyName): \(why)")
+        case .records(let r):
+            records = r
+            // The step, with p= shortened: a key is long and says nothing to a reader.
+            v.steps.append("TXT \(keyName): " + r.map { "\"\(DKIMVerifier.shortened(String(decoding: $0, as: UTF8.self)))\"" }.joined(separator: " "))
+        case .nxdomain, .noRecords:
+            v.steps.append("TXT \(keyName): none")
+            return finish(.permerror, "no key record at \(keyName)")
+        case .temporaryFailure(let why):
+            v.steps.append("TXT \(keyName): \(why)")
+            return finish(.temperror, "DNS failure looking up \(keyName): \(why)")
         }
         var keyProblem = "no usable key record at \(keyName)"
         var publicKey: PublicKey? = nil
