@@ -301,7 +301,8 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loop = context.eventLoop
         if let verifier = settings.verifier, !envelope.trustedClient, envelope.authUser == nil, let ip = IPAddress(envelope.clientAddress) {
-            // Mail from another MTA: check it first (DNS, off this loop's thread), then commit with the verdicts.
+            // Mail from another MTA: check it first, then commit with the verdicts. The checks run as a task on this
+            // loop; their DNS waits on the resolver thread, not on the loop.
             let atMail = senderVerdict
             senderVerdict = nil
             let message = Array(body.readableBytesView)

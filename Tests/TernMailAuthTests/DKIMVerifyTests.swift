@@ -1,6 +1,6 @@
-// DKIM verification: signatures made by python3-dkim's dkim.sign (both
-// algorithms, the four canonicalisation pairs, with and without l=, over
-// the DKIM corpus) verify, with the keys looked up by Tern's c-ares resolver
+// DKIM verification: signatures made by python3-dkim (its dkimsign command,
+// and dkim.sign() for l=, which the command lacks: both algorithms, the four
+// canonicalisation pairs, over the DKIM corpus) verify, with the keys looked up by Tern's c-ares resolver
 // from dnsmasq on loopback; tampered copies do not, and each key-record rule
 // (revoked, t=s, h=, small RSA, x=) gives its result.
 
