@@ -22,6 +22,15 @@ import Testing
         #expect(d.commits.count == 1 && d.commits[0].envelope.mailFrom?.address == "a@example.test")
     }
 
+    /// The refusal counts as an error: the one too many also gets the 421 and the close (found by fuzz-session).
+    @Test func aRefusalThatIsOneErrorTooManyCloses() {
+        var d = Driver(config: Driver.config { $0.checkSender = true; $0.maxErrors = 1 }, trusted: false, address: "192.0.2.1")
+        d.senderRefusal = SMTPReply(550, .spfFailed, "SPF fail")
+        d.feed("EHLO c.test\r\nMAIL FROM:<x@evil.test>\r\nRCPT TO:<r@local.test>\r\n")
+        #expect(d.codes.dropFirst() == ["550 5.7.23", "421 4.7.0"])
+        #expect(d.closed && d.session.state == .closed)
+    }
+
     @Test func trustedClientsAndTheDefaultAreNotChecked() {
         var trusted = Driver(config: Driver.config { $0.checkSender = true }, trusted: true)
         trusted.feed("EHLO c.test\r\nMAIL FROM:<x@evil.test>\r\n")

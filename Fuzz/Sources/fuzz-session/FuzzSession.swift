@@ -54,7 +54,9 @@ func check(_ action: SessionAction, frame: SMTPFrame, consumed: [UInt8], session
         _ = session.authFinished(.failure)
     case .checkSender:
         // Accept and refuse in turn, by the consumed length.
+        // One reply, or two when the refusal is one error too many (it and the 421).
         let next = session.senderChecked(consumed.count % 2 == 0 ? nil : SMTPReply(550, .spfFailed, "SPF"))
-        if case .reply(let r, _) = next { precondition(r.count == 1) }
+        if case .reply(let r, let close) = next { precondition(r.count == 1 || (r.count == 2 && close && r[1].code == 421)) }
+        precondition(session.state != .checkingSender, "the sender check was not finished")
     }
 }
