@@ -90,6 +90,12 @@ import TernTestSupport
         #expect(rows[0].body.components(separatedBy: "Authentication-Results: mx.test;").count == 2) // ours only: the forged one is gone
         #expect(rows[0].body.contains("Authentication-Results: other.test; spf=pass"))
         #expect(rows[1].spf == "fail" && rows[1].dkim == "none" && rows[1].dmarc == "fail" && rows[1].disposition == "reject", "\(rows[1])")
+        // tern history's source: the verdicts on the received line of each recipient's timeline.
+        let history = try server.store.history(HistoryFilter())
+        #expect(history.count == 2)
+        #expect(history.contains { $0.authentication?.summary == "spf=pass dkim=pass dmarc=pass" })
+        #expect(history.contains { $0.authentication?.summary == "spf=fail dkim=none dmarc=fail (reject)" })
+        #expect(history.allSatisfy { $0.timeline.first?.text == $0.authentication?.summary })
 
         // enforce: p=reject without an aligned pass is refused at the end of DATA; nothing is stored.
         let enforce = try RawClient(port: server.ports[1])
