@@ -429,12 +429,46 @@ public struct ClientSession: Sendable {
             openTransaction = false
             return finish(t.results)
         default:
-            // Timeouts and dropped connections are temporary; a reply lost after
-            // the final dot may mean the message arrived (a possible duplicate).
-            let reply = SMTPReply(451, .connectionDropped, "lost connection with \(config.host) during \(t.phaseName): \(fault)")
-            for r in env.recipients where t.results[r.id] == nil { t.results[r.id] = .deferred(reply) }
-            return finish(t.results)
+            return finish(settleLost(t, fault, replies))
         }
+    }
+
+    /// The outcomes of a transaction whose connection ended before all its
+    /// replies came. The replies that did come are answers all the same (RFC
+    /// 5321 §3.8: a server may answer 421 to any command and close): MAIL's
+    /// refusal settles every recipient, an RCPT's refusal its recipient, and
+    /// a 421 before the close is why the rest could not be tried, with its
+    /// text (providers say "slow down" this way: issue 18). Otherwise the
+    /// loss is temporary; a reply lost after the final dot may mean the
+    /// message arrived (a possible duplicate).
+    private func settleLost(_ t: Transaction, _ fault: ClientFault, _ replies: [SMTPReply]) -> [Int64: RecipientOutcome] {
+        var results = t.results
+        let env = t.message.envelope
+        var mail = t.mail
+        var rcpts = t.rcpts
+        switch t.stage {
+        case .group(let rset):
+            let r = rset ? replies.dropFirst() : replies[...]
+            mail = r.first
+            rcpts = Array(r.dropFirst().prefix(env.recipients.count))
+        case .mail:
+            mail = replies.first
+        case .rcpt:
+            rcpts += replies
+        default:
+            break
+        }
+        if let mail, mail.code / 100 != 2 {
+            for r in env.recipients where results[r.id] == nil { results[r.id] = RecipientOutcome.from(mail) }
+            return results
+        }
+        let last = replies.last ?? [t.data, t.rcpts.last, t.mail].compactMap { $0 }.first
+        let why: RecipientOutcome = last.flatMap { $0.code == 421 ? RecipientOutcome.from($0) : nil }
+            ?? .deferred(SMTPReply(451, .connectionDropped, "lost connection with \(config.host) during \(t.phaseName): \(fault)"))
+        for (i, r) in env.recipients.enumerated() where results[r.id] == nil {
+            results[r.id] = i < rcpts.count && rcpts[i].code / 100 != 2 ? RecipientOutcome.from(rcpts[i]) : why
+        }
+        return results
     }
 
     // MARK: - Closing

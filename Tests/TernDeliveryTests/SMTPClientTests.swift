@@ -306,6 +306,38 @@ func codes(_ r: [Int64: RecipientOutcome]) -> [String] {
         }
     }
 
+    /// Issue 18's defect: a provider answers MAIL with a multi-line 421 and
+    /// closes while RCPT and DATA are pipelined behind it. The 421 and its
+    /// text are what the recipients are deferred with, not "lost connection";
+    /// an RCPT refused before a close keeps its own refusal.
+    @Test func a421AndCloseBehindPipelinedCommandsIsRecordedWithItsText() async throws {
+        let gmail = ["421-4.7.28 [192.0.2.1] Our system has detected an unusual rate of",
+                     "421-4.7.28 unsolicited mail originating from your IP address. To protect our",
+                     "421 4.7.28 users from spam, mail sent from your IP address has been temporarily rate limited."]
+        let peer = try await ScriptedPeer.start(group: group) { line, state in
+            guard line.hasPrefix("MAIL") else { return plainReply(line) }
+            state.close = true
+            return gmail
+        }
+        defer { Task { await peer.stop() } }
+        let c = try await connect(agent(port: peer.port))
+        let r = await c.send(message(["a@y.test", "b@y.test"]))
+        #expect(codes(r) == ["deferred 421 4.7.28", "deferred 421 4.7.28"], "\(r)")
+        #expect(r.values.allSatisfy { if case .deferred(let reply) = $0 { reply.text.contains("unusual rate") } else { false } })
+        #expect(!c.isReusable)
+
+        // RCPT refused for one recipient, then 421 and close at the next.
+        let second = try await ScriptedPeer.start(group: group) { line, state in
+            if line.hasPrefix("RCPT TO:<a@") { return ["550 5.1.1 no such user"] }
+            if line.hasPrefix("RCPT TO:<b@") { state.close = true; return ["421 4.7.0 too many connections, slow down"] }
+            return plainReply(line)
+        }
+        defer { Task { await second.stop() } }
+        let c2 = try await connect(agent(port: second.port))
+        let r2 = await c2.send(message(["a@y.test", "b@y.test", "c@y.test"]))
+        #expect(codes(r2) == ["bounced 550 5.1.1", "deferred 421 4.7.0", "deferred 421 4.7.0"], "\(r2)")
+    }
+
     /// A 354 where a RCPT reply belongs, and a 250 where DATA's 354 belongs:
     /// never a delivery.
     @Test func repliesThatDoNotFitTheirCommandsDefer() async throws {

@@ -12,6 +12,8 @@ final class ScriptedPeer: Sendable {
         var inData = false
         var held: [String] = []
         var lines: [String] = []
+        /// Set by the script: close the connection after this read's replies (RFC 5321 §3.8's 421 and close).
+        var close = false
     }
 
     typealias Script = @Sendable (_ line: String, _ state: inout State) -> [String]
@@ -83,9 +85,11 @@ private final class PeerHandler: ChannelInboundHandler {
             let replies = script(line, &state)
             if replies.contains(where: { $0.hasPrefix("354") }) { state.inData = true }
             out += replies
+            if state.close { break } // what the client pipelined behind is never read
         }
         buffer.discardReadBytes()
         if !out.isEmpty { write(out, context) }
+        if state.close { context.close(promise: nil) }
     }
 
     private func write(_ replies: [String], _ context: ChannelHandlerContext) {

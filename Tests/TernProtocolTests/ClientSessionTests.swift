@@ -324,3 +324,47 @@ func reply(_ lines: String...) -> SMTPReply {
         #expect(s.broken && s.close() == .drop)
     }
 }
+
+/// Issue 18's defect, reply by reply: replies that came before the
+/// connection closed are answers, not "lost connection".
+@Suite struct ClientSessionCloseTests {
+    let t = ClientSessionTests()
+
+    @Test func a421ToMAILThenACloseDefersWithThe421() {
+        var s = t.open()
+        _ = s.send(t.message(1, ["u@far.test", "v@far.test"]))
+        let gmail = reply("421-4.7.28 unusual rate of", "421 4.7.28 unsolicited mail: temporarily rate limited")
+        #expect(s.receive(gmail) == nil) // RCPT and DATA replies still awaited
+        guard case .done(let out) = s.fail(.closed) else { Issue.record("no outcome"); return }
+        #expect(out == [100: .deferred(gmail), 101: .deferred(gmail)])
+        #expect(s.broken && s.close() == .drop)
+    }
+
+    @Test func aPermanentMAILRefusalBeforeACloseBounces() {
+        var s = t.open()
+        _ = s.send(t.message(1, ["u@far.test"]))
+        #expect(s.receive(reply("550 5.7.1 sender blocked")) == nil)
+        guard case .done(let out) = s.fail(.closed) else { Issue.record("no outcome"); return }
+        #expect(out == [100: .bounced(reply("550 5.7.1 sender blocked"))])
+    }
+
+    @Test func rcptRepliesBeforeACloseKeepTheirOwnOutcome() {
+        var s = t.open()
+        _ = s.send(t.message(1, ["u@far.test", "v@far.test", "w@far.test"]))
+        _ = s.receive(reply("250 2.1.0 ok"))
+        _ = s.receive(reply("550 5.1.1 unknown"))
+        _ = s.receive(reply("421 4.7.0 closing"))
+        guard case .done(let out) = s.fail(.closed) else { Issue.record("no outcome"); return }
+        #expect(out == [100: .bounced(reply("550 5.1.1 unknown")), 101: .deferred(reply("421 4.7.0 closing")),
+                        102: .deferred(reply("421 4.7.0 closing"))])
+    }
+
+    @Test func withoutA421TheLossIsStillALostConnection() {
+        var s = t.open()
+        _ = s.send(t.message(1, ["u@far.test", "v@far.test"]))
+        _ = s.receive(reply("250 2.1.0 ok"))
+        _ = s.receive(reply("250 2.1.5 ok"))
+        guard case .done(let out) = s.fail(.timeout) else { Issue.record("no outcome"); return }
+        #expect(out.values.allSatisfy { if case .deferred(let r) = $0 { r.code == 451 && r.text.contains("lost connection") } else { false } })
+    }
+}
