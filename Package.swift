@@ -106,7 +106,7 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "TernAuthTests", dependencies: ["TernAuth", "TernStore", "TernProtocol", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
-        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore", "TernProtocol", "TernListener", "TernDKIM", "TernTestSupport"]),
+        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore", "TernProtocol", "TernListener", "TernDKIM", "TernRouting", "TernTestSupport"]),
         .testTarget(name: "TernIntegrationTests", dependencies: [
             "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", "TernRouting", "TernDelivery",
             "TernScheduler", "TernTestSupport", "TernAuth", "TernDKIM", "TernMailAuth", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),

@@ -86,6 +86,10 @@ public struct TernSettings: Sendable {
     public var dkimKeys: [DKIMKeyConfig] = []
     /// How mail is signed (`[signing]`).
     public var signing = DKIMSigningPolicy()
+    /// Providers added to the shipped table (`[[provider]]`).
+    public var providers: [ProviderRule] = []
+    /// The providers' table: the shipped rules and `providers` over them.
+    public var providerTable: ProviderTable { ProviderTable(custom: providers) }
     /// SPF, DKIM and DMARC for mail from other MTAs (`[verify]`).
     public var verifyPolicy: VerifyPolicy = .record
     /// "" stands for the host name.
@@ -203,7 +207,7 @@ extension TernSettings {
 
     private mutating func apply(_ document: TOMLTable, origin: String) throws {
         let tables = Set(TernSettings.declared.compactMap(\.table))
-        let topKeys = Set(TernSettings.declared.filter { $0.table == nil }.map(\.key)).union(tables).union(["listener", "dkim"])
+        let topKeys = Set(TernSettings.declared.filter { $0.table == nil }.map(\.key)).union(tables).union(["listener", "dkim", "provider"])
         for key in document.keys where !topKeys.contains(key) {
             throw ConfigError("unknown key '\(key)' (known: \(topKeys.sorted().joined(separator: ", ")))")
         }
@@ -224,6 +228,10 @@ extension TernSettings {
         if let d = document["dkim"] {
             dkimKeys = try TernSettings.dkimTables(d)
             origins["dkim"] = origin
+        }
+        if let p = document["provider"] {
+            providers = try TernSettings.providerTables(p)
+            origins["provider"] = origin
         }
         if let l = document["listener"] {
             let fromListen = document["listen"] != nil ? listen : []
@@ -291,6 +299,28 @@ extension TernSettings {
                 l.spfReject = b
             }
             return l
+        }
+    }
+
+    /// `[[provider]]` tables: `name` and `mx_suffixes`.
+    static func providerTables(_ value: any TOMLValueConvertible) throws -> [ProviderRule] {
+        guard let array = value.array else { throw ConfigError("'provider' must be an array of tables ([[provider]])") }
+        return try array.map { item in
+            guard let t = item.table else { throw ConfigError("'provider' must be an array of tables ([[provider]])") }
+            for key in t.keys where key != "name" && key != "mx_suffixes" {
+                throw ConfigError("unknown key 'provider.\(key)' (known: mx_suffixes, name)")
+            }
+            guard let name = t["name"]?.string, !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") }) else {
+                throw ConfigError("a [[provider]] needs a 'name' of letters, digits and hyphens")
+            }
+            guard let list = t["mx_suffixes"]?.array, !list.isEmpty else { throw ConfigError("the [[provider]] \(name) needs 'mx_suffixes' (MX host suffixes)") }
+            let suffixes = try list.map { v -> String in
+                guard let s = v.string, s.contains("."), !s.contains(" ") else {
+                    throw ConfigError("'provider.mx_suffixes' of \(name) must be host name suffixes such as \"mx.example.net\"")
+                }
+                return s
+            }
+            return ProviderRule(name: name, mxSuffixes: suffixes)
         }
     }
 

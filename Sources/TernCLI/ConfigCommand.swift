@@ -68,6 +68,10 @@ extension TernSettings {
             if let v = l.verify { out += "verify = \"\(v.rawValue)\"\n" }
             if l.spfReject { out += "spf_reject = true\n" }
         }
+        for p in providers {
+            out += "\n[[provider]]  # \(origin("provider"))\nname = \(SettingValue.quoted(p.name))\n"
+            out += "mx_suffixes = [" + p.mxSuffixes.map(SettingValue.quoted).joined(separator: ", ") + "]\n"
+        }
         for k in dkimKeys {
             out += "\n[[dkim]]  # \(origin("dkim"))\ndomain = \(SettingValue.quoted(k.domain))\nselector = \(SettingValue.quoted(k.selector))\n"
             out += "key_file = \(SettingValue.quoted(k.keyFile))\n"
@@ -128,6 +132,7 @@ extension TernSettings {
             out += line + "\n"
         }
         out += dkimExample
+        out += providerExample
         out += "```\n\n## Reference\n"
         table = nil
         out += section("Top level")
@@ -140,6 +145,20 @@ extension TernSettings {
             out += row(setting)
         }
         out += dkimSection
+        out += providerSection
+        return out
+    }
+
+    private static var providerExample: String {
+        "\n[[provider]]                  # repeatable: a provider recognised by its MX hosts, over the shipped table\n"
+            + "name = \"acme\"\nmx_suffixes = [\"mx.acme.example\"]\n"
+    }
+
+    private static var providerSection: String {
+        var out = section("`[[provider]]`")
+        out += "| | | | | A mailbox provider recognised by its MX host names, added to the shipped table (providers.md); a suffix given here wins over a shipped one |\n"
+        out += "| `name` | | text | required | the provider's name in lower case, as commands and statistics show it |\n"
+        out += "| `mx_suffixes` | | list | required | MX host name suffixes (`mx.acme.example` matches `in1.mx.acme.example`); the longest match wins |\n"
         return out
     }
 

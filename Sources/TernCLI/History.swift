@@ -5,6 +5,7 @@
 import ArgumentParser
 import Foundation
 import TernProtocol
+import TernRouting
 import TernStore
 
 struct WindowOptions: ParsableArguments {
@@ -152,7 +153,7 @@ struct Stats: ParsableCommand {
         @Option(help: "table, json or csv.") var format: ReportFormat = .table
 
         func run() throws {
-            let (store, _) = try openExisting(common)
+            let (store, settings) = try openExisting(common)
             defer { store.close() }
             let now = nowMillis()
             let w = try TimeArgument.window(since: window.since, until: window.until, defaultSince: "24h", now: now)!
@@ -161,7 +162,8 @@ struct Stats: ParsableCommand {
                 (domains, hosts) = try store.routeStats(w, now: now, limit: limit)
                 cooling = try store.coolingHosts(now: now)
             } catch { throw fail("\(error)", code: 74) }
-            print(StatsFormatter.routes(domains, hosts, cooling: cooling, window: w, format: format), terminator: format == .json ? "\n" : "")
+            print(StatsFormatter.routes(domains, hosts, cooling: cooling, window: w, format: format, table: settings.providerTable),
+                  terminator: format == .json ? "\n" : "")
         }
     }
 
@@ -192,30 +194,23 @@ struct Stats: ParsableCommand {
         @Option(help: "table, json or csv.") var format: ReportFormat = .table
 
         func run() throws {
-            let (store, _) = try openExisting(common)
+            let (store, settings) = try openExisting(common)
             defer { store.close() }
             let w = try TimeArgument.window(since: window.since, until: window.until, defaultSince: "30d", now: nowMillis())!
             let a: RecipientAnalytics
             do { a = try store.recipientAnalytics(w, top: top, nonexistent: EnhancedStatus.nonexistentAddress.map(\.description)) } catch { throw fail("\(error)", code: 74) }
-            print(StatsFormatter.recipients(a, window: w, format: format), terminator: format == .json ? "\n" : "")
+            print(StatsFormatter.recipients(a, window: w, format: format, table: settings.providerTable), terminator: format == .json ? "\n" : "")
         }
     }
 }
 
-/// Mail providers recognised by their MX host names (for list composition).
+/// How statistics name a destination's provider: the provider table's name
+/// (`google`, `microsoft`, …, and the configuration's `[[provider]]`s), else
+/// the MX host's last two labels.
 enum Provider {
-    static let known: [(suffix: String, name: String)] = [
-        ("google.com", "Google"), ("googlemail.com", "Google"), ("outlook.com", "Microsoft"), ("hotmail.com", "Microsoft"),
-        ("yahoodns.net", "Yahoo"), ("icloud.com", "Apple"), ("me.com", "Apple"), ("protonmail.ch", "Proton"),
-        ("mimecast.com", "Mimecast"), ("pphosted.com", "Proofpoint"), ("messagelabs.com", "Broadcom"), ("zoho.com", "Zoho"),
-        ("zoho.eu", "Zoho"), ("yandex.net", "Yandex"), ("mail.ru", "Mail.ru"), ("messagingengine.com", "Fastmail"),
-        ("gmx.net", "GMX/Web.de"), ("web.de", "GMX/Web.de"), ("secureserver.net", "GoDaddy"), ("ovh.net", "OVH"),
-    ]
-
-    /// The provider behind an MX host, or its registrable-looking domain (last two labels).
-    static func name(forMX host: String?) -> String {
+    static func name(forMX host: String?, _ table: ProviderTable) -> String {
         guard let h = host?.lowercased(), !h.isEmpty else { return "unknown" }
-        for k in known where h == k.suffix || h.hasSuffix("." + k.suffix) { return k.name }
+        if let p = table.provider(forMX: h) { return p }
         return h.split(separator: ".").suffix(2).joined(separator: ".")
     }
 }
@@ -224,12 +219,13 @@ enum StatsFormatter {
     static func windowText(_ w: TimeWindow) -> String { "\(time(w.since)) – \(time(w.until)) UTC" }
 
     static func routes(_ domains: [DomainStats], _ hosts: [MXStats], cooling: [StoredHostHealth], window w: TimeWindow,
-                       format: ReportFormat) -> String {
+                       format: ReportFormat, table: ProviderTable = ProviderTable()) -> String {
         if format == .json {
             return JSON.object([
                 ("since", .int64(w.since)), ("until", .int64(w.until)),
                 ("domains", .array(domains.map { d in
-                    .object([("domain", .string(d.domain)), ("recipients", .int(d.recipients)), (RecipientState.delivered.rawValue, .int(d.delivered)),
+                    .object([("domain", .string(d.domain)), ("provider", .string(Provider.name(forMX: d.mxHosts.first, table))),
+                             ("recipients", .int(d.recipients)), (RecipientState.delivered.rawValue, .int(d.delivered)),
                              (RecipientState.bounced.rawValue, .int(d.bounced)), (RecipientState.expired.rawValue, .int(d.expired)), (RecipientState.suppressed.rawValue, .int(d.suppressed)),
                              ("waiting", .int(d.waiting)), ("delivery_rate", jsonNumber(d.deliveryRate)), ("attempts", .int(d.attempts)),
                              ("deferral_rate", jsonNumber(d.deferralRate)), ("median_seconds", jsonNumber(d.medianSeconds)),
@@ -250,10 +246,10 @@ enum StatsFormatter {
                 })),
             ]).text
         }
-        let dHeader = ["DOMAIN", "RCPTS", "DELIVERED", "BOUNCED", "EXPIRED", "SUPPRESSED", "WAITING", "DELIVERY", "ATTEMPTS", "DEFERRAL",
+        let dHeader = ["DOMAIN", "PROVIDER", "RCPTS", "DELIVERED", "BOUNCED", "EXPIRED", "SUPPRESSED", "WAITING", "DELIVERY", "ATTEMPTS", "DEFERRAL",
                        "MEDIAN S", "P95 S", "MX HOSTS", "TOP DEFERRAL"]
         let dRows = domains.map { d in
-            [d.domain, String(d.recipients), String(d.delivered), String(d.bounced), String(d.expired), String(d.suppressed),
+            [d.domain, d.mxHosts.isEmpty ? "" : Provider.name(forMX: d.mxHosts.first, table), String(d.recipients), String(d.delivered), String(d.bounced), String(d.expired), String(d.suppressed),
              String(d.waiting), percent(d.deliveryRate), String(d.attempts), percent(d.deferralRate), number(d.medianSeconds),
              number(d.p95Seconds), d.mxHosts.prefix(3).joined(separator: ","),
              d.topDeferral.map { "\($0) (×\(d.topDeferralCount ?? 0))" } ?? ""]
@@ -293,8 +289,8 @@ enum StatsFormatter {
         return render(format, header: header, rows: table)
     }
 
-    static func recipients(_ a: RecipientAnalytics, window w: TimeWindow, format: ReportFormat) -> String {
-        let providers = Dictionary(grouping: a.domains, by: { Provider.name(forMX: $0.mxHost) })
+    static func recipients(_ a: RecipientAnalytics, window w: TimeWindow, format: ReportFormat, table: ProviderTable = ProviderTable()) -> String {
+        let providers = Dictionary(grouping: a.domains, by: { Provider.name(forMX: $0.mxHost, table) })
             .map { (name: $0.key, recipients: $0.value.map(\.recipients).reduce(0, +), domains: $0.value.count) }
             .sorted { ($0.recipients, $1.name) > ($1.recipients, $0.name) }
         func share(_ n: Int) -> Double? { a.total > 0 ? Double(n) / Double(a.total) : nil }
@@ -304,7 +300,7 @@ enum StatsFormatter {
                 (RecipientState.suppressed.rawValue, .int(a.suppressedInWindow)),
                 ("domains", .array(a.perDomain.map { d in
                     .object([("domain", .string(d.domain)), ("recipients", .int(d.recipients)), ("share", jsonNumber(share(d.recipients))),
-                             ("provider", .string(Provider.name(forMX: d.mxHosts.first))),
+                             ("provider", .string(Provider.name(forMX: d.mxHosts.first, table))),
                              ("hard_bounce_rate", jsonNumber(d.recipients > 0 ? Double(d.bounced) / Double(d.recipients) : nil)),
                              ("deferral_rate", jsonNumber(d.deferralRate))])
                 })),
@@ -317,7 +313,7 @@ enum StatsFormatter {
             ]).text
         }
         let domainRows = a.perDomain.map { d in
-            [d.domain, String(d.recipients), percent(share(d.recipients)), Provider.name(forMX: d.mxHosts.first),
+            [d.domain, String(d.recipients), percent(share(d.recipients)), Provider.name(forMX: d.mxHosts.first, table),
              percent(d.recipients > 0 ? Double(d.bounced) / Double(d.recipients) : nil), percent(d.deferralRate)]
         }
         let domainHeader = ["DOMAIN", "RCPTS", "SHARE", "PROVIDER", "HARD BOUNCES", "DEFERRALS"]

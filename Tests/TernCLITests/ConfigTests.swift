@@ -3,6 +3,7 @@ import Testing
 @testable import TernCLI
 import TernListener
 import TernProtocol
+import TernRouting
 @testable import TernStore
 
 @Suite struct ConfigTests {
@@ -207,5 +208,26 @@ import TernProtocol
         #expect(table.hasPrefix("QUEUE ID  RECEIVED (UTC)"))
         #expect(table.contains("<>"))
         #expect(table.hasSuffix("1 recipient\n"))
+    }
+
+    /// `[[provider]]` tables add to the shipped providers; bad ones are refused with the reason.
+    @Test func providerTables() throws {
+        var s = TernSettings()
+        try s.apply(toml: "[[provider]]\nname = \"acme\"\nmx_suffixes = [\"mx.acme.example\"]")
+        #expect(s.providers == [ProviderRule(name: "acme", mxSuffixes: ["mx.acme.example"])])
+        #expect(s.providerTable.provider(forMX: "in1.mx.acme.example") == "acme")
+        #expect(s.providerTable.provider(forMX: "aspmx.l.google.com") == "google")
+        for (toml, message) in [
+            ("[[provider]]\nmx_suffixes = [\"a.example\"]", "needs a 'name'"),
+            ("[[provider]]\nname = \"x\"", "needs 'mx_suffixes'"),
+            ("[[provider]]\nname = \"x\"\nmx_suffixes = [\"nodot\"]", "host name suffixes"),
+            ("[[provider]]\nname = \"x\"\nmx_suffixes = [\"a.example\"]\nweight = 1", "unknown key 'provider.weight'"),
+        ] {
+            var bad = TernSettings()
+            #expect(throws: ConfigError.self) { try bad.apply(toml: toml) }
+            do { try bad.apply(toml: toml) } catch { #expect("\(error)".contains(message), "\(error)") }
+        }
+        // tern config show writes them back.
+        #expect(s.showTOML().contains("[[provider]]"))
     }
 }

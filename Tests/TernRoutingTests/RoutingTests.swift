@@ -257,3 +257,30 @@ import Glibc
 }
 
 final class ManualTime: @unchecked Sendable { var now: Int64 = 0 }
+
+/// Issue 18 item 1: providers by MX host suffix.
+@Suite struct ProviderTableTests {
+    @Test func shippedProvidersByMXSuffix() {
+        let t = ProviderTable()
+        #expect(t.provider(forMX: "gmail-smtp-in.l.google.com") == "google")
+        #expect(t.provider(forMX: "ASPMX.L.GOOGLE.COM.") == "google")               // case and a final dot
+        #expect(t.provider(forMX: "alt1.gmr-smtp-in.l.googlemail.com") == "google")
+        #expect(t.provider(forMX: "example-com.mail.protection.outlook.com") == "microsoft")
+        #expect(t.provider(forMX: "mta5.am0.yahoodns.net") == "yahoo")
+        #expect(t.provider(forMX: "mx01.mail.icloud.com") == "apple")
+        #expect(t.provider(forMX: "notgoogle.com") == nil)                          // on label boundaries only
+        #expect(t.provider(forMX: "mx.example.org") == nil)
+        #expect(t.provider(forMX: "com") == nil)
+        #expect(Set(ProviderTable.shipped.map(\.name)).count == ProviderTable.shipped.count)
+        #expect(ProviderTable.shipped.allSatisfy { $0.name == $0.name.lowercased() })
+    }
+
+    @Test func userRulesAddAndTakePrecedenceLongestSuffixFirst() {
+        let t = ProviderTable(custom: [ProviderRule(name: "Acme", mxSuffixes: ["mx.acme.example", ".Google.com."]),
+                                       ProviderRule(name: "acme-eu", mxSuffixes: ["eu.mx.acme.example"])])
+        #expect(t.provider(forMX: "a.mx.acme.example") == "acme")
+        #expect(t.provider(forMX: "b.eu.mx.acme.example") == "acme-eu")            // the longest suffix wins
+        #expect(t.provider(forMX: "aspmx.l.google.com") == "acme")                  // a user rule replaces a shipped suffix
+        #expect(t.provider(forMX: "alt1.gmr-smtp-in.l.googlemail.com") == "google")
+    }
+}
