@@ -48,16 +48,21 @@ public protocol AuthDNS: Sendable {
     func lookup(_ name: String, _ type: DNSRecordType) async -> DNSLookup
 }
 
+/// An answer's records mapped to the values `f` takes from them; none left is no records.
+func mapped<T: Sendable>(_ answer: DNSAnswer<[DNSRData]>, _ f: (DNSRData) -> T?) -> DNSAnswer<[T]> {
+    switch answer {
+    case .records(let r):
+        let values = r.compactMap(f)
+        return values.isEmpty ? .noRecords : .records(values)
+    case .nxdomain: return .nxdomain
+    case .noRecords: return .noRecords
+    case .temporaryFailure(let why): return .temporaryFailure(why)
+    }
+}
+
 extension AuthDNS {
     func mapped<T: Sendable>(_ name: String, _ type: DNSRecordType, _ f: (DNSRData) -> T?) async -> DNSAnswer<[T]> {
-        switch await lookup(name, type).answer {
-        case .records(let r):
-            let values = r.compactMap(f)
-            return values.isEmpty ? .noRecords : .records(values)
-        case .nxdomain: return .nxdomain
-        case .noRecords: return .noRecords
-        case .temporaryFailure(let why): return .temporaryFailure(why)
-        }
+        TernRouting.mapped(await lookup(name, type).answer, f)
     }
 
     /// TXT records as text (invalid UTF-8 replaced: callers that must refuse non-ASCII use `txtBytes`).

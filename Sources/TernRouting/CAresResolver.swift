@@ -17,7 +17,6 @@ public final class CAresResolver: DNSResolver, AuthDNS, @unchecked Sendable {
     // C_IN and the RR types (RFC 1035, RFC 3596).
     static let classIN: Int32 = 1
     static let typeA: Int32 = 1
-    static let typeMX: Int32 = 15
     static let typeAAAA: Int32 = 28
 
     struct Query {
@@ -164,23 +163,10 @@ public final class CAresResolver: DNSResolver, AuthDNS, @unchecked Sendable {
         }
     }
 
+    /// MX records with the smallest TTL of the set (the answer section is read by `DNSMessage.records`, as for every type).
     public func mx(_ domain: String) async -> DNSAnswer<[MXRecord]> {
-        let (status, data) = await query(domain, type: CAresResolver.typeMX)
-        if let failure: DNSAnswer<[MXRecord]> = CAresResolver.classify(status) { return failure }
-        guard var buf = data else { return .temporaryFailure("empty answer") }
-        var reply: UnsafeMutablePointer<ares_mx_reply>? = nil
-        let rc = ares_parse_mx_reply(&buf, Int32(buf.count), &reply)
-        if let failure: DNSAnswer<[MXRecord]> = CAresResolver.classify(rc) { return failure }
-        defer { ares_free_data(reply) }
-        var records: [MXRecord] = []
-        var p = reply
-        // ares_parse_mx_reply drops the TTLs; the answer section still has them.
-        let ttl = DNSMessage.minimumTTL(buf, type: UInt16(CAresResolver.typeMX))
-        while let r = p {
-            records.append(MXRecord(preference: Int(r.pointee.priority), host: r.pointee.host.map { String(cString: $0) } ?? "", ttl: ttl))
-            p = r.pointee.next
-        }
-        return records.isEmpty ? .noRecords : .records(records)
+        let found = await lookup(domain, .mx)
+        return TernRouting.mapped(found.answer) { if case .mx(let p, let h) = $0 { MXRecord(preference: p, host: h, ttl: found.ttl) } else { nil } }
     }
 
     /// One look-up by type for the authentication checks (AuthDNS), with its TTL.

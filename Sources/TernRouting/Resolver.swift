@@ -16,44 +16,8 @@ public struct MXRecord: Sendable, Hashable {
     }
 }
 
-/// Just enough of RFC 1035 §4.1 to read TTLs from a raw answer.
-public enum DNSMessage {
-    /// The smallest TTL among answer records of `type`; nil when the message cannot be read.
-    public static func minimumTTL(_ m: [UInt8], type: UInt16) -> UInt32? {
-        guard m.count >= 12 else { return nil }
-        func u16(_ i: Int) -> UInt16? { i + 2 <= m.count ? UInt16(m[i]) << 8 | UInt16(m[i + 1]) : nil }
-        func u32(_ i: Int) -> UInt32? {
-            guard i + 4 <= m.count else { return nil }
-            return UInt32(m[i]) << 24 | UInt32(m[i + 1]) << 16 | UInt32(m[i + 2]) << 8 | UInt32(m[i + 3])
-        }
-        /// The offset after a (possibly compressed) name.
-        func skipName(_ start: Int) -> Int? {
-            var i = start
-            while i < m.count {
-                let len = Int(m[i])
-                if len == 0 { return i + 1 }
-                if len & 0xC0 == 0xC0 { return i + 2 <= m.count ? i + 2 : nil } // a pointer ends the name
-                if len & 0xC0 != 0 { return nil }
-                i += 1 + len
-            }
-            return nil
-        }
-        guard let qd = u16(4), let an = u16(6) else { return nil }
-        var i = 12
-        for _ in 0..<qd {
-            guard let end = skipName(i) else { return nil }
-            i = end + 4
-        }
-        var best: UInt32? = nil
-        for _ in 0..<an {
-            guard let end = skipName(i), let t = u16(end), let ttl = u32(end + 4), let rdlen = u16(end + 8) else { return nil }
-            if t == type { best = min(best ?? ttl, ttl) }
-            i = end + 10 + Int(rdlen)
-            guard i <= m.count else { return nil }
-        }
-        return best
-    }
-}
+/// RFC 1035 §4.1 messages, as far as Tern reads them (AuthDNS.swift: `records`).
+public enum DNSMessage {}
 
 /// Where MX answers are kept between look-ups (Tern keeps them in SQLite).
 public protocol MXCache: Sendable {

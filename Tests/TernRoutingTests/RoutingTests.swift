@@ -158,14 +158,16 @@ import Glibc
     }()
 
     @Test func ttlFromARawAnswer() {
-        #expect(DNSMessage.minimumTTL(LearningRoutingTests.response, type: 15) == 120)
-        #expect(DNSMessage.minimumTTL(LearningRoutingTests.response, type: 1) == nil)  // no A records
-        #expect(DNSMessage.minimumTTL(Array(LearningRoutingTests.response.prefix(40)), type: 15) == nil) // truncated
-        #expect(DNSMessage.minimumTTL([1, 2, 3], type: 15) == nil)
+        let mx = DNSMessage.records(LearningRoutingTests.response, type: .mx)
+        #expect(mx?.ttl == 120)
+        #expect(mx?.records == [.mx(preference: 10, host: "mx1.a.test"), .mx(preference: 10, host: "mx2.a.test")])
+        #expect(DNSMessage.records(LearningRoutingTests.response, type: .a)?.records.isEmpty == true)  // no A records
+        #expect(DNSMessage.records(Array(LearningRoutingTests.response.prefix(40)), type: .mx) == nil) // truncated
+        #expect(DNSMessage.records([1, 2, 3], type: .mx) == nil)
         // A name with a bad label type.
         var bad = LearningRoutingTests.response
         bad[12] = 0x80
-        #expect(DNSMessage.minimumTTL(bad, type: 15) == nil)
+        #expect(DNSMessage.records(bad, type: .mx) == nil)
     }
 
     @Test func breakerCoolDownGrowsAndOneSuccessCloses() {
