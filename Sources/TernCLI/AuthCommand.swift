@@ -32,18 +32,10 @@ struct AuthCommand: ParsableCommand {
             return s
         }
 
-        /// The resolver the checks use, behind the same TTL cache as serve's.
+        /// The resolver the checks use (--resolver, else the configuration's), and the same TTL cache as serve's in front of it.
         func dns(_ s: TernSettings) throws -> (CAresResolver, CachingAuthDNS) {
-            let servers = resolver.isEmpty ? s.resolvers : resolver
-            for server in servers { _ = try TernSettings.checkResolver(server) }
-            let r = try CAresResolver(servers: servers.isEmpty ? nil : servers, timeoutMillis: 2000, tries: 2)
+            let r = try s.resolver(overriding: resolver)
             return (r, CachingAuthDNS(base: r, clock: { nowMillis() }))
-        }
-
-        func verifier(_ s: TernSettings, dns: any AuthDNS) throws -> MailVerifier {
-            let psl: PublicSuffixList
-            do { psl = try PublicSuffixList(path: s.publicSuffixList) } catch { throw fail("\(error)", code: 78) }
-            return MailVerifier(dns: dns, psl: psl, authservID: s.authservID.isEmpty ? s.hostname : s.authservID, clock: { nowMillis() })
         }
     }
 
@@ -107,7 +99,7 @@ extension AuthCommand {
             do { settings = try options.settings() } catch { throw fail("\(error)", code: 78) }
             let (resolver, dns) = try options.dns(settings)
             defer { resolver.shutdown() }
-            let checker = SPFChecker(dns: dns, receiver: settings.authservID.isEmpty ? settings.hostname : settings.authservID, clock: { nowMillis() })
+            let checker = SPFChecker(dns: dns, receiver: settings.effectiveAuthservID, clock: { nowMillis() })
             let verdict = await checker.check(ip: address, mailFrom: mailFrom, helo: helo)
             let heloVerdict = mailFrom.isEmpty ? verdict : await checker.checkHelo(ip: address, helo: helo)
             switch options.format {
@@ -174,12 +166,13 @@ extension AuthCommand {
             guard (domain == nil) != (file == nil) else { throw fail("give --domain or --file", code: 64) }
             let settings: TernSettings
             do { settings = try options.settings() } catch { throw fail("\(error)", code: 78) }
-            let (resolver, dns) = try options.dns(settings)
+            let resolver = try settings.resolver(overriding: options.resolver)
             defer { resolver.shutdown() }
-            let verifier = try options.verifier(settings, dns: dns)
+            let verifier: MailVerifier
+            do { verifier = try settings.verifier(dns: resolver) } catch { throw fail("\(error)", code: 78) }
             if let domain {
                 // Every message is taken as selected by pct=: the output says what the policy asks, not a draw.
-                let checker = DMARCChecker(dns: dns, psl: verifier.dmarc.psl, percentile: { 0 })
+                let checker = DMARCChecker(dns: verifier.dmarc.dns, psl: verifier.dmarc.psl, percentile: { 0 })
                 let verdict = await checker.check(fromDomains: [domain.lowercased()], spf: nil, dkim: [])
                 let org = verifier.dmarc.psl.organizationalDomain(domain)
                 switch options.format {

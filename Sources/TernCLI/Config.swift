@@ -124,15 +124,30 @@ public struct TernSettings: Sendable {
         return c
     }
 
-    /// The checks of mail from other MTAs, when a relay listener runs them
-    /// (nil otherwise); the Public Suffix List is read now, once.
-    public func mailVerifier(dns: any AuthDNS) throws -> MailVerifier? {
-        let relays = listen.filter { $0.role == .relay }
-        guard relays.contains(where: { ($0.verify ?? verifyPolicy) != .off }) else { return nil }
+    /// The name Authentication-Results: fields carry: `[verify] authserv_id`, else the host name.
+    public var effectiveAuthservID: String { authservID.isEmpty ? hostname : authservID }
+
+    /// The c-ares resolver of `serve`, `tern dkim check` and `tern auth`:
+    /// `flags` (their --resolver, checked here) when given, else the
+    /// configured resolvers, else the system's.
+    public func resolver(overriding flags: [String] = []) throws -> CAresResolver {
+        for f in flags { _ = try TernSettings.checkResolver(f) }
+        let servers = flags.isEmpty ? resolvers : flags
+        return try CAresResolver(servers: servers.isEmpty ? nil : servers)
+    }
+
+    /// SPF, DKIM and DMARC over `dns` behind a TTL cache; the Public Suffix List is read now, once.
+    public func verifier(dns: any AuthDNS) throws -> MailVerifier {
         let psl: PublicSuffixList
         do { psl = try PublicSuffixList(path: publicSuffixList) } catch { throw ConfigError("verify: \(error)") }
-        let cached = CachingAuthDNS(base: dns, clock: { nowMillis() })
-        return MailVerifier(dns: cached, psl: psl, authservID: authservID.isEmpty ? hostname : authservID, clock: { nowMillis() })
+        return MailVerifier(dns: CachingAuthDNS(base: dns, clock: { nowMillis() }), psl: psl, authservID: effectiveAuthservID,
+                            clock: { nowMillis() })
+    }
+
+    /// The checks of mail from other MTAs when a relay listener runs them, nil otherwise.
+    public func mailVerifier(dns: any AuthDNS) throws -> MailVerifier? {
+        guard listen.contains(where: { $0.role == .relay && ($0.verify ?? verifyPolicy) != .off }) else { return nil }
+        return try verifier(dns: dns)
     }
 
     /// The listener's own defaults are the one source of the default limits.

@@ -76,10 +76,8 @@ extension DKIMCommand {
             guard let data = FileManager.default.contents(atPath: path) else { throw fail("cannot read \(path)", code: 66) }
             let key: DKIMPrivateKey
             do { key = try DKIMPrivateKey(pem: String(decoding: data, as: UTF8.self), source: path) } catch { throw fail("\(error)", code: 65) }
-            let servers = resolver.isEmpty ? settings.resolvers : resolver
-            for s in servers { _ = try TernSettings.checkResolver(s) }
             let dns: CAresResolver
-            do { dns = try CAresResolver(servers: servers.isEmpty ? nil : servers) } catch { throw fail("\(error)", code: 78) }
+            do { dns = try settings.resolver(overriding: resolver) } catch { throw fail("\(error)", code: 78) }
             defer { dns.shutdown() }
             let name = "\(selector)._domainkey.\(domain)"
             print("looking up TXT \(name)")

@@ -112,7 +112,7 @@ struct Serve: AsyncParsableCommand {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: NIOCore.System.coreCount)
         let resolver: CAresResolver
         do {
-            resolver = try CAresResolver(servers: settings.resolvers.isEmpty ? nil : settings.resolvers)
+            resolver = try settings.resolver()
         } catch {
             throw fail("\(error)", code: 78)
         }
