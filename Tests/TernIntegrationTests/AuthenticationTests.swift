@@ -30,7 +30,7 @@ import TernTestSupport
     }
 
     func server(dnsPort: Int, _ edit: @escaping (inout ListenerConfig) -> Void = { _ in }) async throws -> (TestServer, CAresResolver) {
-        let resolver = try CAresResolver(servers: ["127.0.0.1:\(dnsPort)"], timeoutMillis: 300, tries: 1)
+        let resolver = try CAresResolver(servers: ["127.0.0.1:\(dnsPort)"])
         let verifier = MailVerifier(dns: CachingAuthDNS(base: resolver, clock: { nowMillis() }), psl: try PublicSuffixList(),
                                     authservID: "mx.test", clock: { nowMillis() })
         let server = try await TestServer.start { config in
