@@ -158,14 +158,16 @@ public final class Intake: Sendable {
                 prefix += "Date: \(RFC5322Date.format(millis: now))\r\n"
             }
         }
+        if let authentication { prefix += "Authentication-Results: \(authentication.results)\r\n" }
         var data = Data(capacity: prefix.utf8.count + body.readableBytes)
-        if let authentication {
-            prefix += "Authentication-Results: \(authentication.results)\r\n"
-            data.append(contentsOf: prefix.utf8)
-            body.withUnsafeReadableBytes { data.append(contentsOf: Intake.withoutForgedResults($0, authservID: authentication.authservID)) }
-        } else {
-            data.append(contentsOf: prefix.utf8)
-            body.withUnsafeReadableBytes { data.append(contentsOf: $0) }
+        data.append(contentsOf: prefix.utf8)
+        body.withUnsafeReadableBytes { raw in
+            // Copied through a rebuilt header only when it holds such fields at all.
+            if let authentication, HeaderBlock.count("Authentication-Results", in: raw) > 0 {
+                data.append(contentsOf: Intake.withoutForgedResults(raw, authservID: authentication.authservID))
+            } else {
+                data.append(contentsOf: raw)
+            }
         }
         // Ours to sign: submission and local mail, and mail from trusted or
         // authenticated clients; never mail relayed for the world.

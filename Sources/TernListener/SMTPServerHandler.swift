@@ -300,7 +300,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func startCommit(_ envelope: Envelope, body: ByteBuffer, context: ChannelHandlerContext) {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loop = context.eventLoop
-        if let verifier = settings.verifier, !envelope.trustedClient, envelope.authUser == nil, let ip = IPAddress(envelope.clientAddress) {
+        if let verifier = settings.verifier, !envelope.trustedClient, envelope.authUser == nil, let ip = session.client.address {
             // Mail from another MTA: check it first, then commit with the verdicts. The checks run as a task on this
             // loop; their DNS waits on the resolver thread, not on the loop.
             let atMail = senderVerdict

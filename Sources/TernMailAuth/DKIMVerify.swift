@@ -56,6 +56,11 @@ public struct DKIMVerifier: Sendable {
     /// One verdict per signature, top to bottom; empty when the message has none.
     public func verify(_ message: [UInt8]) async -> [DKIMSignatureVerdict] {
         let (fields, bodyStart) = DKIMCanonical.split(message)
+        return await verify(message, fields: fields, bodyStart: bodyStart)
+    }
+
+    /// The same, over a message whose header fields are already split (`DKIMCanonical.split`).
+    public func verify(_ message: [UInt8], fields: [RawHeaderField], bodyStart: Int) async -> [DKIMSignatureVerdict] {
         let signatures = fields.filter { $0.lowercasedName == "dkim-signature" }
         var bodyHashes: [String: [UInt8]] = [:]
         var out: [DKIMSignatureVerdict] = []

@@ -54,7 +54,11 @@ public struct DMARCRecord: Sendable, Equatable {
 
 /// The domains of the addresses in the message's From: fields (RFC 5322 §3.6.2; usually one).
 public func fromDomains(_ message: [UInt8]) -> [String] {
-    let (fields, _) = DKIMCanonical.split(message)
+    fromDomains(DKIMCanonical.split(message).fields)
+}
+
+/// The same, from header fields already split.
+public func fromDomains(_ fields: [RawHeaderField]) -> [String] {
     var out: [String] = []
     for f in fields where f.lowercasedName == "from" {
         out += addressDomains(String(decoding: DKIMCanonical.value(of: f), as: UTF8.self))

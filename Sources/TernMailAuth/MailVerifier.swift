@@ -3,6 +3,7 @@
 // Authentication-Results: field (RFC 8601) that records them, with the
 // values kept on the message row.
 
+import TernMessage
 import TernProtocol
 import TernRouting
 import TernStore
@@ -48,9 +49,11 @@ public struct MailVerifier: Sendable {
         async let spfVerdict = spfAtMail == nil ? spf.check(ip: ip, mailFrom: mailFrom, helo: helo) : spfAtMail!
         // The HELO identity too (RFC 7208 §2.3), when it is a name and not already the one checked.
         async let heloVerdict = mailFrom.isEmpty || !isValidDomain(helo) ? nil : spf.checkHelo(ip: ip, helo: helo)
-        async let dkimVerdicts = dkim.verify(message)
+        // The header is split once, for DKIM and for DMARC's From: domain.
+        let (fields, bodyStart) = DKIMCanonical.split(message)
+        async let dkimVerdicts = dkim.verify(message, fields: fields, bodyStart: bodyStart)
         let (s, h, d) = await (spfVerdict, heloVerdict, dkimVerdicts)
-        let m = await dmarc.check(fromDomains: fromDomains(message), spf: s, dkim: d)
+        let m = await dmarc.check(fromDomains: fromDomains(fields), spf: s, dkim: d)
         return AuthenticationReport(spf: s, helo: h, dkim: d, dmarc: m,
                                     header: AuthenticationResults.value(authservID: authservID, spf: s, helo: h, dkim: d, dmarc: m, mailFrom: mailFrom))
     }

@@ -179,14 +179,12 @@ final class SPFRun {
         return voids > checker.voidLimit ? .error(.permerror, "more than \(checker.voidLimit) void DNS look-ups") : nil
     }
 
-    /// A or AAAA records of `name`, by the client's address family; nil records for a void answer.
-    func addresses(_ name: String) async -> Result<[IPAddress], SPFLookupError> {
-        let answer = ip.isIPv4 ? await dns.ipv4(name) : await dns.ipv6(name)
-        let type = ip.isIPv4 ? "A" : "AAAA"
+    /// An answer as SPF counts it (a void look-up, a temporary failure, or records), its DNS step written down.
+    func answered<T>(_ type: String, _ name: String, _ answer: DNSAnswer<[T]>, _ show: (T) -> String) -> Result<[T], SPFLookupError> {
         switch answer {
-        case .records(let a):
-            step("\(type) \(name): " + a.map(\.description).joined(separator: " "))
-            return .success(a)
+        case .records(let r):
+            step("\(type) \(name): " + r.map(show).joined(separator: " "))
+            return .success(r)
         case .nxdomain, .noRecords:
             step("\(type) \(name): none")
             return .failure(.void)
@@ -194,6 +192,20 @@ final class SPFRun {
             step("\(type) \(name): \(why)")
             return .failure(.temporary("DNS failure looking up \(type) \(name): \(why)"))
         }
+    }
+
+    /// A mechanism's look-up as a match: `hit` decides on the records; a void answer counts toward the limit.
+    func matching<T>(_ found: Result<[T], SPFLookupError>, _ hit: ([T]) -> Bool) -> Match {
+        switch found {
+        case .success(let r): return hit(r) ? .yes : .no
+        case .failure(.void): return voidLookup() ?? .no
+        case .failure(.temporary(let why)): return .error(.temperror, why)
+        }
+    }
+
+    /// A or AAAA records of `name`, by the client's address family.
+    func addresses(_ name: String) async -> Result<[IPAddress], SPFLookupError> {
+        ip.isIPv4 ? answered("A", name, await dns.ipv4(name), \.description) : answered("AAAA", name, await dns.ipv6(name), \.description)
     }
 
     func matches(_ mechanism: SPFMechanism, domain: String, depth: Int) async -> Match {
@@ -216,25 +228,16 @@ final class SPFRun {
         case .a(let spec, let v4, let v6):
             guard let target = await target(spec, domain: domain) else { return .error(.permerror, "bad a: target") }
             guard isValidDomain(target) else { return voidLookup() ?? .no }
-            switch await addresses(target) {
-            case .success(let list): return list.contains { inNetwork($0, v4: v4, v6: v6) } ? .yes : .no
-            case .failure(.void): return voidLookup() ?? .no
-            case .failure(.temporary(let why)): return .error(.temperror, why)
-            }
+            return matching(await addresses(target)) { $0.contains { inNetwork($0, v4: v4, v6: v6) } }
         case .mx(let spec, let v4, let v6):
             guard let target = await target(spec, domain: domain) else { return .error(.permerror, "bad mx: target") }
             guard isValidDomain(target) else { return voidLookup() ?? .no }
             let hosts: [MXRecord]
-            switch await dns.mxHosts(target) {
-            case .records(let r): hosts = r
-            case .nxdomain, .noRecords:
-                step("MX \(target): none")
-                return voidLookup() ?? .no
-            case .temporaryFailure(let why):
-                step("MX \(target): \(why)")
-                return .error(.temperror, "DNS failure looking up MX \(target): \(why)")
+            switch answered("MX", target, await dns.mxHosts(target), { "\($0.preference) \($0.host.isEmpty ? "." : $0.host)" }) {
+            case .success(let r): hosts = r
+            case .failure(.void): return voidLookup() ?? .no
+            case .failure(.temporary(let why)): return .error(.temperror, why)
             }
-            step("MX \(target): " + hosts.map { "\($0.preference) \($0.host.isEmpty ? "." : $0.host)" }.joined(separator: " "))
             guard hosts.count <= 10 else { return .error(.permerror, "MX \(target) has more than 10 records") }
             for host in hosts where !host.host.isEmpty && host.host != "." {
                 switch await addresses(host.host) {
@@ -252,17 +255,7 @@ final class SPFRun {
         case .exists(let spec):
             guard let target = await expandDomain(spec, domain: domain) else { return .error(.permerror, "bad exists: target") }
             guard isValidDomain(target) else { return voidLookup() ?? .no }
-            switch await dns.ipv4(target) { // always A (§5.7)
-            case .records(let a):
-                step("A \(target): " + a.map(\.description).joined(separator: " "))
-                return .yes
-            case .nxdomain, .noRecords:
-                step("A \(target): none")
-                return voidLookup() ?? .no
-            case .temporaryFailure(let why):
-                step("A \(target): \(why)")
-                return .error(.temperror, "DNS failure looking up A \(target): \(why)")
-            }
+            return matching(answered("A", target, await dns.ipv4(target), \.description)) { _ in true } // always A (§5.7)
         }
     }
 
