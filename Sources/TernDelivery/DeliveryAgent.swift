@@ -72,4 +72,11 @@ public enum ConnectOutcome: Sendable {
 
 public protocol DeliveryAgent: Sendable {
     func connect(domain: String) async -> ConnectOutcome
+    /// `requireTLS`: the destination's shaping limits want TLS; a server
+    /// that does not offer it (or a failed handshake) defers, never plaintext.
+    func connect(domain: String, requireTLS: Bool) async -> ConnectOutcome
+}
+
+extension DeliveryAgent {
+    public func connect(domain: String, requireTLS: Bool) async -> ConnectOutcome { await connect(domain: domain) }
 }

@@ -71,6 +71,15 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
     }
 
     public func connect(domain: String) async -> ConnectOutcome {
+        await connect(domain: domain, requireTLS: false)
+    }
+
+    public func connect(domain: String, requireTLS: Bool) async -> ConnectOutcome {
+        var config = self.config
+        if requireTLS, config.tlsPolicy == .none || config.tlsPolicy == .may { config.tlsPolicy = .require }
+        if requireTLS, tls == nil {
+            return .failed(SMTPReply(451, .encryptionNeeded, "TLS is required for \(domain) and this server has TLS for delivery turned off"), AttemptContext())
+        }
         switch await router.plan(domain) {
         case .bounce(let r), .deferral(let r):
             return .failed(r, AttemptContext())

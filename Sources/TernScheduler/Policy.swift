@@ -56,9 +56,13 @@ public struct PolicyConfig: Sendable {
     public var maxQueueLifetimeMillis: Int64 = 5 * 86_400_000
     /// A delay DSN goes out once after this (default 4 hours; 0 disables).
     public var delayWarningMillis: Int64 = 4 * 3_600_000
-    /// Hard bounces that say the user or domain does not exist (5.1.1,
-    /// 5.1.2, 5.1.10) put the address on the suppression list.
+    /// Hard bounces of the `suppressCategories` (by default: the address
+    /// does not exist, or its mailbox is inactive) put the address on the
+    /// suppression list.
     public var suppressOnHardBounce = true
+    public var suppressCategories: Set<BounceCategory> = BounceCategory.suppressingByDefault
+    /// Gives every failed attempt its category (`attempt.category`).
+    public var classifier = BounceClassifier()
     public init() {}
 }
 
@@ -154,31 +158,6 @@ public enum Policy {
                            willRetryUntil: nil)
             : nil
         return Decision(transition: t, dsn: report)
-    }
-
-    /// Does this bounce say the address cannot exist (so sending again is pointless)?
-    public static func isNonexistentAddress(_ outcome: RecipientOutcome) -> Bool {
-        guard case .bounced(let reply) = outcome, let e = reply.enhanced else { return false }
-        return EnhancedStatus.nonexistentAddress.contains(e)
-    }
-
-    /// A coarse class of a reply, stored in `attempt.category` for analytics.
-    public static func category(_ outcome: RecipientOutcome) -> String? {
-        let reply = outcome.reply
-        if case .delivered = outcome { return nil }
-        guard let e = reply.enhanced else { return reply.code == 421 ? "connection" : "other" }
-        switch (e.subject, e.detail) {
-        case (1, 1), (1, 6): return "unknown_user"
-        case (1, 2), (1, 10), (4, 3), (4, 4): return "bad_domain_or_dns"
-        case (2, 2), (3, 1): return "mailbox_full"
-        case (2, 1): return "mailbox_disabled"
-        case (4, 1), (4, 2), (4, 7): return "connection"
-        case (3, 4): return "too_big"
-        case (7, 1), (7, 0): return reply.text.lowercased().contains("spam") ? "spam" : "policy"
-        case (7, _): return "security_tls_auth"
-        case (6, _): return "content"
-        default: return "other"
-        }
     }
 
     public static func attempt(_ outcome: RecipientOutcome, for r: ClaimedRecipient, context ctx: AttemptContext,

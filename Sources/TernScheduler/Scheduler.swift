@@ -275,8 +275,13 @@ public final class Scheduler: Service, Sendable {
         while !s.stopping, let spawner = s.spawner, s.total < config.maxConnections, s.active[domain, default: 0] < wanted {
             let now = clock.now()
             if let until = s.pacedUntil[domain], until > now { return }
-            if case .notBefore(let until) = gate.admit(SendRequest(.connection, destination: domain), now: now) {
+            switch gate.admit(SendRequest(.connection, destination: domain), now: now) {
+            case .go: break
+            case .notBefore(let until):
                 s.pacedUntil[domain] = until
+                return
+            case .busy:
+                // At its connection limit: a finishing worker asks again.
                 return
             }
             s.total += 1
@@ -288,6 +293,7 @@ public final class Scheduler: Service, Sendable {
     }
 
     private func finished(_ domain: String) {
+        gate.ended(SendRequest(.connection, destination: domain), now: clock.now())
         state.withLock { s in
             s.total -= 1
             let n = s.active[domain, default: 1] - 1

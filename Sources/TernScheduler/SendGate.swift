@@ -12,6 +12,8 @@
 // queued (or are given back untouched) and the scheduler wakes up at the
 // time the gate named.
 
+import TernProtocol
+
 /// What the scheduler is about to do.
 public struct SendRequest: Sendable, Equatable {
     public enum Kind: Sendable, Equatable {
@@ -40,12 +42,44 @@ public enum SendPermission: Sendable, Equatable {
     case go
     /// Not now; ask again at this time (Unix milliseconds).
     case notBefore(Int64)
+    /// A connection: the destination has as many open as it may; ask again
+    /// when one of them ends (the scheduler does, as a worker finishes).
+    case busy
+}
+
+/// What a destination's connections must keep to (nil: the scheduler's own).
+public struct ConnectionTerms: Sendable, Equatable {
+    public var messagesPerConnection: Int?
+    /// Recipients per transaction: a message with more goes in several.
+    public var recipientsPerMessage: Int?
+    /// The connection must use TLS (the agent defers rather than send in plaintext).
+    public var requireTLS = false
+
+    public init(messagesPerConnection: Int? = nil, recipientsPerMessage: Int? = nil, requireTLS: Bool = false) {
+        self.messagesPerConnection = messagesPerConnection
+        self.recipientsPerMessage = recipientsPerMessage
+        self.requireTLS = requireTLS
+    }
 }
 
 public protocol SendGate: Sendable {
     /// Whether `request` may go ahead at `now`. A `.go` for a message is
-    /// taken as that message being sent.
+    /// taken as that message being sent; a `.go` for a connection counts it
+    /// open until `ended`.
     func admit(_ request: SendRequest, now: Int64) -> SendPermission
+    /// A connection the gate admitted has ended (or was never opened).
+    func ended(_ request: SendRequest, now: Int64)
+    /// What the destination answered: a refusal of an opening or of a
+    /// transaction (one call per distinct reply), or a transaction's success.
+    func observe(_ request: SendRequest, reply: SMTPReply, mxHost: String?, now: Int64)
+    /// The terms of a connection to the destination.
+    func terms(_ request: SendRequest, now: Int64) -> ConnectionTerms
+}
+
+extension SendGate {
+    public func ended(_ request: SendRequest, now: Int64) {}
+    public func observe(_ request: SendRequest, reply: SMTPReply, mxHost: String?, now: Int64) {}
+    public func terms(_ request: SendRequest, now: Int64) -> ConnectionTerms { ConnectionTerms() }
 }
 
 /// No pacing: every connection and message may go now.

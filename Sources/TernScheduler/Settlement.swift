@@ -65,14 +65,15 @@ struct Settlement: Sendable {
                    fallback: RecipientOutcome, context: AttemptContext, started: Int64, now: Int64, random: () -> Double) -> [Entry] {
         recipients.map { r in
             let outcome = outcomes[r.id] ?? fallback
+            let category = policy.classifier.classify(outcome.reply)
             var e = Entry(recipient: r,
                           decision: Policy.decide(outcome, for: r, sender: message.mailFrom, context: context, now: now,
                                                   config: policy, random: random()),
                           attempt: Policy.attempt(outcome, for: r, context: context, started: started, ended: now,
-                                                  category: Policy.category(outcome)))
-            if policy.suppressOnHardBounce && Policy.isNonexistentAddress(outcome) {
+                                                  category: category?.rawValue))
+            if policy.suppressOnHardBounce, case .bounced = outcome, let category, policy.suppressCategories.contains(category) {
                 e.suppression = Suppression(address: Settlement.key(r.address),
-                                            reason: "\(outcome.reply.code) \(outcome.reply.enhanced!) \(outcome.reply.text)",
+                                            reason: "\(outcome.reply.code) \(outcome.reply.enhanced.map { "\($0) " } ?? "")\(outcome.reply.text)",
                                             source: "bounce", createdAt: now)
             }
             logger.info("\(e.decision.transition.state)", metadata: [

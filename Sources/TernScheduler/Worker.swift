@@ -19,10 +19,16 @@ struct Worker {
     private var preferReady = true
     /// Messages sent over this connection.
     private var sent = 0
+    /// What the send gate asks of this connection (asked once, at its start).
+    private let terms: ConnectionTerms
+    /// Messages this connection may carry: the scheduler's limit, or the gate's if lower.
+    private let perConnection: Int
 
     init(scheduler: Scheduler, domain: String) {
         self.scheduler = scheduler
         self.domain = domain
+        terms = scheduler.gate.terms(SendRequest(.message, destination: domain), now: scheduler.clock.now())
+        perConnection = max(1, min(scheduler.config.messagesPerConnection, terms.messagesPerConnection ?? .max))
     }
 
     /// Recipients to deliver next, with the messages already in memory
@@ -40,11 +46,12 @@ struct Worker {
 
     mutating func run() async {
         let s = scheduler
-        var batch = await next(messages: s.config.messagesPerConnection)
+        var batch = await next(messages: perConnection)
         guard !batch.recipients.isEmpty else { return }
         let started = s.clock.now()
-        switch await s.agent.connect(domain: domain) {
+        switch await s.agent.connect(domain: domain, requireTLS: terms.requireTLS) {
         case .failed(let reply, let context):
+            s.gate.observe(SendRequest(.connection, destination: domain), reply: reply, mxHost: context.mxHost, now: s.clock.now())
             // The whole destination is unreachable (or does not exist): every
             // due recipient of it shares this outcome now, not one batch per pass.
             let outcome = RecipientOutcome.from(reply)
@@ -56,12 +63,12 @@ struct Worker {
             }
         case .connected(let connection):
             while await send(batch, over: connection) {
-                batch = await next(messages: s.config.messagesPerConnection - sent)
+                batch = await next(messages: perConnection - sent)
                 // Nothing more now: keep the connection for a moment rather
                 // than close it and start a worker and a connection for the
                 // next message.
                 while batch.recipients.isEmpty, connection.isReusable, await s.waitForWork(domain) {
-                    batch = await next(messages: s.config.messagesPerConnection - sent)
+                    batch = await next(messages: perConnection - sent)
                 }
                 if batch.recipients.isEmpty { break }
             }
@@ -75,7 +82,7 @@ struct Worker {
         let s = scheduler
         if !connection.isReusable { return .closed }
         if s.stopping { return .stopping }
-        if sent >= s.config.messagesPerConnection { return .limit }
+        if sent >= perConnection { return .limit }
         if askGate, case .notBefore(let t) = s.gate.admit(SendRequest(.message, destination: domain), now: s.clock.now()) {
             return .paced(until: t)
         }
@@ -87,7 +94,12 @@ struct Worker {
     private mutating func send(_ batch: Batch, over connection: any DeliveryConnection) async -> Bool {
         let s = scheduler
         var messages = batch.messages
-        let byMessage = Dictionary(grouping: batch.recipients, by: \.messageID).sorted { $0.key < $1.key }
+        // One transaction per message, or several when the destination takes
+        // fewer recipients per transaction than the message has.
+        let chunk = max(1, terms.recipientsPerMessage ?? .max)
+        let byMessage = Dictionary(grouping: batch.recipients, by: \.messageID).sorted { $0.key < $1.key }.flatMap { id, rs in
+            stride(from: 0, to: rs.count, by: chunk).map { (key: id, value: Array(rs[$0..<min($0 + chunk, rs.count)])) }
+        }
         var admitted: Int64? = nil // the gate's yes, given when it was prefetched
         for (index, (messageID, recipients)) in byMessage.enumerated() {
             // A message whose commands went out with the previous one's
@@ -100,7 +112,7 @@ struct Worker {
             // The next message of the batch can start in the same write as
             // this one's content, if it is sure to be sent next.
             var next: OutboundMessage? = nil
-            if index + 1 < byMessage.count, !s.stopping, sent + 1 < s.config.messagesPerConnection,
+            if index + 1 < byMessage.count, !s.stopping, sent + 1 < perConnection,
                s.gate.admit(SendRequest(.message, destination: domain), now: s.clock.now()) == .go {
                 let (nextID, nextRecipients) = byMessage[index + 1]
                 admitted = nextID
@@ -108,10 +120,12 @@ struct Worker {
                 next = messages[nextID].map { Scheduler.outbound(nextID, nextRecipients, $0) }
             }
             await deliver(messageID, recipients, over: connection, message: messages[messageID], next: next)
-            messages[messageID] = nil // its body is not held while the rest are sent
+            if index + 1 == byMessage.count || byMessage[index + 1].key != messageID {
+                messages[messageID] = nil // its body is not held while the rest are sent
+            }
             sent += 1
         }
-        return connection.isReusable && !s.stopping && sent < s.config.messagesPerConnection
+        return connection.isReusable && !s.stopping && sent < perConnection
     }
 
     private func giveBack(_ recipients: [ClaimedRecipient], because why: Stop) async {
@@ -135,6 +149,20 @@ struct Worker {
             return
         }
         let outcomes = await connection.send(Scheduler.outbound(messageID, recipients, stored), next: next)
+        // The destination's answers, for shaping: each distinct refusal, and
+        // one success per transaction that delivered.
+        var seen: Set<String> = []
+        var delivered = false
+        for o in outcomes.values {
+            if case .delivered = o { delivered = true; continue }
+            if seen.insert(o.reply.description).inserted {
+                s.gate.observe(SendRequest(.message, destination: domain), reply: o.reply, mxHost: connection.context.mxHost, now: s.clock.now())
+            }
+        }
+        if delivered {
+            s.gate.observe(SendRequest(.message, destination: domain), reply: SMTPReply(250, nil, "accepted"),
+                           mxHost: connection.context.mxHost, now: s.clock.now())
+        }
         let fallback = RecipientOutcome.deferred(SMTPReply(451, .systemError, "no result for this recipient"))
         await s.settle(recipients, outcomes: outcomes, fallback: fallback, context: connection.context, started: started,
                        messages: [messageID: stored])

@@ -120,6 +120,18 @@ public struct JSONObjectWriter {
         JSON.append(value, to: &out)
     }
 
+    /// A number of milliseconds (or any whole number), or null.
+    public mutating func add(_ k: StaticString, _ value: Int64?) {
+        key(k)
+        if let value { out += Array(String(value).utf8) } else { JSON.append("null", to: &out) }
+    }
+
+    /// A finite number (others are written as null).
+    public mutating func add(_ k: StaticString, _ value: Double) {
+        key(k)
+        if value.isFinite { out += Array(String(value).utf8) } else { JSON.append("null", to: &out) }
+    }
+
     public mutating func finish() -> String {
         out.append(UInt8(ascii: "}"))
         return String(decoding: out, as: UTF8.self)

@@ -18,7 +18,8 @@ public enum Migrator {
     static var followUps: [Int: (Database) throws -> Void] {
         [5: { db in for sql in Rollups.rebuildStatements { try db.execute(sql: sql) } },
          6: { db in try checksWithoutInLists(db) },
-         9: { db in try addEventKindCheck(db) }]
+         9: { db in try addEventKindCheck(db) },
+         11: { db in try extendEventKindCheck(db) }]
     }
 
     /// Tables whose CHECK constraints migration 6 writes as OR chains.
@@ -75,6 +76,27 @@ public enum Migrator {
         try db.execute(sql: "PRAGMA writable_schema = ON")
         try db.execute(sql: "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'event'",
                        arguments: [sql.replacingCharacters(in: column, with: sql[column] + " " + eventKindCheck)])
+        try db.execute(sql: "PRAGMA schema_version = \(version + 1)")
+        try db.execute(sql: "PRAGMA writable_schema = OFF")
+    }
+
+    /// Migration 11's CHECK on `event.kind`: 9's and the shaping kinds.
+    static let eventKindCheck11 = String(eventKindCheck.dropLast()) + """
+         OR kind = 'shaping_throttled' OR kind = 'shaping_suspended' OR kind = 'shaping_ramped' \
+        OR kind = 'shaping_resumed' OR kind = 'shaping_paused' OR kind = 'shaping_set')
+        """
+
+    /// Replaces migration 9's CHECK on `event.kind` with `eventKindCheck11`
+    /// (a wider condition every row satisfies), as `addEventKindCheck` added it.
+    static func extendEventKindCheck(_ db: Database) throws {
+        guard let sql = try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'event'"),
+              let check = sql.range(of: eventKindCheck) else {
+            throw StoreError.other("migration 11: the event table's schema is not the one migration 9 left")
+        }
+        let version = try Int.fetchOne(db, sql: "PRAGMA schema_version") ?? 0
+        try db.execute(sql: "PRAGMA writable_schema = ON")
+        try db.execute(sql: "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'event'",
+                       arguments: [sql.replacingCharacters(in: check, with: eventKindCheck11)])
         try db.execute(sql: "PRAGMA schema_version = \(version + 1)")
         try db.execute(sql: "PRAGMA writable_schema = OFF")
     }
@@ -141,7 +163,7 @@ public enum Migrator {
                     applied.append(m.name)
                 }
                 // Have this connection parse the rewritten CHECKs now.
-                if applied.contains(where: { $0.hasPrefix("0006_") || $0.hasPrefix("0009_") }) { try db.execute(sql: "PRAGMA writable_schema = RESET") }
+                if applied.contains(where: { $0.hasPrefix("0006_") || $0.hasPrefix("0009_") || $0.hasPrefix("0011_") }) { try db.execute(sql: "PRAGMA writable_schema = RESET") }
                 // Indexes a migration dropped leave free pages: give them back
                 // now rather than have the first `tern prune` report them.
                 if !applied.isEmpty { try db.execute(sql: "PRAGMA incremental_vacuum") }

@@ -64,6 +64,14 @@ public enum EventKind: String, CaseIterable, Sendable, Codable, DatabaseValueCon
     /// Events that belong to no message.
     case authFailed = "auth_failed"
     case authBlocked = "auth_blocked"
+    /// Traffic shaping changed a destination's state (no message; the
+    /// destination is in the detail).
+    case shapingThrottled = "shaping_throttled"
+    case shapingSuspended = "shaping_suspended"
+    case shapingRamped = "shaping_ramped"
+    case shapingResumed = "shaping_resumed"
+    case shapingPaused = "shaping_paused"
+    case shapingSet = "shaping_set"
 
     public var sql: String { "'\(rawValue)'" }
 

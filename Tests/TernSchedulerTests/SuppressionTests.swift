@@ -20,7 +20,7 @@ import TernProtocol
         #expect(entries.map(\.address) == ["perm-gone@far.test"])
         #expect(entries[0].source == "bounce" && entries[0].reason.hasPrefix("550 5.1.1"))
         #expect(try h.rows("SELECT count(*) FROM event WHERE kind = 'suppression_added'").first?[0] as Int? == 1)
-        #expect(try h.rows("SELECT category FROM attempt WHERE outcome = 'bounced'").first?[0] as String? == "unknown_user")
+        #expect(try h.rows("SELECT category FROM attempt WHERE outcome = 'bounced'").first?[0] as String? == "invalid_recipient")
 
         // A later message to the same address (any case) is settled without a delivery attempt.
         let sentBefore = h.agent.sent.count
