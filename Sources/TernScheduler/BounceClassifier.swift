@@ -147,26 +147,32 @@ public struct BounceClassifier: Sendable {
     /// reason wins: rate before reputation before content before policy;
     /// then enhanced codes (RFC 3463), then basic codes.
     public static let shipped: [BounceRule] = [
+        // Authentication and sender checks first: "rate limited because it
+        // is unauthenticated" and "not accepted for policy reasons (DMARC)"
+        // are fixed by authenticating, not by slowing down.
+        text(#"\bSPF\b|\bDKIM\b|\bDMARC\b|unauthenticated|authenticate|sender address rejected|sender verify failed"#, .policyAuth),
+        // Recipient directory refusals that carry a block-list-like tag (Microsoft's AS(…)).
+        text(#"recipient address rejected: access denied|RecipientNotFound|RecipAddrNotFound"#, .invalidRecipient),
         // Rate limits and volume: the sender should slow down.
-        text(#"rate.?limit|unusual rate|too many (messages|mails?|emails|connections|concurrent|sessions|recipients from)|receiving mail (too quickly|at a rate)|unexpected volume|\bTSS?0[124]\b|\bGL01\b|throttl|too fast|sending limits?|peak smtp relay limit|exceeded the (message|rate|connection) (rate|limit)|\bRL0?[0-9]\b|connection (rate|limit) exceeded|slow down|too much mail|high volume|ratelimit|message rate exceeded|4\.7\.28|server busy|too many (invalid|failed)|please try again later.*(volume|rate)"#, .rateLimit),
+        text(#"rate.?limit|unusual rate|too many (messages|mails?|emails|connections|concurrent|sessions|recipients)|concurrent (server )?connections|maximum number of (concurrent )?connections|try again later, closing connection|SubmissionQuotaExceeded|(daily|hourly|relay|sending) .{0,20}(limit|quota) exceeded|receiving mail (too quickly|at a rate)|unexpected volume|\bTSS?0[124]\b|\bGL01\b|throttl|too fast|sending limits?|peak smtp relay limit|exceeded the (message|rate|connection) (rate|limit)|\bRL0?[0-9]\b|connection (rate|limit) exceeded|slow down|too much mail|high volume|ratelimit|message rate exceeded|4\.7\.28|server busy|too many (invalid|failed)|please try again later.*(volume|rate)"#, .rateLimit),
         // Reputation and blocklists: the sending IP or domain is distrusted.
-        text(#"block ?list|black ?list|spamhaus|barracuda|spamcop|sorbs|\bs5h\b|\bRBL\b|\bDNSBL\b|listed (on|in|at|by)|reputation|\bTSS?0[39]\b|blocked using|banned sending IP|\bS3150\b|\bS3140\b|\bAS\(\d+\)|poor (sender|sending) (history|score)|sender score|ip .{0,40}(has been |is )?(blocked|blacklisted|banned)|client host .{0,80}blocked|\bCS0[0-9]\b|cloudmark|proofpoint"#, .reputation),
+        text(#"block ?list|black ?list|spamhaus|barracuda|spamcop|sorbs|\bs5h\b|\bRBL\b|\bDNSBL\b|listed (on|in|at|by)|reputation|\bTSS?0[39]\b|blocked using|banned (sending IP|sender)|traffic not accepted from this IP|\bS3150\b|\bS3140\b|poor (sender|sending) (history|score)|sender score|ip .{0,40}(has been |is )?(blocked|blacklisted|banned)|client host .{0,80}blocked|\bCS0[0-9]\b|cloudmark|proofpoint|not accepted for policy reasons"#, .reputation),
         // A domain that does not exist, before the recipient rules' "does not exist".
-        text(#"host or domain name not found|name service error|domain (name )?(not found|does not exist)|NXDOMAIN|null MX|unrouteable mail domain"#, .dns),
+        text(#"host or domain name not found|name service error|domain (name )?(\S+ )?(not found|does not exist)|find the recipient domain|NXDOMAIN|null MX|unrouteable mail domain"#, .dns),
         // Mailbox state before content, as their words are specific.
-        text(#"over ?quota|quota (exceeded|full)|exceeded (its|the|his|her) (storage|quota)|mailbox (is )?full|mailbox size limit|insufficient (system )?(storage|space)|out of storage|not enough (storage|space)|storage (space )?(limit|allocation|quota)|exceeded storage|full mailbox|account.{0,20}full"#, .mailboxFull),
-        text(#"disabled|inactive|deactivated|suspended|(account|mailbox) (has been |is )?(locked|expired|closed|frozen|terminated|blocked by the owner)|no longer (active|available|in use|accepting)|not (currently )?active|\b(554\.30)\b|mailbox (is )?(unavailable for|temporarily) (use|disabled)|dormant|user (has )?moved"#, .inactiveMailbox),
-        text(#"user unknown|unknown (user|recipient|mailbox|local part|address)|no such (user|mailbox|recipient|address|account|person)|does ?n[o']t (exist|have an? [a-z.]+ account)|doesn't exist|not exist|recipient (address )?rejected: (user unknown|undeliverable|access denied|no mailbox|unknown)|invalid (recipient|mailbox|address|user)|mailbox (not found|unavailable|does not exist|name not allowed)|recipient not found|RecipientNotFound|unrouteable address|address (unknown|not found|not listed|rejected)|not a (valid|known) (recipient|user|mailbox)|undeliverable address|no mailbox|bad destination mailbox|unknown or illegal alias|account that you tried to reach does not exist|user not found|couldn't find the recipient|not our customer|address does not exist|mailbox unavailable"#, .invalidRecipient),
+        text(#"over ?quota|quota (exceeded|full)|exceeded (its|the|his|her) (storage|quota)|mailbox (is )?full|mailbox size limit|out of storage|not enough (storage|space)|storage (space )?(limit|allocation|quota)|exceeded storage|full mailbox|account.{0,20}full"#, .mailboxFull),
+        text(#"disabled|inactiv|deactivated|suspended|(account|mailbox) (has been |is )?(locked|expired|closed|frozen|terminated|blocked by the owner)|no longer (active|available|in use|accepting)|not (currently )?active|\b(554\.30)\b|mailbox (is )?(unavailable for|temporarily) (use|disabled)|dormant|user (has )?moved"#, .inactiveMailbox),
+        text(#"user unknown|unknown (user|recipient|mailbox|local part|address)|no such (user|mailbox|recipient|address|account|person)|does ?n[o']t (exist|have an? [a-z.]+ account)|doesn't exist|not exist|recipient (address )?rejected: (user unknown|undeliverable|access denied|no mailbox|unknown)|invalid (recipient|mailbox|address|user)|mailbox (not found|unavailable|does not exist|name not allowed)|recipient not found|RecipientNotFound|unrouteable address|recipient address (unknown|not found|rejected)|address (unknown|not found|not listed)|not a (valid|known) (recipient|user|mailbox)|undeliverable address|no mailbox|bad destination mailbox|unknown or illegal alias|account that you tried to reach does not exist|user not found|couldn't find the recipient|not our customer|address does not exist|mailbox unavailable"#, .invalidRecipient),
         // Size.
         text(#"too (large|big)|size (limit|exceeds|exceeded)|exceeds? .{0,30}(size|limit of)|message (size|length) (exceeds|exceeded|limit)|maximum (message )?size|\bexceeded .{0,20}message size"#, .tooLarge),
         // Content and spam.
-        text(#"spam|unsolicited|junk|virus|malware|phish|suspicious|harmful|(message|content) (rejected|blocked|refused) (due to|because of|as)|content (filter|policy|rejected)|prohibited|banned (attachment|file|content)|attachment|\bURL\b|links? (in|to)|bulk ?mail|not accepted for policy reasons|message (looks|seems|appears)|\bscore\b|DT:SPM"#, .spamContent),
+        text(#"spam|unsolicited|junk|virus|malware|phish|suspicious|harmful|(message|content) (rejected|blocked|refused) (due to|because of|as)|content (filter|policy|rejected)|prohibited|banned (attachment|file|content)|attachment|\bURL\b|links? (in|to)|bulk ?mail|message (looks|seems|appears)|\bscore\b|DT:SPM"#, .spamContent),
         // Authentication and policy.
         text(#"\bSPF\b|\bDKIM\b|\bDMARC\b|authenticat|unauthenticated|not (authorized|permitted|allowed) to (send|relay)|relay(ing)? (access )?(denied|not permitted|prohibited)|sender (address |domain )?(rejected|denied|not allowed|verify failed)|TLS (is )?required|requires? (TLS|encryption|STARTTLS)|must issue a STARTTLS|\bPTR\b|reverse (DNS|lookup|hostname)|rDNS|RFC ?5322|RFC ?2822|From: header|header (field|line)? .{0,30}(missing|invalid|malformed)|\bpolicy\b|access denied|not allowed|domain of sender|sender rejected|5\.7\.(2[3-7]|1 .{0,20}sender)"#, .policyAuth),
         // DNS.
-        text(#"\bDNS\b|\bMX\b|NXDOMAIN|domain (not found|does not exist|name not found)|host (not found|unknown)|host or domain name not found|name service error|unable to resolve|unrouteable (mail )?domain|null MX|no (MX|A|AAAA) (record|host)|\bdomain (is )?(invalid|unknown)"#, .dns),
+        text(#"\bDNS\b|(no|lookup|looking up) MX\b|\bMX (record|lookup)|NXDOMAIN|domain (not found|does not exist|name not found)|host (not found|unknown)|host or domain name not found|name service error|unable to resolve|unrouteable (mail )?domain|null MX|no (MX|A|AAAA) (record|host)|\bdomain (is )?(invalid|unknown)"#, .dns),
         // Connections.
-        text(#"connection (refused|timed out|reset|lost|closed|dropped|failed)|lost connection|timed? ?out|\btimeout\b|network (is )?unreachable|no route to host|broken pipe|could not connect|cannot connect|unable to connect|no answer from|cooling down"#, .connection),
+        text(#"connection (refused|timed out|reset|lost|closed|dropped|failed)|lost connection|closed (the )?connection|timed? ?out|\btimeout\b|network (is )?unreachable|no route to host|broken pipe|could not connect|cannot connect|unable to connect|no answer from|cooling down"#, .connection),
 
         // RFC 3463 subjects and details, when the text said nothing we know.
         status("x.7.28", .rateLimit),
@@ -180,6 +186,7 @@ public struct BounceClassifier: Sendable {
         status("x.2.1", .inactiveMailbox),
         status("x.2.2", .mailboxFull),
         status("x.2.3", .tooLarge), status("x.3.4", .tooLarge),
+        status("x.3", .other), status("x.5", .other),
         status("x.4.1", .connection), status("x.4.2", .connection), status("x.4.7", .connection),
         status("x.4.0", .connection),
         status("x.6", .spamContent),
@@ -187,7 +194,6 @@ public struct BounceClassifier: Sendable {
         // Basic codes alone (RFC 5321 §4.2.3).
         basic(421, .connection),
         basic(552, .tooLarge),
-        basic(452, .mailboxFull),
         basic(553, .invalidRecipient),
     ]
 }
