@@ -90,6 +90,18 @@ public struct TernSettings: Sendable {
     public var providers: [ProviderRule] = []
     /// The providers' table: the shipped rules and `providers` over them.
     public var providerTable: ProviderTable { ProviderTable(custom: providers) }
+    // Traffic shaping (`[shaping]`, ShapingSettings.swift).
+    public var shapingEnabled = true
+    public var shippedThrottleRules = true
+    public var rampStepPercent = 10
+    public var rampIntervalSeconds: Int64 = 60
+    public var rampSuccesses = 100
+    public var shapingRequireTLS = false
+    public var shapingDefaults = ShapingLimits()
+    public var shapingDestinations: [String: ShapingLimits] = [:]
+    public var throttleRules: [ThrottleRule] = []
+    public var bounceRules: [BounceRule] = []
+    public var suppressCategories: [BounceCategory] = BounceCategory.allCases.filter { BounceCategory.suppressingByDefault.contains($0) }
     /// SPF, DKIM and DMARC for mail from other MTAs (`[verify]`).
     public var verifyPolicy: VerifyPolicy = .record
     /// "" stands for the host name.
@@ -121,6 +133,8 @@ public struct TernSettings: Sendable {
         c.policy.maxQueueLifetimeMillis = maxQueueLifetime * 1000
         c.policy.delayWarningMillis = delayWarning * 1000
         c.policy.suppressOnHardBounce = suppressOnHardBounce
+        c.policy.suppressCategories = Set(suppressCategories)
+        c.policy.classifier = classifier
         return c
     }
 
@@ -222,14 +236,14 @@ extension TernSettings {
 
     private mutating func apply(_ document: TOMLTable, origin: String) throws {
         let tables = Set(TernSettings.declared.compactMap(\.table))
-        let topKeys = Set(TernSettings.declared.filter { $0.table == nil }.map(\.key)).union(tables).union(["listener", "dkim", "provider"])
+        let topKeys = Set(TernSettings.declared.filter { $0.table == nil }.map(\.key)).union(tables).union(["listener", "dkim", "provider", "throttle_rule", "bounce_rule"])
         for key in document.keys where !topKeys.contains(key) {
             throw ConfigError("unknown key '\(key)' (known: \(topKeys.sorted().joined(separator: ", ")))")
         }
         for name in tables.sorted() {
             guard let value = document[name] else { continue }
             guard let t = value.table else { throw ConfigError("'\(name)' must be a table") }
-            let known = Set(TernSettings.declared.filter { $0.table == name }.map(\.name))
+            let known = Set(TernSettings.declared.filter { $0.table == name }.map(\.name)).union(name == "shaping" ? ["destination"] : [])
             for key in t.keys where !known.contains(key) {
                 throw ConfigError("unknown key '\(name).\(key)' (known: \(known.sorted().joined(separator: ", ")))")
             }
@@ -243,6 +257,18 @@ extension TernSettings {
         if let d = document["dkim"] {
             dkimKeys = try TernSettings.dkimTables(d)
             origins["dkim"] = origin
+        }
+        if let d = document["shaping"]?.table?["destination"] {
+            shapingDestinations = try TernSettings.shapingDestinationTables(d)
+            origins["shaping.destination"] = origin
+        }
+        if let r = document["throttle_rule"] {
+            throttleRules = try TernSettings.throttleRuleTables(r)
+            origins["throttle_rule"] = origin
+        }
+        if let r = document["bounce_rule"] {
+            bounceRules = try TernSettings.bounceRuleTables(r)
+            origins["bounce_rule"] = origin
         }
         if let p = document["provider"] {
             providers = try TernSettings.providerTables(p)

@@ -134,7 +134,18 @@ struct Serve: AsyncParsableCommand {
         } catch {
             throw fail("TLS set-up failed: \(error)", code: 78)
         }
-        let scheduler = Scheduler(store: store, agent: agent, config: settings.schedulerConfig,
+        // Traffic shaping: per-destination limits and throttling rules, asked
+        // before each connection and message; its state survives a restart.
+        var schedulerConfig = settings.schedulerConfig
+        var shaping: ShapingGate? = nil
+        if settings.shapingEnabled {
+            let gate = ShapingGate(config: settings.shapingConfig, providers: settings.providerTable, classifier: settings.classifier,
+                                   routes: settings.routes, store: store, logger: logger)
+            do { try gate.load(now: nowMillis()) } catch { throw fail("cannot read the shaping state: \(error)", code: 74) }
+            schedulerConfig.gate = gate
+            shaping = gate
+        }
+        let scheduler = Scheduler(store: store, agent: agent, config: schedulerConfig,
                                   executors: EventLoopExecutor.forEachLoop(of: group), logger: logger)
         // Start-up recovery: SQLite has replayed the WAL on open; check the
         // pages, return leases of the previous run, and say what is queued.
@@ -187,7 +198,8 @@ struct Serve: AsyncParsableCommand {
         if !settings.deliver { logger.notice("delivery is off (--no-deliver): mail is accepted and queued only") }
         let sweeper = RetentionSweeper(store: store, policy: settings.retention, intervalSeconds: settings.retentionSweepSeconds, logger: logger)
         let serviceList: [ServiceGroupConfiguration.ServiceConfiguration] =
-            [.init(service: sweeper)] + (settings.deliver ? [.init(service: scheduler)] : []) + [.init(service: listener)]
+            [.init(service: sweeper)] + (shaping.map { [.init(service: $0)] } ?? [])
+            + (settings.deliver ? [.init(service: scheduler)] : []) + [.init(service: listener)]
         var groupConfig = ServiceGroupConfiguration(services: serviceList, logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .seconds(settings.shutdownGrace + 5)
         let services = ServiceGroup(configuration: groupConfig)

@@ -3,6 +3,7 @@
 // `[[listener]]` (an array of tables) is the one shape a row cannot hold;
 // its keys are listed in `listenerKeys` and documented with the table.
 
+import TernScheduler
 import NIOSSL
 import TernDKIM
 import TernListener
@@ -10,7 +11,7 @@ import TernMessage
 import TernProtocol
 
 extension TernSettings {
-    public static let declared: [Setting] = top + delivery + limits + tls + auth + retention + signing + verify
+    public static let declared: [Setting] = top + delivery + limits + tls + auth + retention + signing + verify + shaping
 
     /// Keys of one `[[listener]]` table: name, kind, help.
     static let listenerKeys: [(String, Setting.Kind, String)] = [
@@ -79,7 +80,13 @@ extension TernSettings {
         .choice("delivery.tls_policy", \.tlsPolicy, flag: "tls-policy",
                 "STARTTLS: none; may (when offered, unverified); require (always, unverified); verify (always, certificate checked)"),
         .optional("delivery.tls_ca_file", \.tlsCAFile, flag: "tls-ca-file", "trusted roots (PEM) for verify; none: the system's"),
-        .bool("delivery.suppress_on_hard_bounce", \.suppressOnHardBounce, "a 5.1.1, 5.1.2 or 5.1.10 bounce adds the address to the suppression list"),
+        .bool("delivery.suppress_on_hard_bounce", \.suppressOnHardBounce, "a hard bounce of the suppress_categories adds the address to the suppression list"),
+        .list("delivery.suppress_categories", \.suppressCategories, parse: { text in
+            guard let c = BounceCategory(rawValue: text) else {
+                throw ConfigError("'delivery.suppress_categories': \(text) is not one of \(BounceCategory.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return c
+        }, show: { $0.rawValue }, "bounce categories that suppress the address (docs/shaping.md lists them)"),
         .int("delivery.breaker_threshold", \.breakerPolicy.threshold, range: 1...Int.max, "connection failures in a row before an MX host cools down…"),
         .int("delivery.breaker_cooldown", \.breakerPolicy.baseCooldownMillis, unit: "seconds", scale: 1000, range: 1...Int.max,
              "…for this long, doubling while it keeps failing…"),

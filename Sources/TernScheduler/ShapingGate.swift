@@ -68,7 +68,7 @@ public final class ShapingGate: SendGate, Service {
         }
     }
 
-    static func state(from s: StoredShapingState) -> ShapingState {
+    public static func state(from s: StoredShapingState) -> ShapingState {
         var st = ShapingState()
         st.factor = s.factor
         st.holdUntil = s.holdUntil

@@ -88,13 +88,19 @@ final class FakeConnection: DeliveryConnection, @unchecked Sendable {
 
 struct Harness {
     let store: Store
-    let clock = ManualClock()
+    let clock: ManualClock
     let agent = FakeAgent()
     let scheduler: Scheduler
 
     init(_ edit: (inout SchedulerConfig) -> Void = { _ in }) throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("tern-sched-\(UUID().uuidString)/t.sqlite").path
-        store = try Store(path: path)
+        try self.init(store: try Store(path: path), clock: ManualClock(), edit)
+    }
+
+    /// Another scheduler (a restart) over the same store and clock.
+    init(store: Store, clock: ManualClock, _ edit: (inout SchedulerConfig) -> Void = { _ in }) throws {
+        self.store = store
+        self.clock = clock
         var config = SchedulerConfig(hostname: "mx.tern.test")
         edit(&config)
         scheduler = Scheduler(store: store, agent: agent, config: config, clock: clock, random: { 0.5 }) // no jitter
