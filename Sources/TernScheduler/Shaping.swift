@@ -510,6 +510,18 @@ public struct Shaper: Sendable {
         live[key] = v
     }
 
+    /// Time-driven changes of every destination not at its configured
+    /// limits (ended suspensions and holds, the climb): run by the gate
+    /// every fraction of a second, so that nothing stays throttled because
+    /// no mail asked.
+    public mutating func advance(now: Int64) -> [ShapingChange] {
+        var changes: [ShapingChange] = []
+        for (key, v) in live where v.state.factor < 1 || v.state.ruleLimits != nil || v.state.suspendedUntil != nil {
+            tick(key, now: now, &changes)
+        }
+        return changes
+    }
+
     // MARK: - State from outside (restart, operator)
 
     /// Restores a stored state (at start) or an operator's change.

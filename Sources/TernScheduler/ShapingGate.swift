@@ -229,6 +229,14 @@ public final class ShapingGate: SendGate, Service {
         }
     }
 
+    /// Ends suspensions and climbs back on time, with nothing asking.
+    public func advance(now: Int64) {
+        inner.withLock { i in
+            let changes = i.shaper.advance(now: now)
+            record(changes, now: now, &i)
+        }
+    }
+
     // MARK: - Service
 
     public func run() async throws {
@@ -237,6 +245,7 @@ public final class ShapingGate: SendGate, Service {
             try? await Task.sleep(for: .milliseconds(200))
             tick += 1
             if tick % 5 == 0 { pollOverrides() }
+            advance(now: nowMillis())
             await flush(now: nowMillis(), snapshot: tick % 10 == 0)
         }
         await flush(now: nowMillis(), snapshot: true)

@@ -33,8 +33,45 @@ public final class SinkServer: Sendable {
         public var tls: NIOSSLContext? = nil
         /// Answer STARTTLS with 220 and then hang up (a failed handshake).
         public var breakTLS = false
+        /// Behave like a mailbox provider that paces its senders.
+        public var provider: ProviderBehaviour? = nil
         public init() {}
     }
+
+    /// A provider's pacing (issue 18's end-to-end test): a connection over
+    /// `maxConcurrent` is greeted with 421 and closed; after
+    /// `acceptBeforeThrottle` messages every MAIL is answered with
+    /// `throttleReply` and the connection closed, for `blockMillis`; then
+    /// it accepts again.
+    public struct ProviderBehaviour: Sendable {
+        public var maxConcurrent: Int
+        public var acceptBeforeThrottle: Int
+        public var blockMillis: Int64
+        public var throttleReply = "421-4.7.28 [192.0.2.1] Our system has detected an unusual rate of unsolicited mail\r\n"
+            + "421-4.7.28 originating from your IP address. To protect our users from spam, mail\r\n"
+            + "421 4.7.28 sent from your IP address has been temporarily rate limited. - gsmtp"
+
+        public init(maxConcurrent: Int, acceptBeforeThrottle: Int, blockMillis: Int64) {
+            self.maxConcurrent = maxConcurrent
+            self.acceptBeforeThrottle = acceptBeforeThrottle
+            self.blockMillis = blockMillis
+        }
+    }
+
+    /// What the provider behaviour saw.
+    public struct ProviderStats: Sendable {
+        public var open = 0
+        public var peakOpen = 0
+        public var refusedConnections = 0
+        public var throttled = 0
+        public var acceptedSinceRecovery = 0
+        public var blockedUntil: Int64 = 0
+        /// When each block began and ended (wall-clock milliseconds).
+        public var blocks: [(from: Int64, to: Int64)] = []
+    }
+
+    public var providerStats: ProviderStats { provider.withLockedValue { $0 } }
+    let provider: NIOLockedValueBox<ProviderStats>
 
     public let port: Int
     let channel: Channel
@@ -53,7 +90,8 @@ public final class SinkServer: Sendable {
     public var connections: Int { state.withLockedValue { $0.connections } }
 
     private init(port: Int, channel: Channel, state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>,
-                 counter: NIOLockedValueBox<Int>, afterDot: NIOLockedValueBox<Int>) {
+                 counter: NIOLockedValueBox<Int>, afterDot: NIOLockedValueBox<Int>, provider: NIOLockedValueBox<ProviderStats>) {
+        self.provider = provider
         self.port = port
         self.channel = channel
         self.state = state
@@ -65,13 +103,18 @@ public final class SinkServer: Sendable {
         let state = NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>(([], [], 0))
         let counter = NIOLockedValueBox(0)
         let afterDot = NIOLockedValueBox(0)
+        let provider = NIOLockedValueBox(ProviderStats())
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { ch in
-                ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(SinkHandler(config: config, state: state, counter: counter, afterDot: afterDot)) }
+                ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.addHandler(SinkHandler(config: config, state: state, counter: counter, afterDot: afterDot,
+                                                                          provider: provider))
+                }
             }
             .bind(host: host, port: 0).get()
-        return SinkServer(port: channel.localAddress!.port!, channel: channel, state: state, counter: counter, afterDot: afterDot)
+        return SinkServer(port: channel.localAddress!.port!, channel: channel, state: state, counter: counter, afterDot: afterDot,
+                          provider: provider)
     }
 
     public func stop() async {
@@ -95,9 +138,13 @@ final class SinkHandler: ChannelInboundHandler {
     var dead = false
     var holding = false
     var tlsActive = false
+    let provider: NIOLockedValueBox<SinkServer.ProviderStats>
+    /// Counted in the provider's open connections.
+    var counted = false
 
     init(config: SinkServer.Config, state: NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>,
-         counter: NIOLockedValueBox<Int>, afterDot: NIOLockedValueBox<Int>) {
+         counter: NIOLockedValueBox<Int>, afterDot: NIOLockedValueBox<Int>, provider: NIOLockedValueBox<SinkServer.ProviderStats>) {
+        self.provider = provider
         self.config = config
         self.state = state
         self.counter = counter
@@ -106,6 +153,21 @@ final class SinkHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         state.withLockedValue { $0.connections += 1 }
+        if let p = config.provider {
+            let refused = provider.withLockedValue { s -> Bool in
+                if s.open >= p.maxConcurrent { s.refusedConnections += 1; return true }
+                s.open += 1
+                s.peakOpen = max(s.peakOpen, s.open)
+                return false
+            }
+            if refused {
+                reply("421 4.7.0 Too many concurrent SMTP connections from this IP address; please try again later.", context)
+                context.close(promise: nil)
+                dead = true
+                return
+            }
+            counted = true
+        }
         reply(config.greeting, context)
         if !config.greeting.hasPrefix("220") { context.close(promise: nil); dead = true }
     }
@@ -150,6 +212,19 @@ final class SinkHandler: ChannelInboundHandler {
         case "HELO": reply("250 sink.test", context)
         case "MAIL":
             if local(line).hasPrefix("dropmail") { context.close(promise: nil); dead = true; return }
+            if let p = config.provider {
+                let now = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000)
+                let throttle = provider.withLockedValue { s -> Bool in
+                    if now < s.blockedUntil { s.throttled += 1; return true }
+                    guard s.acceptedSinceRecovery >= p.acceptBeforeThrottle else { return false }
+                    s.acceptedSinceRecovery = 0
+                    s.blockedUntil = now + p.blockMillis
+                    s.blocks.append((now, now + p.blockMillis))
+                    s.throttled += 1
+                    return true
+                }
+                if throttle { reply(p.throttleReply, context); context.close(promise: nil); dead = true; return }
+            }
             mail = line; rcpts = []; reply("250 2.1.0 Ok", context)
         case "RCPT":
             let l = local(line)
@@ -200,6 +275,7 @@ final class SinkHandler: ChannelInboundHandler {
         if locals.contains(where: { $0.hasPrefix("tempdata") }) { reply("451 4.3.0 Try again later", context); return }
         if locals.contains(where: { $0.hasPrefix("rejectdata") }) { reply("554 5.6.0 Content rejected", context); return }
         let n = counter.withLockedValue { c -> Int in c += 1; return c }
+        if config.provider != nil { provider.withLockedValue { $0.acceptedSinceRecovery += 1 } }
         if config.record {
             let message = SinkMessage(mailCommand: mail ?? "", rcptCommands: rcpts, data: data.joined(separator: "\r\n") + "\r\n", tls: tlsActive)
             state.withLockedValue { $0.messages.append(message) }
@@ -209,6 +285,8 @@ final class SinkHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         dead = true
+        if counted { provider.withLockedValue { $0.open -= 1 } }
+        counted = false
         context.fireChannelInactive()
     }
 }

@@ -27,6 +27,8 @@ struct DeliverySetup {
     var remotePort = 25
     var clientTimeout: Int64 = 10
     var edit: @Sendable (inout SchedulerConfig) -> Void = { _ in }
+    /// A send gate made with the server's store (shaping).
+    var gate: (@Sendable (Store) -> any SendGate)? = nil
 }
 
 final class TestServer: Sendable {
@@ -56,6 +58,7 @@ final class TestServer: Sendable {
                                           config: client, group: group, own: own, logger: logger)
             var sc = SchedulerConfig(hostname: "mx.test")
             d.edit(&sc)
+            if let g = d.gate { sc.gate = g(store) }
             // As `serve` runs it: delivery workers on the event loops.
             scheduler = Scheduler(store: store, agent: agent, config: sc, executors: EventLoopExecutor.forEachLoop(of: group), logger: logger)
         }

@@ -121,6 +121,19 @@ import TernProtocol
         #expect(s.effective(google, now: t0 + 781_000).connections == 10)
     }
 
+    @Test func nothingStaysThrottledWhenNoMailAsks() {
+        var s = shaper {
+            $0.rules = [ThrottleRule(name: "r", matcher: try! ReplyMatcher(code: .exact(421)), action: .throttle(factor: 0.5), durationMillis: 1_000)]
+            $0.rampStep = 0.5
+            $0.rampIntervalMillis = 1_000
+        }
+        _ = s.observe(google, reply: SMTPReply(421, nil, "slow down"), category: nil, now: t0)
+        #expect(s.advance(now: t0 + 999).isEmpty)
+        #expect(s.advance(now: t0 + 1_000).isEmpty) // the hold ends; the interval starts
+        #expect(s.advance(now: t0 + 2_000).map(\.kind) == [.resumed])
+        #expect(s.state(google).mode(at: t0 + 2_000) == .normal)
+    }
+
     @Test func sustainedSuccessClimbsSoonerThanTheInterval() {
         var s = shaper {
             $0.rules = [ThrottleRule(name: "r", matcher: try! ReplyMatcher(code: .exact(421)), action: .throttle(factor: 0.5), durationMillis: 1_000)]

@@ -1,0 +1,79 @@
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+import TernDelivery
+import TernProtocol
+import TernRouting
+import TernScheduler
+import TernTestSupport
+@testable import TernStore
+
+/// Issue 18 end to end: real SMTP from Tern's client to a sink that behaves
+/// like a mailbox provider (it takes two connections at a time, accepts a
+/// volume, then answers Gmail's three-line 421 4.7.28 and closes for a
+/// while, then recovers), and to a healthy sink beside it.
+@Suite(.serialized) struct ShapingTests {
+    @Test func aProviderThatSaysSlowDownIsObeyedAndTheRestKeepsFlowing() async throws {
+        var behaviour = SinkServer.Config()
+        behaviour.provider = SinkServer.ProviderBehaviour(maxConcurrent: 2, acceptBeforeThrottle: 8, blockMillis: 1_500)
+        let provider = try await SinkServer.start(behaviour, group: server0Group)
+        defer { Task { await provider.stop() } }
+        let healthy = try await SinkServer.start(group: server0Group)
+        defer { Task { await healthy.stop() } }
+        let gateBox = Mutex<ShapingGate?>(nil)
+        var shaping = ShapingConfig()
+        shaping.destinations["provider.test"] = ShapingLimits(connections: 2, messagesPerSecond: 20)
+        shaping.rules = [ThrottleRule(name: "rate-limited", matcher: try ReplyMatcher(enhanced: "4.7.28"), action: .throttle(factor: 0.25),
+                                      durationMillis: 1_000)]
+        shaping.rampStep = 0.25
+        shaping.rampIntervalMillis = 300
+        let config = shaping
+        let setup = DeliverySetup(routes: [StaticRoute(domain: "provider.test", host: "127.0.0.1", port: provider.port),
+                                           StaticRoute(domain: "healthy.test", host: "127.0.0.1", port: healthy.port)],
+                                  edit: { sc in
+                                      sc.policy.retry = RetrySchedule(firstDelayMillis: 300, maxDelayMillis: 600, jitter: 0)
+                                      sc.idleWakeMillis = 200
+                                  },
+                                  gate: { store in
+                                      let g = ShapingGate(config: config, store: store)
+                                      gateBox.withLock { $0 = g }
+                                      return g
+                                  })
+        let server = try await TestServer.start(delivery: setup)
+        defer { Task { await server.stop() } }
+        let gate = try #require(gateBox.withLock { $0 })
+        let flusher = Task { try? await gate.run() }
+        defer { flusher.cancel() }
+
+        // One message per connection, as users send: 40 to the provider, 20 to the healthy domain.
+        for i in 0..<40 {
+            let c = try server.greetedClient()
+            #expect(try c.sendMessage(from: "news@sender.test", to: ["u\(i)@provider.test"], body: "Subject: \(i)\r\n\r\nhi\r\n").code == 250)
+            if i % 2 == 0 {
+                let h = try server.greetedClient()
+                #expect(try h.sendMessage(from: "news@sender.test", to: ["u\(i)@healthy.test"], body: "Subject: \(i)\r\n\r\nhi\r\n").code == 250)
+            }
+        }
+        // The healthy destination gets everything while the provider is still being paced.
+        #expect(await eventually { healthy.count == 20 })
+        let providerWhenHealthyDone = provider.count
+        #expect(providerWhenHealthyDone < 40)
+        // Everything reaches the provider in the end; nothing bounces for pacing.
+        #expect(await eventually { provider.count == 40 })
+        #expect(await eventually { try server.count("SELECT count(*) FROM recipient WHERE state = 'delivered'") == 60 })
+        #expect(try server.count("SELECT count(*) FROM recipient WHERE state = 'bounced' OR state = 'expired'") == 0)
+        let stats = provider.providerStats
+        // Tern stayed under the provider's connection limit: it never had a connection refused.
+        #expect(stats.peakOpen <= 2 && stats.refusedConnections == 0)
+        #expect(stats.throttled >= 1)
+        // The 421 was recorded with its text and category, and the destination was throttled…
+        #expect(try server.count("SELECT count(*) FROM attempt WHERE code = 421 AND enhanced = '4.7.28' AND text LIKE '%unusual rate%' AND category = 'rate_limit'") >= 1)
+        #expect(await eventually { try server.count("SELECT count(*) FROM event WHERE kind = 'shaping_throttled' AND json_extract(detail, '$.destination') = 'provider.test'") >= 1 })
+        // …and climbed back to its configured limits by itself.
+        #expect(await eventually { try server.count("SELECT count(*) FROM event WHERE kind = 'shaping_resumed' AND json_extract(detail, '$.destination') = 'provider.test'") >= 1 })
+        #expect(await eventually { try server.count("SELECT count(*) FROM shaping_state WHERE destination = 'provider.test' AND mode = 'normal' AND factor = 1") == 1 })
+        // Backing off bounded the refusals: far fewer 421s than messages (the defect this issue opened with made one per message).
+        #expect(stats.throttled < 40)
+    }
+}
