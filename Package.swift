@@ -96,8 +96,8 @@ let package = Package(
         .testTarget(name: "TernDeliveryTests", dependencies: ["TernDelivery", "TernProtocol", "TernRouting", "TernTestSupport", nioCore, nioPosix,
                                                              .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl")]),
         .testTarget(name: "TernSchedulerTests", dependencies: [
-            "TernScheduler", "TernDelivery", "TernStore", "TernProtocol", .product(name: "GRDB", package: "GRDB.swift"),
-        ]),
+            "TernScheduler", "TernDelivery", "TernStore", "TernProtocol", "TernRouting", .product(name: "GRDB", package: "GRDB.swift"),
+        ], exclude: ["Fixtures"]),
         .testTarget(name: "TernMessageTests", dependencies: ["TernMessage"]),
         .testTarget(name: "TernStoreTests", dependencies: ["TernStore", "TernMessage", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TernIntakeTests", dependencies: ["TernIntake", "TernStore", "TernProtocol", "TernMessage"]),
@@ -106,7 +106,7 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "TernAuthTests", dependencies: ["TernAuth", "TernStore", "TernProtocol", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
-        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernStore", "TernProtocol", "TernListener", "TernDKIM", "TernRouting", "TernTestSupport"]),
+        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernScheduler", "TernStore", "TernProtocol", "TernListener", "TernDKIM", "TernRouting", "TernTestSupport"]),
         .testTarget(name: "TernIntegrationTests", dependencies: [
             "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", "TernRouting", "TernDelivery",
             "TernScheduler", "TernTestSupport", "TernAuth", "TernDKIM", "TernMailAuth", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),

@@ -3,6 +3,7 @@
 // is TOML a file can start from. `tern config reference`: docs/configuration.md,
 // generated from the settings' declarations (tools/gen-config-docs writes it).
 
+import TernScheduler
 import ArgumentParser
 import Foundation
 import TernListener
@@ -72,6 +73,26 @@ extension TernSettings {
             out += "\n[[provider]]  # \(origin("provider"))\nname = \(SettingValue.quoted(p.name))\n"
             out += "mx_suffixes = [" + p.mxSuffixes.map(SettingValue.quoted).joined(separator: ", ") + "]\n"
         }
+        for (name, l) in shapingDestinations.sorted(by: { $0.key < $1.key }) {
+            out += "\n[[shaping.destination]]  # \(origin("shaping.destination"))\nname = \(SettingValue.quoted(name))\n"
+            out += TernSettings.limitsTOML(l)
+        }
+        for r in throttleRules {
+            out += "\n[[throttle_rule]]  # \(origin("throttle_rule"))\nname = \(SettingValue.quoted(r.name))\n"
+            if let d = r.destination { out += "destination = \(SettingValue.quoted(d))\n" }
+            out += TernSettings.matcherTOML(r.matcher)
+            if let c = r.category { out += "category = \"\(c.rawValue)\"\n" }
+            if r.windowMillis > 0 { out += "threshold = \"\(r.threshold) in \(r.windowMillis / 1000)s\"\n" } else { out += "threshold = \(r.threshold)\n" }
+            out += "action = \"\(r.action.name)\"\nduration = \"\(r.durationMillis / 1000)s\"\n"
+            switch r.action {
+            case .throttle(let f): out += "factor = \(f)\n"
+            case .limit(let l): out += TernSettings.limitsTOML(l)
+            case .suspend: break
+            }
+        }
+        for r in bounceRules {
+            out += "\n[[bounce_rule]]  # \(origin("bounce_rule"))\n" + TernSettings.matcherTOML(r.matcher) + "category = \"\(r.category.rawValue)\"\n"
+        }
         for k in dkimKeys {
             out += "\n[[dkim]]  # \(origin("dkim"))\ndomain = \(SettingValue.quoted(k.domain))\nselector = \(SettingValue.quoted(k.selector))\n"
             out += "key_file = \(SettingValue.quoted(k.keyFile))\n"
@@ -133,6 +154,7 @@ extension TernSettings {
         }
         out += dkimExample
         out += providerExample
+        out += shapingExample
         out += "```\n\n## Reference\n"
         table = nil
         out += section("Top level")
@@ -146,6 +168,43 @@ extension TernSettings {
         }
         out += dkimSection
         out += providerSection
+        out += shapingSections
+        return out
+    }
+
+    private static var shapingExample: String {
+        "\n[[shaping.destination]]       # repeatable: limits of a provider (as the providers' table names it) or a domain\n"
+            + "name = \"google\"\nconnections = 10\nmessages_per_minute = 600\n"
+            + "\n[[throttle_rule]]             # repeatable: tried before the shipped rules (docs/shaping.md)\n"
+            + "name = \"acme-slow-down\"\ndestination = \"acme\"\ncode = \"4xx\"\npattern = \"slow down\"\nthreshold = \"3 in 10m\"\n"
+            + "action = \"throttle\"\nfactor = 0.5\nduration = \"15m\"\n"
+            + "\n[[bounce_rule]]               # repeatable: tried before the shipped classification\n"
+            + "code = 550\npattern = \"mailbox is closed\"\ncategory = \"inactive_mailbox\"\n"
+    }
+
+    private static var shapingSections: String {
+        var out = section("`[[shaping.destination]]`")
+        out += "| | | | | Limits of one destination over `[shaping]`'s: a provider (all its domains share them) or a domain (its own, then) |\n"
+        out += "| `name` | | text | required | a provider name (`google`, `microsoft`, …, or a `[[provider]]`) or a domain |\n"
+        out += "| `connections`, `messages_per_connection`, `recipients_per_message`, `messages_per_second`, `messages_per_minute`, `messages_per_hour`, `burst`, `connections_per_minute` | | integer | `[shaping]`'s | as in `[shaping]`; 0: no limit |\n"
+        out += "| `require_tls` | | boolean | `[shaping]`'s | connections must use TLS |\n"
+        out += section("`[[throttle_rule]]`")
+        out += "| | | | | An automation rule: a matching reply, seen `threshold` times, changes the destination's limits for `duration`; they climb back after it (docs/shaping.md) |\n"
+        out += "| `name` | | text | required | shown in events, `tern shaping show` and `tern stats routes` |\n"
+        out += "| `destination` | | text | every destination | only replies from this provider or domain |\n"
+        out += "| `code` | | integer or text | any | `421`, or a class: `\"4xx\"`, `\"5xx\"` |\n"
+        out += "| `enhanced` | | text | any | `\"4.7.28\"`, a prefix `\"4.7\"`, or `\"x.7.1\"` for both classes |\n"
+        out += "| `pattern` | | text | any | a regular expression searched in the reply's text, case-insensitive |\n"
+        out += "| `category` | | text | any | a bounce category (see `[[bounce_rule]]`) |\n"
+        out += "| `threshold` | | integer or text | 1 | matches needed: `5`, or `\"5 in 10m\"` within a window |\n"
+        out += "| `action` | | text | throttle | `throttle` (multiply rates and connections by `factor`), `limit` (these limits), `suspend` (nothing) |\n"
+        out += "| `factor` | | number | 0.5 | for throttle: 0 < factor < 1 |\n"
+        out += "| `duration` | | seconds or text | 10m | how long the action holds before the climb back: `600`, `\"10m\"`, `\"1h\"` |\n"
+        out += "| limit keys | | integer | | for limit: any of `[[shaping.destination]]`'s |\n"
+        out += section("`[[bounce_rule]]`")
+        out += "| | | | | Gives matching replies a category, before the shipped rules: \(BounceCategory.allCases.map { "`\($0.rawValue)`" }.joined(separator: ", ")) |\n"
+        out += "| `code`, `enhanced`, `pattern` | | | | as in `[[throttle_rule]]`; at least one |\n"
+        out += "| `category` | | text | required | the category |\n"
         return out
     }
 

@@ -68,7 +68,8 @@ enum HistoryFormatter {
         case .attempt:
             let via = [t.mxHost, t.mxAddress.map { "[\($0)]" }].compactMap { $0 }.joined()
             let tls = t.tls.map { " \($0)" } ?? ""
-            return "\(t.outcome ?? "attempt") via \(via.isEmpty ? "-" : via)\(tls) in \(number(t.seconds, digits: 2)) s: \(reply(t.code, t.enhanced, t.text))"
+            let category = t.category.map { " [\($0)]" } ?? ""
+            return "\(t.outcome ?? "attempt") via \(via.isEmpty ? "-" : via)\(tls) in \(number(t.seconds, digits: 2)) s: \(reply(t.code, t.enhanced, t.text))\(category)"
         default: return t.kind.description + (t.outcome.map { " \($0)" } ?? "")
         }
     }
@@ -100,7 +101,7 @@ enum HistoryFormatter {
                     .object([("at", .int64(t.at)), ("kind", .string(t.kind.description)), ("mx_host", jsonString(t.mxHost)),
                              ("address", jsonString(t.mxAddress)), ("tls", jsonString(t.tls)), ("code", jsonInt(t.code)),
                              ("enhanced", jsonString(t.enhanced)), ("text", jsonString(t.text)), ("outcome", jsonString(t.outcome)),
-                             ("seconds", jsonNumber(t.seconds))])
+                             ("seconds", jsonNumber(t.seconds)), ("category", jsonString(t.category))])
                 })),
             ])
         }).text
@@ -157,12 +158,15 @@ struct Stats: ParsableCommand {
             defer { store.close() }
             let now = nowMillis()
             let w = try TimeArgument.window(since: window.since, until: window.until, defaultSince: "24h", now: now)!
-            let domains: [DomainStats], hosts: [MXStats], cooling: [StoredHostHealth]
+            let domains: [DomainStats], hosts: [MXStats], cooling: [StoredHostHealth], categories: [CategoryCount], shaping: [ShapingView.Row]
             do {
                 (domains, hosts) = try store.routeStats(w, now: now, limit: limit)
                 cooling = try store.coolingHosts(now: now)
+                categories = try store.categoryCounts(w)
+                shaping = try ShapingView.load(store, settings, now: now).filter { $0.mode != .normal }
             } catch { throw fail("\(error)", code: 74) }
-            print(StatsFormatter.routes(domains, hosts, cooling: cooling, window: w, format: format, table: settings.providerTable),
+            print(StatsFormatter.routes(domains, hosts, cooling: cooling, window: w, format: format, table: settings.providerTable,
+                                        categories: categories, shaping: shaping),
                   terminator: format == .json ? "\n" : "")
         }
     }
@@ -197,9 +201,13 @@ struct Stats: ParsableCommand {
             let (store, settings) = try openExisting(common)
             defer { store.close() }
             let w = try TimeArgument.window(since: window.since, until: window.until, defaultSince: "30d", now: nowMillis())!
-            let a: RecipientAnalytics
-            do { a = try store.recipientAnalytics(w, top: top, nonexistent: EnhancedStatus.nonexistentAddress.map(\.description)) } catch { throw fail("\(error)", code: 74) }
-            print(StatsFormatter.recipients(a, window: w, format: format, table: settings.providerTable), terminator: format == .json ? "\n" : "")
+            let a: RecipientAnalytics, categories: [CategoryCount]
+            do {
+                a = try store.recipientAnalytics(w, top: top, nonexistent: EnhancedStatus.nonexistentAddress.map(\.description))
+                categories = try store.categoryCounts(w)
+            } catch { throw fail("\(error)", code: 74) }
+            print(StatsFormatter.recipients(a, window: w, format: format, table: settings.providerTable, categories: categories),
+                  terminator: format == .json ? "\n" : "")
         }
     }
 }
@@ -218,10 +226,25 @@ enum Provider {
 enum StatsFormatter {
     static func windowText(_ w: TimeWindow) -> String { "\(time(w.since)) – \(time(w.until)) UTC" }
 
+    static func categoriesJSON(_ c: [CategoryCount]) -> JSON {
+        .array(c.map { .object([("category", .string($0.category)), (AttemptOutcome.deferred.rawValue, .int($0.deferred)),
+                                (AttemptOutcome.bounced.rawValue, .int($0.bounced))]) })
+    }
+
+    static func categoriesTable(_ c: [CategoryCount]) -> String {
+        c.isEmpty ? "(none)\n" : renderTable(header: ["CATEGORY", "DEFERRED", "BOUNCED"], rows: c.map { [$0.category, String($0.deferred), String($0.bounced)] })
+    }
+
     static func routes(_ domains: [DomainStats], _ hosts: [MXStats], cooling: [StoredHostHealth], window w: TimeWindow,
-                       format: ReportFormat, table: ProviderTable = ProviderTable()) -> String {
+                       format: ReportFormat, table: ProviderTable = ProviderTable(), categories: [CategoryCount] = [],
+                       shaping: [ShapingView.Row] = []) -> String {
         if format == .json {
             return JSON.object([
+                ("failures_by_category", categoriesJSON(categories)),
+                ("shaping", .array(shaping.map { r in
+                    .object([("destination", .string(r.destination)), ("state", .string(r.mode.rawValue)), ("reason", jsonString(r.reason)),
+                             ("until", jsonInt64(r.until)), ("factor", .double(r.factor))])
+                })),
                 ("since", .int64(w.since)), ("until", .int64(w.until)),
                 ("domains", .array(domains.map { d in
                     .object([("domain", .string(d.domain)), ("provider", .string(Provider.name(forMX: d.mxHosts.first, table))),
@@ -270,6 +293,10 @@ enum StatsFormatter {
         return "Recipients received \(windowText(w))\n\n" + renderTable(header: dHeader, rows: dRows)
             + "\nMX hosts, attempts started in the window\n\n" + renderTable(header: hHeader, rows: hRows)
             + "\nMX hosts cooling down now (circuit breaker)\n\n" + (cRows.isEmpty ? "(none)\n" : renderTable(header: cHeader, rows: cRows))
+            + "\nDestinations paced now (traffic shaping: tern shaping show)\n\n"
+            + (shaping.isEmpty ? "(none)\n" : renderTable(header: ["DESTINATION", "STATE", "UNTIL", "REASON"], rows: shaping.map {
+                [$0.destination, $0.mode.rawValue, ShapingView.time($0.until), $0.reason ?? "-"] }))
+            + "\nFailed attempts by category, attempts started in the window\n\n" + categoriesTable(categories)
     }
 
     static func queue(_ rows: [QueueShapeRow], format: ReportFormat) -> String {
@@ -289,7 +316,8 @@ enum StatsFormatter {
         return render(format, header: header, rows: table)
     }
 
-    static func recipients(_ a: RecipientAnalytics, window w: TimeWindow, format: ReportFormat, table: ProviderTable = ProviderTable()) -> String {
+    static func recipients(_ a: RecipientAnalytics, window w: TimeWindow, format: ReportFormat, table: ProviderTable = ProviderTable(),
+                           categories: [CategoryCount] = []) -> String {
         let providers = Dictionary(grouping: a.domains, by: { Provider.name(forMX: $0.mxHost, table) })
             .map { (name: $0.key, recipients: $0.value.map(\.recipients).reduce(0, +), domains: $0.value.count) }
             .sorted { ($0.recipients, $1.name) > ($1.recipients, $0.name) }
@@ -310,6 +338,7 @@ enum StatsFormatter {
                 ("repeated_bounces", .array(a.repeatedBounces.map(addressJSON))),
                 ("role_accounts", .array(a.roleAccounts.map { .object([("role", .string($0.role)), ("recipients", .int($0.recipients))]) })),
                 ("suppression_candidates", .array(a.suppressionCandidates.map(addressJSON))),
+                ("failures_by_category", categoriesJSON(categories)),
             ]).text
         }
         let domainRows = a.perDomain.map { d in
@@ -331,6 +360,8 @@ enum StatsFormatter {
                 + renderCSV(header: ["section"] + bounceHeader.map { $0.lowercased() }, rows: bounceRows.map { ["repeated_bounce"] + $0 })
                 + renderCSV(header: ["section"] + roleHeader.map { $0.lowercased() }, rows: roleRows.map { ["role_account"] + $0 })
                 + renderCSV(header: ["section"] + candidateHeader.map { $0.lowercased() }, rows: candidateRows.map { ["suppression_candidate"] + $0 })
+                + renderCSV(header: ["section", "category", AttemptOutcome.deferred.rawValue, AttemptOutcome.bounced.rawValue],
+                            rows: categories.map { ["failure_category", $0.category, String($0.deferred), String($0.bounced)] })
         }
         var out = "\(a.total) recipients received \(windowText(w)); \(a.suppressedInWindow) suppressed\n"
         out += "\nBy domain\n" + renderTable(header: domainHeader, rows: domainRows)
@@ -339,6 +370,7 @@ enum StatsFormatter {
         out += "\nRole accounts\n" + (roleRows.isEmpty ? "(none)\n" : renderTable(header: roleHeader, rows: roleRows))
         out += "\nSuppression candidates (not suppressed yet; `tern suppress add ADDRESS`)\n"
             + (candidateRows.isEmpty ? "(none)\n" : renderTable(header: candidateHeader, rows: candidateRows))
+        out += "\nFailed attempts by category (bounce classification)\n" + categoriesTable(categories)
         return out
     }
 

@@ -67,6 +67,24 @@ extension TernSettings {
 
     public var classifier: BounceClassifier { BounceClassifier(custom: bounceRules) }
 
+    /// Limit keys as TOML lines.
+    static func limitsTOML(_ l: ShapingLimits) -> String {
+        l.pairs.map { "\($0.0) = \($0.1)\n" }.joined()
+    }
+
+    /// A matcher's keys as TOML lines.
+    static func matcherTOML(_ m: ReplyMatcher) -> String {
+        var out = ""
+        switch m.code {
+        case .exact(let c)?: out += "code = \(c)\n"
+        case .klass(let k)?: out += "code = \"\(k)xx\"\n"
+        case nil: break
+        }
+        if let e = m.enhanced { out += "enhanced = \(SettingValue.quoted(e))\n" }
+        if let p = m.pattern { out += "pattern = \(SettingValue.quoted(p))\n" }
+        return out
+    }
+
     /// `30`, `"30s"`, `"10m"`, `"1h"`, `"2d"` → milliseconds.
     static func duration(_ raw: any TOMLValueConvertible, _ key: String) throws -> Int64 {
         if let i = raw.int, i >= 0 { return Int64(i) * 1000 }

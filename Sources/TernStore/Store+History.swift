@@ -56,6 +56,8 @@ public struct TimelineItem: Sendable, Equatable {
     /// For attempts: delivered, deferred or bounced. For events: their JSON detail.
     public var outcome: String?
     public var seconds: Double?
+    /// For failed attempts: the bounce category (`attempt.category`).
+    public var category: String? = nil
 }
 
 public struct HistoryEntry: Sendable {
@@ -147,7 +149,7 @@ extension Store {
                              })
             }
             let attempts = try db.cachedStatement(sql: """
-                SELECT started_at, ended_at, mx_host, mx_address, tls, code, enhanced, text, outcome
+                SELECT started_at, ended_at, mx_host, mx_address, tls, code, enhanced, text, outcome, category
                   FROM attempt WHERE recipient_id = ? ORDER BY started_at, id
                 """)
             let events = try db.cachedStatement(sql: """
@@ -160,7 +162,8 @@ extension Store {
                 for a in try Row.fetchAll(attempts, arguments: [e.recipientID]) {
                     let started: Int64 = a[0], ended: Int64 = a[1]
                     timeline.append(TimelineItem(at: started, kind: .attempt, mxHost: a[2], mxAddress: a[3], tls: a[4], code: a[5],
-                                                 enhanced: a[6], text: a[7], outcome: a[8] as String?, seconds: Double(ended - started) / 1000))
+                                                 enhanced: a[6], text: a[7], outcome: a[8] as String?, seconds: Double(ended - started) / 1000,
+                                                 category: a[9]))
                 }
                 for ev in try Row.fetchAll(events, arguments: [e.recipientID]) {
                     timeline.append(TimelineItem(at: ev[0], kind: .event(ev[1]), outcome: ev[2]))
@@ -179,3 +182,24 @@ extension Store {
 }
 
 func rounded(_ x: Double) -> Double { (x * 10_000).rounded() / 10_000 }
+
+/// Failed attempts of one bounce category in a window.
+public struct CategoryCount: Sendable, Equatable {
+    public var category: String
+    public var deferred: Int
+    public var bounced: Int
+}
+
+extension Store {
+    /// Failed attempts started in the window, by category (most first).
+    public func categoryCounts(_ w: TimeWindow) throws -> [CategoryCount] {
+        try read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT coalesce(category, 'other'),
+                       sum(outcome = '\(AttemptOutcome.deferred.rawValue)'), sum(outcome = '\(AttemptOutcome.bounced.rawValue)')
+                  FROM attempt WHERE started_at >= ? AND started_at < ? AND outcome <> '\(AttemptOutcome.delivered.rawValue)'
+                 GROUP BY 1 ORDER BY count(*) DESC, 1
+                """, arguments: [w.since, w.until]).map { CategoryCount(category: $0[0], deferred: $0[1], bounced: $0[2]) }
+        }
+    }
+}

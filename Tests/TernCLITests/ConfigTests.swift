@@ -4,6 +4,7 @@ import Testing
 import TernListener
 import TernProtocol
 import TernRouting
+import TernScheduler
 @testable import TernStore
 
 @Suite struct ConfigTests {
@@ -229,5 +230,74 @@ import TernRouting
         }
         // tern config show writes them back.
         #expect(s.showTOML().contains("[[provider]]"))
+    }
+
+    @Test func shapingTablesRulesAndCategories() throws {
+        var s = TernSettings()
+        try s.apply(toml: """
+            [delivery]
+            suppress_categories = ["invalid_recipient"]
+
+            [shaping]
+            connections = 8
+            messages_per_minute = 1000
+            ramp_step = 25
+            ramp_interval = 30
+
+            [[shaping.destination]]
+            name = "Google"
+            connections = 4
+            require_tls = true
+
+            [[throttle_rule]]
+            name = "acme"
+            destination = "acme"
+            code = "4xx"
+            pattern = "slow down"
+            threshold = "3 in 10m"
+            factor = 0.25
+            duration = "15m"
+
+            [[throttle_rule]]
+            name = "one-at-a-time"
+            enhanced = "4.7.0"
+            action = "limit"
+            connections = 1
+            duration = 60
+
+            [[bounce_rule]]
+            code = 550
+            pattern = "mailbox is closed"
+            category = "inactive_mailbox"
+            """)
+        let c = s.shapingConfig
+        #expect(c.defaults == ShapingLimits(connections: 8, messagesPerMinute: 1000))
+        #expect(c.destinations["google"] == ShapingLimits(connections: 4, requireTLS: true))
+        #expect(c.rampStep == 0.25 && c.rampIntervalMillis == 30_000)
+        #expect(c.rules.count == 2 + ShippedThrottleRules.all.count && c.rules[0].name == "acme")
+        #expect(c.rules[0].threshold == 3 && c.rules[0].windowMillis == 600_000 && c.rules[0].durationMillis == 900_000)
+        #expect(c.rules[0].action == .throttle(factor: 0.25) && c.rules[0].destination == "acme")
+        #expect(c.rules[1].action == .limit(ShapingLimits(connections: 1)) && c.rules[1].durationMillis == 60_000)
+        #expect(s.classifier.classify(SMTPReply(550, nil, "Sorry, this mailbox is closed")) == .inactiveMailbox)
+        #expect(s.schedulerConfig.policy.suppressCategories == [.invalidRecipient])
+        // tern config show writes them back, and what it writes reads the same.
+        var again = TernSettings()
+        try again.apply(toml: s.showTOML())
+        #expect(again.shapingConfig.rules.map(\.name) == c.rules.map(\.name) && again.shapingDestinations == s.shapingDestinations)
+        #expect(again.bounceRules.count == 1)
+        for (toml, message) in [
+            ("[[throttle_rule]]\nname = \"x\"", "matches every reply"),
+            ("[[throttle_rule]]\nname = \"x\"\ncode = 421\nthreshold = \"5 per hour\"", "N in DURATION"),
+            ("[[throttle_rule]]\nname = \"x\"\ncode = 421\nfactor = 2", "between 0 and 1"),
+            ("[[throttle_rule]]\nname = \"x\"\ncode = 421\naction = \"limit\"", "needs limits"),
+            ("[[throttle_rule]]\nname = \"x\"\npattern = \"(\"", "regular expression"),
+            ("[[bounce_rule]]\ncode = 550\ncategory = \"spam\"", "must be one of"),
+            ("[[shaping.destination]]\nname = \"x.test\"\nconections = 1", "unknown key 'shaping.destination.conections'"),
+            ("[shaping]\nconections = 1", "unknown key 'shaping.conections'"),
+            ("[delivery]\nsuppress_categories = [\"bogus\"]", "not one of"),
+        ] {
+            var bad = TernSettings()
+            do { try bad.apply(toml: toml); Issue.record("accepted: \(toml)") } catch { #expect("\(error)".contains(message), "\(error)") }
+        }
     }
 }

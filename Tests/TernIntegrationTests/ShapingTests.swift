@@ -76,4 +76,49 @@ import TernTestSupport
         // Backing off bounded the refusals: far fewer 421s than messages (the defect this issue opened with made one per message).
         #expect(stats.throttled < 40)
     }
+
+    /// `tern shaping pause|set|resume|show` through the binary; a domain is
+    /// addressed as the provider it is shaped as; `tern stats routes` shows
+    /// a paced destination; every change is an event.
+    @Test func operatorsSteerShapingFromTheCommandLine() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-shaping-cli-\(UUID().uuidString)")
+        let path = dir.appendingPathComponent("tern.sqlite").path
+        let store = try Store(path: path)
+        try await store.cacheMX("gmail.com", CachedMX(status: "ok", records: [(5, "gmail-smtp-in.l.google.com")], expiresAt: nowMillis() + 86_400_000),
+                                now: nowMillis())
+        store.close()
+        let tern = try ternBinary()
+        func run(_ args: [String]) throws -> ProcessResult { try runProgram(tern, ["shaping"] + args + ["--db", path]) }
+        func show() throws -> [String: Any] {
+            let r = try run(["show", "--destination", "google", "--format", "json"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let list = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]] ?? []
+            return try #require(list.first)
+        }
+        #expect(try show()["state"] as? String == "normal")
+        let paused = try run(["pause", "gmail.com"])
+        #expect(paused.status == 0 && paused.stderr.contains("gmail.com is shaped as google"))
+        var row = try show()
+        #expect(row["destination"] as? String == "google" && row["state"] as? String == "paused")
+        #expect(row["reason"] as? String == "paused by the operator" && row.keys.contains("until"))
+        let routes = try runProgram(tern, ["stats", "routes", "--db", path])
+        #expect(routes.stdout.contains("Destinations paced now") && routes.stdout.split(separator: "\n").contains { $0.hasPrefix("google ") && $0.contains(" paused ") })
+        #expect(try run(["set", "google", "connections=2", "messages_per_minute=600"]).status == 0)
+        row = try show()
+        let effective = row["effective"] as? [String: Any]
+        #expect(effective?["connections"] as? Int == 2 && effective?["messages_per_minute"] as? Int == 600)
+        let bad = try run(["set", "google", "bogus=1"])
+        #expect(bad.status == 64 && bad.stderr.contains("unknown shaping key 'bogus'"))
+        let notADestination = try run(["pause", "nowhere"])
+        #expect(notADestination.status == 64 && notADestination.stderr.contains("neither a provider"))
+        #expect(try run(["resume", "google"]).status == 0)
+        row = try show()
+        #expect(row["state"] as? String == "normal" && (row["operator"] as? [String: Any])?["connections"] as? Int == 2)
+        let reopened = try Store(path: path)
+        defer { reopened.close() }
+        let kinds = try reopened.read { db in try String.fetchAll(db, sql: "SELECT kind FROM event WHERE kind LIKE 'shaping_%' ORDER BY id") }
+        #expect(kinds == ["shaping_paused", "shaping_set", "shaping_resumed"])
+        let table = try run(["show"])
+        #expect(table.stdout.contains("DESTINATION") && table.stdout.contains("google"))
+    }
 }
