@@ -24,5 +24,8 @@ let package = Package(
         // The email-authentication parsers: TernMailAuth's pure files (symlinked one by one; the rest needs DNS and crypto).
         .target(name: "TernMailAuthParsers", dependencies: ["TernProtocol", "TernMessage"]),
         .executableTarget(name: "fuzz-auth", dependencies: ["TernMailAuthParsers"], swiftSettings: fuzz),
+        // Traffic shaping's pure decision and the bounce classifier (TernScheduler's pure files, symlinked).
+        .target(name: "TernShapingPure", dependencies: ["TernProtocol"]),
+        .executableTarget(name: "fuzz-shaping", dependencies: ["TernShapingPure", "TernProtocol"], swiftSettings: fuzz),
     ]
 )

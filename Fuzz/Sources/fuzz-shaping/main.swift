@@ -1,0 +1,68 @@
+// Traffic shaping against hostile replies and any order of events: the
+// input is a script of steps (one byte each picks the step; a reply step
+// takes the text up to the next newline, parsed as the client parses a
+// server's reply). Every reply is classified; the shaper (shipped rules,
+// limits on) is asked for connections and messages, told of replies and
+// ends, and advanced in time. Invariants: no crash; a failure always has a
+// category and a success none; open connections never go negative or past
+// the limit; a "not before" is in the future; the factor stays within
+// [minimum, 1]; a suspended destination never admits; the effective limits
+// are at least 1.
+
+import TernShapingPure
+import TernProtocol
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzShaping(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    var config = ShapingConfig()
+    config.defaults = ShapingLimits(connections: 3, messagesPerConnection: 5, messagesPerSecond: 4, messagesPerMinute: 50, burst: 3,
+                                    connectionsPerMinute: 10)
+    config.rampIntervalMillis = 1_000
+    var shaper = Shaper(config: config)
+    let classifier = BounceClassifier()
+    var now: Int64 = 1_800_000_000_000
+    var open: [ShapingKey: Int] = [:]
+    var i = 0
+    while i < bytes.count {
+        let op = bytes[i]
+        i += 1
+        let key = ShapingKey(destination: op & 0x80 == 0 ? "a" : "b")
+        switch op & 0x07 {
+        case 0:
+            let (answer, _) = shaper.admitConnection(key, now: now)
+            if answer == .go { open[key, default: 0] += 1 }
+            if case .notBefore(let t) = answer { precondition(t > now, "not before the past") }
+            if shaper.state(key).mode(at: now) == .suspended || shaper.state(key).mode(at: now) == .paused { precondition(answer != .go) }
+        case 1:
+            let (answer, _) = shaper.admitMessage(key, now: now)
+            if case .notBefore(let t) = answer { precondition(t > now, "not before the past") }
+        case 2:
+            if open[key, default: 0] > 0 { open[key]! -= 1; shaper.connectionEnded(key) }
+        case 3, 4:
+            // A reply: the text up to the next newline.
+            let end = bytes[i...].firstIndex(of: 10) ?? bytes.count
+            var parser = ReplyParser()
+            let text = String(decoding: bytes[i..<end], as: UTF8.self)
+            i = min(bytes.count, end + 1)
+            guard let reply = try? parser.feed(text) else { continue }
+            let category = classifier.classify(reply)
+            precondition((category == nil) == (reply.code < 300), "a failure without a category, or a success with one")
+            _ = shaper.observe(key, reply: reply, category: category, now: now)
+        case 5:
+            now += Int64(i < bytes.count ? bytes[i] : 1) * 97
+            i += 1
+            _ = shaper.advance(now: now)
+        case 6:
+            now += 3_600_000
+        default:
+            if op & 0x40 != 0 { shaper.setOperator(key, paused: op & 0x20 != 0, limits: ShapingLimits(connections: Int(op & 0x03) + 1)) } else { shaper.reset(key) }
+        }
+        for (k, n) in open { precondition(shaper.openConnections(k) == n && n >= 0, "open connections miscounted") }
+        let st = shaper.state(key)
+        precondition(st.factor >= config.minimumFactor - 1e-9 && st.factor <= 1 + 1e-9, "factor out of range")
+        let e = shaper.effective(key, now: now)
+        precondition((e.connections ?? 1) >= 1 && (e.messagesPerSecond ?? 1) >= 1 && (e.burst ?? 1) >= 1, "a limit below one")
+    }
+    return 0
+}
