@@ -159,14 +159,16 @@ struct Stats: ParsableCommand {
             let now = nowMillis()
             let w = try TimeArgument.window(since: window.since, until: window.until, defaultSince: "24h", now: now)!
             let domains: [DomainStats], hosts: [MXStats], cooling: [StoredHostHealth], categories: [CategoryCount], shaping: [ShapingView.Row]
+            let changes: [(at: Int64, kind: String, detail: String)]
             do {
                 (domains, hosts) = try store.routeStats(w, now: now, limit: limit)
                 cooling = try store.coolingHosts(now: now)
                 categories = try store.categoryCounts(w)
                 shaping = try ShapingView.load(store, settings, now: now).filter { $0.mode != .normal }
+                changes = try store.shapingEvents(since: w.since, limit: limit).filter { $0.at < w.until }
             } catch { throw fail("\(error)", code: 74) }
             print(StatsFormatter.routes(domains, hosts, cooling: cooling, window: w, format: format, table: settings.providerTable,
-                                        categories: categories, shaping: shaping),
+                                        categories: categories, shaping: shaping, changes: changes),
                   terminator: format == .json ? "\n" : "")
         }
     }
@@ -237,9 +239,19 @@ enum StatsFormatter {
 
     static func routes(_ domains: [DomainStats], _ hosts: [MXStats], cooling: [StoredHostHealth], window w: TimeWindow,
                        format: ReportFormat, table: ProviderTable = ProviderTable(), categories: [CategoryCount] = [],
-                       shaping: [ShapingView.Row] = []) -> String {
+                       shaping: [ShapingView.Row] = [], changes: [(at: Int64, kind: String, detail: String)] = []) -> String {
+        // A change's detail: {"destination", "reason", "until", "factor", …}.
+        let parsed = changes.map { c -> (at: Int64, kind: String, fields: [String: Any]) in
+            (c.at, String(c.kind.dropFirst("shaping_".count)),
+             (try? JSONSerialization.jsonObject(with: Data(c.detail.utf8))) as? [String: Any] ?? [:])
+        }
         if format == .json {
             return JSON.object([
+                ("shaping_changes", .array(parsed.map { c in
+                    .object([("at", .int64(c.at)), ("change", .string(c.kind)),
+                             ("destination", jsonString(c.fields["destination"] as? String)), ("reason", jsonString(c.fields["reason"] as? String)),
+                             ("until", jsonInt64((c.fields["until"] as? NSNumber)?.int64Value))])
+                })),
                 ("failures_by_category", categoriesJSON(categories)),
                 ("shaping", .array(shaping.map { r in
                     .object([("destination", .string(r.destination)), ("state", .string(r.mode.rawValue)), ("reason", jsonString(r.reason)),
@@ -296,6 +308,10 @@ enum StatsFormatter {
             + "\nDestinations paced now (traffic shaping: tern shaping show)\n\n"
             + (shaping.isEmpty ? "(none)\n" : renderTable(header: ["DESTINATION", "STATE", "UNTIL", "REASON"], rows: shaping.map {
                 [$0.destination, $0.mode.rawValue, ShapingView.time($0.until), $0.reason ?? "-"] }))
+            + "\nShaping changes in the window (newest first)\n\n"
+            + (parsed.isEmpty ? "(none)\n" : renderTable(header: ["AT", "DESTINATION", "CHANGE", "UNTIL", "REASON"], rows: parsed.map { c in
+                [time(c.at), c.fields["destination"] as? String ?? "-", c.kind, ShapingView.time((c.fields["until"] as? NSNumber)?.int64Value),
+                 c.fields["reason"] as? String ?? "-"] }))
             + "\nFailed attempts by category, attempts started in the window\n\n" + categoriesTable(categories)
     }
 

@@ -103,6 +103,9 @@ import TernTestSupport
         #expect(row["reason"] as? String == "paused by the operator" && row.keys.contains("until"))
         let routes = try runProgram(tern, ["stats", "routes", "--db", path])
         #expect(routes.stdout.contains("Destinations paced now") && routes.stdout.split(separator: "\n").contains { $0.hasPrefix("google ") && $0.contains(" paused ") })
+        // The change itself is listed with its time.
+        #expect(routes.stdout.contains("Shaping changes in the window")
+            && routes.stdout.split(separator: "\n").contains { $0.hasPrefix("20") && $0.contains(" google ") && $0.contains(" paused") })
         #expect(try run(["set", "google", "connections=2", "messages_per_minute=600"]).status == 0)
         row = try show()
         let effective = row["effective"] as? [String: Any]
