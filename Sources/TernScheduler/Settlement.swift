@@ -63,9 +63,15 @@ struct Settlement: Sendable {
     /// rest.
     func delivered(_ recipients: [ClaimedRecipient], of message: StoredMessage, outcomes: [Int64: RecipientOutcome],
                    fallback: RecipientOutcome, context: AttemptContext, started: Int64, now: Int64, random: () -> Double) -> [Entry] {
-        recipients.map { r in
+        // A refusal of MAIL or DATA is the same reply for every recipient: classified once.
+        var categories: [SMTPReply: BounceCategory?] = [:]
+        return recipients.map { r in
             let outcome = outcomes[r.id] ?? fallback
-            let category = policy.classifier.classify(outcome.reply)
+            let category: BounceCategory?
+            if let known = categories[outcome.reply] { category = known } else {
+                category = policy.classifier.classify(outcome.reply)
+                categories[outcome.reply] = category
+            }
             var e = Entry(recipient: r,
                           decision: Policy.decide(outcome, for: r, sender: message.mailFrom, context: context, now: now,
                                                   config: policy, random: random()),
