@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import NIOCore
 import Synchronization
 import Testing
@@ -73,6 +74,12 @@ import TernTestSupport
         // …and climbed back to its configured limits by itself.
         #expect(await eventually { try server.count("SELECT count(*) FROM event WHERE kind = 'shaping_resumed' AND json_extract(detail, '$.destination') = 'provider.test'") >= 1 })
         #expect(await eventually { try server.count("SELECT count(*) FROM shaping_state WHERE destination = 'provider.test' AND mode = 'normal' AND factor = 1") == 1 })
+        // tern history shows the deferral with its category.
+        let deferredOne = try #require(try server.store.read { db in
+            try String.fetchOne(db, sql: "SELECT r.address FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE a.code = 421 LIMIT 1")
+        })
+        let history = try runProgram(try ternBinary(), ["history", "--rcpt", deferredOne, "--db", server.dbPath])
+        #expect(history.stdout.contains("421 4.7.28") && history.stdout.contains("[rate_limit]"), "\(history.stdout)\(history.stderr)")
         // Backing off bounded the refusals: far fewer 421s than messages (the defect this issue opened with made one per message).
         #expect(stats.throttled < 40)
     }
