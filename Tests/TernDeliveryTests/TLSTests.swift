@@ -56,6 +56,33 @@ func tlsAgent(_ port: Int, policy: TLSPolicy, ca: String? = nil, mxName: String 
         await c.close()
     }
 
+    /// Issue 18: a destination whose shaping limits require TLS gets it
+    /// even under the opportunistic policy, or waits (a deferral), never
+    /// plaintext; with delivery TLS turned off it waits too.
+    @Test func aDestinationThatRequiresTLSGetsItOrWaits() async throws {
+        let plain = try await SinkServer.start(group: group)
+        defer { Task { await plain.stop() } }
+        switch await (try tlsAgent(plain.port, policy: .may)).connect(domain: "y.test", requireTLS: true) {
+        case .connected(let c): Issue.record("connected without TLS"); await c.close()
+        case .failed(let reply, _): #expect(reply.code / 100 == 4 && reply.enhanced?.klass == 4, "\(reply)")
+        }
+        #expect(plain.messages.isEmpty)
+        switch await (try tlsAgent(plain.port, policy: .none)).connect(domain: "y.test", requireTLS: true) {
+        case .connected(let c): Issue.record("connected without TLS"); await c.close()
+        case .failed(let reply, _): #expect(reply.code == 451 && reply.enhanced == EnhancedStatus(4, 7, 10), "\(reply)")
+        }
+        var config = SinkServer.Config()
+        config.tls = try serverContext(try makeCertificate("mx.tls.test"))
+        let tls = try await SinkServer.start(config, group: group)
+        defer { Task { await tls.stop() } }
+        switch await (try tlsAgent(tls.port, policy: .may)).connect(domain: "y.test", requireTLS: true) {
+        case .connected(let c):
+            #expect(c.context.tls?.hasPrefix("TLSv1.") == true)
+            await c.close()
+        case .failed(let reply, _): Issue.record("\(reply)")
+        }
+    }
+
     @Test func plaintextWhenNotOfferedOrBrokenUnderMay() async throws {
         let plain = try await SinkServer.start(group: group)
         defer { Task { await plain.stop() } }
