@@ -131,4 +131,25 @@ import TernTestSupport
         let table = try run(["show"])
         #expect(table.stdout.contains("DESTINATION") && table.stdout.contains("google"))
     }
+
+    /// A running gate (as `tern serve` runs it) picks up `tern shaping
+    /// pause` and `resume` from the binary within its one-second poll.
+    @Test func aRunningServerPicksUpTheOperatorsChanges() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("tern-shaping-live-\(UUID().uuidString)/tern.sqlite").path
+        let store = try Store(path: path)
+        defer { store.close() }
+        let gate = ShapingGate(config: ShapingConfig(), store: store)
+        try gate.load(now: nowMillis())
+        let running = Task { try? await gate.run() }
+        defer { running.cancel() }
+        let request = SendRequest(.message, destination: "live.test")
+        #expect(gate.admit(request, now: nowMillis()) == .go)
+        let tern = try ternBinary()
+        #expect(try runProgram(tern, ["shaping", "pause", "live.test", "--db", path]).status == 0)
+        #expect(await eventually { gate.admit(request, now: nowMillis()) != .go })
+        #expect(try runProgram(tern, ["shaping", "resume", "live.test", "--db", path]).status == 0)
+        #expect(await eventually { gate.admit(request, now: nowMillis()) == .go })
+        // The gate's own write of the state agrees with the command's.
+        #expect(await eventually { try store.read { db in try String.fetchOne(db, sql: "SELECT mode FROM shaping_state WHERE destination = 'live.test'") } == "normal" })
+    }
 }
