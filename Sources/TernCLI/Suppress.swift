@@ -10,9 +10,9 @@ struct Suppress: AsyncParsableCommand {
         abstract: "Manage the suppression list: addresses Tern will not deliver to.",
         discussion: """
             A queued recipient whose address is on the list becomes `suppressed` (final, with an event \
-            and a failure DSN as its NOTIFY asks) instead of being tried. Hard bounces that say the user \
-            or domain does not exist (5.1.1, 5.1.2, 5.1.10) add the address automatically \
-            ([delivery] suppress_on_hard_bounce). Addresses compare case-insensitively.
+            and a failure DSN as its NOTIFY asks) instead of being tried. Hard bounces of the categories \
+            in [delivery] suppress_categories (by default invalid_recipient and inactive_mailbox) add the \
+            address automatically ([delivery] suppress_on_hard_bounce). Addresses compare case-insensitively.
             """,
         subcommands: [Add.self, Remove.self, List.self, Import.self, Export.self])
 

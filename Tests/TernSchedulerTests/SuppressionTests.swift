@@ -60,6 +60,18 @@ import TernProtocol
         #expect(try h.state("ok2@BÜCHER.test") == "delivered")
     }
 
+    /// Issue 18: suppression follows the bounce categories configured.
+    @Test func onlyTheConfiguredCategoriesSuppress() async throws {
+        let h = try Harness { $0.policy.suppressCategories = [.inactiveMailbox] }
+        defer { h.store.close() }
+        // 550 5.1.1 "no such user": invalid_recipient, not configured here.
+        try await h.submit(["perm-x@far.test"])
+        await h.scheduler.runDue()
+        #expect(try h.state("perm-x@far.test") == "bounced")
+        #expect(try h.store.suppressions().isEmpty)
+        #expect(try h.rows("SELECT category FROM attempt").first?[0] as String? == "invalid_recipient")
+    }
+
     @Test func notifyNeverAndOnlySuppressedAndExpiry() async throws {
         let h = try Harness { $0.policy.suppressOnHardBounce = false }
         defer { h.store.close() }
