@@ -215,9 +215,9 @@ public final class Scheduler: Service, Sendable {
     }
 
     private func work(_ start: WorkerStart) async {
-        var worker = Worker(scheduler: self, domain: start.domain)
+        var worker = Worker(scheduler: self, domain: start.domain, id: start.id)
         await worker.run()
-        finished(start.domain)
+        finished(start.domain, worker: start.id)
     }
 
     // MARK: - Passes
@@ -275,7 +275,8 @@ public final class Scheduler: Service, Sendable {
         while !s.stopping, let spawner = s.spawner, s.total < config.maxConnections, s.active[domain, default: 0] < wanted {
             let now = clock.now()
             if let until = s.pacedUntil[domain], until > now { return }
-            switch gate.admit(SendRequest(.connection, destination: domain), now: now) {
+            let id = s.nextWorkerID
+            switch gate.admit(SendRequest(.connection, destination: domain, worker: id), now: now) {
             case .go: break
             case .notBefore(let until):
                 s.pacedUntil[domain] = until
@@ -286,14 +287,13 @@ public final class Scheduler: Service, Sendable {
             }
             s.total += 1
             s.active[domain, default: 0] += 1
-            let id = s.nextWorkerID
             s.nextWorkerID += 1
             spawner.yield(WorkerStart(domain: domain, id: id))
         }
     }
 
-    private func finished(_ domain: String) {
-        gate.ended(SendRequest(.connection, destination: domain), now: clock.now())
+    private func finished(_ domain: String, worker: Int) {
+        gate.ended(SendRequest(.connection, destination: domain, worker: worker), now: clock.now())
         state.withLock { s in
             s.total -= 1
             let n = s.active[domain, default: 1] - 1

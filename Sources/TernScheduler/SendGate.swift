@@ -30,11 +30,15 @@ public struct SendRequest: Sendable, Equatable {
     /// The local source the mail leaves from; nil: the kernel's choice
     /// (Tern has one implicit source until source pools exist).
     public var source: String?
+    /// For connections: the worker that holds it (the scheduler's id), so
+    /// that `ended` and `rekey` concern exactly that connection.
+    public var worker: Int?
 
-    public init(_ kind: Kind, destination: String, source: String? = nil) {
+    public init(_ kind: Kind, destination: String, source: String? = nil, worker: Int? = nil) {
         self.kind = kind
         self.destination = destination
         self.source = source
+        self.worker = worker
     }
 }
 
@@ -74,12 +78,19 @@ public protocol SendGate: Sendable {
     func observe(_ request: SendRequest, reply: SMTPReply, mxHost: String?, now: Int64)
     /// The terms of a connection to the destination.
     func terms(_ request: SendRequest, now: Int64) -> ConnectionTerms
+    /// A connection admitted for a domain is open and its MX host known:
+    /// when that makes the domain part of a provider the gate did not know
+    /// it was in, the connection is counted against the provider from now
+    /// on, if the provider has room (`.go`); otherwise the worker closes it
+    /// unused and gives its mail back.
+    func rekey(_ request: SendRequest, mxHost: String?, now: Int64) -> SendPermission
 }
 
 extension SendGate {
     public func ended(_ request: SendRequest, now: Int64) {}
     public func observe(_ request: SendRequest, reply: SMTPReply, mxHost: String?, now: Int64) {}
     public func terms(_ request: SendRequest, now: Int64) -> ConnectionTerms { ConnectionTerms() }
+    public func rekey(_ request: SendRequest, mxHost: String?, now: Int64) -> SendPermission { .go }
 }
 
 /// No pacing: every connection and message may go now.

@@ -25,9 +25,12 @@ public final class ShapingGate: SendGate, Service {
         var shaper: Shaper
         /// Recipient domain → destination (provider name or the domain).
         var destinationOf: [String: String] = [:]
-        /// Keys of the connections open per (source, domain), in order: a
-        /// connection ends under the key it was admitted with, even if the
-        /// domain's destination was learned meanwhile.
+        /// The key each open connection is counted under, by worker: a
+        /// connection ends under the key it holds, even if the domain's
+        /// destination was learned meanwhile (nil: released already).
+        var openByWorker: [Int: ShapingKey?] = [:]
+        /// The same for requests without a worker id (callers other than
+        /// the scheduler), per (source, domain), in order.
         var openKeys: [ShapingKey: [ShapingKey]] = [:]
         /// Changed since the last write, and events to write.
         var dirty: Set<ShapingKey> = []
@@ -113,7 +116,11 @@ public final class ShapingGate: SendGate, Service {
             switch request.kind {
             case .connection:
                 (answer, changes) = i.shaper.admitConnection(k, now: now)
-                if answer == .go { i.openKeys[ShapingKey(source: request.source, destination: request.destination), default: []].append(k) }
+                if answer == .go {
+                    if let w = request.worker { i.openByWorker[w] = k } else {
+                        i.openKeys[ShapingKey(source: request.source, destination: request.destination), default: []].append(k)
+                    }
+                }
             case .message:
                 (answer, changes) = i.shaper.admitMessage(k, now: now)
             }
@@ -125,6 +132,14 @@ public final class ShapingGate: SendGate, Service {
 
     public func ended(_ request: SendRequest, now: Int64) {
         inner.withLock { i in
+            if let w = request.worker {
+                guard let held = i.openByWorker.removeValue(forKey: w) else { return }
+                if let k = held {
+                    i.shaper.connectionEnded(k)
+                    i.active.insert(k)
+                }
+                return
+            }
             let byDomain = ShapingKey(source: request.source, destination: request.destination)
             guard let k = i.openKeys[byDomain]?.popLast() else { return }
             if i.openKeys[byDomain]?.isEmpty == true { i.openKeys[byDomain] = nil }
@@ -143,6 +158,29 @@ public final class ShapingGate: SendGate, Service {
             let k = key(request, i)
             let changes = i.shaper.observe(k, reply: reply, category: category, now: now)
             record(changes, now: now, &i)
+        }
+    }
+
+    public func rekey(_ request: SendRequest, mxHost: String?, now: Int64) -> SendPermission {
+        inner.withLock { i in
+            let domain = request.destination
+            guard let w = request.worker, let mxHost, i.shaper.config.destinations[domain] == nil, i.destinationOf[domain] == nil,
+                  let provider = providers.provider(forMX: mxHost) else { return .go }
+            i.destinationOf[domain] = provider
+            guard let held = i.openByWorker[w], let old = held, old.destination != provider else { return .go }
+            // Counted under the domain until now: the provider decides.
+            let key = ShapingKey(source: request.source, destination: provider)
+            let (answer, changes) = i.shaper.admitConnection(key, now: now)
+            record(changes, now: now, &i)
+            i.shaper.connectionEnded(old)
+            i.openByWorker[w] = answer == .go ? key : .some(nil)
+            i.active.insert(key)
+            if answer != .go {
+                logger.info("connection closed unused: its domain is a provider's, which has no room", metadata: [
+                    "domain": "\(domain)", "destination": "\(provider)",
+                ])
+            }
+            return answer
         }
     }
 

@@ -19,14 +19,19 @@ struct Worker {
     private var preferReady = true
     /// Messages sent over this connection.
     private var sent = 0
-    /// What the send gate asks of this connection (asked once, at its start).
-    private let terms: ConnectionTerms
+    /// What the send gate asks of this connection (asked at its start, and
+    /// again when its MX host showed the domain to be a provider's).
+    private var terms: ConnectionTerms
     /// Messages this connection may carry: the scheduler's limit, or the gate's if lower.
-    private let perConnection: Int
+    private var perConnection: Int
 
-    init(scheduler: Scheduler, domain: String) {
+    /// The scheduler's id of this worker (and of its connection, for the gate).
+    let id: Int
+
+    init(scheduler: Scheduler, domain: String, id: Int = 0) {
         self.scheduler = scheduler
         self.domain = domain
+        self.id = id
         terms = scheduler.gate.terms(SendRequest(.message, destination: domain), now: scheduler.clock.now())
         perConnection = max(1, min(scheduler.config.messagesPerConnection, terms.messagesPerConnection ?? .max))
     }
@@ -42,6 +47,8 @@ struct Worker {
     enum Stop {
         case closed, stopping, limit
         case paced(until: Int64)
+        /// The destination turned out to be a provider with no room for this connection.
+        case busy
     }
 
     mutating func run() async {
@@ -62,6 +69,31 @@ struct Worker {
                 batch = await next()
             }
         case .connected(let connection):
+            // Its MX host may show the domain to be a provider's: count the
+            // connection there, or close it unused when the provider is full.
+            switch s.gate.rekey(SendRequest(.connection, destination: domain, worker: id), mxHost: connection.context.mxHost,
+                                now: s.clock.now()) {
+            case .go:
+                let now = s.gate.terms(SendRequest(.message, destination: domain), now: s.clock.now())
+                if now != terms {
+                    terms = now
+                    perConnection = max(1, min(s.config.messagesPerConnection, terms.messagesPerConnection ?? .max))
+                    // The provider wants TLS and this connection has none: the next one will ask for it.
+                    if terms.requireTLS && connection.context.tls == nil {
+                        await connection.close()
+                        await giveBack(batch.recipients, because: .closed)
+                        return
+                    }
+                }
+            case .notBefore(let until):
+                await connection.close()
+                await giveBack(batch.recipients, because: .paced(until: until))
+                return
+            case .busy:
+                await connection.close()
+                await giveBack(batch.recipients, because: .busy)
+                return
+            }
             while await send(batch, over: connection) {
                 batch = await next(messages: perConnection - sent)
                 // Nothing more now: keep the connection for a moment rather
@@ -133,7 +165,7 @@ struct Worker {
         switch why {
         case .limit: s.givenBackAtLimit.add(recipients.count, ordering: .relaxed)
         case .paced(let until): s.paced(domain, until: until)
-        case .closed, .stopping: break
+        case .closed, .stopping, .busy: break
         }
         _ = try? await s.giveBack(recipients.map(\.id))
         if !s.stopping { s.wakeup.signal() }

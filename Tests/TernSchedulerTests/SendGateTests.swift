@@ -45,7 +45,7 @@ final class TestGate: SendGate {
         #expect(try h.state("ok1@paced.test") == "queued")
         #expect(try h.rows("SELECT count(*) FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE r.domain = 'paced.test'").first?[0] == 0)
         #expect(try h.rows("SELECT attempts FROM recipient WHERE domain = 'paced.test'").map { $0[0] as Int } == [0, 0])
-        #expect(gate.rules.withLock { $0.asked.contains(SendRequest(.connection, destination: "paced.test")) })
+        #expect(gate.rules.withLock { $0.asked.contains { $0.kind == .connection && $0.destination == "paced.test" } })
         #expect(h.scheduler.state.withLock { $0.pacedUntil["paced.test"] } == opens)
         // Still closed a second before; open after.
         h.clock.advance(ms: 59_000)

@@ -67,6 +67,35 @@ import TernRouting
         #expect(g.snapshot(now: h.clock.now()).first { $0.key.destination == "bigmail" }?.open == 0)
     }
 
+    /// Domains the MX cache does not know yet: each one's first connection
+    /// is admitted as the domain, and counted against the provider as soon
+    /// as its MX host shows whose it is; one that finds the provider full
+    /// is closed unused and its mail waits, untried.
+    @Test func anUnseenDomainIsCountedAgainstItsProviderOnceItsMXHostIsKnown() async throws {
+        let (h, g) = try harness { store in
+            self.gate(store) { $0.destinations["bigmail"] = ShapingLimits(connections: 1) }
+        }
+        h.agent.slow = ["one.bigmail.test", "two.bigmail.test"] // both connections stay open while the pass runs
+        try await h.submit(["ok1@one.bigmail.test"])
+        try await h.submit(["ok2@two.bigmail.test"])
+        let pass = Task { await h.scheduler.runDue() }
+        // Both domains got a connection (neither was known), but only one carries mail.
+        for _ in 0..<500 where h.agent.connections < 2 { try await Task.sleep(for: .milliseconds(5)) }
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(h.agent.connections == 2)
+        #expect(g.destination(for: "one.bigmail.test") == "bigmail" && g.destination(for: "two.bigmail.test") == "bigmail")
+        #expect(g.snapshot(now: h.clock.now()).first { $0.key.destination == "bigmail" }?.open == 1)
+        h.agent.releaseSlow()
+        await pass.value
+        #expect(h.agent.sent.count == 1)
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'queued' AND attempts = 0").first?[0] == 1)
+        // Nothing is left counted; the next pass sends the other under the provider's limit.
+        #expect(g.snapshot(now: h.clock.now()).allSatisfy { $0.open == 0 })
+        await h.scheduler.runDue()
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] == 2)
+        #expect(h.agent.connections == 3)
+    }
+
     @Test func aThrottlingReplySuspendsTheDestinationAndTheRestKeepsFlowing() async throws {
         let (h, g) = try harness { store in
             self.gate(store) {
