@@ -116,6 +116,9 @@ public final class Scheduler: Service, Sendable {
     /// its connection could carry no more (tests: handed-over mail is taken
     /// within the limit, so it never adds to this).
     let givenBackAtLimit = Atomic<Int>(0)
+    /// Recipients given back untried because the send gate said "not now"
+    /// (tests: claims follow the gate's allowance, so this stays small).
+    let givenBackPaced = Atomic<Int>(0)
 
     /// Where delivery workers run, in turn (the event loops, in `serve`);
     /// empty: Swift's global executor.
@@ -381,13 +384,15 @@ public final class Scheduler: Service, Sendable {
         }
     }
 
-    private func claim(_ domain: String) async -> [ClaimedRecipient] {
+    /// Claims up to `limit` recipients (at most a claim batch).
+    private func claim(_ domain: String, limit: Int) async -> [ClaimedRecipient] {
         let now = clock.now()
+        let limit = max(1, min(limit, config.claimBatch))
         do {
             let claimed = try await store.claim(domain: domain, now: now, owner: owner, leaseUntil: now + config.leaseMillis,
-                                                limit: config.claimBatch)
+                                                limit: limit)
             state.withLock { s in
-                if claimed.count < config.claimBatch { s.dueInStore.remove(domain) }
+                if claimed.count < limit { s.dueInStore.remove(domain) }
                 s.held.formUnion(claimed.map(\.id))
             }
             return claimed
@@ -397,10 +402,10 @@ public final class Scheduler: Service, Sendable {
         }
     }
 
-    /// Claims recipients to deliver, settling the suppressed ones on the way.
-    func claimDeliverable(_ domain: String) async -> [ClaimedRecipient] {
+    /// Claims recipients to deliver (up to `limit`), settling the suppressed ones on the way.
+    func claimDeliverable(_ domain: String, limit: Int = .max) async -> [ClaimedRecipient] {
         while true {
-            let claimed = await claim(domain)
+            let claimed = await claim(domain, limit: limit)
             if claimed.isEmpty { return [] }
             let keys = claimed.map { Settlement.key($0.address) }
             let found: [String: String]

@@ -84,6 +84,10 @@ public protocol SendGate: Sendable {
     /// on, if the provider has room (`.go`); otherwise the worker closes it
     /// unused and gives its mail back.
     func rekey(_ request: SendRequest, mxHost: String?, now: Int64) -> SendPermission
+    /// How many messages the destination may take now without waiting (nil:
+    /// no rate limit): a worker claims no more than that, so that a slow
+    /// rate does not mean claiming a batch and giving most of it back.
+    func allowance(_ request: SendRequest, now: Int64) -> Int?
 }
 
 extension SendGate {
@@ -91,6 +95,7 @@ extension SendGate {
     public func observe(_ request: SendRequest, reply: SMTPReply, mxHost: String?, now: Int64) {}
     public func terms(_ request: SendRequest, now: Int64) -> ConnectionTerms { ConnectionTerms() }
     public func rekey(_ request: SendRequest, mxHost: String?, now: Int64) -> SendPermission { .go }
+    public func allowance(_ request: SendRequest, now: Int64) -> Int? { nil }
 }
 
 /// No pacing: every connection and message may go now.

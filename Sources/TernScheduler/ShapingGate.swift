@@ -184,6 +184,17 @@ public final class ShapingGate: SendGate, Service {
         }
     }
 
+    public func allowance(_ request: SendRequest, now: Int64) -> Int? {
+        inner.withLock { i in
+            let k = key(request, i)
+            switch i.shaper.state(k).mode(at: now) {
+            case .paused, .suspended: return 0
+            case .normal, .throttled: break
+            }
+            return i.shaper.tokens(k, now: now).min().map { Int($0.rounded(.down) + 1e-9) }
+        }
+    }
+
     public func terms(_ request: SendRequest, now: Int64) -> ConnectionTerms {
         inner.withLock { i in
             let l = i.shaper.effective(key(request, i), now: now)

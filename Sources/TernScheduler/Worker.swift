@@ -164,7 +164,9 @@ struct Worker {
         let s = scheduler
         switch why {
         case .limit: s.givenBackAtLimit.add(recipients.count, ordering: .relaxed)
-        case .paced(let until): s.paced(domain, until: until)
+        case .paced(let until):
+            s.givenBackPaced.add(recipients.count, ordering: .relaxed)
+            s.paced(domain, until: until)
         case .closed, .stopping, .busy: break
         }
         _ = try? await s.giveBack(recipients.map(\.id))
@@ -222,8 +224,11 @@ struct Worker {
             // A claim counts recipients: a limit of `messages` recipients would
             // split messages with several recipients into several transactions.
             // A full claim batch may hold more messages than the connection
-            // still carries; those few are given back at the limit.
-            let claimed = await s.claimDeliverable(domain)
+            // still carries; those few are given back at the limit. Under a
+            // rate limit, though, no more than the gate allows now are claimed
+            // (a message's other recipients then follow in a later transaction).
+            let allowance = s.gate.allowance(SendRequest(.message, destination: domain), now: s.clock.now())
+            let claimed = await s.claimDeliverable(domain, limit: allowance.map { max(1, $0) } ?? .max)
             if !claimed.isEmpty { return Batch(recipients: claimed) }
         }
         return await takeReady(messages: limit)

@@ -49,6 +49,10 @@ import TernRouting
         #expect(toBig() == 2)
         #expect(h.agent.sent.filter { $0.envelope.recipients[0].address.hasSuffix("free.test") }.count == 4)
         #expect(h.agent.maxOpen["one.bigmail.test", default: 0] + h.agent.maxOpen["two.bigmail.test", default: 0] <= 2)
+        // Claims follow the tokens: at most one recipient per pass is claimed and given back.
+        #expect(h.scheduler.givenBackPaced.load(ordering: .relaxed) <= 1)
+        #expect(g.allowance(SendRequest(.message, destination: "one.bigmail.test"), now: h.clock.now()) == 0)
+        #expect(g.allowance(SendRequest(.message, destination: "free.test"), now: h.clock.now()) == nil)
         // What waits was not tried: no attempt, no bounce, no deferral.
         #expect(try h.rows("SELECT count(*) FROM recipient WHERE domain LIKE '%bigmail.test' AND attempts = 0 AND state = 'queued'").first?[0] == 4)
         #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'bounced' OR state = 'deferred'").first?[0] == 0)
@@ -161,6 +165,25 @@ import TernRouting
         #expect(g.admit(req, now: 3_000) == .go)
         #expect(g.terms(SendRequest(.message, destination: "example.test"), now: 3_000) == ConnectionTerms())
         #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM event WHERE kind LIKE 'shaping_%'") } == 3)
+    }
+
+    /// A worker claims what the tokens allow, not a whole claim batch that it
+    /// would mostly give back. (The allowance is not a reservation: the pass's
+    /// two workers may each claim it once; the whole batch was 8 given back.)
+    @Test func claimsFollowTheRateAllowance() async throws {
+        let (h, g) = try harness { store in
+            self.gate(store) { $0.destinations["rate.test"] = ShapingLimits(messagesPerMinute: 2) }
+        }
+        for i in 0..<10 { try await h.submit(["ok\(i)@rate.test"]) }
+        await h.scheduler.runDue()
+        #expect(h.agent.sent.count == 2)
+        #expect(h.scheduler.givenBackPaced.load(ordering: .relaxed) <= 3)
+        #expect(g.allowance(SendRequest(.message, destination: "rate.test"), now: h.clock.now()) == 0)
+        h.clock.advance(seconds: 60)
+        #expect(g.allowance(SendRequest(.message, destination: "rate.test"), now: h.clock.now()) == 2)
+        await h.scheduler.runDue()
+        #expect(h.agent.sent.count == 4)
+        #expect(h.scheduler.givenBackPaced.load(ordering: .relaxed) <= 6)
     }
 
     @Test func recipientsPerTransactionAndMessagesPerConnectionComeFromTheGate() async throws {
