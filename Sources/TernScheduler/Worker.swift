@@ -74,9 +74,9 @@ struct Worker {
             switch s.gate.rekey(SendRequest(.connection, destination: domain, worker: id), mxHost: connection.context.mxHost,
                                 now: s.clock.now()) {
             case .go:
-                let now = s.gate.terms(SendRequest(.message, destination: domain), now: s.clock.now())
-                if now != terms {
-                    terms = now
+                let current = s.gate.terms(SendRequest(.message, destination: domain), now: s.clock.now())
+                if current != terms {
+                    terms = current
                     perConnection = max(1, min(s.config.messagesPerConnection, terms.messagesPerConnection ?? .max))
                     // The provider wants TLS and this connection has none: the next one will ask for it.
                     if terms.requireTLS && connection.context.tls == nil {
