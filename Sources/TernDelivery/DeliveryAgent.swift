@@ -29,12 +29,15 @@ public struct AttemptContext: Sendable, Equatable {
     public var tls: String?
     /// The server offered DSN (RFC 3461): NOTIFY went on with the message.
     public var remoteDSN: Bool
+    /// The local address the connection left from (`attempt.source_address`).
+    public var sourceAddress: String?
 
-    public init(mxHost: String? = nil, mxAddress: String? = nil, tls: String? = nil, remoteDSN: Bool = false) {
+    public init(mxHost: String? = nil, mxAddress: String? = nil, tls: String? = nil, remoteDSN: Bool = false, sourceAddress: String? = nil) {
         self.mxHost = mxHost
         self.mxAddress = mxAddress
         self.tls = tls
         self.remoteDSN = remoteDSN
+        self.sourceAddress = sourceAddress
     }
 }
 

@@ -92,7 +92,8 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
         self.handler = handler
         self.config = config
         self.session = ClientSession(session)
-        self.context = AttemptContext(mxHost: hop.host, mxAddress: hop.address.description)
+        self.context = AttemptContext(mxHost: hop.host, mxAddress: hop.address.description,
+                                      sourceAddress: channel.localAddress?.ipAddress)
     }
 
     /// Connects, reads the greeting, introduces itself and puts TLS on as

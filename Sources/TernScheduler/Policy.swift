@@ -170,7 +170,7 @@ public enum Policy {
         case .bounced: kind = .bounced
         }
         return NewAttempt(recipientID: r.id, startedAt: started, endedAt: ended, mxHost: ctx.mxHost, mxAddress: ctx.mxAddress,
-                          tls: ctx.tls, code: reply.code, enhanced: reply.enhanced?.description, text: reply.text,
+                          sourceAddress: ctx.sourceAddress, tls: ctx.tls, code: reply.code, enhanced: reply.enhanced?.description, text: reply.text,
                           outcome: kind, category: category, domain: r.domain)
     }
 }

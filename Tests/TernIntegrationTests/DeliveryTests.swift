@@ -44,6 +44,8 @@ extension TestServer {
         #expect(try server.count("SELECT count(*) FROM recipient WHERE address = 'perm@far.test' AND state = 'bounced' AND last_enhanced = '5.1.1'") == 1)
         #expect(try server.count("SELECT count(*) FROM recipient WHERE address = 'temp@far.test' AND state = 'deferred' AND attempts = 1 AND next_attempt_at > \(nowMillis() + 200_000)") == 1)
         #expect(try server.count("SELECT count(*) FROM attempt WHERE mx_address = '127.0.0.1' AND mx_host = '127.0.0.1'") == 4)
+        // The local address each connection left from (the kernel's choice: loopback).
+        #expect(try server.count("SELECT count(*) FROM attempt WHERE source_address = '127.0.0.1'") == 4)
         // The DSN, parsed by Python's email package.
         let dsnMessage = try #require(sink.messages.first { $0.mailCommand.hasPrefix("MAIL FROM:<>") })
         #expect(dsnMessage.rcptCommands.first?.hasPrefix("RCPT TO:<alice@sender.test> NOTIFY=NEVER") == true)
