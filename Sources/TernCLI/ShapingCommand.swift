@@ -152,7 +152,7 @@ enum ShapingView {
         guard name.contains(".") else {
             throw fail("\(text) is neither a provider (\(settings.providerTable.rules.map(\.name).sorted().joined(separator: ", "))) nor a domain", code: 64)
         }
-        if let host = try store.cachedMXHosts().first(where: { $0.domain == name })?.host, let p = settings.providerTable.provider(forMX: host) {
+        if let host = try store.cachedMX(name, now: nowMillis())?.records.first?.host, let p = settings.providerTable.provider(forMX: host) {
             return p
         }
         return name
@@ -174,11 +174,11 @@ enum ShapingView {
         }
     }
 
-    static func time(_ ms: Int64?) -> String {
-        guard let ms else { return "-" }
-        let f = ISO8601DateFormatter()
-        return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
-    }
+    /// A time as the other tables show it (`time`), "-" for none.
+    static func time(_ ms: Int64?) -> String { ms.map { QueueFormatter.isoTime($0) } ?? "-" }
+
+    /// The same time in strict ISO 8601 (JSON).
+    static func isoUTC(_ ms: Int64) -> String { QueueFormatter.isoTime(ms).replacingOccurrences(of: " ", with: "T") + "Z" }
 
     static func limitsText(_ l: ShapingLimits) -> String {
         let short = ["connections": "conn", "messages_per_connection": "msg/conn", "recipients_per_message": "rcpt/msg",
@@ -207,7 +207,7 @@ enum ShapingView {
             f.append(("state", .string(r.mode.rawValue)))
             f.append(("reason", r.reason.map(JSON.string) ?? .null))
             f.append(("rule", r.rule.map(JSON.string) ?? .null))
-            f.append(("until", r.until.map { JSON.string(time($0)) } ?? .null))
+            f.append(("until", r.until.map { JSON.string(isoUTC($0)) } ?? .null))
             f.append(("until_ms", r.until.map { JSON.int64($0) } ?? .null))
             f.append(("factor", .double((r.factor * 100).rounded() / 100)))
             f.append(("configured", limitsJSON(r.configured)))
@@ -215,7 +215,7 @@ enum ShapingView {
             f.append(("effective", limitsJSON(r.effective)))
             f.append(("open_connections", .int(r.open)))
             f.append(("tokens", .array(r.tokens.map { JSON.double(($0 * 100).rounded() / 100) })))
-            f.append(("updated_at", r.updatedAt.map { JSON.string(time($0)) } ?? .null))
+            f.append(("updated_at", r.updatedAt.map { JSON.string(isoUTC($0)) } ?? .null))
             return .object(f)
         }).text
     }

@@ -129,14 +129,20 @@ public struct TokenBucket: Sendable, Equatable {
         at = max(at, now)
     }
 
+    /// Float noise below this is not a token less.
+    public static let tolerance = 1e-9
+
+    /// Refills to `now`; nil when a whole token is there, else when one will be.
+    mutating func ready(_ now: Int64, capacity: Double, perMillis: Double) -> Int64? {
+        refill(now, capacity: capacity, perMillis: perMillis)
+        return tokens >= 1 - TokenBucket.tolerance ? nil : now + TokenBucket.wait(1 - tokens, perMillis)
+    }
+
     /// Takes a token, or returns when one will be there.
     mutating func take(_ now: Int64, capacity: Double, perMillis: Double) -> Int64? {
-        refill(now, capacity: capacity, perMillis: perMillis)
-        if tokens >= 1 - 1e-9 {
-            tokens -= 1
-            return nil
-        }
-        return now + TokenBucket.wait(1 - tokens, perMillis)
+        if let when = ready(now, capacity: capacity, perMillis: perMillis) { return when }
+        tokens -= 1
+        return nil
     }
 }
 
@@ -240,6 +246,10 @@ public struct ShapingState: Sendable, Equatable {
     public var operatorLimits = ShapingLimits()
 
     public init() {}
+
+    /// Away from the configured limits by itself (a cut, a rule's limits, a
+    /// suspension): time may change it.
+    var adjusted: Bool { factor < 1 || ruleLimits != nil || suspendedUntil != nil }
 
     public func mode(at now: Int64) -> ShapingMode {
         if paused { return .paused }
@@ -383,13 +393,7 @@ public struct Shaper: Sendable {
         // All buckets must have a token; none is taken unless all have one.
         var latest: Int64? = nil
         for (i, r) in rates.enumerated() {
-            var b = v.buckets[i]
-            b.refill(now, capacity: r.0, perMillis: r.1)
-            v.buckets[i] = b
-            if b.tokens < 1 - 1e-9 {
-                let when = now + TokenBucket.wait(1 - b.tokens, r.1)
-                latest = max(latest ?? 0, when)
-            }
+            if let when = v.buckets[i].ready(now, capacity: r.0, perMillis: r.1) { latest = max(latest ?? 0, when) }
         }
         if let latest {
             live[key] = v
@@ -471,7 +475,7 @@ public struct Shaper: Sendable {
     private mutating func tick(_ key: ShapingKey, now: Int64, _ changes: inout [ShapingChange]) {
         guard var v = live[key] else { return }
         var st = v.state
-        guard st.factor < 1 || st.ruleLimits != nil || st.suspendedUntil != nil else { return }
+        guard st.adjusted else { return }
         if let s = st.suspendedUntil, s <= now {
             st.suspendedUntil = nil
             st.lastStepAt = now
@@ -516,7 +520,7 @@ public struct Shaper: Sendable {
     /// no mail asked.
     public mutating func advance(now: Int64) -> [ShapingChange] {
         var changes: [ShapingChange] = []
-        for (key, v) in live where v.state.factor < 1 || v.state.ruleLimits != nil || v.state.suspendedUntil != nil {
+        for (key, v) in live where v.state.adjusted {
             tick(key, now: now, &changes)
         }
         return changes

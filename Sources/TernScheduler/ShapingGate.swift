@@ -29,9 +29,6 @@ public final class ShapingGate: SendGate, Service {
         /// connection ends under the key it holds, even if the domain's
         /// destination was learned meanwhile (nil: released already).
         var openByWorker: [Int: ShapingKey?] = [:]
-        /// The same for requests without a worker id (callers other than
-        /// the scheduler), per (source, domain), in order.
-        var openKeys: [ShapingKey: [ShapingKey]] = [:]
         /// Changed since the last write, and events to write.
         var dirty: Set<ShapingKey> = []
         var events: [(kind: EventKind, at: Int64, detail: String)] = []
@@ -48,9 +45,7 @@ public final class ShapingGate: SendGate, Service {
         self.store = store
         self.logger = logger
         var i = Inner(shaper: Shaper(config: config))
-        for r in routes where r.domain != "*" {
-            if config.destinations[r.domain] == nil, let p = providers.provider(forMX: r.host) { i.destinationOf[r.domain] = p }
-        }
+        for r in routes where r.domain != "*" { ShapingGate.learn(r.domain, mxHost: r.host, providers, &i) }
         inner = Mutex(i)
     }
 
@@ -61,9 +56,7 @@ public final class ShapingGate: SendGate, Service {
         let overrides = try store.shapingOverrides()
         let hosts = try store.cachedMXHosts()
         inner.withLock { i in
-            for (domain, host) in hosts where i.shaper.config.destinations[domain] == nil {
-                if let p = providers.provider(forMX: host) { i.destinationOf[domain] = p }
-            }
+            for (domain, host) in hosts { ShapingGate.learn(domain, mxHost: host, providers, &i) }
             for s in states {
                 i.shaper.restore(ShapingKey(source: s.source.isEmpty ? nil : s.source, destination: s.destination), ShapingGate.state(from: s))
             }
@@ -103,6 +96,17 @@ public final class ShapingGate: SendGate, Service {
         inner.withLock { $0.destinationOf[domain] ?? domain }
     }
 
+    /// Notes that `domain` is shaped as the provider behind `mxHost`, unless
+    /// it has limits of its own or its destination is known already; returns
+    /// the provider when this taught the gate something.
+    @discardableResult
+    private static func learn(_ domain: String, mxHost: String, _ providers: ProviderTable, _ i: inout Inner) -> String? {
+        guard i.shaper.config.destinations[domain] == nil, i.destinationOf[domain] == nil,
+              let provider = providers.provider(forMX: mxHost) else { return nil }
+        i.destinationOf[domain] = provider
+        return provider
+    }
+
     private func key(_ request: SendRequest, _ i: Inner) -> ShapingKey {
         ShapingKey(source: request.source, destination: i.destinationOf[request.destination] ?? request.destination)
     }
@@ -115,12 +119,9 @@ public final class ShapingGate: SendGate, Service {
             let (answer, changes): (SendPermission, [ShapingChange])
             switch request.kind {
             case .connection:
+                guard let w = request.worker else { preconditionFailure("a connection request names its worker") }
                 (answer, changes) = i.shaper.admitConnection(k, now: now)
-                if answer == .go {
-                    if let w = request.worker { i.openByWorker[w] = k } else {
-                        i.openKeys[ShapingKey(source: request.source, destination: request.destination), default: []].append(k)
-                    }
-                }
+                if answer == .go { i.openByWorker[w] = k }
             case .message:
                 (answer, changes) = i.shaper.admitMessage(k, now: now)
             }
@@ -132,17 +133,7 @@ public final class ShapingGate: SendGate, Service {
 
     public func ended(_ request: SendRequest, now: Int64) {
         inner.withLock { i in
-            if let w = request.worker {
-                guard let held = i.openByWorker.removeValue(forKey: w) else { return }
-                if let k = held {
-                    i.shaper.connectionEnded(k)
-                    i.active.insert(k)
-                }
-                return
-            }
-            let byDomain = ShapingKey(source: request.source, destination: request.destination)
-            guard let k = i.openKeys[byDomain]?.popLast() else { return }
-            if i.openKeys[byDomain]?.isEmpty == true { i.openKeys[byDomain] = nil }
+            guard let w = request.worker, let held = i.openByWorker.removeValue(forKey: w), let k = held else { return }
             i.shaper.connectionEnded(k)
             i.active.insert(k)
         }
@@ -151,10 +142,7 @@ public final class ShapingGate: SendGate, Service {
     public func observe(_ request: SendRequest, reply: SMTPReply, mxHost: String?, now: Int64) {
         let category = reply.code >= 300 ? classifier.classify(reply) : nil
         inner.withLock { i in
-            if let mxHost, i.shaper.config.destinations[request.destination] == nil, i.destinationOf[request.destination] == nil,
-               let p = providers.provider(forMX: mxHost) {
-                i.destinationOf[request.destination] = p
-            }
+            if let mxHost { ShapingGate.learn(request.destination, mxHost: mxHost, providers, &i) }
             let k = key(request, i)
             let changes = i.shaper.observe(k, reply: reply, category: category, now: now)
             record(changes, now: now, &i)
@@ -164,9 +152,7 @@ public final class ShapingGate: SendGate, Service {
     public func rekey(_ request: SendRequest, mxHost: String?, now: Int64) -> SendPermission {
         inner.withLock { i in
             let domain = request.destination
-            guard let w = request.worker, let mxHost, i.shaper.config.destinations[domain] == nil, i.destinationOf[domain] == nil,
-                  let provider = providers.provider(forMX: mxHost) else { return .go }
-            i.destinationOf[domain] = provider
+            guard let w = request.worker, let mxHost, let provider = ShapingGate.learn(domain, mxHost: mxHost, providers, &i) else { return .go }
             guard let held = i.openByWorker[w], let old = held, old.destination != provider else { return .go }
             // Counted under the domain until now: the provider decides.
             let key = ShapingKey(source: request.source, destination: provider)
@@ -191,7 +177,8 @@ public final class ShapingGate: SendGate, Service {
             case .paused, .suspended: return 0
             case .normal, .throttled: break
             }
-            return i.shaper.tokens(k, now: now).min().map { Int($0.rounded(.down) + 1e-9) }
+            // Whole tokens, with the same float tolerance as an admission.
+            return i.shaper.tokens(k, now: now).min().map { Int(($0 + TokenBucket.tolerance).rounded(.down)) }
         }
     }
 
@@ -252,10 +239,10 @@ public final class ShapingGate: SendGate, Service {
     private func row(_ k: ShapingKey, _ s: Shaper, now: Int64) -> StoredShapingState {
         let st = s.state(k)
         let limits = st.ruleLimits.flatMap { try? JSONEncoder().encode($0) }.map { String(decoding: $0, as: UTF8.self) }
-        let tokens = s.tokens(k, now: now).map { String(format: "%.2f", $0) }.joined(separator: ",")
+        let tokens = JSON.array(s.tokens(k, now: now).map { .double(($0 * 100).rounded() / 100) }).text
         return StoredShapingState(source: k.source ?? "", destination: k.destination, mode: st.mode(at: now).rawValue, factor: st.factor,
                                   holdUntil: st.holdUntil, suspendedUntil: st.suspendedUntil, ruleLimits: limits, rule: st.rule,
-                                  reason: st.reason, lastStepAt: st.lastStepAt, open: s.openConnections(k), tokens: "[\(tokens)]",
+                                  reason: st.reason, lastStepAt: st.lastStepAt, open: s.openConnections(k), tokens: tokens,
                                   updatedAt: now)
     }
 

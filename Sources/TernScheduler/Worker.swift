@@ -185,11 +185,11 @@ struct Worker {
         let outcomes = await connection.send(Scheduler.outbound(messageID, recipients, stored), next: next)
         // The destination's answers, for shaping: each distinct refusal, and
         // one success per transaction that delivered.
-        var seen: Set<String> = []
+        var seen: Set<SMTPReply> = []
         var delivered = false
         for o in outcomes.values {
             if case .delivered = o { delivered = true; continue }
-            if seen.insert(o.reply.description).inserted {
+            if seen.insert(o.reply).inserted {
                 s.gate.observe(SendRequest(.message, destination: domain), reply: o.reply, mxHost: connection.context.mxHost, now: s.clock.now())
             }
         }

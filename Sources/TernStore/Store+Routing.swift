@@ -20,6 +20,15 @@ public struct CachedMX: Sendable, Equatable {
         self.records = records
         self.expiresAt = expiresAt
     }
+
+    /// The records of `mx_cache.answer` (JSON `[[preference, host], …]`).
+    static func records(answer json: String) -> [(preference: Int, host: String)] {
+        let pairs = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [[Any]] ?? []
+        return pairs.compactMap { p -> (Int, String)? in
+            guard p.count == 2, let pref = p[0] as? Int, let host = p[1] as? String else { return nil }
+            return (pref, host)
+        }
+    }
 }
 
 public struct StoredHostHealth: Sendable, Equatable {
@@ -49,13 +58,7 @@ extension Store {
         try read { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT status, answer, expires_at FROM mx_cache WHERE domain = ? AND expires_at > ?",
                                              arguments: [domain, now]) else { return nil }
-            let json: String = row[1]
-            let pairs = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [[Any]] ?? []
-            let records = pairs.compactMap { p -> (Int, String)? in
-                guard p.count == 2, let pref = p[0] as? Int, let host = p[1] as? String else { return nil }
-                return (pref, host)
-            }
-            return CachedMX(status: row[0], records: records, expiresAt: row[2])
+            return CachedMX(status: row[0], records: CachedMX.records(answer: row[1]), expiresAt: row[2])
         }
     }
 

@@ -51,9 +51,26 @@ public struct StoredShapingOverride: Sendable, Equatable {
     public var resetAt: Int64?
     public var version: Int64
     public var updatedAt: Int64
+
+    /// The columns of `Store.overrideColumns`, in order.
+    init(row: Row) {
+        self.init(source: row[0], destination: row[1], paused: row[2], limits: row[3], resetAt: row[4], version: row[5], updatedAt: row[6])
+    }
+
+    init(source: String, destination: String, paused: Bool, limits: String, resetAt: Int64?, version: Int64, updatedAt: Int64) {
+        self.source = source
+        self.destination = destination
+        self.paused = paused
+        self.limits = limits
+        self.resetAt = resetAt
+        self.version = version
+        self.updatedAt = updatedAt
+    }
 }
 
 extension Store {
+    static let overrideColumns = "source, destination, paused, limits, reset_at, version, updated_at"
+
     public func shapingStates() throws -> [StoredShapingState] {
         try read { db in
             try Row.fetchAll(db, sql: """
@@ -91,12 +108,8 @@ extension Store {
 
     public func shapingOverrides() throws -> [StoredShapingOverride] {
         try read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT source, destination, paused, limits, reset_at, version, updated_at FROM shaping_override ORDER BY destination, source
-                """).map {
-                StoredShapingOverride(source: $0[0], destination: $0[1], paused: $0[2], limits: $0[3], resetAt: $0[4], version: $0[5],
-                                      updatedAt: $0[6])
-            }
+            try Row.fetchAll(db, sql: "SELECT \(Store.overrideColumns) FROM shaping_override ORDER BY destination, source")
+                .map(StoredShapingOverride.init(row:))
         }
     }
 
@@ -113,11 +126,9 @@ extension Store {
                                       _ change: @escaping @Sendable (inout StoredShapingOverride) -> Void) async throws {
         _ = try await write { db in
             let version = (try Int64.fetchOne(db, sql: "SELECT coalesce(max(version), 0) FROM shaping_override") ?? 0) + 1
-            var o = try Row.fetchOne(db, sql: """
-                SELECT source, destination, paused, limits, reset_at, version, updated_at FROM shaping_override WHERE source = ? AND destination = ?
-                """, arguments: [source, destination]).map {
-                StoredShapingOverride(source: $0[0], destination: $0[1], paused: $0[2], limits: $0[3], resetAt: $0[4], version: $0[5], updatedAt: $0[6])
-            } ?? StoredShapingOverride(source: source, destination: destination, paused: false, limits: "{}", resetAt: nil, version: 0, updatedAt: now)
+            var o = try Row.fetchOne(db, sql: "SELECT \(Store.overrideColumns) FROM shaping_override WHERE source = ? AND destination = ?",
+                                     arguments: [source, destination]).map(StoredShapingOverride.init(row:))
+                ?? StoredShapingOverride(source: source, destination: destination, paused: false, limits: "{}", resetAt: nil, version: 0, updatedAt: now)
             change(&o)
             o.version = version
             o.updatedAt = now
@@ -154,10 +165,7 @@ extension Store {
     public func cachedMXHosts() throws -> [(domain: String, host: String)] {
         try read { db in
             try Row.fetchAll(db, sql: "SELECT domain, answer FROM mx_cache WHERE status = 'ok'").compactMap { row in
-                let json: String = row[1]
-                guard let pairs = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [[Any]],
-                      let host = pairs.first.flatMap({ $0.count == 2 ? $0[1] as? String : nil }) else { return nil }
-                return (row[0], host)
+                CachedMX.records(answer: row[1]).first.map { (row[0], $0.host) }
             }
         }
     }

@@ -134,7 +134,7 @@ import TernRouting
         let h2 = try Harness(store: h.store, clock: h.clock) { $0.gate = restarted }
         await h2.scheduler.runDue()
         #expect(h2.agent.sent.isEmpty)
-        #expect(restarted.admit(SendRequest(.connection, destination: "slow.test"), now: h.clock.now()) == .notBefore(h.clock.now() + 300_000))
+        #expect(restarted.admit(SendRequest(.connection, destination: "slow.test", worker: 1), now: h.clock.now()) == .notBefore(h.clock.now() + 300_000))
         // It ends on time, and the waiting mail goes.
         h.clock.advance(seconds: 300)
         await h2.scheduler.runDue()
@@ -147,11 +147,13 @@ import TernRouting
         let store = try Store(path: FileManager.default.temporaryDirectory.appendingPathComponent("tern-shape-\(UUID().uuidString)/t.sqlite").path)
         let g = gate(store) { $0.defaults.connections = 5 }
         try g.load(now: 1_000)
-        let req = SendRequest(.connection, destination: "example.test")
+        // Connections are named by the scheduler's worker ids.
+        let req = SendRequest(.connection, destination: "example.test", worker: 1)
+        let second = SendRequest(.connection, destination: "example.test", worker: 2)
         #expect(g.admit(req, now: 1_000) == .go)
         try await store.changeShapingOverride(destination: "example.test", now: 2_000, event: .shapingPaused, detail: "{}", reset: false) { $0.paused = true }
         g.pollOverrides()
-        #expect(g.admit(req, now: 2_000) == .notBefore(3_000))
+        #expect(g.admit(second, now: 2_000) == .notBefore(3_000))
         try await store.changeShapingOverride(destination: "example.test", now: 3_000, event: .shapingSet, detail: "{}", reset: false) {
             $0.limits = #"{"connections":1}"#
         }
@@ -160,9 +162,9 @@ import TernRouting
         }
         g.pollOverrides()
         // One already open (admitted above): the operator's limit of one holds the next.
-        #expect(g.admit(req, now: 3_000) == .busy)
+        #expect(g.admit(second, now: 3_000) == .busy)
         g.ended(req, now: 3_000)
-        #expect(g.admit(req, now: 3_000) == .go)
+        #expect(g.admit(second, now: 3_000) == .go)
         #expect(g.terms(SendRequest(.message, destination: "example.test"), now: 3_000) == ConnectionTerms())
         #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM event WHERE kind LIKE 'shaping_%'") } == 3)
     }
