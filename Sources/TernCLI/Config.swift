@@ -10,6 +10,7 @@ import TOMLKit
 import TernAuth
 import TernDKIM
 import TernDelivery
+import TernIntake
 import TernListener
 import TernMailAuth
 import TernProtocol
@@ -102,6 +103,14 @@ public struct TernSettings: Sendable {
     public var throttleRules: [ThrottleRule] = []
     public var bounceRules: [BounceRule] = []
     public var suppressCategories: [BounceCategory] = BounceCategory.allCases.filter { BounceCategory.suppressingByDefault.contains($0) }
+    // Sources, pools, warm-up and blocklists (SourceSettings.swift).
+    public var sources: [SourceConfig] = []
+    public var pools: [PoolConfig] = []
+    public var poolRules: [PoolRule] = []
+    public var warmupPlans: [WarmupPlan] = []
+    public var blocklist = BlocklistConfig()
+    /// The header field that names a message's pool ("": none).
+    public var poolHeader = "X-Tern-Pool"
     /// SPF, DKIM and DMARC for mail from other MTAs (`[verify]`).
     public var verifyPolicy: VerifyPolicy = .record
     /// "" stands for the host name.
@@ -236,7 +245,8 @@ extension TernSettings {
 
     private mutating func apply(_ document: TOMLTable, origin: String) throws {
         let tables = Set(TernSettings.declared.compactMap(\.table))
-        let topKeys = Set(TernSettings.declared.filter { $0.table == nil }.map(\.key)).union(tables).union(["listener", "dkim", "provider", "throttle_rule", "bounce_rule"])
+        let topKeys = Set(TernSettings.declared.filter { $0.table == nil }.map(\.key)).union(tables).union(["listener", "dkim", "provider", "throttle_rule", "bounce_rule", "source", "pool",
+                                                                                                                   "pool_rule", "warmup_plan"])
         for key in document.keys where !topKeys.contains(key) {
             throw ConfigError("unknown key '\(key)' (known: \(topKeys.sorted().joined(separator: ", ")))")
         }
@@ -269,6 +279,22 @@ extension TernSettings {
         if let r = document["bounce_rule"] {
             bounceRules = try TernSettings.bounceRuleTables(r)
             origins["bounce_rule"] = origin
+        }
+        if let v = document["source"] {
+            sources = try TernSettings.sourceTables(v)
+            origins["source"] = origin
+        }
+        if let v = document["pool"] {
+            pools = try TernSettings.poolTables(v)
+            origins["pool"] = origin
+        }
+        if let v = document["pool_rule"] {
+            poolRules = try TernSettings.poolRuleTables(v)
+            origins["pool_rule"] = origin
+        }
+        if let v = document["warmup_plan"] {
+            warmupPlans = try TernSettings.warmupPlanTables(v)
+            origins["warmup_plan"] = origin
         }
         if let p = document["provider"] {
             providers = try TernSettings.providerTables(p)
@@ -448,6 +474,7 @@ extension TernSettings {
             }
         }
         for (message, holds) in TernSettings.crossChecks where !holds(self) { throw ConfigError(message) }
+        try validateSources()
     }
 
     /// Checks that need the file and the flags together (run by `serve` once both are applied).

@@ -93,6 +93,7 @@ extension TernSettings {
         for r in bounceRules {
             out += "\n[[bounce_rule]]  # \(origin("bounce_rule"))\n" + TernSettings.matcherTOML(r.matcher) + "category = \"\(r.category.rawValue)\"\n"
         }
+        out += sourcesTOML
         for k in dkimKeys {
             out += "\n[[dkim]]  # \(origin("dkim"))\ndomain = \(SettingValue.quoted(k.domain))\nselector = \(SettingValue.quoted(k.selector))\n"
             out += "key_file = \(SettingValue.quoted(k.keyFile))\n"

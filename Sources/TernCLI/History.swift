@@ -122,7 +122,7 @@ enum HistoryFormatter {
 struct Stats: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Routing statistics, the queue's shape, and recipient-list analytics.",
-        subcommands: [Routes.self, QueueShape.self, Recipients.self, Rebuild.self])
+        subcommands: [Routes.self, QueueShape.self, Recipients.self, Sources.self, Rebuild.self])
 
     struct Rebuild: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -160,7 +160,10 @@ struct Stats: ParsableCommand {
             let w = try TimeArgument.window(since: window.since, until: window.until, defaultSince: "24h", now: now)!
             let domains: [DomainStats], hosts: [MXStats], cooling: [StoredHostHealth], categories: [CategoryCount], shaping: [ShapingView.Row]
             let changes: [(at: Int64, kind: String, detail: String)]
+            let listed: [StoredBlocklistStatus], unbound: [StoredSourceStatus]
             do {
+                listed = try store.blocklistStatuses().filter(\.listed)
+                unbound = try store.sourceStatuses().filter { $0.bindError != nil }
                 (domains, hosts) = try store.routeStats(w, now: now, limit: limit)
                 cooling = try store.coolingHosts(now: now)
                 categories = try store.categoryCounts(w)
@@ -168,7 +171,7 @@ struct Stats: ParsableCommand {
                 changes = try store.shapingEvents(since: w.since, limit: limit).filter { $0.at < w.until }
             } catch { throw fail("\(error)", code: 74) }
             print(StatsFormatter.routes(domains, hosts, cooling: cooling, window: w, format: format, table: settings.providerTable,
-                                        categories: categories, shaping: shaping, changes: changes),
+                                        categories: categories, shaping: shaping, changes: changes, listed: listed, unbound: unbound),
                   terminator: format == .json ? "\n" : "")
         }
     }
@@ -239,7 +242,8 @@ enum StatsFormatter {
 
     static func routes(_ domains: [DomainStats], _ hosts: [MXStats], cooling: [StoredHostHealth], window w: TimeWindow,
                        format: ReportFormat, table: ProviderTable = ProviderTable(), categories: [CategoryCount] = [],
-                       shaping: [ShapingView.Row] = [], changes: [(at: Int64, kind: String, detail: String)] = []) -> String {
+                       shaping: [ShapingView.Row] = [], changes: [(at: Int64, kind: String, detail: String)] = [],
+                       listed: [StoredBlocklistStatus] = [], unbound: [StoredSourceStatus] = []) -> String {
         // A change's detail: {"destination", "reason", "until", "factor", …}.
         let parsed = changes.map { c -> (at: Int64, kind: String, fields: [String: Any]) in
             (c.at, String(c.kind.dropFirst("shaping_".count)),
@@ -253,6 +257,14 @@ enum StatsFormatter {
                              ("until", jsonInt64((c.fields["until"] as? NSNumber)?.int64Value))])
                 })),
                 ("failures_by_category", categoriesJSON(categories)),
+                ("sources_listed", .array(listed.map { l in
+                    .object([("source", .string(l.source)), ("query", .string(l.query)), ("zone", .string(l.zone)), ("code", jsonString(l.code)),
+                             ("reason", jsonString(l.reason)), ("since", .int64(l.changedAt))])
+                })),
+                ("sources_unbound", .array(unbound.map { u in
+                    .object([("source", .string(u.source)), ("address", .string(u.address)), ("error", jsonString(u.bindError)),
+                             ("since", jsonInt64(u.failedAt))])
+                })),
                 ("shaping", .array(shaping.map { r in
                     .object([("destination", .string(r.destination)), ("state", .string(r.mode.rawValue)), ("reason", jsonString(r.reason)),
                              ("until", jsonInt64(r.until)), ("factor", .double(r.factor))])
@@ -313,6 +325,10 @@ enum StatsFormatter {
                 [time(c.at), c.fields["destination"] as? String ?? "-", c.kind, ShapingView.time((c.fields["until"] as? NSNumber)?.int64Value),
                  c.fields["reason"] as? String ?? "-"] }))
             + "\nFailed attempts by category, attempts started in the window\n\n" + categoriesTable(categories)
+            + "\nSources listed on a blocklist or out of rotation now (tern warmup status, tern blocklist check)\n\n"
+            + (listed.isEmpty && unbound.isEmpty ? "(none)\n" : renderTable(header: ["SOURCE", "STATUS", "SINCE", "WHY"],
+                rows: listed.map { [$0.source, "listed on \($0.zone) (\($0.code ?? "?"))", time($0.changedAt), $0.reason ?? "-"] }
+                    + unbound.map { [$0.source, "cannot bind \($0.address)", time($0.failedAt), $0.bindError ?? "-"] }))
     }
 
     static func queue(_ rows: [QueueShapeRow], format: ReportFormat) -> String {

@@ -18,6 +18,7 @@ import TernDKIM
 import TernDelivery
 import TernIntake
 import TernListener
+import TernMailAuth
 import TernProtocol
 import TernRouting
 import TernScheduler
@@ -136,11 +137,17 @@ struct Serve: AsyncParsableCommand {
         }
         // Traffic shaping: per-destination limits and throttling rules, asked
         // before each connection and message; its state survives a restart.
+        // Source addresses and pools; warm-up caps are part of the same gate
+        // (with shaping off, a gate without limits carries them alone).
         var schedulerConfig = settings.schedulerConfig
+        let sourceBook = settings.sourceBook
+        schedulerConfig.sources = sourceBook
         var shaping: ShapingGate? = nil
-        if settings.shapingEnabled {
-            let gate = ShapingGate(config: settings.shapingConfig, providers: settings.providerTable, classifier: settings.classifier,
-                                   routes: settings.routes, store: store, logger: logger)
+        let warming = Dictionary(uniqueKeysWithValues: settings.sources.compactMap { s in s.warmup.map { (s.name, $0) } })
+        if settings.shapingEnabled || !warming.isEmpty {
+            let gate = ShapingGate(config: settings.shapingEnabled ? settings.shapingConfig : ShapingConfig(), providers: settings.providerTable,
+                                   classifier: settings.classifier, routes: settings.routes, sources: settings.sources.map(\.name),
+                                   warmupPlans: settings.warmupPlans, warming: warming, store: store, logger: logger)
             do { try gate.load(now: nowMillis()) } catch { throw fail("cannot read the shaping state: \(error)", code: 74) }
             schedulerConfig.gate = gate
             shaping = gate
@@ -171,7 +178,7 @@ struct Serve: AsyncParsableCommand {
         // --no-deliver, mail is queued and claimed the usual way.
         let intake = Intake(store: store, hostname: settings.hostname, logger: logger,
                             handoff: settings.deliver ? scheduler : nil, maxHops: settings.maxHops, signer: signer,
-                            onAccepted: { scheduler.wake() })
+                            pools: settings.poolChooser, onAccepted: { scheduler.wake() })
         var listenerConfig = settings.listenerConfig
         listenerConfig.onBound = { own.set($0) }
         listenerConfig.recipients = RecipientTable()
@@ -197,8 +204,19 @@ struct Serve: AsyncParsableCommand {
         // then the scheduler finishes the deliveries in progress.
         if !settings.deliver { logger.notice("delivery is off (--no-deliver): mail is accepted and queued only") }
         let sweeper = RetentionSweeper(store: store, policy: settings.retention, intervalSeconds: settings.retentionSweepSeconds, logger: logger)
+        // Blocklist monitoring of the sources, through the same resolver.
+        let psl = try? PublicSuffixList(path: settings.publicSuffixList)
+        let blocklists = BlocklistMonitor(config: settings.blocklist, sources: sourceBook, dns: resolver, store: store,
+                                          domainOf: { psl?.organizationalDomain($0) ?? $0 }, logger: logger)
+        do { try blocklists.applyHolds() } catch { throw fail("cannot read the blocklist status: \(error)", code: 74) }
+        if !sourceBook.isEmpty {
+            logger.info("sources", metadata: [
+                "sources": "\(settings.sources.map { "\($0.name)=\($0.address)" })", "pools": "\(settings.pools.map(\.name))",
+                "warming": "\(warming.keys.sorted())",
+            ])
+        }
         let serviceList: [ServiceGroupConfiguration.ServiceConfiguration] =
-            [.init(service: sweeper)] + (shaping.map { [.init(service: $0)] } ?? [])
+            [.init(service: sweeper), .init(service: blocklists)] + (shaping.map { [.init(service: $0)] } ?? [])
             + (settings.deliver ? [.init(service: scheduler)] : []) + [.init(service: listener)]
         var groupConfig = ServiceGroupConfiguration(services: serviceList, logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .seconds(settings.shutdownGrace + 5)

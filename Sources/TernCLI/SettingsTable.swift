@@ -11,7 +11,7 @@ import TernMessage
 import TernProtocol
 
 extension TernSettings {
-    public static let declared: [Setting] = top + delivery + limits + tls + auth + retention + signing + verify + shaping
+    public static let declared: [Setting] = top + delivery + limits + tls + auth + retention + signing + verify + shaping + blocklistSettings
 
     /// Keys of one `[[listener]]` table: name, kind, help.
     static let listenerKeys: [(String, Setting.Kind, String)] = [
@@ -81,6 +81,8 @@ extension TernSettings {
                 "STARTTLS: none; may (when offered, unverified); require (always, unverified); verify (always, certificate checked)"),
         .optional("delivery.tls_ca_file", \.tlsCAFile, flag: "tls-ca-file", "trusted roots (PEM) for verify; none: the system's"),
         .bool("delivery.suppress_on_hard_bounce", \.suppressOnHardBounce, "a hard bounce of the suppress_categories adds the address to the suppression list"),
+        .string("delivery.pool_header", \.poolHeader,
+                "the header field that names a message's source pool (from submission, local, authenticated and trusted clients; removed from every message); empty: none"),
         .list("delivery.suppress_categories", \.suppressCategories, parse: { text in
             guard let c = BounceCategory(rawValue: text) else {
                 throw ConfigError("'delivery.suppress_categories': \(text) is not one of \(BounceCategory.allCases.map(\.rawValue).joined(separator: ", "))")

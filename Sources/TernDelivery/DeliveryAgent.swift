@@ -31,8 +31,12 @@ public struct AttemptContext: Sendable, Equatable {
     public var remoteDSN: Bool
     /// The local address the connection left from (`attempt.source_address`).
     public var sourceAddress: String?
+    /// The `[[source]]` it left from (`attempt.source`); nil: the kernel chose.
+    public var source: String?
 
-    public init(mxHost: String? = nil, mxAddress: String? = nil, tls: String? = nil, remoteDSN: Bool = false, sourceAddress: String? = nil) {
+    public init(mxHost: String? = nil, mxAddress: String? = nil, tls: String? = nil, remoteDSN: Bool = false, sourceAddress: String? = nil,
+                source: String? = nil) {
+        self.source = source
         self.mxHost = mxHost
         self.mxAddress = mxAddress
         self.tls = tls
@@ -71,6 +75,26 @@ public enum ConnectOutcome: Sendable {
     case connected(any DeliveryConnection)
     /// No connection: the reply applies to every recipient (4xx defer, 5xx bounce).
     case failed(SMTPReply, AttemptContext)
+    /// The source's address cannot be bound (it is gone from this host):
+    /// nothing was tried; the source leaves rotation and the mail goes from another.
+    case sourceUnavailable(String)
+}
+
+/// A local address outbound connections leave from (`[[source]]`), with
+/// the name it gives in EHLO.
+public struct OutboundSource: Sendable, Hashable, CustomStringConvertible {
+    public var name: String
+    public var address: IPAddress
+    /// EHLO/HELO name; nil: the server's.
+    public var ehlo: String?
+
+    public init(name: String, address: IPAddress, ehlo: String? = nil) {
+        self.name = name
+        self.address = address
+        self.ehlo = ehlo
+    }
+
+    public var description: String { "\(name) (\(address))" }
 }
 
 public protocol DeliveryAgent: Sendable {
@@ -78,8 +102,14 @@ public protocol DeliveryAgent: Sendable {
     /// `requireTLS`: the destination's shaping limits want TLS; a server
     /// that does not offer it (or a failed handshake) defers, never plaintext.
     func connect(domain: String, requireTLS: Bool) async -> ConnectOutcome
+    /// `source`: bind the connection to this local address and introduce
+    /// ourselves with its EHLO name (nil: the kernel's choice).
+    func connect(domain: String, requireTLS: Bool, source: OutboundSource?) async -> ConnectOutcome
 }
 
 extension DeliveryAgent {
     public func connect(domain: String, requireTLS: Bool) async -> ConnectOutcome { await connect(domain: domain) }
+    public func connect(domain: String, requireTLS: Bool, source: OutboundSource?) async -> ConnectOutcome {
+        await connect(domain: domain, requireTLS: requireTLS)
+    }
 }

@@ -47,6 +47,8 @@ public struct ClientConfig: Sendable {
 enum OpenResult {
     case success(SMTPClientConnection)
     case failure(ClientOpenFailure)
+    /// The source address cannot be bound here (gone from the host).
+    case cannotBind(String)
 }
 
 /// TLS contexts, made once per agent (loading roots is not cheap).
@@ -86,19 +88,20 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
     var isReusable: Bool { !aborted && !session.broken && channel.isActive }
 
     private init(channel: Channel, handler: NIOLoopBound<SMTPReplyHandler>, config: ClientConfig, session: ClientSession.Config,
-                 hop: Hop, logger: Logger?) {
+                 hop: Hop, source: OutboundSource?, logger: Logger?) {
         self.logger = logger
         self.channel = channel
         self.handler = handler
         self.config = config
         self.session = ClientSession(session)
         self.context = AttemptContext(mxHost: hop.host, mxAddress: hop.address.description,
-                                      sourceAddress: channel.localAddress?.ipAddress)
+                                      sourceAddress: channel.localAddress?.ipAddress, source: source?.name)
     }
 
     /// Connects, reads the greeting, introduces itself and puts TLS on as
     /// the policy says. On failure, the reply to record (4xx: try the next hop).
-    static func open(_ hop: Hop, config: ClientConfig, tls: TLSContexts?, group: EventLoopGroup, logger: Logger? = nil) async -> OpenResult {
+    static func open(_ hop: Hop, config: ClientConfig, tls: TLSContexts?, group: EventLoopGroup, source: OutboundSource? = nil,
+                     logger: Logger? = nil) async -> OpenResult {
         let channel: Channel
         let handler: NIOLoopBound<SMTPReplyHandler>
         do {
@@ -108,7 +111,15 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             let slot = NIOLockedValueBox<NIOLoopBound<SMTPReplyHandler>?>(nil)
             // On the loop the worker runs on, when it runs on one: its
             // exchanges then stay on that thread.
-            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.currentEventLoop ?? group)
+            var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.currentEventLoop ?? group)
+            if let source {
+                let local: SocketAddress
+                do { local = try SocketAddress(ipAddress: source.address.description, port: 0) } catch {
+                    return .cannotBind("\(source.address) is not an address: \(error)")
+                }
+                bootstrap = bootstrap.bind(to: local)
+            }
+            channel = try await bootstrap
                 .connectTimeout(.seconds(config.connectTimeout))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { ch in
@@ -122,11 +133,15 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
             guard let h = slot.withLockedValue({ $0 }) else { throw ClientFault.closed }
             handler = h
         } catch {
+            if let source, let io = error as? IOError, io.errnoCode == EADDRNOTAVAIL || io.errnoCode == EINVAL {
+                return .cannotBind("cannot bind \(source.address): \(io)")
+            }
             return .failure(.failure(SMTPReply(451, .noAnswerFromHost, "connect to \(hop) failed: \(error)")))
         }
         let sessionConfig = ClientSession.Config(heloName: config.heloName, tlsPolicy: config.tlsPolicy, tlsAvailable: tls != nil,
                                                  maxHops: config.maxHops, host: hop.host, peer: "\(hop)")
-        let c = SMTPClientConnection(channel: channel, handler: handler, config: config, session: sessionConfig, hop: hop, logger: logger)
+        let c = SMTPClientConnection(channel: channel, handler: handler, config: config, session: sessionConfig, hop: hop, source: source,
+                                     logger: logger)
         var action = c.session.start()
         while true {
             switch action {

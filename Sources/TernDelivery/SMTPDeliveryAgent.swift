@@ -75,7 +75,12 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
     }
 
     public func connect(domain: String, requireTLS: Bool) async -> ConnectOutcome {
+        await connect(domain: domain, requireTLS: requireTLS, source: nil)
+    }
+
+    public func connect(domain: String, requireTLS: Bool, source: OutboundSource?) async -> ConnectOutcome {
         var config = self.config
+        if let ehlo = source?.ehlo { config.heloName = ehlo }
         if requireTLS, config.tlsPolicy == .none || config.tlsPolicy == .may { config.tlsPolicy = .require }
         if requireTLS, tls == nil {
             return .failed(SMTPReply(451, .encryptionNeeded, "TLS is required for \(domain) and this server has TLS for delivery turned off"), AttemptContext())
@@ -84,11 +89,17 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
         case .bounce(let r), .deferral(let r):
             return .failed(r, AttemptContext())
         case .hops(let planned):
-            let (hops, skipped) = health?.arrange(planned) ?? (planned, [])
+            // A source binds one address family: hops of the other are not for it.
+            let reachable = source.map { s in planned.filter { $0.address.isIPv4 == s.address.isIPv4 } } ?? planned
+            if reachable.isEmpty, let s = source {
+                return .failed(SMTPReply(451, .unableToRoute, "no MX host of \(domain) has an \(s.address.isIPv4 ? "IPv4" : "IPv6") address for source \(s)"),
+                               AttemptContext(source: s.name))
+            }
+            let (hops, skipped) = health?.arrange(reachable, source: source?.name) ?? (reachable, [])
             if hops.isEmpty, let first = skipped.min(by: { $0.until < $1.until }) {
                 let reply = SMTPReply(451, .noAnswerFromHost,
                                       "All MX hosts of \(domain) are cooling down after repeated failures (\(first.hop) until \(Date(timeIntervalSince1970: Double(first.until) / 1000)))")
-                return .failed(reply, AttemptContext(mxHost: first.hop.host))
+                return .failed(reply, AttemptContext(mxHost: first.hop.host, source: source?.name))
             }
             var last: (SMTPReply, AttemptContext)? = nil
             hopLoop: for hop in hops {
@@ -98,31 +109,34 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
                     logger.warning("next hop is this server", metadata: ["mx": "\(hop)", "domain": "\(domain)"])
                     if last != nil { break hopLoop }
                     return .failed(SMTPReply(554, .routingLoop, "mail for \(domain) loops back to myself (\(hop) is where this server listens)"),
-                                   AttemptContext(mxHost: hop.host, mxAddress: hop.address.description))
+                                   AttemptContext(mxHost: hop.host, mxAddress: hop.address.description, source: source?.name))
                 }
-                var result = await SMTPClientConnection.open(hop, config: config, tls: tls, group: group, logger: logger)
+                var result = await SMTPClientConnection.open(hop, config: config, tls: tls, group: group, source: source, logger: logger)
                 if case .failure(.tlsFailure(let reply)) = result, config.tlsPolicy == .may {
                     // Opportunistic TLS: a broken handshake is no reason not to deliver.
                     logger.info("STARTTLS failed; retrying in plaintext", metadata: ["mx": "\(hop)", "reply": "\(reply)"])
                     var plain = config
                     plain.tlsPolicy = .none
-                    result = await SMTPClientConnection.open(hop, config: plain, tls: nil, group: group, logger: logger)
+                    result = await SMTPClientConnection.open(hop, config: plain, tls: nil, group: group, source: source, logger: logger)
                 }
                 switch result {
                 case .failure(.loop(let reply)):
                     logger.warning("next hop is this server", metadata: ["mx": "\(hop)", "reply": "\(reply)"])
                     if last != nil { break hopLoop }
-                    return .failed(reply, AttemptContext(mxHost: hop.host, mxAddress: hop.address.description))
+                    return .failed(reply, AttemptContext(mxHost: hop.host, mxAddress: hop.address.description, source: source?.name))
+                case .cannotBind(let why):
+                    // Not the host's fault: the breaker learns nothing.
+                    return .sourceUnavailable(why)
                 case .success(let c):
-                    health?.succeeded(hop)
+                    health?.succeeded(hop, source: source?.name)
                     return .connected(c)
                 case .failure(.failure(let reply)), .failure(.tlsFailure(let reply)):
-                    health?.failed(hop, reply: reply)
-                    logger.info("hop failed", metadata: ["mx": "\(hop)", "reply": "\(reply)"])
-                    last = (reply, AttemptContext(mxHost: hop.host, mxAddress: hop.address.description))
+                    health?.failed(hop, source: source?.name, reply: reply)
+                    logger.info("hop failed", metadata: ["mx": "\(hop)", "source": "\(source?.name ?? "-")", "reply": "\(reply)"])
+                    last = (reply, AttemptContext(mxHost: hop.host, mxAddress: hop.address.description, source: source?.name))
                 }
             }
-            let (reply, ctx) = last ?? (SMTPReply(451, .unableToRoute, "no route to \(domain)"), AttemptContext())
+            let (reply, ctx) = last ?? (SMTPReply(451, .unableToRoute, "no route to \(domain)"), AttemptContext(source: source?.name))
             return .failed(reply, ctx)
         }
     }

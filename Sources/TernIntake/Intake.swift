@@ -31,6 +31,8 @@ public final class Intake: Sendable {
     /// Signs mail from submission, local and trusted or authenticated
     /// clients, once, here: the stored body is what is sent, and a retry never signs again.
     public let signer: DKIMSigner?
+    /// Chooses each message's source pool (nil: every message in the default pool).
+    public let pools: PoolChooser?
 
     /// `clock` returns Unix milliseconds (injected so tests control time);
     /// `onAccepted` runs after each commit that queued recipients the usual
@@ -38,8 +40,9 @@ public final class Intake: Sendable {
     /// the messages it has room for straight from memory.
     public init(store: Store, hostname: String, logger: Logger = Logger(label: "tern.intake"),
                 clock: @escaping @Sendable () -> Int64 = { nowMillis() }, handoff: (any IntakeHandoff)? = nil,
-                maxHops: Int = 50, signer: DKIMSigner? = nil, onAccepted: @escaping @Sendable () -> Void = {}) {
+                maxHops: Int = 50, signer: DKIMSigner? = nil, pools: PoolChooser? = nil, onAccepted: @escaping @Sendable () -> Void = {}) {
         self.store = store
+        self.pools = pools
         self.signer = signer
         self.maxHops = maxHops
         self.hostname = hostname
@@ -161,10 +164,20 @@ public final class Intake: Sendable {
         if let authentication { prefix += "Authentication-Results: \(authentication.results)\r\n" }
         var data = Data(capacity: prefix.utf8.count + body.readableBytes)
         data.append(contentsOf: prefix.utf8)
+        // The pool tag is read, and removed before signing: it is never sent.
+        let tagName = pools?.header?.lowercased()
+        var tag: String? = nil
         body.withUnsafeReadableBytes { raw in
+            let forged = authentication != nil && HeaderBlock.count("Authentication-Results", in: raw) > 0
+            if let tagName, HeaderBlock.count(tagName, in: raw) > 0 { tag = HeaderBlock.firstValue(tagName, in: raw) }
             // Copied through a rebuilt header only when it holds such fields at all.
-            if let authentication, HeaderBlock.count("Authentication-Results", in: raw) > 0 {
-                data.append(contentsOf: Intake.withoutForgedResults(raw, authservID: authentication.authservID))
+            if forged || tag != nil {
+                let ours = authentication?.authservID.lowercased()
+                data.append(contentsOf: Intake.without(raw) { f in
+                    if f.lowercasedName == tagName { return true }
+                    guard let ours, f.lowercasedName == "authentication-results" else { return false }
+                    return Intake.authservID(of: f) == ours
+                })
             } else {
                 data.append(contentsOf: raw)
             }
@@ -172,6 +185,7 @@ public final class Intake: Sendable {
         // Ours to sign: submission and local mail, and mail from trusted or
         // authenticated clients; never mail relayed for the world.
         let ours = origin == .submission || origin == .local || envelope.trustedClient || authUser != nil
+        let pool = pools?.choose(mailFrom: envelope.mailFrom?.address ?? "", authUser: authUser, origin: origin, tag: tag, mayTag: ours)
         if let signer, sign, ours {
             do {
                 let signature = try signer.sign(Array(data), now: now / 1000)
@@ -184,29 +198,38 @@ public final class Intake: Sendable {
             NewRecipient(address: r.mailbox.address, domain: r.mailbox.normalizedDomain,
                          notify: r.notify?.storedForm, orcpt: r.orcpt?.storedForm)
         }
-        return NewMessage(
+        var message = NewMessage(
             queueID: queueID, receivedAt: now, mailFrom: envelope.mailFrom?.address ?? "", body: data,
             clientAddress: envelope.clientAddress.isEmpty ? nil : envelope.clientAddress,
             helo: envelope.helo.isEmpty ? nil : envelope.helo, authUser: authUser,
             headerMessageID: messageID, envID: envelope.parameters.envelopeID,
             ret: envelope.parameters.ret?.rawValue, bodyType: envelope.parameters.body?.rawValue,
             smtputf8: envelope.parameters.smtputf8, origin: origin.rawValue, recipients: recipients, authentication: authentication)
+        message.pool = pool
+        return message
+    }
+
+    /// The authserv-id an Authentication-Results: field claims, lower-cased.
+    static func authservID(of f: RawHeaderField) -> String {
+        let value = String(decoding: DKIMCanonical.value(of: f), as: UTF8.self)
+        return (value.split(separator: ";", maxSplits: 1).first.map { $0.split(whereSeparator: { $0.isWhitespace }).first.map(String.init) ?? "" } ?? "")
+            .lowercased()
     }
 
     /// The message without the Authentication-Results: fields that claim our
     /// authserv-id (RFC 8601 §5: a sender could forge our verdicts). The body is untouched.
     static func withoutForgedResults(_ message: UnsafeRawBufferPointer, authservID: String) -> [UInt8] {
+        let ours = authservID.lowercased()
+        return without(message) { $0.lowercasedName == "authentication-results" && Intake.authservID(of: $0) == ours }
+    }
+
+    /// The message without the header fields `drop` picks. The body is untouched.
+    static func without(_ message: UnsafeRawBufferPointer, drop: (RawHeaderField) -> Bool) -> [UInt8] {
         let bytes = Array(message)
         let (fields, _) = DKIMCanonical.split(bytes)
-        let ours = authservID.lowercased()
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count)
-        for f in fields {
-            if f.lowercasedName == "authentication-results" {
-                let value = String(decoding: DKIMCanonical.value(of: f), as: UTF8.self)
-                let id = value.split(separator: ";", maxSplits: 1).first.map { $0.split(whereSeparator: { $0.isWhitespace }).first.map(String.init) ?? "" } ?? ""
-                if id.lowercased() == ours { continue }
-            }
+        for f in fields where !drop(f) {
             out += f.raw
         }
         // The fields lie end to end from the start: what follows them (the empty line and the body) is copied as it is.

@@ -57,33 +57,47 @@ public struct HostRecord: Sendable, Equatable {
     }
 }
 
-/// How delivery asks about and reports on MX hosts.
+/// How delivery asks about and reports on MX hosts. With a `source` (a
+/// `[[source]]` name), the book is the one of that source and host: a host
+/// that refuses one source address may take another (issue 19).
 public protocol HostHealth: Sendable {
     /// The hops to try in order, and those left out because their host is cooling down (with when it ends).
-    func arrange(_ hops: [Hop]) -> (usable: [Hop], skipped: [(hop: Hop, until: Int64)])
+    func arrange(_ hops: [Hop], source: String?) -> (usable: [Hop], skipped: [(hop: Hop, until: Int64)])
     /// The hop greeted and accepted EHLO/HELO.
-    func succeeded(_ hop: Hop)
+    func succeeded(_ hop: Hop, source: String?)
     /// The hop could not be reached, or greeted with an error.
-    func failed(_ hop: Hop, reply: SMTPReply)
+    func failed(_ hop: Hop, source: String?, reply: SMTPReply)
+}
+
+extension HostHealth {
+    public func arrange(_ hops: [Hop]) -> (usable: [Hop], skipped: [(hop: Hop, until: Int64)]) { arrange(hops, source: nil) }
+    public func succeeded(_ hop: Hop) { succeeded(hop, source: nil) }
+    public func failed(_ hop: Hop, reply: SMTPReply) { failed(hop, source: nil, reply: reply) }
+}
+
+extension Hop {
+    /// The breaker's key: the endpoint, and the source when there is one
+    /// ("[192.0.2.1]:25 from a"; `mx_health.host`).
+    public func breakerKey(source: String?) -> String { source.map { "\(endpoint) from \($0)" } ?? endpoint }
 }
 
 public enum Breaker {
     /// Drops hops of cooling-down endpoints; within one preference, fewer
     /// consecutive failures first (otherwise as planned). `records` are
-    /// keyed by `Hop.endpoint`.
-    public static func arrange(_ hops: [Hop], records: [String: HostRecord], now: Int64)
+    /// keyed by `Hop.breakerKey(source:)`.
+    public static func arrange(_ hops: [Hop], records: [String: HostRecord], now: Int64, source: String? = nil)
         -> (usable: [Hop], skipped: [(hop: Hop, until: Int64)]) {
         var usable: [(Int, Hop)] = []
         var skipped: [(hop: Hop, until: Int64)] = []
         for (i, hop) in hops.enumerated() {
-            if let r = records[hop.endpoint], r.coolingDown(at: now) {
+            if let r = records[hop.breakerKey(source: source)], r.coolingDown(at: now) {
                 skipped.append((hop, r.cooldownUntil!))
             } else {
                 usable.append((i, hop))
             }
         }
         usable.sort { a, b in
-            let fa = records[a.1.endpoint]?.failures ?? 0, fb = records[b.1.endpoint]?.failures ?? 0
+            let fa = records[a.1.breakerKey(source: source)]?.failures ?? 0, fb = records[b.1.breakerKey(source: source)]?.failures ?? 0
             return (a.1.preference, fa, a.0) < (b.1.preference, fb, b.0)
         }
         return (usable.map(\.1), skipped)

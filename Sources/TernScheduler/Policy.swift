@@ -169,8 +169,10 @@ public enum Policy {
         case .deferred: kind = .deferred
         case .bounced: kind = .bounced
         }
-        return NewAttempt(recipientID: r.id, startedAt: started, endedAt: ended, mxHost: ctx.mxHost, mxAddress: ctx.mxAddress,
-                          sourceAddress: ctx.sourceAddress, tls: ctx.tls, code: reply.code, enhanced: reply.enhanced?.description, text: reply.text,
-                          outcome: kind, category: category, domain: r.domain)
+        var attempt = NewAttempt(recipientID: r.id, startedAt: started, endedAt: ended, mxHost: ctx.mxHost, mxAddress: ctx.mxAddress,
+                                 sourceAddress: ctx.sourceAddress, tls: ctx.tls, code: reply.code, enhanced: reply.enhanced?.description,
+                                 text: reply.text, outcome: kind, category: category, domain: r.domain)
+        attempt.source = ctx.source
+        return attempt
     }
 }

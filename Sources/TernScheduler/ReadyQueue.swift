@@ -1,5 +1,5 @@
 // Mail handed over by intake: leased in the same transaction that stored
-// it, held in memory by destination until a worker takes it, so that a new
+// it, held in memory by lane (domain and source pool) until a worker takes it, so that a new
 // message goes out without being claimed and read back from the store. The
 // queue is bounded (recipients and body bytes, reserved before the commit);
 // mail beyond the bounds is stored unleased and claimed the usual way.
@@ -22,14 +22,14 @@ struct ReadyQueue {
     /// released at once. (An array with a head index kept up to 1,024 taken
     /// messages, bodies included: 100 MiB of 100 KiB messages, which showed
     /// as the server's peak RSS.)
-    private var items: [String: CircularBuffer<Item>] = [:]
+    private var items: [Lane: CircularBuffer<Item>] = [:]
     /// Recipients waiting, by destination.
-    private(set) var waiting: [String: Int] = [:]
+    private(set) var waiting: [Lane: Int] = [:]
     /// Reserved by intake or waiting here, against the limits.
     var heldRecipients = 0
     var heldBytes = 0
 
-    func waiting(for domain: String) -> Int { waiting[domain, default: 0] }
+    func waiting(for lane: Lane) -> Int { waiting[lane, default: 0] }
 
     /// Reserves room for a message about to be committed; false when it
     /// would exceed a limit.
@@ -47,23 +47,23 @@ struct ReadyQueue {
         heldBytes -= bytes
     }
 
-    mutating func append(_ item: Item, for domain: String) {
-        items[domain, default: CircularBuffer()].append(item)
-        waiting[domain, default: 0] += item.recipients.count
+    mutating func append(_ item: Item, for lane: Lane) {
+        items[lane, default: CircularBuffer()].append(item)
+        waiting[lane, default: 0] += item.recipients.count
     }
 
-    /// Takes whole messages of `domain`, up to `maxRecipients` recipients
+    /// Takes whole messages of `lane`, up to `maxRecipients` recipients
     /// (at least one message) and `maxMessages` messages. Items whose lease
     /// ends before `staleBefore` are taken out too but returned apart: their
     /// lease must outlast the delivery, so they go back to the store.
-    mutating func take(_ domain: String, maxRecipients: Int, maxMessages: Int,
+    mutating func take(_ lane: Lane, maxRecipients: Int, maxMessages: Int,
                        staleBefore: Int64) -> (fresh: [Item], stale: [ClaimedRecipient]) {
         var fresh: [Item] = []
         var stale: [ClaimedRecipient] = []
         var recipients = 0
-        guard items[domain] != nil else { return ([], []) }
-        while recipients < maxRecipients && fresh.count < maxMessages, let item = items[domain]!.popFirst() {
-            waiting[domain, default: 0] -= item.recipients.count
+        guard items[lane] != nil else { return ([], []) }
+        while recipients < maxRecipients && fresh.count < maxMessages, let item = items[lane]!.popFirst() {
+            waiting[lane, default: 0] -= item.recipients.count
             free(recipients: item.recipients.count, bytes: item.message.body.count)
             if item.leaseUntil < staleBefore {
                 stale += item.recipients
@@ -72,9 +72,9 @@ struct ReadyQueue {
             recipients += item.recipients.count
             fresh.append(item)
         }
-        if items[domain]!.isEmpty {
-            items[domain] = nil
-            waiting[domain] = nil
+        if items[lane]!.isEmpty {
+            items[lane] = nil
+            waiting[lane] = nil
         }
         return (fresh, stale)
     }
@@ -116,11 +116,11 @@ extension Scheduler: IntakeHandoff {
         let stored = StoredMessage(id: inserted.id, queueID: message.queueID, receivedAt: message.receivedAt, mailFrom: message.mailFrom,
                                    body: message.body, envID: message.envID, ret: message.ret, bodyType: message.bodyType,
                                    smtputf8: message.smtputf8, origin: message.origin)
-        var byDomain: [String: [ClaimedRecipient]] = [:]
+        var byDomain: [Lane: [ClaimedRecipient]] = [:]
         var notLeased = 0
         for (r, id) in zip(message.recipients, inserted.leasedRecipientIDs) {
             guard let id else { notLeased += 1; continue }
-            byDomain[r.domain, default: []].append(ClaimedRecipient(
+            byDomain[Lane(domain: r.domain, pool: message.pool), default: []].append(ClaimedRecipient(
                 id: id, messageID: inserted.id, address: r.address, domain: r.domain, attempts: 0, notify: r.notify, orcpt: r.orcpt,
                 createdAt: message.receivedAt, delayNotifiedAt: nil))
         }
@@ -130,13 +130,13 @@ extension Scheduler: IntakeHandoff {
             // destinations left without any, is free again.
             s.ready.free(recipients: notLeased, bytes: bytes - message.body.count * byDomain.count)
             var resumed: [CheckedContinuation<Bool, Never>] = []
-            for (domain, recipients) in byDomain {
-                s.ready.append(ReadyQueue.Item(message: stored, recipients: recipients, leaseUntil: lease.until), for: domain)
+            for (lane, recipients) in byDomain {
+                s.ready.append(ReadyQueue.Item(message: stored, recipients: recipients, leaseUntil: lease.until), for: lane)
                 s.held.formUnion(recipients.map(\.id))
-                if let w = s.popWaiter(domain) {
+                if let w = s.popWaiter(lane) {
                     resumed.append(w)
                 } else {
-                    startWorkers(domain, due: s.ready.waiting(for: domain), &s)
+                    startWorkers(lane, due: s.ready.waiting(for: lane), &s)
                 }
             }
             return resumed

@@ -66,25 +66,26 @@ public final class HostHealthBook: HostHealth {
         }))
     }
 
-    /// The record of an endpoint (`Hop.endpoint`, "[address]:port").
+    /// The record of an endpoint (`Hop.breakerKey`, "[address]:port", with " from SOURCE" for a source's).
     public func record(for endpoint: String) -> HostRecord? { records.withLockedValue { $0[endpoint] } }
 
-    public func arrange(_ hops: [Hop]) -> (usable: [Hop], skipped: [(hop: Hop, until: Int64)]) {
-        let snapshot = records.withLockedValue { r in r.filter { key, _ in hops.contains { $0.endpoint == key } } }
-        return Breaker.arrange(hops, records: snapshot, now: clock.now())
+    public func arrange(_ hops: [Hop], source: String?) -> (usable: [Hop], skipped: [(hop: Hop, until: Int64)]) {
+        let keys = Set(hops.map { $0.breakerKey(source: source) })
+        let snapshot = records.withLockedValue { r in r.filter { key, _ in keys.contains(key) } }
+        return Breaker.arrange(hops, records: snapshot, now: clock.now(), source: source)
     }
 
-    public func succeeded(_ hop: Hop) {
+    public func succeeded(_ hop: Hop, source: String?) {
         let now = clock.now()
-        update(hop.endpoint) { $0.succeeded(at: now) }
+        update(hop.breakerKey(source: source)) { $0.succeeded(at: now) }
     }
 
-    public func failed(_ hop: Hop, reply: SMTPReply) {
+    public func failed(_ hop: Hop, source: String?, reply: SMTPReply) {
         let now = clock.now()
-        let record = update(hop.endpoint) { $0.failed(reply.description, at: now, policy: policy) }
+        let record = update(hop.breakerKey(source: source)) { $0.failed(reply.description, at: now, policy: policy) }
         if let until = record.cooldownUntil, record.failures >= policy.threshold {
             logger.warning("MX host cooling down", metadata: [
-                "mx": "\(hop)", "failures": "\(record.failures)", "until_ms": "\(until)", "reply": "\(reply)",
+                "mx": "\(hop)", "source": "\(source ?? "-")", "failures": "\(record.failures)", "until_ms": "\(until)", "reply": "\(reply)",
             ])
         }
     }

@@ -42,6 +42,10 @@ public struct SchedulerConfig: Sendable {
     public var policy = PolicyConfig()
     /// Asked before each connection and each message (no pacing by default).
     public var gate: any SendGate = OpenGate()
+    /// Source addresses and pools (none: the kernel chooses the address).
+    public var sources = SourceBook()
+    /// How often sources that could not be bound are tried again.
+    public var sourceProbeMillis: Int64 = 30_000
 
     public init(hostname: String) { self.hostname = hostname }
 }
@@ -60,12 +64,14 @@ public final class Scheduler: Service, Sendable {
 
     /// A worker to start, for the task group that runs workers.
     struct WorkerStart: Sendable {
-        var domain: String
+        var lane: Lane
         var id: Int
+        /// The source its connection leaves from (nil: the kernel's choice).
+        var source: OutboundSource?
     }
 
     struct State: ~Copyable {
-        var active: [String: Int] = [:]
+        var active: [Lane: Int] = [:]
         var total = 0
         var stopping = false
         var nextWorkerID = 0
@@ -83,22 +89,22 @@ public final class Scheduler: Service, Sendable {
         /// destination: handed-over mail resumes one (true) before a new
         /// worker is started; the pass ends those idle for longer than the
         /// connection cache time (false).
-        var waiting: [String: [(since: Int64, resume: CheckedContinuation<Bool, Never>)]] = [:]
+        var waiting: [Lane: [(since: Int64, resume: CheckedContinuation<Bool, Never>)]] = [:]
         /// Destinations whose queued or deferred rows were due at the last
         /// pass and have not been claimed to the end since.
-        var dueInStore: Set<String> = []
+        var dueInStore: Set<Lane> = []
         /// Destinations the send gate closed, until when.
-        var pacedUntil: [String: Int64] = [:]
+        var pacedUntil: [Lane: Int64] = [:]
         /// Recipients this process holds a lease on and has not settled:
         /// renewed while held, never swept (issue 15: a delivery slower than
         /// the lease was handed to a second worker and sent twice).
         var held: Set<Int64> = []
         var leasesRenewedAt: Int64 = 0
 
-        /// Takes the idle worker of `domain` that waited last, if any.
-        mutating func popWaiter(_ domain: String) -> CheckedContinuation<Bool, Never>? {
-            let w = waiting[domain]?.popLast()
-            if waiting[domain]?.isEmpty == true { waiting[domain] = nil }
+        /// Takes the idle worker of `lane` that waited last, if any.
+        mutating func popWaiter(_ lane: Lane) -> CheckedContinuation<Bool, Never>? {
+            let w = waiting[lane]?.popLast()
+            if waiting[lane]?.isEmpty == true { waiting[lane] = nil }
             return w?.resume
         }
 
@@ -218,9 +224,9 @@ public final class Scheduler: Service, Sendable {
     }
 
     private func work(_ start: WorkerStart) async {
-        var worker = Worker(scheduler: self, domain: start.domain, id: start.id)
+        var worker = Worker(scheduler: self, lane: start.lane, id: start.id, source: start.source)
         await worker.run()
-        finished(start.domain, worker: start.id)
+        finished(start, worker: start.id)
     }
 
     // MARK: - Passes
@@ -249,85 +255,129 @@ public final class Scheduler: Service, Sendable {
                                                   holding: { self.state.withLock { Array($0.held) } }), n > 0 {
             logger.warning("leases expired; recipients are claimable again", metadata: ["recipients": "\(n)"])
         }
+        await probeSources(now: now)
         guard let due = try? store.dueDomains(now: now) else { return nil }
         state.withLock { s in s.pacedUntil = s.pacedUntil.filter { $0.value > now } }
         // Fairness: earliest due first, each domain at most its share.
         for d in due.sorted(by: { $0.nextAttemptAt < $1.nextAttemptAt }) where d.nextAttemptAt <= now {
-            let domain = d.domain
+            let lane = d.lane
             let idle = state.withLock { s -> CheckedContinuation<Bool, Never>? in
-                s.dueInStore.insert(domain)
-                startWorkers(domain, due: d.dueCount + s.ready.waiting(for: domain), &s)
+                s.dueInStore.insert(lane)
+                startWorkers(lane, due: d.dueCount + s.ready.waiting(for: lane), &s)
                 // A worker idle on a connection to it takes the queued ones too.
-                return s.popWaiter(domain)
+                return s.popWaiter(lane)
             }
             idle?.resume(returning: true)
         }
         state.withLock { s in
-            for (domain, waiting) in s.ready.waiting where waiting > 0 { startWorkers(domain, due: waiting, &s) }
+            for (lane, waiting) in s.ready.waiting where waiting > 0 { startWorkers(lane, due: waiting, &s) }
         }
         return due.map(\.nextAttemptAt).min()
     }
 
     // MARK: - Worker pool
 
-    /// Starts workers for `domain` up to its share of `due` recipients (one
-    /// per five, within the limits and as the gate allows). Called with the
-    /// state locked.
-    func startWorkers(_ domain: String, due: Int, _ s: inout State) {
+    /// Starts workers for `lane` up to its share of `due` recipients (one
+    /// per five, within the limits and as the gate allows), each from the
+    /// source of its pool that is furthest behind its share and that the
+    /// gate admits (a source at its warm-up cap or shaping limit leaves the
+    /// connection to the pool's others). Called with the state locked.
+    func startWorkers(_ lane: Lane, due: Int, _ s: inout State) {
         let wanted = min(config.maxConnectionsPerDestination, max(1, (due + 4) / 5))
-        while !s.stopping, let spawner = s.spawner, s.total < config.maxConnections, s.active[domain, default: 0] < wanted {
+        while !s.stopping, let spawner = s.spawner, s.total < config.maxConnections, s.active[lane, default: 0] < wanted {
             let now = clock.now()
-            if let until = s.pacedUntil[domain], until > now { return }
+            if let until = s.pacedUntil[lane], until > now { return }
             let id = s.nextWorkerID
-            switch gate.admit(SendRequest(.connection, destination: domain, worker: id), now: now) {
-            case .go: break
-            case .notBefore(let until):
-                s.pacedUntil[domain] = until
+            let candidates = config.sources.candidates(pool: lane.pool)
+            if candidates.isEmpty {
+                // Every source of the pool is out of rotation: the mail waits
+                // (a probe or a delisting brings one back).
+                s.pacedUntil[lane] = now + config.sourceProbeMillis
+                logger.warning("no source of the pool is in rotation; mail waits", metadata: ["lane": "\(lane)"])
                 return
-            case .busy:
-                // At its connection limit: a finishing worker asks again.
+            }
+            var chosen: OutboundSource?? = nil
+            var earliest: Int64? = nil
+            var busy = false
+            for source in candidates {
+                switch gate.admit(SendRequest(.connection, destination: lane.domain, source: source?.name, worker: id), now: now) {
+                case .go: chosen = .some(source)
+                case .notBefore(let until): earliest = min(earliest ?? until, until)
+                case .busy: busy = true
+                }
+                if chosen != nil { break }
+            }
+            guard let source = chosen else {
+                // At its connection limit (a finishing worker asks again), or
+                // paced until the earliest time a source may go.
+                if !busy, let earliest { s.pacedUntil[lane] = earliest }
                 return
             }
             s.total += 1
-            s.active[domain, default: 0] += 1
+            s.active[lane, default: 0] += 1
             s.nextWorkerID += 1
-            spawner.yield(WorkerStart(domain: domain, id: id))
+            spawner.yield(WorkerStart(lane: lane, id: id, source: source))
         }
     }
 
-    private func finished(_ domain: String, worker: Int) {
-        gate.ended(SendRequest(.connection, destination: domain, worker: worker), now: clock.now())
+    private func finished(_ start: WorkerStart, worker: Int) {
+        let lane = start.lane
+        gate.ended(SendRequest(.connection, destination: lane.domain, source: start.source?.name, worker: worker), now: clock.now())
         state.withLock { s in
             s.total -= 1
-            let n = s.active[domain, default: 1] - 1
-            s.active[domain] = n == 0 ? nil : n
+            let n = s.active[lane, default: 1] - 1
+            s.active[lane] = n == 0 ? nil : n
             // Handed-over mail that arrived after this worker last looked
             // (or that it left at its per-connection limit) gets a worker now:
             // the pass does not see leased rows.
-            if s.ready.waiting(for: domain) > 0 { startWorkers(domain, due: s.ready.waiting(for: domain), &s) }
+            if s.ready.waiting(for: lane) > 0 { startWorkers(lane, due: s.ready.waiting(for: lane), &s) }
             s.finishIfDone()
         }
         wakeup.signal()
     }
 
-    /// The send gate closed `domain` until `until`: no worker starts for it
+    /// The send gate closed `lane` until `until`: no worker starts for it
     /// before, and the pass wakes up then.
-    func paced(_ domain: String, until: Int64) {
-        state.withLock { $0.pacedUntil[domain] = max($0.pacedUntil[domain] ?? 0, until) }
+    func paced(_ lane: Lane, until: Int64) {
+        state.withLock { $0.pacedUntil[lane] = max($0.pacedUntil[lane] ?? 0, until) }
+    }
+
+    // MARK: - Sources
+
+    /// A source's address could not be bound: out of rotation until a probe
+    /// binds it again, with an event and a log line.
+    func sourceUnavailable(_ source: OutboundSource, reason: String) async {
+        guard config.sources.hold(source.name, .bind, reason: reason) else { return }
+        logger.error("source address cannot be bound; out of rotation, its mail goes from the pool's other sources",
+                     metadata: ["source": "\(source.name)", "address": "\(source.address)", "error": "\(reason)"])
+        do { try await store.recordSourceBind(source.name, address: source.address.description, error: reason, at: clock.now()) } catch {
+            logger.warning("cannot record source status", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Tries the sources out of rotation for their address again; those that bind come back.
+    private func probeSources(now: Int64) async {
+        for source in config.sources.due(.bind, now: now, everyMillis: config.sourceProbeMillis) {
+            guard SourceProbe.canBind(source.address) == nil, config.sources.release(source.name, .bind) else { continue }
+            logger.notice("source address can be bound again; back in rotation", metadata: ["source": "\(source.name)", "address": "\(source.address)"])
+            do { try await store.recordSourceBind(source.name, address: source.address.description, error: nil, at: now) } catch {
+                logger.warning("cannot record source status", metadata: ["error": "\(error)"])
+            }
+        }
     }
 
     /// Ends the waits of idle workers that began before `olderThan` (all with nil).
     private func endWaits(olderThan: Int64?) {
         let ended = state.withLock { s -> [CheckedContinuation<Bool, Never>] in
             var out: [CheckedContinuation<Bool, Never>] = []
-            for (domain, list) in s.waiting {
+            for (lane, list) in s.waiting {
                 var keep = list
                 keep.removeAll { w in
                     if let cutoff = olderThan, w.since >= cutoff { return false }
                     out.append(w.resume)
                     return true
                 }
-                s.waiting[domain] = keep.isEmpty ? nil : keep
+                s.waiting[lane] = keep.isEmpty ? nil : keep
             }
             return out
         }
@@ -337,14 +387,14 @@ public final class Scheduler: Service, Sendable {
     /// Keeps a worker's connection open for more handed-over mail, up to the
     /// connection cache time; true when there is some. Only while `run()`
     /// runs: its passes end the waits.
-    func waitForWork(_ domain: String) async -> Bool {
+    func waitForWork(_ lane: Lane) async -> Bool {
         guard config.connectionCacheMillis > 0 else { return false }
         let now = clock.now()
         return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
             let answer = state.withLock { s -> Bool? in
                 guard s.running, !s.stopping else { return false }
-                if s.ready.waiting(for: domain) > 0 { return true } // arrived meanwhile
-                s.waiting[domain, default: []].append((now, c))
+                if s.ready.waiting(for: lane) > 0 { return true } // arrived meanwhile
+                s.waiting[lane, default: []].append((now, c))
                 return nil
             }
             if let answer { c.resume(returning: answer) }
@@ -385,27 +435,26 @@ public final class Scheduler: Service, Sendable {
     }
 
     /// Claims up to `limit` recipients (at most a claim batch).
-    private func claim(_ domain: String, limit: Int) async -> [ClaimedRecipient] {
+    private func claim(_ lane: Lane, limit: Int) async -> [ClaimedRecipient] {
         let now = clock.now()
         let limit = max(1, min(limit, config.claimBatch))
         do {
-            let claimed = try await store.claim(domain: domain, now: now, owner: owner, leaseUntil: now + config.leaseMillis,
-                                                limit: limit)
+            let claimed = try await store.claim(lane, now: now, owner: owner, leaseUntil: now + config.leaseMillis, limit: limit)
             state.withLock { s in
-                if claimed.count < limit { s.dueInStore.remove(domain) }
+                if claimed.count < limit { s.dueInStore.remove(lane) }
                 s.held.formUnion(claimed.map(\.id))
             }
             return claimed
         } catch {
-            logger.error("claim failed", metadata: ["domain": "\(domain)", "error": "\(error)"])
+            logger.error("claim failed", metadata: ["lane": "\(lane)", "error": "\(error)"])
             return []
         }
     }
 
     /// Claims recipients to deliver (up to `limit`), settling the suppressed ones on the way.
-    func claimDeliverable(_ domain: String, limit: Int = .max) async -> [ClaimedRecipient] {
+    func claimDeliverable(_ lane: Lane, limit: Int = .max) async -> [ClaimedRecipient] {
         while true {
-            let claimed = await claim(domain, limit: limit)
+            let claimed = await claim(lane, limit: limit)
             if claimed.isEmpty { return [] }
             let keys = claimed.map { Settlement.key($0.address) }
             let found: [String: String]

@@ -35,22 +35,58 @@ public final class ShapingGate: SendGate, Service {
         /// Touched since the last snapshot (open connections, tokens).
         var active: Set<ShapingKey> = []
         var overrideVersion: Int64 = 0
+        /// Warming sources' plans and counts (Warmup.swift), and the sources
+        /// whose state changed since the last write.
+        var warmup: Warmup
+        var warmupDirty: Set<String> = []
+        var warmupVersion: Int64 = 0
     }
     let inner: Mutex<Inner>
 
+    /// Named sources (`[[source]]`): an operator's override without a
+    /// source (`tern shaping pause google`) applies to each of them.
+    let sources: [String]
+    /// Warming sources and their plan's name.
+    let warming: [String: String]
+
     public init(config: ShapingConfig, providers: ProviderTable = ProviderTable(), classifier: BounceClassifier = BounceClassifier(),
-                routes: [StaticRoute] = [], store: Store?, logger: Logger = Logger(label: "tern.shaping")) {
+                routes: [StaticRoute] = [], sources: [String] = [], warmupPlans: [WarmupPlan] = [], warming: [String: String] = [:],
+                store: Store?, logger: Logger = Logger(label: "tern.shaping")) {
         self.providers = providers
         self.classifier = classifier
         self.store = store
         self.logger = logger
-        var i = Inner(shaper: Shaper(config: config))
+        self.sources = sources
+        self.warming = warming
+        var i = Inner(shaper: Shaper(config: config), warmup: Warmup(plans: warmupPlans))
         for r in routes where r.domain != "*" { ShapingGate.learn(r.domain, mxHost: r.host, providers, &i) }
         inner = Mutex(i)
     }
 
-    /// Loads the stored states and overrides, and the MX cache's hosts (at start).
+    /// Loads the stored states and overrides, and the MX cache's hosts (at
+    /// start); a warming source without a stored plan day starts on day 1.
     public func load(now: Int64) throws {
+        let stored = try store.map { try ($0.warmupStates(), $0.warmupUsage(), $0.warmupOperatorVersion()) }
+        inner.withLock { i in
+            i.warmupVersion = stored?.2 ?? 0
+            for (source, plan) in warming.sorted(by: { $0.key < $1.key }) {
+                if let row = stored?.0.first(where: { $0.source == source }) {
+                    var p = ShapingGate.progress(from: row)
+                    p.plan = plan
+                    var counts: [String: WarmupCounts] = [:]
+                    for u in stored?.1 ?? [] where u.source == source && u.day == row.day { counts[u.destination] = ShapingGate.counts(from: u) }
+                    i.warmup.set(source, p, counts: counts)
+                } else {
+                    i.warmup.set(source, WarmupProgress(plan: plan, dayStartedAt: now))
+                    i.warmupDirty.insert(source)
+                    var json = JSONObjectWriter()
+                    json.add("source", source)
+                    json.add("plan", plan)
+                    json.add("day", 1)
+                    i.events.append((.warmupStarted, now, json.finish()))
+                }
+            }
+        }
         guard let store else { return }
         let states = try store.shapingStates()
         let overrides = try store.shapingOverrides()
@@ -76,17 +112,38 @@ public final class ShapingGate: SendGate, Service {
         return st
     }
 
+    public static func progress(from row: StoredWarmup) -> WarmupProgress {
+        WarmupProgress(plan: row.plan, day: row.day, dayStartedAt: row.dayStartedAt, status: WarmupStatus(rawValue: row.status) ?? .active,
+                       verdict: row.verdict.flatMap(WarmupVerdict.init(rawValue:)), reason: row.reason, operatorVersion: row.operatorVersion)
+    }
+
+    static func counts(from u: StoredWarmupUsage) -> WarmupCounts {
+        var c = WarmupCounts()
+        c.sent = u.sent
+        c.delivered = u.delivered
+        c.deferred = u.deferred
+        c.bounced = u.bounced
+        c.blocked = u.blocked
+        c.hourStartedAt = u.hourStartedAt
+        c.hourSent = u.hourSent
+        return c
+    }
+
     /// `live`: read while running (at start, a `resume` is already in the stored state).
     private func apply(_ overrides: [StoredShapingOverride], live: Bool, _ i: inout Inner) {
         for o in overrides {
-            let key = ShapingKey(source: o.source.isEmpty ? nil : o.source, destination: o.destination)
-            if live, let reset = o.resetAt, reset >= o.updatedAt {
-                // `tern shaping resume` while this server runs: automatic throttling ends too.
-                i.shaper.reset(key)
-                i.dirty.insert(key)
-            }
+            // Without a source: the destination from every source.
+            let keys = o.source.isEmpty ? [nil] + sources.map(Optional.some) : [o.source]
             let limits = (try? JSONDecoder().decode(ShapingLimits.self, from: Data(o.limits.utf8))) ?? ShapingLimits()
-            i.shaper.setOperator(key, paused: o.paused, limits: limits)
+            for source in keys {
+                let key = ShapingKey(source: source, destination: o.destination)
+                if live, let reset = o.resetAt, reset >= o.updatedAt {
+                    // `tern shaping resume` while this server runs: automatic throttling ends too.
+                    i.shaper.reset(key)
+                    i.dirty.insert(key)
+                }
+                i.shaper.setOperator(key, paused: o.paused, limits: limits)
+            }
             i.overrideVersion = max(i.overrideVersion, o.version)
         }
     }
@@ -116,6 +173,10 @@ public final class ShapingGate: SendGate, Service {
     public func admit(_ request: SendRequest, now: Int64) -> SendPermission {
         inner.withLock { i in
             let k = key(request, i)
+            // A warming source at its cap: the pool's other sources, or later.
+            if let source = k.source, i.warmup.remaining(source, k.destination, now: now) == 0 {
+                return .notBefore(i.warmup.nextWindow(source, k.destination, now: now))
+            }
             let (answer, changes): (SendPermission, [ShapingChange])
             switch request.kind {
             case .connection:
@@ -124,6 +185,10 @@ public final class ShapingGate: SendGate, Service {
                 if answer == .go { i.openByWorker[w] = k }
             case .message:
                 (answer, changes) = i.shaper.admitMessage(k, now: now)
+                if answer == .go, let source = k.source, i.warmup.isWarming(source) {
+                    i.warmup.take(source, k.destination, now: now)
+                    i.warmupDirty.insert(source)
+                }
             }
             i.active.insert(k)
             record(changes, now: now, &i)
@@ -146,6 +211,12 @@ public final class ShapingGate: SendGate, Service {
             let k = key(request, i)
             let changes = i.shaper.observe(k, reply: reply, category: category, now: now)
             record(changes, now: now, &i)
+            if let source = k.source, i.warmup.isWarming(source) {
+                let result: WarmupResult = category == .reputation ? .blocked(permanent: reply.code >= 500)
+                    : reply.code < 300 ? .delivered : reply.code < 500 ? .deferred : .bounced
+                i.warmup.observe(source, k.destination, result)
+                i.warmupDirty.insert(source)
+            }
         }
     }
 
@@ -178,7 +249,9 @@ public final class ShapingGate: SendGate, Service {
             case .normal, .throttled: break
             }
             // Whole tokens, with the same float tolerance as an admission.
-            return i.shaper.tokens(k, now: now).min().map { Int(($0 + TokenBucket.tolerance).rounded(.down)) }
+            let tokens = i.shaper.tokens(k, now: now).min().map { Int(($0 + TokenBucket.tolerance).rounded(.down)) }
+            guard let source = k.source, let cap = i.warmup.remaining(source, k.destination, now: now) else { return tokens }
+            return min(tokens ?? cap, cap)
         }
     }
 
@@ -222,17 +295,36 @@ public final class ShapingGate: SendGate, Service {
     /// every 200 ms; tests call it).
     public func flush(now: Int64, snapshot: Bool = false) async {
         guard let store else { return }
-        let (rows, events) = inner.withLock { i -> ([StoredShapingState], [(kind: EventKind, at: Int64, detail: String)]) in
+        let (rows, events, warm, usage) = inner.withLock { i in
             var keys = i.dirty
             if snapshot { keys.formUnion(i.active); i.active = [] }
             i.dirty = []
             let events = i.events
             i.events = []
-            return (keys.map { row($0, i.shaper, now: now) }, events)
+            var warm: [StoredWarmup] = []
+            var usage: [StoredWarmupUsage] = []
+            for source in i.warmupDirty.sorted() {
+                guard let p = i.warmup.progress[source] else { continue }
+                warm.append(StoredWarmup(source: source, plan: p.plan, day: p.day, dayStartedAt: p.dayStartedAt, status: p.status.rawValue,
+                                         verdict: p.verdict?.rawValue, reason: p.reason, operatorVersion: p.operatorVersion, updatedAt: now))
+                for (destination, c) in i.warmup.counts[source] ?? [:] {
+                    usage.append(StoredWarmupUsage(source: source, destination: destination, day: p.day, sent: c.sent, delivered: c.delivered,
+                                                   deferred: c.deferred, bounced: c.bounced, blocked: c.blocked, hourStartedAt: c.hourStartedAt,
+                                                   hourSent: c.hourSent))
+                }
+            }
+            i.warmupDirty = []
+            return (keys.map { row($0, i.shaper, now: now) }, events, warm, usage)
         }
-        guard !rows.isEmpty || !events.isEmpty else { return }
-        do { try await store.saveShaping(rows, events: events) } catch {
-            logger.error("cannot save shaping state", metadata: ["error": "\(error)"])
+        if !rows.isEmpty || (!events.isEmpty && warm.isEmpty) {
+            do { try await store.saveShaping(rows, events: warm.isEmpty ? events : []) } catch {
+                logger.error("cannot save shaping state", metadata: ["error": "\(error)"])
+            }
+        }
+        if !warm.isEmpty {
+            do { try await store.saveWarmup(warm, usage: usage, events: events, now: now) } catch {
+                logger.error("cannot save warm-up state", metadata: ["error": "\(error)"])
+            }
         }
     }
 
@@ -249,6 +341,7 @@ public final class ShapingGate: SendGate, Service {
     /// Picks up operators' changes (`tern shaping pause|resume|set`) when
     /// the override table's version moved.
     public func pollOverrides() {
+        pollWarmup()
         guard let store, let version = try? store.shapingOverrideVersion() else { return }
         guard version != inner.withLock({ $0.overrideVersion }), let overrides = try? store.shapingOverrides() else { return }
         inner.withLock { i in
@@ -265,12 +358,53 @@ public final class ShapingGate: SendGate, Service {
         }
     }
 
-    /// Ends suspensions and climbs back on time, with nothing asking.
+    /// Picks up operators' warm-up changes (`tern warmup start|pause|resume|skip-to`).
+    public func pollWarmup() {
+        guard let store, !warming.isEmpty, let version = try? store.warmupOperatorVersion(),
+              version != inner.withLock({ $0.warmupVersion }), let rows = try? store.warmupStates() else { return }
+        inner.withLock { i in
+            for row in rows where row.operatorVersion > i.warmupVersion && warming[row.source] != nil {
+                i.warmup.set(row.source, ShapingGate.progress(from: row))
+            }
+            i.warmupVersion = version
+        }
+        logger.info("warm-up changed by an operator", metadata: ["version": "\(version)"])
+    }
+
+    /// Ends suspensions and climbs back on time, with nothing asking; ends
+    /// the warm-up days that are over.
     public func advance(now: Int64) {
         inner.withLock { i in
             let changes = i.shaper.advance(now: now)
             record(changes, now: now, &i)
+            for c in i.warmup.advance(now: now) {
+                i.warmupDirty.insert(c.source)
+                let kind: EventKind
+                switch (c.progress.status, c.progress.verdict) {
+                case (.done, _): kind = .warmupDone
+                case (_, .advanced?): kind = .warmupAdvanced
+                case (_, .steppedBack?): kind = .warmupSteppedBack
+                default: kind = .warmupHeld
+                }
+                let destinations = c.counts.sorted(by: { $0.key < $1.key }).map { d, n in
+                    (d, JSON.object([("sent", .int(n.sent)), (AttemptOutcome.delivered.rawValue, .int(n.delivered)), (AttemptOutcome.deferred.rawValue, .int(n.deferred)),
+                                     (AttemptOutcome.bounced.rawValue, .int(n.bounced)), ("blocked", .int(n.blocked))]))
+                }
+                let json = JSON.object([("source", .string(c.source)), ("plan", .string(c.progress.plan)),
+                                        ("finished_day", .int(c.finishedDay)), ("day", .int(c.progress.day)),
+                                        ("reason", c.progress.reason.map(JSON.string) ?? .null), ("destinations", .object(destinations))])
+                i.events.append((kind, now, json.text))
+                let meta: Logger.Metadata = ["source": "\(c.source)", "day": "\(c.progress.day)", "reason": "\(c.progress.reason ?? "-")"]
+                if kind == .warmupSteppedBack || kind == .warmupHeld { logger.warning("\(kind.rawValue)", metadata: meta) } else {
+                    logger.info("\(kind.rawValue)", metadata: meta)
+                }
+            }
         }
+    }
+
+    /// Each warming source's place and the day's counts (tests, `tern warmup status` through the store).
+    public func warmupSnapshot() -> (progress: [String: WarmupProgress], counts: [String: [String: WarmupCounts]]) {
+        inner.withLock { ($0.warmup.progress, $0.warmup.counts) }
     }
 
     // MARK: - Service

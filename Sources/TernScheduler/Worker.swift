@@ -14,7 +14,11 @@ import TernStore
 
 struct Worker {
     let scheduler: Scheduler
-    let domain: String
+    /// The domain and source pool whose mail this connection carries.
+    let lane: Lane
+    var domain: String { lane.domain }
+    /// The source the connection leaves from (nil: the kernel's choice).
+    let source: OutboundSource?
     /// Whether the next batch should come from handed-over mail first.
     private var preferReady = true
     /// Messages sent over this connection.
@@ -28,11 +32,12 @@ struct Worker {
     /// The scheduler's id of this worker (and of its connection, for the gate).
     let id: Int
 
-    init(scheduler: Scheduler, domain: String, id: Int = 0) {
+    init(scheduler: Scheduler, lane: Lane, id: Int = 0, source: OutboundSource? = nil) {
         self.scheduler = scheduler
-        self.domain = domain
+        self.lane = lane
+        self.source = source
         self.id = id
-        terms = scheduler.gate.terms(SendRequest(.message, destination: domain), now: scheduler.clock.now())
+        terms = scheduler.gate.terms(SendRequest(.message, destination: lane.domain, source: source?.name), now: scheduler.clock.now())
         perConnection = max(1, min(scheduler.config.messagesPerConnection, terms.messagesPerConnection ?? .max))
     }
 
@@ -56,9 +61,14 @@ struct Worker {
         var batch = await next(messages: perConnection)
         guard !batch.recipients.isEmpty else { return }
         let started = s.clock.now()
-        switch await s.agent.connect(domain: domain, requireTLS: terms.requireTLS) {
+        switch await s.agent.connect(domain: domain, requireTLS: terms.requireTLS, source: source) {
+        case .sourceUnavailable(let why):
+            // Nothing was tried: the mail goes back untouched, and the
+            // pass starts a worker from another source of the pool.
+            if let source { await s.sourceUnavailable(source, reason: why) }
+            await giveBack(batch.recipients, because: .closed)
         case .failed(let reply, let context):
-            s.gate.observe(SendRequest(.connection, destination: domain), reply: reply, mxHost: context.mxHost, now: s.clock.now())
+            s.gate.observe(request(.connection), reply: reply, mxHost: context.mxHost, now: s.clock.now())
             // The whole destination is unreachable (or does not exist): every
             // due recipient of it shares this outcome now, not one batch per pass.
             let outcome = RecipientOutcome.from(reply)
@@ -71,10 +81,9 @@ struct Worker {
         case .connected(let connection):
             // Its MX host may show the domain to be a provider's: count the
             // connection there, or close it unused when the provider is full.
-            switch s.gate.rekey(SendRequest(.connection, destination: domain, worker: id), mxHost: connection.context.mxHost,
-                                now: s.clock.now()) {
+            switch s.gate.rekey(request(.connection), mxHost: connection.context.mxHost, now: s.clock.now()) {
             case .go:
-                let current = s.gate.terms(SendRequest(.message, destination: domain), now: s.clock.now())
+                let current = s.gate.terms(request(.message), now: s.clock.now())
                 if current != terms {
                     terms = current
                     perConnection = max(1, min(s.config.messagesPerConnection, terms.messagesPerConnection ?? .max))
@@ -99,7 +108,7 @@ struct Worker {
                 // Nothing more now: keep the connection for a moment rather
                 // than close it and start a worker and a connection for the
                 // next message.
-                while batch.recipients.isEmpty, connection.isReusable, await s.waitForWork(domain) {
+                while batch.recipients.isEmpty, connection.isReusable, await s.waitForWork(lane) {
                     batch = await next(messages: perConnection - sent)
                 }
                 if batch.recipients.isEmpty { break }
@@ -115,7 +124,7 @@ struct Worker {
         if !connection.isReusable { return .closed }
         if s.stopping { return .stopping }
         if sent >= perConnection { return .limit }
-        if askGate, case .notBefore(let t) = s.gate.admit(SendRequest(.message, destination: domain), now: s.clock.now()) {
+        if askGate, case .notBefore(let t) = s.gate.admit(request(.message), now: s.clock.now()) {
             return .paced(until: t)
         }
         return nil
@@ -145,7 +154,7 @@ struct Worker {
             // this one's content, if it is sure to be sent next.
             var next: OutboundMessage? = nil
             if index + 1 < byMessage.count, !s.stopping, sent + 1 < perConnection,
-               s.gate.admit(SendRequest(.message, destination: domain), now: s.clock.now()) == .go {
+               s.gate.admit(request(.message), now: s.clock.now()) == .go {
                 let (nextID, nextRecipients) = byMessage[index + 1]
                 admitted = nextID
                 if messages[nextID] == nil { messages[nextID] = try? s.store.message(id: nextID) }
@@ -160,13 +169,20 @@ struct Worker {
         return connection.isReusable && !s.stopping && sent < perConnection
     }
 
+    /// What the gate is asked: this worker's connection, or one more message on it.
+    private func request(_ kind: SendRequest.Kind) -> SendRequest {
+        SendRequest(kind, destination: domain, source: source?.name, worker: kind == .connection ? id : nil)
+    }
+
     private func giveBack(_ recipients: [ClaimedRecipient], because why: Stop) async {
         let s = scheduler
         switch why {
         case .limit: s.givenBackAtLimit.add(recipients.count, ordering: .relaxed)
         case .paced(let until):
             s.givenBackPaced.add(recipients.count, ordering: .relaxed)
-            s.paced(domain, until: until)
+            // This source is paced; with others in the pool, the pass tries
+            // them (each is asked) rather than hold the whole lane.
+            if s.config.sources.candidates(pool: lane.pool).count <= 1 { s.paced(lane, until: until) }
         case .closed, .stopping, .busy: break
         }
         _ = try? await s.giveBack(recipients.map(\.id))
@@ -182,6 +198,7 @@ struct Worker {
             _ = try? await s.giveBack(recipients.map(\.id))
             return
         }
+        s.config.sources.sent(source)
         let outcomes = await connection.send(Scheduler.outbound(messageID, recipients, stored), next: next)
         // The destination's answers, for shaping: each distinct refusal, and
         // one success per transaction that delivered.
@@ -190,11 +207,11 @@ struct Worker {
         for o in outcomes.values {
             if case .delivered = o { delivered = true; continue }
             if seen.insert(o.reply).inserted {
-                s.gate.observe(SendRequest(.message, destination: domain), reply: o.reply, mxHost: connection.context.mxHost, now: s.clock.now())
+                s.gate.observe(request(.message), reply: o.reply, mxHost: connection.context.mxHost, now: s.clock.now())
             }
         }
         if delivered {
-            s.gate.observe(SendRequest(.message, destination: domain), reply: SMTPReply(250, nil, "accepted"),
+            s.gate.observe(request(.message), reply: SMTPReply(250, nil, "accepted"),
                            mxHost: connection.context.mxHost, now: s.clock.now())
         }
         let fallback = RecipientOutcome.deferred(SMTPReply(451, .systemError, "no result for this recipient"))
@@ -211,7 +228,7 @@ struct Worker {
     private mutating func next(messages: Int = .max) async -> Batch {
         let s = scheduler
         let limit = min(s.config.claimBatch, max(1, messages))
-        let inStore = s.state.withLock { $0.dueInStore.contains(domain) }
+        let inStore = s.state.withLock { $0.dueInStore.contains(lane) }
         if preferReady || !inStore {
             let batch = await takeReady(messages: limit)
             if !batch.recipients.isEmpty {
@@ -227,8 +244,8 @@ struct Worker {
             // still carries; those few are given back at the limit. Under a
             // rate limit, though, no more than the gate allows now are claimed
             // (a message's other recipients then follow in a later transaction).
-            let allowance = s.gate.allowance(SendRequest(.message, destination: domain), now: s.clock.now())
-            let claimed = await s.claimDeliverable(domain, limit: allowance.map { max(1, $0) } ?? .max)
+            let allowance = s.gate.allowance(request(.message), now: s.clock.now())
+            let claimed = await s.claimDeliverable(lane, limit: allowance.map { max(1, $0) } ?? .max)
             if !claimed.isEmpty { return Batch(recipients: claimed) }
         }
         return await takeReady(messages: limit)
@@ -242,7 +259,7 @@ struct Worker {
         let s = scheduler
         let staleBefore = s.clock.now() + s.config.leaseMillis / 2
         let (fresh, stale) = s.state.withLock { state in
-            state.ready.take(domain, maxRecipients: s.config.claimBatch, maxMessages: messages, staleBefore: staleBefore)
+            state.ready.take(lane, maxRecipients: s.config.claimBatch, maxMessages: messages, staleBefore: staleBefore)
         }
         if !stale.isEmpty {
             s.logger.warning("handed-over mail waited too long; queued again", metadata: ["domain": "\(domain)", "recipients": "\(stale.count)"])

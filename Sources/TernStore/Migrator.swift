@@ -19,7 +19,8 @@ public enum Migrator {
         [5: { db in for sql in Rollups.rebuildStatements { try db.execute(sql: sql) } },
          6: { db in try checksWithoutInLists(db) },
          9: { db in try addEventKindCheck(db) },
-         11: { db in try extendEventKindCheck(db) }]
+         11: { db in try extendEventKindCheck(db, from: eventKindCheck, to: eventKindCheck11, migration: 11) },
+         12: { db in try extendEventKindCheck(db, from: eventKindCheck11, to: eventKindCheck12, migration: 12) }]
     }
 
     /// Tables whose CHECK constraints migration 6 writes as OR chains.
@@ -86,17 +87,25 @@ public enum Migrator {
         OR kind = 'shaping_resumed' OR kind = 'shaping_paused' OR kind = 'shaping_set')
         """
 
-    /// Replaces migration 9's CHECK on `event.kind` with `eventKindCheck11`
-    /// (a wider condition every row satisfies), as `addEventKindCheck` added it.
-    static func extendEventKindCheck(_ db: Database) throws {
+    /// Migration 12's: 11's and the kinds of sources, warm-up and blocklists.
+    static let eventKindCheck12 = String(eventKindCheck11.dropLast()) + """
+         OR kind = 'source_unavailable' OR kind = 'source_available' OR kind = 'warmup_started' \
+        OR kind = 'warmup_paused' OR kind = 'warmup_resumed' OR kind = 'warmup_skipped' OR kind = 'warmup_advanced' \
+        OR kind = 'warmup_held' OR kind = 'warmup_stepped_back' OR kind = 'warmup_done' \
+        OR kind = 'blocklist_listed' OR kind = 'blocklist_delisted')
+        """
+
+    /// Replaces the CHECK on `event.kind` an earlier migration left (`from`)
+    /// with a wider one (`to`) every row satisfies, as `addEventKindCheck` added it.
+    static func extendEventKindCheck(_ db: Database, from: String, to: String, migration: Int) throws {
         guard let sql = try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'event'"),
-              let check = sql.range(of: eventKindCheck) else {
-            throw StoreError.other("migration 11: the event table's schema is not the one migration 9 left")
+              let check = sql.range(of: from) else {
+            throw StoreError.other("migration \(migration): the event table's schema is not the one migration \(migration - 1) left")
         }
         let version = try Int.fetchOne(db, sql: "PRAGMA schema_version") ?? 0
         try db.execute(sql: "PRAGMA writable_schema = ON")
         try db.execute(sql: "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'event'",
-                       arguments: [sql.replacingCharacters(in: check, with: eventKindCheck11)])
+                       arguments: [sql.replacingCharacters(in: check, with: to)])
         try db.execute(sql: "PRAGMA schema_version = \(version + 1)")
         try db.execute(sql: "PRAGMA writable_schema = OFF")
     }
@@ -163,7 +172,7 @@ public enum Migrator {
                     applied.append(m.name)
                 }
                 // Have this connection parse the rewritten CHECKs now.
-                if applied.contains(where: { $0.hasPrefix("0006_") || $0.hasPrefix("0009_") || $0.hasPrefix("0011_") }) { try db.execute(sql: "PRAGMA writable_schema = RESET") }
+                if applied.contains(where: { $0.hasPrefix("0006_") || $0.hasPrefix("0009_") || $0.hasPrefix("0011_") || $0.hasPrefix("0012_") }) { try db.execute(sql: "PRAGMA writable_schema = RESET") }
                 // Indexes a migration dropped leave free pages: give them back
                 // now rather than have the first `tern prune` report them.
                 if !applied.isEmpty { try db.execute(sql: "PRAGMA incremental_vacuum") }

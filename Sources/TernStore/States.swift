@@ -72,6 +72,22 @@ public enum EventKind: String, CaseIterable, Sendable, Codable, DatabaseValueCon
     case shapingResumed = "shaping_resumed"
     case shapingPaused = "shaping_paused"
     case shapingSet = "shaping_set"
+    /// A source could not be bound (out of rotation) or can again (no
+    /// message; source and address in the detail).
+    case sourceUnavailable = "source_unavailable"
+    case sourceAvailable = "source_available"
+    /// A source's warm-up plan: operators' commands and each day's verdict.
+    case warmupStarted = "warmup_started"
+    case warmupPaused = "warmup_paused"
+    case warmupResumed = "warmup_resumed"
+    case warmupSkipped = "warmup_skipped"
+    case warmupAdvanced = "warmup_advanced"
+    case warmupHeld = "warmup_held"
+    case warmupSteppedBack = "warmup_stepped_back"
+    case warmupDone = "warmup_done"
+    /// A DNS blocklist started or stopped listing a source (zone, return code, reason in the detail).
+    case blocklistListed = "blocklist_listed"
+    case blocklistDelisted = "blocklist_delisted"
 
     public var sql: String { "'\(rawValue)'" }
 

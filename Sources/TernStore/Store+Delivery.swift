@@ -8,6 +8,21 @@
 import Foundation
 import GRDB
 
+/// What the scheduler delivers as one: the recipients of one domain whose
+/// messages were given one source pool (nil: the default pool). A
+/// connection leaves from one source, so it carries one lane's mail.
+public struct Lane: Hashable, Sendable, CustomStringConvertible {
+    public var domain: String
+    public var pool: String?
+
+    public init(domain: String, pool: String? = nil) {
+        self.domain = domain
+        self.pool = pool
+    }
+
+    public var description: String { pool.map { "\(domain) (pool \($0))" } ?? domain }
+}
+
 /// A recipient handed to a worker, with its lease.
 public struct ClaimedRecipient: Sendable, Equatable {
     public var id: Int64
@@ -115,6 +130,8 @@ public struct NewAttempt: Sendable {
     public var mxHost: String?
     public var mxAddress: String?
     public var sourceAddress: String?
+    /// The `[[source]]` the connection left from (nil: the kernel's choice).
+    public var source: String? = nil
     public var tls: String?
     public var code: Int?
     public var enhanced: String?
@@ -167,12 +184,12 @@ public struct OutcomeBatch: Sendable {
 
 extension Store {
     /// Domains with claimable recipients: the earliest due time and how many are due now.
-    public func dueDomains(now: Int64) throws -> [(domain: String, nextAttemptAt: Int64, dueCount: Int)] {
+    public func dueDomains(now: Int64) throws -> [(lane: Lane, nextAttemptAt: Int64, dueCount: Int)] {
         try readStatement { db in
             try Row.fetchAll(db.cachedStatement(sql: """
-                SELECT domain, min(next_attempt_at), sum(next_attempt_at <= :now) FROM recipient
-                 WHERE \(StateSQL.claimable) GROUP BY domain
-                """), arguments: ["now": now]).map { ($0[0], $0[1], $0[2]) }
+                SELECT domain, pool, min(next_attempt_at), sum(next_attempt_at <= :now) FROM recipient
+                 WHERE \(StateSQL.claimable) GROUP BY domain, pool
+                """), arguments: ["now": now]).map { (Lane(domain: $0[0], pool: $0[1]), $0[2], $0[3]) }
         }
     }
 
@@ -246,15 +263,22 @@ extension Store {
     /// Claims up to `limit` due recipients of `domain` with a lease, in
     /// next_attempt_at order (the claim of docs/architecture.md).
     public func claim(domain: String, now: Int64, owner: String, leaseUntil: Int64, limit: Int) async throws -> [ClaimedRecipient] {
+        try await claim(Lane(domain: domain), now: now, owner: owner, leaseUntil: leaseUntil, limit: limit)
+    }
+
+    /// Claims due recipients of one domain and pool.
+    public func claim(_ lane: Lane, now: Int64, owner: String, leaseUntil: Int64, limit: Int) async throws -> [ClaimedRecipient] {
         try await write(durable: false) { db in
             let stmt = try db.cachedStatement(sql: """
                 UPDATE recipient SET state = \(RecipientState.inflight.sql), lease_owner = :owner, lease_expires_at = :lease
                  WHERE id IN (SELECT id FROM recipient
                                WHERE \(StateSQL.claimable) AND next_attempt_at <= :now AND domain = :domain
+                                 AND pool IS :pool
                                ORDER BY next_attempt_at, id LIMIT :limit)
                 RETURNING id, message_id, address, domain, attempts, notify, orcpt, created_at, delay_notified_at
                 """)
-            let rows = try Row.fetchAll(stmt, arguments: ["owner": owner, "lease": leaseUntil, "now": now, "domain": domain, "limit": limit])
+            let rows = try Row.fetchAll(stmt, arguments: ["owner": owner, "lease": leaseUntil, "now": now, "domain": lane.domain, "pool": lane.pool,
+                                                         "limit": limit])
             return rows.map { r in
                 ClaimedRecipient(id: r[0], messageID: r[1], address: r[2], domain: r[3], attempts: r[4], notify: r[5],
                                  orcpt: r[6], createdAt: r[7], delayNotifiedAt: r[8])
@@ -324,8 +348,8 @@ extension Store {
         }
         let insertAttempt = try db.cachedStatement(sql: """
             INSERT INTO attempt (recipient_id, started_at, ended_at, mx_host, mx_address, source_address, tls,
-                                 code, enhanced, text, outcome, category)
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                                 code, enhanced, text, outcome, category, source)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
             """)
         for a in batch.attempts {
             var attempt = DirectStatement(insertAttempt)
@@ -341,6 +365,7 @@ extension Store {
             attempt.bind(a.text)
             attempt.bind(a.outcome.rawValue)
             attempt.bind(a.category)
+            attempt.bind(a.source)
             try attempt.execute(db)
             try rollups.addAttempt(a, sign: 1, db)
         }

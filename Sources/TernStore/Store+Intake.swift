@@ -76,6 +76,8 @@ public struct NewMessage: Sendable {
     public var smtputf8: Bool
     public var origin: String
     public var recipients: [NewRecipient]
+    /// The source pool chosen at intake (nil: the default pool).
+    public var pool: String? = nil
     /// SPF, DKIM and DMARC verdicts of received mail (migration 0010); nil when not checked.
     public var authentication: AuthenticationColumns? = nil
     /// Set when the running scheduler takes the message straight from
@@ -204,6 +206,7 @@ extension Store {
             rcpt.bind(r.orcpt)
             rcpt.bind(lease?.owner)
             rcpt.bind(lease?.until)
+            rcpt.bind(m.pool)
             try rcpt.execute(db)
             leased.append(lease == nil ? nil : db.lastInsertedRowID)
         }
@@ -218,7 +221,7 @@ extension Store {
     /// interpolated string would be built and hashed again for every message.
     static let insertRecipientSQL = """
         INSERT INTO recipient (message_id, address, domain, state, next_attempt_at, notify, orcpt, created_at,
-                               lease_owner, lease_expires_at)
-        VALUES (?1, ?2, ?3, CASE WHEN ?7 IS NULL THEN \(RecipientState.queued.sql) ELSE \(RecipientState.inflight.sql) END, ?4, ?5, ?6, ?4, ?7, ?8)
+                               lease_owner, lease_expires_at, pool)
+        VALUES (?1, ?2, ?3, CASE WHEN ?7 IS NULL THEN \(RecipientState.queued.sql) ELSE \(RecipientState.inflight.sql) END, ?4, ?5, ?6, ?4, ?7, ?8, ?9)
         """
 }

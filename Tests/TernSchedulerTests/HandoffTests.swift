@@ -229,7 +229,7 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
             try await h.handOver(["ok1@a.test"])
             #expect(await eventually { try h.state("ok1@a.test") == "delivered" })
             // The worker keeps its connection open and takes the next message on it.
-            #expect(await eventually { h.scheduler.state.withLock { $0.waiting["a.test"]?.count == 1 } })
+            #expect(await eventually { h.scheduler.state.withLock { $0.waiting[Lane(domain: "a.test")]?.count == 1 } })
             try await h.handOver(["ok2@a.test"])
             #expect(await eventually { try h.state("ok2@a.test") == "delivered" })
             #expect(h.agent.connections == 1 && h.agent.open["a.test"] == 1)
@@ -239,7 +239,7 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
             #expect(await eventually { try h.state("ok3@a.test") == "delivered" })
             #expect(h.agent.connections == 1)
             // After the cache time (2 s on the scheduler's clock) the next pass closes it.
-            #expect(await eventually { h.scheduler.state.withLock { $0.waiting["a.test"]?.count == 1 } })
+            #expect(await eventually { h.scheduler.state.withLock { $0.waiting[Lane(domain: "a.test")]?.count == 1 } })
             h.clock.advance(seconds: 3)
             h.scheduler.wake()
             #expect(await eventually { h.agent.open["a.test"] == 0 })
@@ -265,7 +265,7 @@ func eventually(_ condition: () throws -> Bool) async -> Bool {
         let task = Task { try await h.scheduler.run() }
         #expect(await eventually { h.scheduler.state.withLock { $0.running } })
         try await h.handOver(["ok1@a.test"])
-        #expect(await eventually { h.scheduler.state.withLock { $0.waiting["a.test"]?.count == 1 } })
+        #expect(await eventually { h.scheduler.state.withLock { $0.waiting[Lane(domain: "a.test")]?.count == 1 } })
         h.scheduler.stop()
         try await task.value
         #expect(h.agent.open["a.test"] == 0)

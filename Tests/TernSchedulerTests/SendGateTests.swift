@@ -46,7 +46,7 @@ final class TestGate: SendGate {
         #expect(try h.rows("SELECT count(*) FROM attempt a JOIN recipient r ON r.id = a.recipient_id WHERE r.domain = 'paced.test'").first?[0] == 0)
         #expect(try h.rows("SELECT attempts FROM recipient WHERE domain = 'paced.test'").map { $0[0] as Int } == [0, 0])
         #expect(gate.rules.withLock { $0.asked.contains { $0.kind == .connection && $0.destination == "paced.test" } })
-        #expect(h.scheduler.state.withLock { $0.pacedUntil["paced.test"] } == opens)
+        #expect(h.scheduler.state.withLock { $0.pacedUntil[Lane(domain: "paced.test")] } == opens)
         // Still closed a second before; open after.
         h.clock.advance(ms: 59_000)
         await h.scheduler.runDue()
@@ -70,7 +70,7 @@ final class TestGate: SendGate {
         #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'queued' AND attempts = 0 AND lease_owner IS NULL").first?[0] == 3)
         #expect(try h.rows("SELECT count(*) FROM attempt").first?[0] == 2)
         #expect(h.scheduler.givenBackAtLimit.load(ordering: .relaxed) == 0) // paced, not the per-connection limit
-        #expect(h.scheduler.state.withLock { $0.pacedUntil["a.test"] } == h.clock.now() + 30_000)
+        #expect(h.scheduler.state.withLock { $0.pacedUntil[Lane(domain: "a.test")] } == h.clock.now() + 30_000)
         #expect(h.scheduler.runningWorkers == 0)
         // The gate reopens: the rest go out.
         h.clock.advance(ms: 30_000)
