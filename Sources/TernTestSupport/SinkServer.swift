@@ -20,6 +20,9 @@ public struct SinkMessage: Sendable, Equatable {
     public var data: String
     /// Received over TLS (after STARTTLS).
     public var tls: Bool
+    /// The client's address (its source address) and the name it gave in EHLO/HELO.
+    public var peer: String = ""
+    public var helo: String = ""
 }
 
 public final class SinkServer: Sendable {
@@ -68,6 +71,11 @@ public final class SinkServer: Sendable {
         public var blockedUntil: Int64 = 0
         /// When each block began and ended (wall-clock milliseconds).
         public var blocks: [(from: Int64, to: Int64)] = []
+        /// Every connection (provider behaviour or not), by the client's
+        /// address: open now, the most at once, and in all.
+        public var openByPeer: [String: Int] = [:]
+        public var peakByPeer: [String: Int] = [:]
+        public var connectionsByPeer: [String: Int] = [:]
     }
 
     public var providerStats: ProviderStats { provider.withLockedValue { $0 } }
@@ -138,6 +146,8 @@ final class SinkHandler: ChannelInboundHandler {
     var dead = false
     var holding = false
     var tlsActive = false
+    var helo = ""
+    var peer = ""
     let provider: NIOLockedValueBox<SinkServer.ProviderStats>
     /// Counted in the provider's open connections.
     var counted = false
@@ -153,6 +163,12 @@ final class SinkHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         state.withLockedValue { $0.connections += 1 }
+        peer = context.remoteAddress?.ipAddress ?? ""
+        provider.withLockedValue { s in
+            s.openByPeer[peer, default: 0] += 1
+            s.peakByPeer[peer] = max(s.peakByPeer[peer] ?? 0, s.openByPeer[peer]!)
+            s.connectionsByPeer[peer, default: 0] += 1
+        }
         if let p = config.provider {
             let refused = provider.withLockedValue { s -> Bool in
                 if s.open >= p.maxConcurrent { s.refusedConnections += 1; return true }
@@ -203,13 +219,16 @@ final class SinkHandler: ChannelInboundHandler {
         let verb = line.prefix(4).uppercased()
         switch verb {
         case "EHLO":
+            helo = String(line.dropFirst(5))
             if config.acceptEHLO {
                 let lines = ["sink.test"] + config.extensions + (config.tls != nil && !tlsActive ? ["STARTTLS"] : [])
                 reply(lines.enumerated().map { i, l in "250\(i == lines.count - 1 ? " " : "-")\(l)" }.joined(separator: "\r\n"), context)
             } else {
                 reply("502 5.5.1 EHLO not supported", context)
             }
-        case "HELO": reply("250 sink.test", context)
+        case "HELO":
+            helo = String(line.dropFirst(5))
+            reply("250 sink.test", context)
         case "MAIL":
             if local(line).hasPrefix("dropmail") { context.close(promise: nil); dead = true; return }
             if let p = config.provider {
@@ -277,13 +296,15 @@ final class SinkHandler: ChannelInboundHandler {
         let n = counter.withLockedValue { c -> Int in c += 1; return c }
         if config.provider != nil { provider.withLockedValue { $0.acceptedSinceRecovery += 1 } }
         if config.record {
-            let message = SinkMessage(mailCommand: mail ?? "", rcptCommands: rcpts, data: data.joined(separator: "\r\n") + "\r\n", tls: tlsActive)
+            let message = SinkMessage(mailCommand: mail ?? "", rcptCommands: rcpts, data: data.joined(separator: "\r\n") + "\r\n", tls: tlsActive,
+                                      peer: peer, helo: helo)
             state.withLockedValue { $0.messages.append(message) }
         }
         reply("250 2.0.0 Ok: queued as SINK\(n)", context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        provider.withLockedValue { $0.openByPeer[peer, default: 1] -= 1 }
         dead = true
         if counted { provider.withLockedValue { $0.open -= 1 } }
         counted = false

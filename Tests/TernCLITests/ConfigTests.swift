@@ -232,6 +232,86 @@ import TernScheduler
         #expect(s.showTOML().contains("[[provider]]"))
     }
 
+    /// Issue 19: sources, pools, pool rules, warm-up plans and blocklists in TOML.
+    @Test func sourcesPoolsWarmupAndBlocklists() throws {
+        var s = TernSettings()
+        try s.apply(toml: """
+            [delivery]
+            pool_header = "X-Pool"
+
+            [[source]]
+            name = "a"
+            address = "127.0.0.2"
+            ehlo = "a.mail.example.com"
+            warmup = "default"
+
+            [[source]]
+            name = "b"
+            address = "::1"
+
+            [[source]]
+            name = "c"
+            address = "127.0.0.4"
+            warmup = "slow"
+
+            [[pool]]
+            name = "main"
+            sources = { a = 1, b = 3 }
+            default = true
+
+            [[pool]]
+            name = "bulk"
+            sources = ["c"]
+
+            [[pool_rule]]
+            pool = "bulk"
+            sender_domain = ["news.example.com"]
+            listener = "submission"
+
+            [[warmup_plan]]
+            name = "slow"
+            daily = [10, 20, 40]
+            hours = 8
+            max_deferral_rate = 0.2
+
+            [blocklist]
+            zones = ["zen.example.org"]
+            domain_zones = ["dbl.example.org"]
+            interval = "30m"
+            on_listed = "pause"
+            """)
+        #expect(s.sources.map(\.name) == ["a", "b", "c"] && s.sources[1].address.isIPv4 == false && s.sources[0].ehlo == "a.mail.example.com")
+        let book = s.sourceBook
+        #expect(book.defaultPool == "main" && book.pools["main"]?.members.map(\.weight) == [1, 3])
+        #expect(s.poolChooser?.header == "X-Pool")
+        #expect(s.poolChooser?.choose(mailFrom: "x@news.example.com", authUser: nil, origin: .submission, tag: nil, mayTag: true) == "bulk")
+        #expect(s.poolChooser?.choose(mailFrom: "x@news.example.com", authUser: nil, origin: .smtp, tag: nil, mayTag: false) == nil)
+        #expect(s.warmupPlans.first?.hourlyCap(day: 1) == 2 && s.warmupPlans.first?.maxDeferralRate == 0.2)
+        #expect(s.blocklist.zones == ["zen.example.org"] && s.blocklist.intervalMillis == 1_800_000 && s.blocklist.onListed == .pause)
+        // `tern config show` writes them back, and they read back the same.
+        var again = TernSettings()
+        try again.apply(toml: s.showTOML())
+        #expect(again.sources == s.sources && again.pools == s.pools && again.poolRules == s.poolRules && again.warmupPlans == s.warmupPlans)
+        #expect(again.blocklist == s.blocklist && again.poolHeader == "X-Pool")
+
+        // Mistakes get a clear error.
+        for (toml, message) in [
+            ("[[source]]\nname = \"a\"\naddress = \"nope\"", "needs an 'address'"),
+            ("[[source]]\nname = \"a\"\naddress = \"127.0.0.2\"\nwarmup = \"fast\"", "no warm-up plan 'fast'"),
+            ("[[source]]\nname = \"a\"\naddress = \"127.0.0.2\"\n[[pool]]\nname = \"p\"\nsources = { x = 1 }\ndefault = true", "no [[source]] named 'x'"),
+            ("[[source]]\nname = \"a\"\naddress = \"127.0.0.2\"\n[[pool]]\nname = \"p\"\nsources = { a = 1 }", "must be the default"),
+            ("[[pool_rule]]\npool = \"nope\"\nuser = \"u\"", "no [[pool]] named 'nope'"),
+            ("[[warmup_plan]]\nname = \"w\"\ndaily = []", "needs 'daily'"),
+            ("[blocklist]\ninterval = \"10s\"", "at least a minute"),
+            ("[blocklist]\nzones = [\"not a zone\"]", "is not a DNS zone"),
+            ("[[source]]\nname = \"a\"\naddress = \"127.0.0.2\"\nweight = 3", "unknown key 'source.weight'"),
+        ] {
+            var bad = TernSettings()
+            #expect(throws: ConfigError.self) { try bad.apply(toml: toml) }
+            do { try bad.apply(toml: toml) } catch { #expect("\(error)".contains(message), "\(error)") }
+        }
+    }
+
     @Test func shapingTablesRulesAndCategories() throws {
         var s = TernSettings()
         try s.apply(toml: """

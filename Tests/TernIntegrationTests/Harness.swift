@@ -42,7 +42,7 @@ final class TestServer: Sendable {
     let scheduler: Scheduler?
     let schedulerTask: Task<Void, Never>?
 
-    static func start(delivery: DeliverySetup? = nil, logger: Logger? = nil, signer: DKIMSigner? = nil,
+    static func start(delivery: DeliverySetup? = nil, logger: Logger? = nil, signer: DKIMSigner? = nil, pools: PoolChooser? = nil,
                       _ edit: (inout ListenerConfig, Store) -> Void = { _, _ in }) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-it-\(UUID().uuidString)")
         let dbPath = dir.appendingPathComponent("tern.sqlite").path
@@ -64,7 +64,8 @@ final class TestServer: Sendable {
         }
         let s = scheduler
         // As in `tern serve`: the running scheduler takes new mail from memory.
-        let intake = Intake(store: store, hostname: "mx.test", logger: logger, handoff: s, signer: signer, onAccepted: { s?.wake() })
+        let intake = Intake(store: store, hostname: "mx.test", logger: logger, handoff: s, signer: signer, pools: pools,
+                            onAccepted: { s?.wake() })
         var session = SessionConfig(hostname: "mx.test")
         session.relay = RelayPolicy(relayDomains: ["local.test"])
         var config = ListenerConfig(session: session)

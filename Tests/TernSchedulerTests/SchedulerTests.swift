@@ -25,10 +25,16 @@ final class FakeAgent: DeliveryAgent, @unchecked Sendable {
     private(set) var open: [String: Int] = [:]
     private(set) var maxOpen: [String: Int] = [:]
     private(set) var sent: [OutboundMessage] = []
+    /// The source each message in `sent` left from ("" for the kernel's choice).
+    private(set) var sentFrom: [String] = []
 
     func connect(domain: String) async -> ConnectOutcome { lock.withLock { connectLocked(domain) } }
 
-    private func connectLocked(_ domain: String) -> ConnectOutcome {
+    func connect(domain: String, requireTLS: Bool, source: OutboundSource?) async -> ConnectOutcome {
+        lock.withLock { connectLocked(domain, source: source?.name ?? "") }
+    }
+
+    private func connectLocked(_ domain: String, source: String = "") -> ConnectOutcome {
         if down.contains(domain) {
             return .failed(SMTPReply(451, EnhancedStatus(4, 4, 1), "connect to mx.\(domain) failed"), AttemptContext(mxHost: "mx.\(domain)", mxAddress: "127.0.0.9"))
         }
@@ -36,7 +42,7 @@ final class FakeAgent: DeliveryAgent, @unchecked Sendable {
         connections += 1
         open[domain, default: 0] += 1
         maxOpen[domain] = max(maxOpen[domain, default: 0], open[domain]!)
-        return .connected(FakeConnection(agent: self, domain: domain))
+        return .connected(FakeConnection(agent: self, domain: domain, source: source))
     }
 
     func closed(_ domain: String) { lock.withLock { open[domain]! -= 1 } }
@@ -60,25 +66,39 @@ final class FakeAgent: DeliveryAgent, @unchecked Sendable {
         }
         waiters.forEach { $0.resume() }
     }
-    func record(_ m: OutboundMessage) { lock.withLock { sent.append(m) } }
+    func record(_ m: OutboundMessage, from source: String = "") {
+        lock.withLock {
+            sent.append(m)
+            sentFrom.append(source)
+        }
+    }
 }
 
 final class FakeConnection: DeliveryConnection, @unchecked Sendable {
     let agent: FakeAgent
     let domain: String
+    var source = ""
     var messages = 0
-    init(agent: FakeAgent, domain: String) { self.agent = agent; self.domain = domain }
+    init(agent: FakeAgent, domain: String, source: String = "") { self.agent = agent; self.domain = domain; self.source = source }
     var context: AttemptContext { AttemptContext(mxHost: "mx.\(domain)", mxAddress: "127.0.0.1", tls: nil, remoteDSN: agent.remoteDSN) }
     var isReusable: Bool { !(agent.breakAfterFirstMessage && messages >= 1) }
     func send(_ m: OutboundMessage) async -> [Int64: RecipientOutcome] {
         await agent.waitIfSlow(domain)
         messages += 1
-        agent.record(m)
+        agent.record(m, from: source)
         var out: [Int64: RecipientOutcome] = [:]
         for r in m.envelope.recipients {
             let local = r.address.prefix { $0 != "@" }
             if agent.allOK || local.hasPrefix("ok") { out[r.id] = .delivered(SMTPReply(250, .ok, "queued as X")) }
             else if local.hasPrefix("temp") { out[r.id] = .deferred(SMTPReply(451, EnhancedStatus(4, 2, 1), "mailbox busy")) }
+            // Yahoo's texts (postmaster.yahooinc.com/error-codes): a volume deferral and a reputation block.
+            else if local.hasPrefix("tss04") {
+                out[r.id] = .deferred(SMTPReply(421, EnhancedStatus(4, 7, 0),
+                    "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"))
+            } else if local.hasPrefix("tss09") {
+                out[r.id] = .bounced(SMTPReply(553, EnhancedStatus(5, 7, 2),
+                    "[TSS09] All messages from 192.0.2.1 will be permanently deferred; Retrying will NOT succeed. See https://postmaster.yahooinc.com/error-codes"))
+            }
             else { out[r.id] = .bounced(SMTPReply(550, .badDestinationMailbox, "no such user")) }
         }
         return out
