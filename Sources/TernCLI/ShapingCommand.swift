@@ -126,8 +126,14 @@ enum ShapingView {
         var names = Swift.Set(settings.shapingDestinations.keys)
         names.formUnion(states.map(\.destination))
         names.formUnion(overrides.map(\.destination))
-        return names.sorted().map { name in
-            row(name, state: states.first { $0.destination == name }, override: overrides.first { $0.destination == name }, settings, now: now)
+        // One row per source that has state for the destination (sources, issue 19), else one.
+        return names.sorted().flatMap { name -> [Row] in
+            let mine = states.filter { $0.destination == name }
+            func override(_ source: String) -> StoredShapingOverride? {
+                overrides.first { $0.destination == name && $0.source == source } ?? overrides.first { $0.destination == name && $0.source.isEmpty }
+            }
+            if mine.isEmpty { return [row(name, state: nil, override: override(""), settings, now: now)] }
+            return mine.map { row(name, state: $0, override: override($0.source), settings, now: now) }
         }
     }
 
@@ -190,8 +196,10 @@ enum ShapingView {
 
     static func table(_ rows: [Row], now: Int64) -> String {
         if rows.isEmpty { return "no destination has shaping limits, state or overrides\n" }
-        return renderTable(header: ["DESTINATION", "STATE", "CONFIGURED", "EFFECTIVE", "OPEN", "TOKENS", "UNTIL", "REASON"], rows: rows.map { r in
-            [r.destination, r.mode.rawValue, limitsText(r.configured), limitsText(r.effective), "\(r.open)",
+        let sources = rows.contains { !$0.source.isEmpty }
+        return renderTable(header: ["DESTINATION"] + (sources ? ["SOURCE"] : []) + ["STATE", "CONFIGURED", "EFFECTIVE", "OPEN", "TOKENS", "UNTIL", "REASON"],
+                           rows: rows.map { r in
+            [r.destination] + (sources ? [r.source.isEmpty ? "-" : r.source] : []) + [r.mode.rawValue, limitsText(r.configured), limitsText(r.effective), "\(r.open)",
              r.tokens.isEmpty ? "-" : r.tokens.map { String(format: "%.1f", $0) }.joined(separator: "/"), time(r.until), r.reason ?? "-"]
         })
     }

@@ -203,20 +203,23 @@ public final class BlocklistMonitor: Service {
             try? await gracefulShutdown()
             return
         }
-        var last: Int64 = .min / 2
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            let now = clock.now()
-            do {
-                if now - last >= config.intervalMillis {
-                    last = now
-                    try await check()
-                } else {
-                    try applyHolds()
+        // A graceful shutdown ends the wait (and a check in progress) at once.
+        try? await cancelWhenGracefulShutdown {
+            var last: Int64 = .min / 2
+            while !Task.isCancelled {
+                let now = self.clock.now()
+                do {
+                    if now - last >= self.config.intervalMillis {
+                        last = now
+                        try await self.check()
+                    } else {
+                        try self.applyHolds()
+                    }
+                } catch {
+                    self.logger.error("blocklist check failed", metadata: ["error": "\(error)"])
                 }
-            } catch {
-                logger.error("blocklist check failed", metadata: ["error": "\(error)"])
+                try await Task.sleep(for: .milliseconds(min(self.config.intervalMillis, 30_000)))
             }
-            try? await Task.sleep(for: .milliseconds(min(config.intervalMillis, 30_000)))
         }
     }
 }

@@ -82,9 +82,11 @@ struct Settlement: Sendable {
                                             reason: "\(outcome.reply.code) \(outcome.reply.enhanced.map { "\($0) " } ?? "")\(outcome.reply.text)",
                                             source: "bounce", createdAt: now)
             }
-            logger.info("\(e.decision.transition.state)", metadata: [
+            var meta: Logger.Metadata = [
                 "msg": "\(message.queueID)", "rcpt": "\(r.address)", "mx": "\(context.mxHost ?? "-")", "reply": "\(outcome.reply)",
-            ])
+            ]
+            if let source = context.source { meta["source"] = "\(source)" }
+            logger.info("\(e.decision.transition.state)", metadata: meta)
             return e
         }
     }

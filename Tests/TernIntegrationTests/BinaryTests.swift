@@ -4,6 +4,8 @@
 import Foundation
 import GRDB
 import Testing
+import TernProtocol
+import TernScheduler
 import TernTestSupport
 @testable import TernStore
 
@@ -412,5 +414,65 @@ final class ServeProcess: @unchecked Sendable {
         }
         let sendmail = try runProgram(bin, ["sendmail", "--help"])
         for opt in ["-f", "-t", "-i", "-oi"] { #expect(sendmail.stdout.contains(opt)) }
+    }
+}
+
+/// Issue 19 with programs nobody here wrote: `tern serve` with two sources
+/// on loopback, dnsmasq answering as a blocklist that lists one of them
+/// (and as the MX), aiosmtpd recording each message's peer address.
+@Suite(.serialized) struct SourcesBinaryTests {
+    @Test func serveSendsFromItsSourcesAndPausesAListedOne() async throws {
+        let mta = try await Aiosmtpd.start()
+        defer { mta.child.stop() }
+        let listed = BlocklistMonitor.queryName(IPAddress("127.0.0.2")!, zone: "bl.test")
+        let dns = try await Dnsmasq.start([
+            "--mx-host=mail.test,mx1.mail.test,10", "--host-record=mx1.mail.test,127.0.0.1",
+            "--address=/\(listed)/127.0.0.2", "--txt-record=\(listed),listed for the test",
+        ])
+        defer { dns.child.stop() }
+        let dir = try tempFolder()
+        let db = dir.appendingPathComponent("tern.sqlite").path
+        let config = dir.appendingPathComponent("tern.toml")
+        try """
+            [[source]]
+            name = "a"
+            address = "127.0.0.2"
+            ehlo = "a.out.test"
+
+            [[source]]
+            name = "b"
+            address = "127.0.0.3"
+            ehlo = "b.out.test"
+
+            [[pool]]
+            name = "main"
+            sources = { a = 3, b = 1 }
+            default = true
+
+            [blocklist]
+            zones = ["bl.test"]
+            on_listed = "pause"
+            """.write(to: config, atomically: true, encoding: .utf8)
+        let serve = try ServeProcess(["--config", config.path, "--listen", "127.0.0.1:0", "--db", db, "--hostname", "mx.tern.test",
+                                      "--resolver", "127.0.0.1:\(dns.port)", "--remote-port", "\(mta.port)"])
+        let port = try await serve.port()
+        // The start-up check finds a listed and takes it out of rotation.
+        let store = try Store(path: db)
+        defer { store.close() }
+        #expect(await eventually { try store.blocklistStatuses().contains { $0.source == "a" && $0.listed && $0.reason == "listed for the test" } },
+                "\(serve.log)")
+        for i in 0..<6 {
+            let c = try RawClient(port: port)
+            _ = try c.readReply()
+            _ = try c.command("EHLO client.test")
+            #expect(try c.sendMessage(from: "ann@sender.test", to: ["u\(i)@mail.test"], body: "Subject: \(i)\r\n\r\nhello\r\n").status == "250 2.0.0")
+        }
+        #expect(await eventually { mta.messages().count == 6 }, "\(serve.log)")
+        // Every message left from b, which said its own name.
+        #expect(mta.messages().allSatisfy { $0["peer"] as? String == "127.0.0.3" && $0["helo"] as? String == "b.out.test" }, "\(mta.messages())")
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM attempt WHERE source = 'b' AND source_address = '127.0.0.3'") } == 6)
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM event WHERE kind = 'blocklist_listed'") } == 1)
+        #expect(serve.log.contains("source listed on a blocklist"))
+        #expect(await serve.terminate() == 0)
     }
 }

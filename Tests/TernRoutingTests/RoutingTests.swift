@@ -215,6 +215,17 @@ import Glibc
         #expect(Breaker.arrange([dead], records: records, now: 500).usable.isEmpty)
     }
 
+    /// Issue 19: a host that refuses one source address may take another:
+    /// the breaker keeps a book per source and endpoint.
+    @Test func theBreakerIsKeptPerSource() {
+        let mx = Hop(host: "mx.test", port: 25, address: IPAddress("192.0.2.9")!)
+        #expect(mx.breakerKey(source: "a") == "[192.0.2.9]:25 from a" && mx.breakerKey(source: nil) == mx.endpoint)
+        let records = [mx.breakerKey(source: "a"): HostRecord(failures: 4, cooldownUntil: 10_000)]
+        #expect(Breaker.arrange([mx], records: records, now: 500, source: "a").usable.isEmpty)
+        #expect(Breaker.arrange([mx], records: records, now: 500, source: "b").usable == [mx])
+        #expect(Breaker.arrange([mx], records: records, now: 500).usable == [mx])
+    }
+
     final class CountingResolver: DNSResolver, @unchecked Sendable {
         var mxQueries = 0
         var answer: DNSAnswer<[MXRecord]> = .records([MXRecord(preference: 10, host: "mx.c.test", ttl: 120)])

@@ -39,6 +39,8 @@ class Handler:
             "rcpt_tos": envelope.rcpt_tos,
             "rcpt_options": envelope.rcpt_options,
             "content": envelope.original_content.decode("utf-8", "replace"),
+            "peer": session.peer[0] if session.peer else "",
+            "helo": session.host_name or "",
         }
         tmp = os.path.join(self.outdir, f".{self.count}.tmp")
         with open(tmp, "w") as f:
