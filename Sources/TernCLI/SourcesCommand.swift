@@ -115,7 +115,8 @@ struct WarmupView {
     struct Source {
         var name: String
         var address: String
-        var plan: String
+        /// nil: the source has no warm-up plan (listed for its blocklist and bind status).
+        var plan: String?
         var state: StoredWarmup?
         var dayCap: Int?
         var hourCap: Int?
@@ -140,15 +141,15 @@ struct WarmupView {
         let plans = Dictionary(uniqueKeysWithValues: (settings.warmupPlans + [WarmupPlan.builtIn]).reversed().map { ($0.name, $0) })
         var out: [Source] = []
         for s in settings.sources where only == nil || s.name == only {
-            guard let planName = s.warmup, let plan = plans[planName] else { continue }
-            let st = states[s.name]
+            let plan = s.warmup.flatMap { plans[$0] }
+            let st = plan == nil ? nil : states[s.name]
             let day = st?.day ?? 1
             let done = st?.status == WarmupStatus.done.rawValue
             let mine = events.filter { e in
                 ((try? JSONSerialization.jsonObject(with: Data(e.detail.utf8))) as? [String: Any])?["source"] as? String == s.name
             }
-            out.append(Source(name: s.name, address: s.address.description, plan: planName, state: st,
-                              dayCap: done ? nil : plan.cap(day: day), hourCap: done ? nil : plan.hourlyCap(day: day), days: plan.daily.count,
+            out.append(Source(name: s.name, address: s.address.description, plan: plan?.name, state: st,
+                              dayCap: done ? nil : plan?.cap(day: day), hourCap: done ? nil : plan?.hourlyCap(day: day), days: plan?.daily.count ?? 0,
                               destinations: usage.filter { $0.source == s.name && $0.day == day }.map { Destination(name: $0.destination, counts: $0) },
                               listed: listed.filter { $0.source == s.name }, bindError: binds[s.name]?.bindError,
                               lastEvents: Array(mine.prefix(5))))
@@ -159,23 +160,23 @@ struct WarmupView {
     static func rate(_ n: Int, _ of: Int) -> Double? { of == 0 ? nil : Double(n) / Double(of) }
 
     var table: String {
-        if sources.isEmpty { return "(no source has a warm-up plan: add warmup = \"default\" to a [[source]])\n" }
+        if sources.isEmpty { return "(no [[source]] in the configuration: the kernel chooses the address, and there is nothing to warm up)\n" }
         var out = ""
         for s in sources {
             let st = s.state
-            out += "\(s.name) (\(s.address)): plan \(s.plan), "
-            if let st {
-                out += "day \(st.day) of \(s.days), \(st.status), day started \(time(st.dayStartedAt))\n"
+            out += "\(s.name) (\(s.address)): "
+            if let plan = s.plan {
+                out += "plan \(plan), " + (st.map { "day \($0.day) of \(s.days), \($0.status), day started \(time($0.dayStartedAt))" }
+                    ?? "not started yet (starts on day 1 when the server starts)") + "\n"
+                out += "  caps per destination: " + (s.dayCap.map { "\($0) a day, \(s.hourCap ?? $0) an hour" } ?? "none (warm)") + "\n"
+                if let v = st?.verdict { out += "  last day: \(v)\(st?.reason.map { " — \($0)" } ?? "")\n" }
             } else {
-                out += "not started yet (starts on day 1 when the server starts)\n"
+                out += "no warm-up plan (warm)\n"
             }
-            out += "  caps per destination: " + (s.dayCap.map { "\($0) a day, \(s.hourCap ?? $0) an hour" } ?? "none (warm)") + "\n"
-            if let v = st?.verdict { out += "  last day: \(v)\(st?.reason.map { " — \($0)" } ?? "")\n" }
             if let e = s.bindError { out += "  OUT OF ROTATION: \(e)\n" }
             for l in s.listed { out += "  LISTED on \(l.zone) (\(l.query), \(l.code ?? "?"))\(l.reason.map { ": \($0)" } ?? "") since \(time(l.changedAt))\n" }
-            if s.destinations.isEmpty {
-                out += "  (nothing sent on this day yet)\n"
-            } else {
+            if s.plan != nil && s.destinations.isEmpty { out += "  (nothing sent on this day yet)\n" }
+            if s.plan != nil && !s.destinations.isEmpty {
                 out += renderTable(header: ["DESTINATION", "SENT", "CAP", "DELIVERED", "DEFERRED", "BOUNCED", "BLOCKED", "THIS HOUR"],
                                    rows: s.destinations.sorted { $0.name < $1.name }.map { d in
                     let c = d.counts
@@ -197,7 +198,7 @@ struct WarmupView {
     var json: String {
         JSON.array(sources.map { s in
             .object([
-                ("source", .string(s.name)), ("address", .string(s.address)), ("plan", .string(s.plan)),
+                ("source", .string(s.name)), ("address", .string(s.address)), ("plan", jsonString(s.plan)),
                 ("day", s.state.map { .int($0.day) } ?? .null), ("days", .int(s.days)), ("status", jsonString(s.state?.status)),
                 ("day_started_at", jsonInt64(s.state?.dayStartedAt)), ("day_cap", s.dayCap.map { .int($0) } ?? .null),
                 ("hour_cap", s.hourCap.map { .int($0) } ?? .null), ("last_verdict", jsonString(s.state?.verdict)), ("reason", jsonString(s.state?.reason)),

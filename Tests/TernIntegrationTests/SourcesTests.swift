@@ -203,6 +203,9 @@ import TernTestSupport
         #expect(one.status == 0 && one.stdout.contains("bl.test") && !one.stdout.contains("127.0.0.2 "), "\(one.stdout)")
         // The status shows where operators look.
         #expect(try run(["warmup", "status"]).stdout.contains("LISTED on bl.test"))
+        let all = try JSONSerialization.jsonObject(with: Data(try run(["warmup", "status", "--format", "json"]).stdout.utf8)) as? [[String: Any]] ?? []
+        #expect(all.count == 2 && all[1]["source"] as? String == "b" && all[1]["plan"] is NSNull && (all[1]["listed"] as? [Any])?.isEmpty == true)
+        #expect(try run(["warmup", "status", "--source", "b"]).stdout.contains("b (127.0.0.3): no warm-up plan"))
         let routes = try run(["stats", "routes"])
         #expect(routes.stdout.split(separator: "\n").contains { $0.hasPrefix("a ") && $0.contains("listed on bl.test (127.0.0.2)") }, "\(routes.stdout)")
 

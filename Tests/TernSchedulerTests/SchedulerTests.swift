@@ -30,8 +30,14 @@ final class FakeAgent: DeliveryAgent, @unchecked Sendable {
 
     func connect(domain: String) async -> ConnectOutcome { lock.withLock { connectLocked(domain) } }
 
+    /// Sources whose address "cannot be bound".
+    var unbindable: Set<String> = []
+
     func connect(domain: String, requireTLS: Bool, source: OutboundSource?) async -> ConnectOutcome {
-        lock.withLock { connectLocked(domain, source: source?.name ?? "") }
+        lock.withLock {
+            if let s = source, unbindable.contains(s.name) { return .sourceUnavailable("cannot bind \(s.address): Cannot assign requested address") }
+            return connectLocked(domain, source: source?.name ?? "")
+        }
     }
 
     private func connectLocked(_ domain: String, source: String = "") -> ConnectOutcome {

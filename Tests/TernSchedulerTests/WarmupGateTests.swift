@@ -107,4 +107,32 @@ import TernProtocol
         #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] == 30)
         #expect(gate.warmupSnapshot().counts["w"]?["dest.test"]?.sent == 2)
     }
+
+    /// A source whose address cannot be bound leaves rotation (its mail goes
+    /// from the others, untried), and the scheduler's probe brings it back.
+    @Test func anUnboundSourceComesBackWhenItsAddressBindsAgain() async throws {
+        let book = SourceBook(sources: [WarmupGateTests.warm, WarmupGateTests.old],
+                              pools: [SourcePool(name: "main", members: [(WarmupGateTests.warm, 5), (WarmupGateTests.old, 1)])], defaultPool: "main")
+        let h = try Harness { c in
+            c.sources = book
+            c.sourceProbeMillis = 30_000
+        }
+        h.agent.unbindable = ["w"]
+        for i in 0..<5 { try await h.submit(["ok\(i)@dest.test"]) }
+        await h.scheduler.runDue()
+        await h.scheduler.runDue()
+        #expect(sentFrom(h, "old") == 5 && sentFrom(h, "w") == 0)
+        #expect(book.holds["w"]?[.bind]?.contains("Cannot assign requested address") == true)
+        #expect(try h.rows("SELECT count(*) FROM attempt").first?[0] == 5) // nothing was tried from w
+        // The address is back (127.0.0.2 binds): the next pass after the probe interval puts w in rotation.
+        h.agent.unbindable = []
+        h.clock.advance(seconds: 31)
+        await h.scheduler.runDue()
+        #expect(book.holds["w"] == nil)
+        for i in 0..<5 { try await h.submit(["ok-b\(i)@dest.test"]) }
+        await h.scheduler.runDue()
+        #expect(sentFrom(h, "w") > 0)
+        #expect(try h.rows("SELECT kind FROM event WHERE kind LIKE 'source_%' ORDER BY id").map { $0[0] as String } == ["source_unavailable", "source_available"])
+        #expect(try h.rows("SELECT count(*) FROM source_status WHERE source = 'w' AND bind_error IS NULL").first?[0] == 1)
+    }
 }

@@ -1,0 +1,1 @@
+../../../Sources/TernScheduler/Warmup.swift
