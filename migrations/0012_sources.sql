@@ -38,11 +38,12 @@ CREATE TABLE warmup_state (
 
 -- The current plan day's volume and results per source and destination
 -- (provider or domain), and the current hour's volume: a restart resumes
--- the same day with the same counts.
+-- the same day with the same counts. A row belongs to the day that started
+-- at day_started_at (a held day repeats its number, not its start).
 CREATE TABLE warmup_usage (
     source          TEXT    NOT NULL,
     destination     TEXT    NOT NULL,
-    day             INTEGER NOT NULL,
+    day_started_at  INTEGER NOT NULL,
     sent            INTEGER NOT NULL DEFAULT 0,
     delivered       INTEGER NOT NULL DEFAULT 0,
     deferred        INTEGER NOT NULL DEFAULT 0,

@@ -150,7 +150,7 @@ struct WarmupView {
             }
             out.append(Source(name: s.name, address: s.address.description, plan: plan?.name, state: st,
                               dayCap: done ? nil : plan?.cap(day: day), hourCap: done ? nil : plan?.hourlyCap(day: day), days: plan?.daily.count ?? 0,
-                              destinations: usage.filter { $0.source == s.name && $0.day == day }.map { Destination(name: $0.destination, counts: $0) },
+                              destinations: usage.filter { $0.source == s.name && $0.dayStartedAt == st?.dayStartedAt }.map { Destination(name: $0.destination, counts: $0) },
                               listed: listed.filter { $0.source == s.name }, bindError: binds[s.name]?.bindError,
                               lastEvents: Array(mine.prefix(5))))
         }

@@ -74,7 +74,7 @@ public final class ShapingGate: SendGate, Service {
                     var p = ShapingGate.progress(from: row)
                     p.plan = plan
                     var counts: [String: WarmupCounts] = [:]
-                    for u in stored?.1 ?? [] where u.source == source && u.day == row.day { counts[u.destination] = ShapingGate.counts(from: u) }
+                    for u in stored?.1 ?? [] where u.source == source && u.dayStartedAt == row.dayStartedAt { counts[u.destination] = ShapingGate.counts(from: u) }
                     i.warmup.set(source, p, counts: counts)
                 } else {
                     i.warmup.set(source, WarmupProgress(plan: plan, dayStartedAt: now))
@@ -308,7 +308,7 @@ public final class ShapingGate: SendGate, Service {
                 warm.append(StoredWarmup(source: source, plan: p.plan, day: p.day, dayStartedAt: p.dayStartedAt, status: p.status.rawValue,
                                          verdict: p.verdict?.rawValue, reason: p.reason, operatorVersion: p.operatorVersion, updatedAt: now))
                 for (destination, c) in i.warmup.counts[source] ?? [:] {
-                    usage.append(StoredWarmupUsage(source: source, destination: destination, day: p.day, sent: c.sent, delivered: c.delivered,
+                    usage.append(StoredWarmupUsage(source: source, destination: destination, dayStartedAt: p.dayStartedAt, sent: c.sent, delivered: c.delivered,
                                                    deferred: c.deferred, bounced: c.bounced, blocked: c.blocked, hourStartedAt: c.hourStartedAt,
                                                    hourSent: c.hourSent))
                 }

@@ -46,7 +46,8 @@ public struct StoredWarmup: Sendable, Equatable {
 public struct StoredWarmupUsage: Sendable, Equatable {
     public var source: String
     public var destination: String
-    public var day: Int
+    /// The start of the plan day these counts belong to.
+    public var dayStartedAt: Int64
     public var sent = 0
     public var delivered = 0
     public var deferred = 0
@@ -55,11 +56,11 @@ public struct StoredWarmupUsage: Sendable, Equatable {
     public var hourStartedAt: Int64
     public var hourSent = 0
 
-    public init(source: String, destination: String, day: Int, sent: Int = 0, delivered: Int = 0, deferred: Int = 0, bounced: Int = 0,
+    public init(source: String, destination: String, dayStartedAt: Int64, sent: Int = 0, delivered: Int = 0, deferred: Int = 0, bounced: Int = 0,
                 blocked: Int = 0, hourStartedAt: Int64, hourSent: Int = 0) {
         self.source = source
         self.destination = destination
-        self.day = day
+        self.dayStartedAt = dayStartedAt
         self.sent = sent
         self.delivered = delivered
         self.deferred = deferred
@@ -161,10 +162,10 @@ extension Store {
     public func warmupUsage() throws -> [StoredWarmupUsage] {
         try read { db in
             try Row.fetchAll(db, sql: """
-                SELECT source, destination, day, sent, delivered, deferred, bounced, blocked, hour_started_at, hour_sent
+                SELECT source, destination, day_started_at, sent, delivered, deferred, bounced, blocked, hour_started_at, hour_sent
                   FROM warmup_usage ORDER BY source, destination
                 """).map {
-                StoredWarmupUsage(source: $0[0], destination: $0[1], day: $0[2], sent: $0[3], delivered: $0[4], deferred: $0[5],
+                StoredWarmupUsage(source: $0[0], destination: $0[1], dayStartedAt: $0[2], sent: $0[3], delivered: $0[4], deferred: $0[5],
                                   bounced: $0[6], blocked: $0[7], hourStartedAt: $0[8], hourSent: $0[9])
             }
         }
@@ -187,19 +188,22 @@ extension Store {
                     status = excluded.status, verdict = excluded.verdict, reason = excluded.reason, updated_at = excluded.updated_at
                 WHERE warmup_state.operator_version <= excluded.operator_version
                 """)
+            // A new day's counts replace the last day's.
+            let stale = try db.cachedStatement(sql: "DELETE FROM warmup_usage WHERE source = ? AND day_started_at <> ?")
             for s in states {
                 try put.execute(arguments: [s.source, s.plan, s.day, s.dayStartedAt, s.status, s.verdict, s.reason, s.operatorVersion, s.updatedAt])
+                try stale.execute(arguments: [s.source, s.dayStartedAt])
             }
             let count = try db.cachedStatement(sql: """
-                INSERT INTO warmup_usage (source, destination, day, sent, delivered, deferred, bounced, blocked, hour_started_at, hour_sent,
+                INSERT INTO warmup_usage (source, destination, day_started_at, sent, delivered, deferred, bounced, blocked, hour_started_at, hour_sent,
                                           updated_at)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (source, destination) DO UPDATE SET day = excluded.day, sent = excluded.sent, delivered = excluded.delivered,
+                ON CONFLICT (source, destination) DO UPDATE SET day_started_at = excluded.day_started_at, sent = excluded.sent, delivered = excluded.delivered,
                     deferred = excluded.deferred, bounced = excluded.bounced, blocked = excluded.blocked,
                     hour_started_at = excluded.hour_started_at, hour_sent = excluded.hour_sent, updated_at = excluded.updated_at
                 """)
             for u in usage {
-                try count.execute(arguments: [u.source, u.destination, u.day, u.sent, u.delivered, u.deferred, u.bounced, u.blocked,
+                try count.execute(arguments: [u.source, u.destination, u.dayStartedAt, u.sent, u.delivered, u.deferred, u.bounced, u.blocked,
                                               u.hourStartedAt, u.hourSent, now])
             }
             let event = try db.cachedStatement(sql: "INSERT INTO event (at, kind, detail) VALUES (?, ?, ?)")

@@ -80,6 +80,11 @@ import TernProtocol
         gate2.advance(now: h.clock.now())
         var p = try #require(gate2.warmupSnapshot().progress["w"])
         #expect(p.day == 2 && p.verdict == .held && p.reason?.contains("deferred") == true, "\(p)")
+        // The repeated day 2 starts from zero, also for a restart: the last day's counts are gone.
+        await gate2.flush(now: h.clock.now())
+        #expect(try h.rows("SELECT count(*) FROM warmup_usage WHERE day_started_at <> (SELECT day_started_at FROM warmup_state WHERE source = 'w')").first?[0] == 0)
+        let (_, gate3) = try harness([(WarmupGateTests.warm, 1)], store: h.store, clock: h.clock)
+        #expect(gate3.warmupSnapshot().progress["w"]?.day == 2 && (gate3.warmupSnapshot().counts["w"] ?? [:]).isEmpty)
 
         // Day 2 again, now with Yahoo's reputation block (TSS09): back to day 1.
         try await h.store.write { db in try db.execute(sql: "DELETE FROM recipient WHERE state IN ('queued', 'deferred')") }
