@@ -60,11 +60,7 @@ struct WarmupCommand: AsyncParsableCommand {
         @Argument(help: "A [[source]] name.") var source: String
 
         func run() async throws {
-            let p = try await WarmupView.change(common, source, event: .warmupPaused) { old, plan, now in
-                var s = try WarmupView.existing(old, source)
-                s.status = WarmupStatus.paused.rawValue
-                return s
-            }
+            let p = try await WarmupView.setStatus(common, source, .paused, event: .warmupPaused)
             print("\(source): warm-up paused on day \(p.day)")
         }
     }
@@ -75,11 +71,7 @@ struct WarmupCommand: AsyncParsableCommand {
         @Argument(help: "A [[source]] name.") var source: String
 
         func run() async throws {
-            let p = try await WarmupView.change(common, source, event: .warmupResumed) { old, plan, now in
-                var s = try WarmupView.existing(old, source)
-                s.status = WarmupStatus.active.rawValue
-                return s
-            }
+            let p = try await WarmupView.setStatus(common, source, .active, event: .warmupResumed)
             print("\(source): warm-up resumed on day \(p.day)")
         }
     }
@@ -217,9 +209,13 @@ struct WarmupView {
         }).text
     }
 
-    static func existing(_ row: StoredWarmup?, _ source: String) throws -> StoredWarmup {
-        guard let row else { throw ConfigError("\(source) has not started its warm-up (tern warmup start \(source), or start the server)") }
-        return row
+    /// Pause or resume a plan that has started.
+    static func setStatus(_ common: DatabaseOptions, _ source: String, _ status: WarmupStatus, event: EventKind) async throws -> StoredWarmup {
+        try await change(common, source, event: event) { old, _, _ in
+            guard var row = old else { throw ConfigError("\(source) has not started its warm-up (tern warmup start \(source), or start the server)") }
+            row.status = status.rawValue
+            return row
+        }
     }
 
     /// Writes an operator's change: `change` gets the current row, the
@@ -234,10 +230,7 @@ struct WarmupView {
         guard let plan = s.warmup else { throw fail("[[source]] \(source) has no warm-up plan (add warmup = \"default\")", code: 64) }
         let now = nowMillis()
         do {
-            return try await store.changeWarmup(source: source, now: now, event: event, detail: "{}") { old in
-                let new = try change(old, plan, now)
-                return new
-            }
+            return try await store.changeWarmup(source: source, now: now, event: event) { old in try change(old, plan, now) }
         } catch let e as ConfigError {
             throw fail(e.description, code: 64)
         } catch {

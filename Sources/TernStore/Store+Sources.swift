@@ -214,10 +214,11 @@ extension Store {
 
     /// An operator's change to one source's plan (`tern warmup`): `change`
     /// gets the current row (nil: none yet) and returns the new one, which
-    /// is written with a new operator version and the event, in one
-    /// transaction. A new plan day starts its counts from zero.
+    /// is written with a new operator version and the event (source, plan,
+    /// day, status, by operator), in one transaction. A new plan day starts
+    /// its counts from zero.
     @discardableResult
-    public func changeWarmup(source: String, now: Int64, event: EventKind, detail: String,
+    public func changeWarmup(source: String, now: Int64, event: EventKind,
                              _ change: @escaping @Sendable (StoredWarmup?) throws -> StoredWarmup) async throws -> StoredWarmup {
         try await write { db in
             let version = (try Int64.fetchOne(db, sql: "SELECT coalesce(max(operator_version), 0) FROM warmup_state") ?? 0) + 1
@@ -235,7 +236,13 @@ extension Store {
             if old?.day != new.day || old?.dayStartedAt != new.dayStartedAt {
                 try db.execute(sql: "DELETE FROM warmup_usage WHERE source = ?", arguments: [source])
             }
-            try db.execute(sql: "INSERT INTO event (at, kind, detail) VALUES (?, ?, ?)", arguments: [now, event.rawValue, detail])
+            var detail = JSONObjectWriter()
+            detail.add("source", new.source)
+            detail.add("plan", new.plan)
+            detail.add("day", new.day)
+            detail.add("status", new.status)
+            detail.add("by", "operator")
+            try db.execute(sql: "INSERT INTO event (at, kind, detail) VALUES (?, ?, ?)", arguments: [now, event.rawValue, detail.finish()])
             return new
         }
     }

@@ -14,6 +14,11 @@ public func freeLoopbackTCPPort() -> Int { freeLoopbackPort(Int32(SOCK_STREAM.ra
 private func freeLoopbackPort(_ type: Int32) -> Int {
     let fd = socket(AF_INET, type, 0)
     defer { close(fd) }
+    return bindLoopback(fd)
+}
+
+/// Binds `fd` to 127.0.0.1 on a port the kernel picks; returns the port.
+private func bindLoopback(_ fd: Int32) -> Int {
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -31,13 +36,7 @@ public final class SilentUDPServer: @unchecked Sendable {
     public init() {
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         self.fd = fd
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        self.port = Int(UInt16(bigEndian: addr.sin_port))
+        self.port = bindLoopback(fd)
     }
 
     deinit { close(fd) }

@@ -189,6 +189,10 @@ import TernTestSupport
         let store = try Store(path: db)
         #expect(try store.read { db in try String.fetchAll(db, sql: "SELECT kind FROM event WHERE kind LIKE 'warmup_%' ORDER BY id") }
             == ["warmup_started", "warmup_skipped", "warmup_paused", "warmup_resumed"])
+        #expect(try store.read { db in try Int.fetchOne(db, sql: """
+            SELECT count(*) FROM event WHERE kind LIKE 'warmup_%' AND json_extract(detail, '$.source') = 'a' AND json_extract(detail, '$.by') = 'operator'
+            """) } == 4)
+        #expect(try run(["warmup", "status"]).stdout.contains(" resumed"))
         store.close()
 
         // The blocklist check: a is listed on bl.test (exit 1), slow.test does not answer.
