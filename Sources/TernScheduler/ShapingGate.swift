@@ -211,7 +211,8 @@ public final class ShapingGate: SendGate, Service {
             let k = key(request, i)
             let changes = i.shaper.observe(k, reply: reply, category: category, now: now)
             record(changes, now: now, &i)
-            if let source = k.source, i.warmup.isWarming(source) {
+            // A failure to find or reach the host says nothing of the source's reputation.
+            if let source = k.source, i.warmup.isWarming(source), category != .dns, category != .connection {
                 let result: WarmupResult = category == .reputation ? .blocked(permanent: reply.code >= 500)
                     : reply.code < 300 ? .delivered : reply.code < 500 ? .deferred : .bounced
                 i.warmup.observe(source, k.destination, result)

@@ -6,6 +6,7 @@
 //   slowdata… never answers the final dot
 //   delaydata… answers the final dot with 250 after half a second
 //   a sender dropmail… closes the connection at its MAIL, without a reply
+//   tss04… / tss09…   RCPT with Yahoo's 421 4.7.0 [TSS04] / 553 5.7.2 [TSS09]
 // anything else is accepted. The greeting and the EHLO extensions are set
 // per server. Every accepted message is recorded.
 
@@ -249,6 +250,12 @@ final class SinkHandler: ChannelInboundHandler {
             let l = local(line)
             if l.hasPrefix("temp") && !l.hasPrefix("tempdata") { reply("451 4.2.1 Mailbox busy, try later", context) }
             else if l.hasPrefix("perm") || l.hasPrefix("unknown") { reply("550 5.1.1 No such user here", context) }
+            // Yahoo's texts (postmaster.yahooinc.com/error-codes): a volume deferral and a reputation block.
+            else if l.hasPrefix("tss04") {
+                reply("421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes", context)
+            } else if l.hasPrefix("tss09") {
+                reply("553 5.7.2 [TSS09] All messages from 192.0.2.1 will be permanently deferred; Retrying will NOT succeed. See https://postmaster.yahooinc.com/error-codes", context)
+            }
             else { rcpts.append(line); reply("250 2.1.5 Ok", context) }
         case "DATA":
             if mail == nil || rcpts.isEmpty { reply("503 5.5.1 No valid recipients", context) }

@@ -29,6 +29,8 @@ struct DeliverySetup {
     var edit: @Sendable (inout SchedulerConfig) -> Void = { _ in }
     /// A send gate made with the server's store (shaping).
     var gate: (@Sendable (Store) -> any SendGate)? = nil
+    /// The scheduler's clock (a manual one to simulate days).
+    var clock: any TernClock = SystemClock()
 }
 
 final class TestServer: Sendable {
@@ -60,7 +62,8 @@ final class TestServer: Sendable {
             d.edit(&sc)
             if let g = d.gate { sc.gate = g(store) }
             // As `serve` runs it: delivery workers on the event loops.
-            scheduler = Scheduler(store: store, agent: agent, config: sc, executors: EventLoopExecutor.forEachLoop(of: group), logger: logger)
+            scheduler = Scheduler(store: store, agent: agent, config: sc, clock: d.clock, executors: EventLoopExecutor.forEachLoop(of: group),
+                                  logger: logger)
         }
         let s = scheduler
         // As in `tern serve`: the running scheduler takes new mail from memory.

@@ -60,6 +60,65 @@ import TernTestSupport
         #expect(csv.stdout.hasPrefix("source,address,provider,attempts,delivered,deferred,bounced,"), "\(csv.stdout)")
     }
 
+    /// Warm-up over real SMTP on a manual clock: a sink that answers with
+    /// Yahoo's block text makes the plan step back; healthy days advance.
+    @Test func warmupFollowsWhatTheSinkAnswers() async throws {
+        let sink = try await SinkServer.start(group: server0Group)
+        defer { Task { await sink.stop() } }
+        let w = SourcesTests.source("w", "127.0.0.2")
+        let book = SourceBook(sources: [w], pools: [], defaultPool: nil)
+        var p1 = WarmupPlan(name: "t", daily: [4, 8, 16], hours: 1)
+        p1.minSample = 4
+        let plan = p1
+        let clock = ManualClock(nowMillis())
+        let gateBox = Mutex<ShapingGate?>(nil)
+        let setup = DeliverySetup(routes: [StaticRoute(domain: "dest.test", host: "127.0.0.1", port: sink.port)], edit: { sc in
+            sc.sources = book
+            sc.idleWakeMillis = 100
+            sc.policy.retry = RetrySchedule(firstDelayMillis: 3_600_000, maxDelayMillis: 3_600_000, jitter: 0)
+        }, gate: { store in
+            var config = ShapingConfig()
+            config.rules = []
+            let g = ShapingGate(config: config, sources: ["w"], warmupPlans: [plan], warming: ["w": "t"], store: store)
+            try? g.load(now: clock.now())
+            gateBox.withLock { $0 = g }
+            return g
+        }, clock: clock)
+        let server = try await TestServer.start(delivery: setup)
+        defer { Task { await server.stop() } }
+        let gate = try #require(gateBox.withLock { $0 })
+        // Day 1: 4 a day; 6 submitted, 4 delivered from 127.0.0.2, 2 wait untried.
+        try SourcesTests.send(server, 6, to: "dest.test")
+        #expect(await eventually { sink.count == 4 })
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(sink.count == 4 && sink.messages.allSatisfy { $0.peer == "127.0.0.2" })
+        #expect(try server.count("SELECT count(*) FROM recipient WHERE (state = 'queued' OR state = 'inflight') AND attempts = 0") == 2)
+        // A healthy day: day 2 (8 a day); the 2 waiting go, and Yahoo's block for 4 of the 8.
+        clock.advance(ms: Warmup.dayMillis)
+        gate.advance(now: clock.now())
+        #expect(gate.warmupSnapshot().progress["w"]?.day == 2)
+        server.scheduler?.wake()
+        #expect(await eventually { sink.count == 6 })
+        for i in 0..<4 {
+            let c = try server.greetedClient()
+            #expect(try c.sendMessage(from: "news@sender.test", to: ["tss09-\(i)@dest.test"], body: "Subject: b\r\n\r\nhi\r\n").code == 250)
+        }
+        #expect(await eventually { try server.count("SELECT count(*) FROM recipient WHERE state = 'bounced' AND address LIKE 'tss09%'") == 4 },
+                "\((try? server.store.read { db in try Row.fetchAll(db, sql: "SELECT address, state, attempts, last_text FROM recipient") }) ?? [])")
+        #expect(try server.count("SELECT count(*) FROM attempt WHERE code = 553 AND category = 'reputation' AND source = 'w'") == 4,
+                "\((try? server.store.read { db in try Row.fetchAll(db, sql: "SELECT code, category, source, text FROM attempt") }) ?? [])")
+        // The day ends: 4 blocks in 6 answers: back to day 1.
+        clock.advance(ms: Warmup.dayMillis)
+        gate.advance(now: clock.now())
+        let p = try #require(gate.warmupSnapshot().progress["w"])
+        #expect(p.day == 1 && p.verdict == .steppedBack && p.reason?.contains("4 of 6 refused for reputation") == true, "\(p)")
+        // The DSNs of those bounces, to a domain that does not exist, did not count: no server answered them.
+        #expect(try server.count("SELECT count(*) FROM recipient WHERE address = 'news@sender.test' AND state = 'bounced'") == 4)
+        await gate.flush(now: clock.now())
+        #expect(try server.count("SELECT count(*) FROM event WHERE kind = 'warmup_stepped_back' AND json_extract(detail, '$.destinations.\"dest.test\".blocked') = 4") == 1)
+        #expect(try server.count("SELECT count(*) FROM event WHERE kind LIKE 'warmup_%' AND json_extract(detail, '$.destinations.\"sender.test\"') IS NOT NULL") == 0)
+    }
+
     @Test func shapingLimitsHoldPerSource() async throws {
         let sink = try await SinkServer.start(group: server0Group)
         defer { Task { await sink.stop() } }
