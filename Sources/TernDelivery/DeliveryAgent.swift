@@ -78,6 +78,10 @@ public enum ConnectOutcome: Sendable {
     /// The source's address cannot be bound (it is gone from this host):
     /// nothing was tried; the source leaves rotation and the mail goes from another.
     case sourceUnavailable(String)
+    /// No MX host of the domain has an address of the source's family (an
+    /// IPv6 source, an IPv4-only domain): nothing was tried. The reply is
+    /// the deferral to record if no other source of the pool can go.
+    case notFromSource(SMTPReply)
 }
 
 /// A local address outbound connections leave from (`[[source]]`), with

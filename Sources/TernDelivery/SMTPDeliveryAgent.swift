@@ -92,8 +92,8 @@ public final class SMTPDeliveryAgent: DeliveryAgent {
             // A source binds one address family: hops of the other are not for it.
             let reachable = source.map { s in planned.filter { $0.address.isIPv4 == s.address.isIPv4 } } ?? planned
             if reachable.isEmpty, let s = source {
-                return .failed(SMTPReply(451, .unableToRoute, "no MX host of \(domain) has an \(s.address.isIPv4 ? "IPv4" : "IPv6") address for source \(s)"),
-                               AttemptContext(source: s.name))
+                return .notFromSource(SMTPReply(451, .unableToRoute,
+                                                "no MX host of \(domain) has an \(s.address.isIPv4 ? "IPv4" : "IPv6") address for source \(s)"))
             }
             let (hops, skipped) = health?.arrange(reachable, source: source?.name) ?? (reachable, [])
             if hops.isEmpty, let first = skipped.min(by: { $0.until < $1.until }) {

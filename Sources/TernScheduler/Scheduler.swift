@@ -288,7 +288,7 @@ public final class Scheduler: Service, Sendable {
             let now = clock.now()
             if let until = s.pacedUntil[lane], until > now { return }
             let id = s.nextWorkerID
-            let candidates = config.sources.candidates(pool: lane.pool)
+            let candidates = config.sources.candidates(pool: lane.pool, domain: lane.domain, now: now)
             if candidates.isEmpty {
                 // Every source of the pool is out of rotation: the mail waits
                 // (a probe or a delisting brings one back).

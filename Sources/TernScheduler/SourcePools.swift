@@ -49,6 +49,9 @@ public final class SourceBook: Sendable {
         var sent: [String: Int] = [:]
         var holds: [String: [SourceHold: String]] = [:]
         var lastProbe: Int64 = 0
+        /// (source, domain) pairs that cannot work (no MX host of the
+        /// source's address family), until when.
+        var avoid: [String: Int64] = [:]
     }
     private let state = Mutex(State())
 
@@ -80,15 +83,38 @@ public final class SourceBook: Sendable {
     /// The sources to try for a new connection of `pool`'s mail, best first:
     /// in rotation, least ahead of its share. `[nil]` without sources (the
     /// kernel's choice); empty when every source of the pool is out of rotation.
-    public func candidates(pool name: String?) -> [OutboundSource?] {
+    /// `domain` and `now`: leave out sources that cannot reach the domain
+    /// (`avoid`), unless none would be left (then they are tried, and defer).
+    public func candidates(pool name: String?, domain: String? = nil, now: Int64 = 0) -> [OutboundSource?] {
         guard let pool = pool(name) else { return sources.isEmpty ? [nil] : [] }
-        let (sent, holds) = state.withLock { ($0.sent, $0.holds) }
+        let (sent, holds, avoid) = state.withLock { ($0.sent, $0.holds, $0.avoid) }
         var ranked: [(source: OutboundSource, weight: Int, share: Double)] = []
         for m in pool.members where m.weight > 0 && (holds[m.source.name] ?? [:]).isEmpty {
             ranked.append((m.source, m.weight, Double(sent[m.source.name, default: 0]) / Double(m.weight)))
         }
         ranked.sort { a, b in a.share != b.share ? a.share < b.share : a.weight > b.weight }
+        if let domain {
+            let reachable = ranked.filter { (avoid["\($0.source.name) \(domain)"] ?? .min) <= now }
+            if !reachable.isEmpty { ranked = reachable }
+        }
         return ranked.map { Optional($0.source) }
+    }
+
+    /// `source` cannot reach `domain` (no MX host of its address family):
+    /// the pool's others take the domain's connections until `until`.
+    /// False (nothing noted) when no other source of the pool could.
+    public func avoid(_ source: OutboundSource, for domain: String, pool: String?, until: Int64, now: Int64) -> Bool {
+        let others = candidates(pool: pool, domain: domain, now: now).contains { $0 != nil && $0 != source && !isAvoided($0!, domain, now) }
+        guard others else { return false }
+        state.withLock { s in
+            s.avoid = s.avoid.filter { $0.value > now }
+            s.avoid["\(source.name) \(domain)"] = until
+        }
+        return true
+    }
+
+    private func isAvoided(_ source: OutboundSource, _ domain: String, _ now: Int64) -> Bool {
+        state.withLock { ($0.avoid["\(source.name) \(domain)"] ?? .min) > now }
     }
 
     /// A message is being sent from `source`.

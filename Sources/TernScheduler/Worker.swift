@@ -61,12 +61,24 @@ struct Worker {
         var batch = await next(messages: perConnection)
         guard !batch.recipients.isEmpty else { return }
         let started = s.clock.now()
-        switch await s.agent.connect(domain: domain, requireTLS: terms.requireTLS, source: source) {
+        var outcome = await s.agent.connect(domain: domain, requireTLS: terms.requireTLS, source: source)
+        if case .notFromSource(let reply) = outcome {
+            // This source cannot reach the domain (address family): another
+            // source of the pool can, for a while; without one, a deferral.
+            let now = s.clock.now()
+            if let source, s.config.sources.avoid(source, for: domain, pool: lane.pool, until: now + 600_000, now: now) {
+                await giveBack(batch.recipients, because: .closed)
+                return
+            }
+            outcome = .failed(reply, AttemptContext(source: source?.name))
+        }
+        switch outcome {
         case .sourceUnavailable(let why):
             // Nothing was tried: the mail goes back untouched, and the
             // pass starts a worker from another source of the pool.
             if let source { await s.sourceUnavailable(source, reason: why) }
             await giveBack(batch.recipients, because: .closed)
+        case .notFromSource: break // handled above
         case .failed(let reply, let context):
             s.gate.observe(request(.connection), reply: reply, mxHost: context.mxHost, now: s.clock.now())
             // The whole destination is unreachable (or does not exist): every

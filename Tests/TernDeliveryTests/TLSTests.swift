@@ -66,12 +66,14 @@ func tlsAgent(_ port: Int, policy: TLSPolicy, ca: String? = nil, mxName: String 
         case .connected(let c): Issue.record("connected without TLS"); await c.close()
         case .failed(let reply, _): #expect(reply.code / 100 == 4 && reply.enhanced?.klass == 4, "\(reply)")
         case .sourceUnavailable(let why): Issue.record("\(why)")
+        case .notFromSource(let reply): Issue.record("\(reply)")
         }
         #expect(plain.messages.isEmpty)
         switch await (try tlsAgent(plain.port, policy: .none)).connect(domain: "y.test", requireTLS: true) {
         case .connected(let c): Issue.record("connected without TLS"); await c.close()
         case .failed(let reply, _): #expect(reply.code == 451 && reply.enhanced == EnhancedStatus(4, 7, 10), "\(reply)")
         case .sourceUnavailable(let why): Issue.record("\(why)")
+        case .notFromSource(let reply): Issue.record("\(reply)")
         }
         var config = SinkServer.Config()
         config.tls = try serverContext(try makeCertificate("mx.tls.test"))
@@ -83,6 +85,7 @@ func tlsAgent(_ port: Int, policy: TLSPolicy, ca: String? = nil, mxName: String 
             await c.close()
         case .failed(let reply, _): Issue.record("\(reply)")
         case .sourceUnavailable(let why): Issue.record("\(why)")
+        case .notFromSource(let reply): Issue.record("\(reply)")
         }
     }
 

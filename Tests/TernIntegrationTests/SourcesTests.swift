@@ -70,7 +70,8 @@ import TernTestSupport
         var p1 = WarmupPlan(name: "t", daily: [4, 8, 16], hours: 1)
         p1.minSample = 4
         let plan = p1
-        let clock = ManualClock(nowMillis())
+        // Ahead of the wall clock that intake stamps queued rows with, so that they are due.
+        let clock = ManualClock(nowMillis() + 600_000)
         let gateBox = Mutex<ShapingGate?>(nil)
         let setup = DeliverySetup(routes: [StaticRoute(domain: "dest.test", host: "127.0.0.1", port: sink.port)], edit: { sc in
             sc.sources = book
@@ -107,15 +108,16 @@ import TernTestSupport
                 "\((try? server.store.read { db in try Row.fetchAll(db, sql: "SELECT address, state, attempts, last_text FROM recipient") }) ?? [])")
         #expect(try server.count("SELECT count(*) FROM attempt WHERE code = 553 AND category = 'reputation' AND source = 'w'") == 4,
                 "\((try? server.store.read { db in try Row.fetchAll(db, sql: "SELECT code, category, source, text FROM attempt") }) ?? [])")
+        // Their DSNs, to a domain that does not exist, bounce on the same day.
+        #expect(await eventually { try server.count("SELECT count(*) FROM recipient WHERE address = 'news@sender.test' AND state = 'bounced'") == 4 })
         // The day ends: 4 blocks in 6 answers: back to day 1.
         clock.advance(ms: Warmup.dayMillis)
         gate.advance(now: clock.now())
         let p = try #require(gate.warmupSnapshot().progress["w"])
         #expect(p.day == 1 && p.verdict == .steppedBack && p.reason?.contains("4 of 6 refused for reputation") == true, "\(p)")
-        // The DSNs of those bounces, to a domain that does not exist, did not count: no server answered them.
-        #expect(try server.count("SELECT count(*) FROM recipient WHERE address = 'news@sender.test' AND state = 'bounced'") == 4)
         await gate.flush(now: clock.now())
         #expect(try server.count("SELECT count(*) FROM event WHERE kind = 'warmup_stepped_back' AND json_extract(detail, '$.destinations.\"dest.test\".blocked') = 4") == 1)
+        // The DSNs' failures did not count: no server answered them.
         #expect(try server.count("SELECT count(*) FROM event WHERE kind LIKE 'warmup_%' AND json_extract(detail, '$.destinations.\"sender.test\"') IS NOT NULL") == 0)
     }
 
@@ -162,6 +164,30 @@ import TernTestSupport
         // Nothing was tried from it: no attempt, no deferral, no bounce.
         #expect(try server.count("SELECT count(*) FROM attempt WHERE source = 'gone'") == 0)
         #expect(try server.count("SELECT count(*) FROM recipient WHERE state = 'delivered'") == 12)
+    }
+
+    /// A dual-stack pool: an IPv6 source cannot reach an IPv4-only host; the
+    /// IPv4 source takes that domain's mail, nothing is deferred. A pool
+    /// with only the IPv6 source defers with a clear reply.
+    @Test func aSourceOfTheOtherAddressFamilyLeavesTheDomainToTheOthers() async throws {
+        let sink = try await SinkServer.start(group: server0Group)
+        defer { Task { await sink.stop() } }
+        let v4 = SourcesTests.source("v4", "127.0.0.2"), v6 = SourcesTests.source("v6", "::1")
+        let book = SourceBook(sources: [v4, v6], pools: [SourcePool(name: "main", members: [(v4, 1), (v6, 5)]),
+                                                         SourcePool(name: "six", members: [(v6, 1)])], defaultPool: "main")
+        let chooser = PoolChooser(rules: [PoolRule(pool: "six", senderDomains: ["six.test"])], pools: ["main", "six"])
+        let setup = DeliverySetup(routes: [StaticRoute(domain: "dest.test", host: "127.0.0.1", port: sink.port)], edit: { sc in sc.sources = book })
+        let server = try await TestServer.start(delivery: setup, pools: chooser)
+        defer { Task { await server.stop() } }
+        try SourcesTests.send(server, 6, to: "dest.test")
+        #expect(await eventually { sink.count == 6 })
+        #expect(sink.messages.allSatisfy { $0.peer == "127.0.0.2" })
+        #expect(try server.count("SELECT count(*) FROM attempt WHERE outcome = 'deferred'") == 0)
+        try SourcesTests.send(server, 1, to: "dest.test", from: "x@six.test")
+        #expect(await eventually {
+            try server.count("SELECT count(*) FROM recipient WHERE pool = 'six' AND state = 'deferred' AND last_text LIKE 'no MX host of dest.test has an IPv6 address for source v6%'") == 1
+        })
+        #expect(try server.count("SELECT count(*) FROM attempt WHERE source = 'v6'") == 1)
     }
 
     @Test func poolRulesAndTheHeaderTagChooseTheSources() async throws {
