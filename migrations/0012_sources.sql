@@ -4,6 +4,13 @@
 -- the default pool). The scheduler claims by (domain, pool): a connection
 -- leaves from one source, so it carries one pool's mail.
 ALTER TABLE recipient ADD COLUMN pool TEXT;
+-- The claim index grows the pool: the due-lane query groups by (domain,
+-- pool) in index order without reading the table (with the pool outside
+-- the index it read every waiting row: 30 ms instead of 6 at 36,000
+-- waiting), and a claim seeks (domain, pool) directly.
+DROP INDEX recipient_claim;
+CREATE INDEX recipient_claim ON recipient (domain, pool, next_attempt_at)
+    WHERE (state = 'queued' OR state = 'deferred');
 -- attempt.source: the name of the [[source]] the connection left from
 -- (NULL: the kernel chose the address; attempt.source_address has it).
 ALTER TABLE attempt ADD COLUMN source TEXT;

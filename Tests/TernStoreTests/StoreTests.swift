@@ -168,10 +168,13 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         func plan(_ sql: String) throws -> String {
             try store.read { db in try Row.fetchAll(db, sql: "EXPLAIN QUERY PLAN " + sql).map { $0["detail"] as String }.joined(separator: "; ") }
         }
-        let claim = try plan("SELECT id FROM recipient WHERE \(StateSQL.claimable) AND next_attempt_at <= 5 AND domain = 'x' ORDER BY next_attempt_at, id LIMIT 20")
-        #expect(claim.contains("recipient_claim"), "\(claim)")
-        let due = try plan("SELECT domain, min(next_attempt_at), sum(next_attempt_at <= 5) FROM recipient WHERE \(StateSQL.claimable) GROUP BY domain")
-        #expect(due.contains("recipient_claim"), "\(due)")
+        // The claim of one lane (domain and pool) seeks both; the due-lane query groups in index order (no sort).
+        for pool in ["NULL", "'bulk'"] {
+            let claim = try plan("SELECT id FROM recipient WHERE \(StateSQL.claimable) AND next_attempt_at <= 5 AND domain = 'x' AND pool IS \(pool) ORDER BY next_attempt_at, id LIMIT 20")
+            #expect(claim.contains("recipient_claim (domain=? AND pool=? AND next_attempt_at<?)") && !claim.contains("TEMP B-TREE"), "\(claim)")
+        }
+        let due = try plan("SELECT domain, pool, min(next_attempt_at), sum(next_attempt_at <= 5) FROM recipient WHERE \(StateSQL.claimable) GROUP BY domain, pool")
+        #expect(due.contains("recipient_claim") && !due.contains("TEMP B-TREE"), "\(due)")
         let live = try plan("SELECT domain, count(*) FROM recipient WHERE \(StateSQL.live) GROUP BY domain")
         #expect(live.contains("recipient_live"), "\(live)")
         let shape = try plan("SELECT * FROM queue_shape")
