@@ -82,11 +82,11 @@ struct Settlement: Sendable {
                                             reason: "\(outcome.reply.code) \(outcome.reply.enhanced.map { "\($0) " } ?? "")\(outcome.reply.text)",
                                             source: "bounce", createdAt: now)
             }
-            var meta: Logger.Metadata = [
+            // The metadata is built only when the line is logged (an autoclosure).
+            logger.info("\(e.decision.transition.state)", metadata: [
                 "msg": "\(message.queueID)", "rcpt": "\(r.address)", "mx": "\(context.mxHost ?? "-")", "reply": "\(outcome.reply)",
-            ]
-            if let source = context.source { meta["source"] = "\(source)" }
-            logger.info("\(e.decision.transition.state)", metadata: meta)
+                "source": "\(context.source ?? "-")",
+            ])
             return e
         }
     }
