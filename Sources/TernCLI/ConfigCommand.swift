@@ -156,6 +156,7 @@ extension TernSettings {
         out += dkimExample
         out += providerExample
         out += shapingExample
+        out += sourcesExample
         out += "```\n\n## Reference\n"
         table = nil
         out += section("Top level")
@@ -170,6 +171,49 @@ extension TernSettings {
         out += dkimSection
         out += providerSection
         out += shapingSections
+        out += sourcesSections
+        return out
+    }
+
+    private static var sourcesExample: String {
+        "\n[[source]]                    # repeatable: a local address to send from (docs/sources.md)\n"
+            + "name = \"a\"\naddress = \"192.0.2.10\"\nehlo = \"a.mail.example.test\"\nwarmup = \"default\"\n"
+            + "\n[[source]]\nname = \"b\"\naddress = \"2001:db8::10\"\n"
+            + "\n[[pool]]                      # repeatable: sources with weights; one is the default\n"
+            + "name = \"main\"\nsources = { a = 1, b = 3 }\ndefault = true\n"
+            + "\n[[pool_rule]]                 # repeatable: which pool a message leaves from; the first that matches\n"
+            + "pool = \"main\"\nsender_domain = [\"news.example.test\"]\n"
+            + "\n[[warmup_plan]]               # repeatable: a warm-up plan of your own\n"
+            + "name = \"cautious\"\ndaily = [20, 40, 80, 160, 320]\nhours = 12\n"
+    }
+
+    private static var sourcesSections: String {
+        var out = section("`[[source]]`")
+        out += "| | | | | A local address outbound connections are bound to (docs/sources.md) |\n"
+        out += "| `name` | | text | required | the source's name in pools, commands, events and `attempt.source` |\n"
+        out += "| `address` | | text | required | an IPv4 or IPv6 address of this host |\n"
+        out += "| `ehlo` | | text | `hostname` | the name given in EHLO/HELO from this source |\n"
+        out += "| `warmup` | | text | none | a warm-up plan: `default` (built in) or a `[[warmup_plan]]` |\n"
+        out += section("`[[pool]]`")
+        out += "| | | | | Sources with weights; a connection takes the source furthest behind its share. Without pools, all sources form one, `default` |\n"
+        out += "| `name` | | text | required | the pool's name (`[[pool_rule]]`, the `X-Tern-Pool:` tag) |\n"
+        out += "| `sources` | | table or list | required | `{ a = 1, b = 3 }` (weights) or `[\"a\", \"b\"]` (equal) |\n"
+        out += "| `default` | | boolean | false | mail no rule picks leaves from this pool (exactly one when there are pools) |\n"
+        out += section("`[[pool_rule]]`")
+        out += "| | | | | Picks the pool of a message at intake; the first rule whose conditions all hold wins (after the header tag) |\n"
+        out += "| `pool` | | text | required | a `[[pool]]` |\n"
+        out += "| `sender_domain` | | text or list | any | the envelope sender's domain, or a domain it is under |\n"
+        out += "| `user` | | text or list | any | the authenticated user |\n"
+        out += "| `listener` | | text or list | any | the listener's role: `smtp`, `submission` or `local` |\n"
+        out += section("`[[warmup_plan]]`")
+        out += "| | | | | A warm-up plan: the day's cap per destination, and how a day is judged |\n"
+        out += "| `name` | | text | required | referred to by `[[source]]` `warmup` |\n"
+        out += "| `daily` | | list of integers | required | messages per destination for each day, day 1 first |\n"
+        out += "| `hours` | | integer | 24 | the day's cap is spread over this many hours (1–24) |\n"
+        out += "| `max_deferral_rate` | | number | 0.1 | above this share of deferrals, the day holds |\n"
+        out += "| `max_block_rate` | | number | 0.02 | above this share of block replies (category `reputation`), one day back |\n"
+        out += "| `max_bounce_rate` | | number | 0.05 | above this share of hard bounces, one day back |\n"
+        out += "| `min_sample` | | integer | 20 | destinations with fewer answers that day are not judged |\n"
         return out
     }
 

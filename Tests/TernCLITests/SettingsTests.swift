@@ -29,6 +29,18 @@ import TernDKIM
         #expect(Set(flags).count == flags.count)
     }
 
+    /// The reference's example file (every key, every table) is itself a
+    /// valid configuration.
+    @Test func theReferencesExampleIsAValidConfiguration() throws {
+        let reference = TernSettings.reference()
+        let start = try #require(reference.range(of: "```toml\n"))
+        let end = try #require(reference.range(of: "\n```", range: start.upperBound..<reference.endIndex))
+        var s = TernSettings()
+        try s.apply(toml: String(reference[start.upperBound..<end.lowerBound]))
+        try s.validate()
+        #expect(s.sources.count == 2 && s.pools.count == 1 && s.warmupPlans.count == 1 && s.poolRules.count == 1)
+    }
+
     /// Every value the example file sets is applied, and every setting
     /// with a flag is reachable by that flag from `tern serve`'s options.
     @Test func everyFlagReachesItsSetting() throws {
