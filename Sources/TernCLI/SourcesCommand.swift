@@ -7,6 +7,7 @@
 
 import ArgumentParser
 import Foundation
+import TernMailAuth
 import TernRouting
 import TernScheduler
 import TernStore
@@ -266,7 +267,10 @@ struct BlocklistCommand: AsyncParsableCommand {
             let dns: CAresResolver
             do { dns = try settings.resolver(overriding: resolver) } catch { throw fail("\(error)", code: 78) }
             defer { dns.shutdown() }
-            let monitor = BlocklistMonitor(config: settings.blocklist, sources: settings.sourceBook, dns: dns, store: store)
+            // The EHLO names' registered domains, as `tern serve` looks them up.
+            let psl = try? PublicSuffixList(path: settings.publicSuffixList)
+            let monitor = BlocklistMonitor(config: settings.blocklist, sources: settings.sourceBook, dns: dns, store: store,
+                                           domainOf: { psl?.organizationalDomain($0) ?? $0 })
             let results: [BlocklistResult]
             do { results = try await monitor.check(source: source) } catch { throw fail("\(error)", code: 74) }
             let addresses = Dictionary(uniqueKeysWithValues: settings.sources.map { ($0.name, $0.address.description) })

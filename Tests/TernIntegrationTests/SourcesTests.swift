@@ -218,7 +218,8 @@ import TernTestSupport
     @Test func operatorsSteerWarmupAndCheckBlocklistsFromTheCommandLine() async throws {
         let silent = SilentUDPServer()
         let listed = BlocklistMonitor.queryName(IPAddress("127.0.0.2")!, zone: "bl.test")
-        let dns = try TestDNS(txt: [(listed, "Listed for spam")], a: [(listed, "127.0.0.2")], forward: [("slow.test", "127.0.0.1#\(silent.port)")])
+        let dns = try TestDNS(txt: [(listed, "Listed for spam")], a: [(listed, "127.0.0.2"), ("out.test.dbl.test", "127.0.1.2")],
+                              forward: [("slow.test", "127.0.0.1#\(silent.port)")])
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tern-sources-cli-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let db = dir.appendingPathComponent("tern.sqlite").path
@@ -244,6 +245,7 @@ import TernTestSupport
 
             [blocklist]
             zones = ["bl.test", "slow.test"]
+            domain_zones = ["dbl.test"]
             on_listed = "pause"
             """.write(toFile: config, atomically: true, encoding: .utf8)
         let tern = try ternBinary()
@@ -288,6 +290,9 @@ import TernTestSupport
         #expect(aOnBL?["listed"] as? Bool == true && aOnBL?["address"] as? String == "127.0.0.2" && aOnBL?["reason"] as? String == "Listed for spam")
         #expect(rows.first { $0["source"] as? String == "b" && $0["zone"] as? String == "bl.test" }?["listed"] as? Bool == false)
         #expect(rows.filter { $0["zone"] as? String == "slow.test" }.allSatisfy { $0["listed"] is NSNull && $0["error"] is String })
+        // a's EHLO name a.out.test is looked up by its registered domain (the Public Suffix List's).
+        let dbl = rows.first { $0["zone"] as? String == "dbl.test" }
+        #expect(dbl?["query"] as? String == "out.test" && dbl?["listed"] as? Bool == true && dbl?["code"] as? String == "127.0.1.2", "\(rows)")
         let one = try run(["blocklist", "check", "--source", "b"])
         #expect(one.status == 0 && one.stdout.contains("bl.test") && !one.stdout.contains("127.0.0.2 "), "\(one.stdout)")
         // The status shows where operators look.
