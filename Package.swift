@@ -11,6 +11,7 @@ let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
 let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
 let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let metrics = Target.Dependency.product(name: "Metrics", package: "swift-metrics")
 
 let package = Package(
     name: "Tern",
@@ -27,20 +28,25 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
     ],
     targets: [
         // Pure SMTP: commands, replies, addresses, framing, and both sides' session state machines (server and client).
         .target(name: "TernProtocol", dependencies: [nioCore]),
         // RFC 5322 headers: parse, Received:, dates, queue ids.
         .target(name: "TernMessage"),
+        // The metrics Tern counts (swift-metrics handles, made once; no backend: no cost but a call).
+        .target(name: "TernMetrics", dependencies: [metrics]),
         // Routing: static routes, MX planning, the Resolver protocol and its c-ares implementation.
         .systemLibrary(name: "CAres", path: "Sources/CAres", pkgConfig: "libcares", providers: [.apt(["libc-ares-dev"])]),
-        .target(name: "TernRouting", dependencies: ["TernProtocol", "CAres", logging]),
+        .target(name: "TernRouting", dependencies: ["TernProtocol", "CAres", "TernMetrics", logging]),
         // C: mallopt, SQLite's memory statistics, and the VFS shim that gathers the writer's WAL writes.
         .target(name: "CTernSystem", path: "Sources/CTernSystem", linkerSettings: [.linkedLibrary("sqlite3")]),
         // The only module that opens SQLite: migrations, group-commit writer, queries.
         .target(name: "TernStore", dependencies: [
-            .product(name: "GRDB", package: "GRDB.swift"), .product(name: "GRDBSQLite", package: "GRDB.swift"), "TernMessage", "CTernSystem", logging,
+            .product(name: "GRDB", package: "GRDB.swift"), .product(name: "GRDBSQLite", package: "GRDB.swift"), "TernMessage", "CTernSystem", "TernMetrics", logging,
         ]),
         // A Swift concurrency task executor on a SwiftNIO event loop.
         .target(name: "TernConcurrency", dependencies: [nioCore]),
@@ -51,7 +57,7 @@ let package = Package(
         ]),
         // Scheduler: the pass loop and worker pool, leases, settlement (outcomes, suppression, DSNs), the send gate,
         // retries and expiry, queue administration; delivery only through DeliveryAgent.
-        .target(name: "TernScheduler", dependencies: ["TernDelivery", "TernRouting", "TernStore", "TernMessage", "TernProtocol", logging, lifecycle, nioCore, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
+        .target(name: "TernScheduler", dependencies: ["TernDelivery", "TernRouting", "TernStore", "TernMessage", "TernProtocol", "TernMetrics", logging, lifecycle, nioCore, .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
         // DKIM signing: keys, and signatures over TernMessage's canonical forms (swift-crypto).
         .target(name: "TernDKIM", dependencies: [
             "TernMessage", .product(name: "Crypto", package: "swift-crypto"), .product(name: "CryptoExtras", package: "swift-crypto"),
@@ -62,22 +68,29 @@ let package = Package(
             .product(name: "CryptoExtras", package: "swift-crypto"),
         ]),
         // Postfix's cleanup role: the one path by which mail enters the store.
-        .target(name: "TernIntake", dependencies: ["TernProtocol", "TernMessage", "TernStore", "TernDKIM", logging]),
+        .target(name: "TernIntake", dependencies: ["TernProtocol", "TernMessage", "TernStore", "TernDKIM", "TernMetrics", logging]),
         // Accounts for SMTP AUTH: PBKDF2 password hashes, the failed-login throttle, the Authenticator.
         .target(name: "TernAuth", dependencies: [
-            "TernProtocol", "TernStore", logging, nioPosix, .product(name: "Crypto", package: "swift-crypto"),
+            "TernProtocol", "TernStore", "TernMetrics", logging, nioPosix, .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "CryptoExtras", package: "swift-crypto"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
         // SwiftNIO SMTP server carrying out the session machine's actions.
         .target(name: "TernListener", dependencies: [
-            "TernProtocol", "TernIntake", "TernMailAuth", "TernStore", "TernConcurrency", nioCore, nioPosix, logging, lifecycle,
+            "TernProtocol", "TernIntake", "TernMailAuth", "TernStore", "TernConcurrency", "TernMetrics", nioCore, nioPosix, logging, lifecycle,
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOTLS", package: "swift-nio"),
+        ]),
+        // The HTTP listener (Hummingbird): bearer tokens, /health, /metrics in Prometheus text format.
+        .target(name: "TernHTTP", dependencies: [
+            "TernStore", "TernScheduler", "TernMetrics", metrics, logging, lifecycle, nioCore,
+            .product(name: "Hummingbird", package: "hummingbird"), .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // `tern` subcommands, the settings' declarations (TOML + flags), and `serve`, the composition root.
         .target(name: "TernCLI", dependencies: [
             "TernProtocol", "TernMessage", "TernStore", "TernIntake", "TernListener", "TernRouting", "TernDelivery",
-            "TernScheduler", "TernAuth", "TernDKIM", "TernMailAuth", "CTernSystem", nioCore, nioPosix, logging, lifecycle,
+            "TernScheduler", "TernAuth", "TernDKIM", "TernMailAuth", "TernHTTP", "TernMetrics", "CTernSystem", nioCore, nioPosix, logging, lifecycle,
+            metrics, .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "TOMLKit", package: "TOMLKit"),

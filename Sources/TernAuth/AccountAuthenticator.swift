@@ -7,6 +7,7 @@
 import Logging
 import NIOPosix
 import TernProtocol
+import TernMetrics
 import TernStore
 
 public final class AccountAuthenticator: Authenticator {
@@ -67,6 +68,7 @@ public final class AccountAuthenticator: Authenticator {
             return .success(AuthIdentity(name: account.name, allowedSenders: account.senders))
         }
         let (failures, delay) = throttle.recordFailure(key, now: clock())
+        TernMetrics.authFailed()
         logger.notice("authentication failed", metadata: [
             "peer": "\(peer)", "user": "\(user)", "mechanism": "\(mechanism.rawValue)", "failures": "\(failures)",
         ])

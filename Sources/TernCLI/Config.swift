@@ -111,6 +111,8 @@ public struct TernSettings: Sendable {
     public var blocklist = BlocklistConfig()
     /// The header field that names a message's pool ("": none).
     public var poolHeader = "X-Tern-Pool"
+    /// The HTTP listener's HOST:PORT ("": none).
+    public var httpListen = ""
     /// SPF, DKIM and DMARC for mail from other MTAs (`[verify]`).
     public var verifyPolicy: VerifyPolicy = .record
     /// "" stands for the host name.
@@ -144,6 +146,7 @@ public struct TernSettings: Sendable {
         c.policy.suppressOnHardBounce = suppressOnHardBounce
         c.policy.suppressCategories = Set(suppressCategories)
         c.policy.classifier = classifier
+        c.providers = providerTable
         return c
     }
 

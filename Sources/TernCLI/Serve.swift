@@ -7,6 +7,8 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import Synchronization
 import CTernSystem
 import NIOCore
@@ -16,8 +18,10 @@ import ServiceLifecycle
 import TernAuth
 import TernDKIM
 import TernDelivery
+import TernHTTP
 import TernIntake
 import TernListener
+import TernMetrics
 import TernMailAuth
 import TernProtocol
 import TernRouting
@@ -43,6 +47,7 @@ struct ServeOptions: ParsableArguments {
     @Option(name: .customLong("tls-key"), help: flagHelp("tls_key", "FILE")) var tlsKey: String?
     @Flag(name: .customLong("no-deliver"), help: ArgumentHelp(TernSettings.setting("delivery.enabled")!.help)) var noDeliver = false
     @Option(name: .customLong("log-level"), help: flagHelp("log_level", "LEVEL")) var logLevel: String?
+    @Option(name: .long, help: flagHelp("http.listen", "HOST:PORT")) var http: String?
 
     /// Defaults ← file ← flags, each flag applied through its setting's declaration.
     func resolved() throws -> TernSettings {
@@ -54,6 +59,7 @@ struct ServeOptions: ParsableArguments {
             ("delivery.tls_policy", tlsPolicy.map { [$0] } ?? []), ("delivery.tls_ca_file", tlsCAFile.map { [$0] } ?? []),
             ("tls_cert", tlsCert.map { [$0] } ?? []), ("tls_key", tlsKey.map { [$0] } ?? []),
             ("delivery.enabled", noDeliver ? ["false"] : []), ("log_level", logLevel.map { [$0] } ?? []),
+            ("http.listen", http.map { [$0] } ?? []),
         ]
         for (key, values) in flags { try s.apply(flag: key, values) }
         try s.validateForServe()
@@ -94,6 +100,18 @@ struct Serve: AsyncParsableCommand {
         bootstrapLogging(level: settings.logLevel)
         let logger = Logger(label: "tern")
         tuneAllocator(logger)
+        // Metrics are counted only when they can be read (`[http] listen`):
+        // bootstrapped before anything makes a handle.
+        let registry = PrometheusCollectorRegistry()
+        let http = settings.httpListen.isEmpty ? nil : TernSettings.hostPort(settings.httpListen)
+        if http != nil {
+            var factory = PrometheusMetricsFactory(registry: registry)
+            factory.valueHistogramBuckets["tern_store_commit_batch_size"] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+            // Time in the queue: from seconds (handed over at once) to days (retried).
+            factory.durationHistogramBuckets["tern_queue_time_seconds"] = [1, 5, 30, 60, 300, 900, 3_600, 14_400, 86_400, 432_000].map { .seconds($0) }
+            MetricsSystem.bootstrap(factory)
+            TernMetrics.enable()
+        }
         try checkDatabasePrivacy(settings.db, allow: allowSharedDB, logger: logger)
         // One server per database: a second one would take over the first's
         // in-flight recipients at start-up and deliver them twice.
@@ -215,8 +233,14 @@ struct Serve: AsyncParsableCommand {
                 "warming": "\(warming.keys.sorted())",
             ])
         }
+        let gate = shaping, providers = settings.providerTable
+        let httpServer = http.map { h in
+            HTTPServer(host: h.host, port: h.port, store: store, registry: registry, logger: logger,
+                       extraMetrics: { Serve.shapingMetrics(gate, store: store, providers: providers) })
+        }
         let serviceList: [ServiceGroupConfiguration.ServiceConfiguration] =
             [.init(service: sweeper), .init(service: blocklists)] + (shaping.map { [.init(service: $0)] } ?? [])
+            + (httpServer.map { [.init(service: $0)] } ?? [])
             + (settings.deliver ? [.init(service: scheduler)] : []) + [.init(service: listener)]
         var groupConfig = ServiceGroupConfiguration(services: serviceList, logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .seconds(settings.shutdownGrace + 5)
@@ -381,5 +405,32 @@ final class ServeLock: Sendable {
     func release() {
         _ = ftruncate(fd, 0)
         close(fd) // closing drops the lock
+    }
+}
+
+extension Serve {
+    /// Throttling and the circuit breaker for /metrics: per provider (bounded
+    /// labels; destinations that are single domains are summed as `other`).
+    static func shapingMetrics(_ gate: ShapingGate?, store: Store, providers: ProviderTable) -> String {
+        var g = GaugeWriter()
+        if let gate {
+            let known = Set(providers.rules.map(\.name))
+            var factor: [String: Double] = [:]
+            var paced: [String: Int] = [:]
+            for s in gate.snapshot(now: nowMillis()) {
+                let p = known.contains(s.key.destination) ? s.key.destination : "other"
+                factor[p] = min(factor[p] ?? 1, s.state.factor)
+                if s.state.mode(at: nowMillis()) != .normal { paced[p, default: 0] += 1 }
+            }
+            g.family("tern_shaping_paced_destinations", "destinations (by provider, per source) throttled, suspended or paused now")
+            for p in factor.keys.sorted() { g.sample("tern_shaping_paced_destinations", [("provider", p)], paced[p] ?? 0) }
+            g.family("tern_shaping_throttle_percent", "the lowest share of its configured pace a provider's destinations run at now")
+            for p in factor.keys.sorted() { g.sample("tern_shaping_throttle_percent", [("provider", p)], Int((factor[p]! * 100).rounded())) }
+        }
+        if let cooling = try? store.coolingHosts(now: nowMillis()) {
+            g.family("tern_breaker_hosts_cooling", "MX endpoints the circuit breaker skips now")
+            g.sample("tern_breaker_hosts_cooling", [], cooling.count)
+        }
+        return g.out
     }
 }

@@ -11,7 +11,22 @@ import TernMessage
 import TernProtocol
 
 extension TernSettings {
-    public static let declared: [Setting] = top + delivery + limits + tls + auth + retention + signing + verify + shaping + blocklistSettings
+    public static let declared: [Setting] = top + delivery + limits + tls + auth + retention + signing + verify + shaping + blocklistSettings + http
+
+    static let http: [Setting] = [
+        .string("http.listen", \.httpListen, flag: "http", defaultText: "none", example: "127.0.0.1:8025", check: { text in
+            guard text.isEmpty || TernSettings.hostPort(text) != nil else { throw ConfigError("'http.listen' must be HOST:PORT, such as 127.0.0.1:8025") }
+            return text
+        }, "the HTTP listener (/health, /metrics; a bearer token from `tern api token add` for all but /health); none: off"),
+    ]
+
+    /// `HOST:PORT` or `[IPv6]:PORT`.
+    static func hostPort(_ text: String) -> (host: String, port: Int)? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
+    }
 
     /// Keys of one `[[listener]]` table: name, kind, help.
     static let listenerKeys: [(String, Setting.Kind, String)] = [

@@ -10,6 +10,7 @@ import NIOSSL
 import NIOTLS
 import TernConcurrency
 import TernIntake
+import TernMetrics
 import TernMailAuth
 import TernProtocol
 import TernStore
@@ -96,6 +97,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         registry.add(self, eventLoop: context.eventLoop)
+        TernMetrics.connectionOpened(listener: settings.session.role.rawValue)
         logger.debug("connect")
         if settings.session.role.implicitTLS {
             awaitingTLS = true // the greeting follows the handshake (RFC 8314 §3.3)
@@ -147,6 +149,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        TernMetrics.connectionClosed(listener: settings.session.role.rawValue)
         stopTimer()
         sessionTimer?.cancel()
         if !committing { releaseBudget() } // a commit in flight still holds its text
@@ -284,6 +287,7 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent, awaitingTLS {
             let version = (try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion
             let description = tlsDescription(version)
+            TernMetrics.tlsHandshake(version: description)
             awaitingTLS = false
             session.tlsEstablished(description)
             logger.debug("TLS established", metadata: ["tls": "\(description)"])
@@ -381,7 +385,13 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func commitFinished(_ outcome: CommitOutcome) {
         releaseBudget() // the text is in the store now, or refused
-        if case .accepted(let id) = outcome { logger.debug("accepted", metadata: ["msg": "\(id)"]) }
+        switch outcome {
+        case .accepted(let id):
+            logger.debug("accepted", metadata: ["msg": "\(id)"])
+            TernMetrics.received(origin: settings.origin.rawValue)
+        case .rejected(let reply):
+            TernMetrics.rejected(reason: reply.enhanced?.description ?? "\(reply.code)")
+        }
         resume { $0.commitFinished(outcome) }
     }
 

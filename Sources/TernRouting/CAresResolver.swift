@@ -8,6 +8,7 @@
 import CAres
 import Foundation
 import Synchronization
+import TernMetrics
 import TernProtocol
 #if canImport(Glibc)
 import Glibc
@@ -87,6 +88,27 @@ public final class CAresResolver: DNSResolver, AuthDNS, @unchecked Sendable {
     }
 
     func query(_ name: String, type: Int32) async -> (Int32, [UInt8]?) {
+        let (status, data) = await ask(name, type: type)
+        TernMetrics.dnsLookup(type: CAresResolver.typeName(type), result: CAresResolver.resultName(status))
+        return (status, data)
+    }
+
+    /// Bounded label values for the metrics.
+    static func typeName(_ type: Int32) -> String {
+        DNSRecordType(rawValue: UInt16(clamping: type)).map { $0.description.lowercased() } ?? "other"
+    }
+
+    static func resultName(_ status: Int32) -> String {
+        switch status {
+        case ARES_SUCCESS: "ok"
+        case ARES_ENOTFOUND: "nxdomain"
+        case ARES_ENODATA: "none"
+        case ARES_ETIMEOUT: "timeout"
+        default: "error"
+        }
+    }
+
+    private func ask(_ name: String, type: Int32) async -> (Int32, [UInt8]?) {
         await withCheckedContinuation { cont in
             let q = Query(name: name, type: type) { status, data in cont.resume(returning: (status, data)) }
             let accepted = shared.withLock { s -> Bool in

@@ -1,6 +1,7 @@
 // DNS as Tern needs it for routing: MX records and a host's addresses.
 // A protocol, so that tests use a fake and the server uses c-ares.
 
+import TernMetrics
 import TernProtocol
 
 public struct MXRecord: Sendable, Hashable {
@@ -44,7 +45,10 @@ public struct CachingResolver: DNSResolver {
 
     public func mx(_ domain: String) async -> DNSAnswer<[MXRecord]> {
         let key = domain.lowercased()
-        if let hit = cache.lookup(key, now: clock()) { return hit }
+        if let hit = cache.lookup(key, now: clock()) {
+            TernMetrics.mxCacheHit()
+            return hit
+        }
         let answer = await base.mx(key)
         let now = clock()
         switch answer {

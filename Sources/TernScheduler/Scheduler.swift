@@ -16,6 +16,7 @@ import Synchronization
 import TernDelivery
 import TernMessage
 import TernProtocol
+import TernRouting
 import TernStore
 
 public struct SchedulerConfig: Sendable {
@@ -46,6 +47,8 @@ public struct SchedulerConfig: Sendable {
     public var sources = SourceBook()
     /// How often sources that could not be bound are tried again.
     public var sourceProbeMillis: Int64 = 30_000
+    /// The providers' table (the metrics name a recipient's provider by it).
+    public var providers = ProviderTable()
 
     public init(hostname: String) { self.hostname = hostname }
 }
@@ -141,7 +144,8 @@ public final class Scheduler: Service, Sendable {
         self.random = random
         self.logger = logger
         self.owner = "\(config.hostname):\(getpid()):\(UInt32.random(in: 0...UInt32.max))"
-        self.settlement = Settlement(store: store, owner: owner, hostname: config.hostname, policy: config.policy, logger: logger)
+        self.settlement = Settlement(store: store, owner: owner, hostname: config.hostname, policy: config.policy, providers: config.providers,
+                                     logger: logger)
     }
 
     /// New work may be due now (intake committed a message, an operator flushed).

@@ -11,7 +11,9 @@
 import Logging
 import TernDelivery
 import TernMessage
+import TernMetrics
 import TernProtocol
+import TernRouting
 import TernStore
 
 struct Settlement: Sendable {
@@ -20,6 +22,8 @@ struct Settlement: Sendable {
     let owner: String
     let hostname: String
     let policy: PolicyConfig
+    /// Names a recipient's provider for the metrics (by MX host; `other`).
+    let providers: ProviderTable
     let logger: Logger
 
     /// One recipient, settled.
@@ -28,6 +32,8 @@ struct Settlement: Sendable {
         var decision: Decision
         var attempt: NewAttempt? = nil
         var suppression: Suppression? = nil
+        /// For the metrics: the MX host the recipient was tried at.
+        var mxHost: String? = nil
     }
 
     /// Commits the entries of one message in one transaction; true when it
@@ -51,6 +57,11 @@ struct Settlement: Sendable {
         }
         do {
             try await store.record(batch)
+            // Counted once on disk, so that the metrics say what the database says.
+            for e in entries where TernMetrics.enabled {
+                TernMetrics.recipient(e.decision.transition.state.rawValue, provider: e.mxHost.flatMap { providers.provider(forMX: $0) } ?? "other")
+                if e.decision.transition.state == .delivered { TernMetrics.queueTime(milliseconds: now - e.recipient.createdAt) }
+            }
             return !batch.dsns.isEmpty
         } catch {
             logger.error("could not record outcomes", metadata: ["msg": "\(message.queueID)", "error": "\(error)"])
@@ -76,7 +87,8 @@ struct Settlement: Sendable {
                           decision: Policy.decide(outcome, for: r, sender: message.mailFrom, context: context, now: now,
                                                   config: policy, random: random()),
                           attempt: Policy.attempt(outcome, for: r, context: context, started: started, ended: now,
-                                                  category: category?.rawValue))
+                                                  category: category?.rawValue),
+                          mxHost: context.mxHost)
             if policy.suppressOnHardBounce, case .bounced = outcome, let category, policy.suppressCategories.contains(category) {
                 e.suppression = Suppression(address: Settlement.key(r.address),
                                             reason: "\(outcome.reply.code) \(outcome.reply.enhanced.map { "\($0) " } ?? "")\(outcome.reply.text)",

@@ -9,6 +9,7 @@
 // goes back to the store untouched.
 
 import TernDelivery
+import TernMetrics
 import TernProtocol
 import TernStore
 
@@ -212,6 +213,7 @@ struct Worker {
         }
         s.config.sources.sent(source)
         let outcomes = await connection.send(Scheduler.outbound(messageID, recipients, stored), next: next)
+        TernMetrics.deliveryDuration(milliseconds: s.clock.now() - started)
         // The destination's answers, for shaping: each distinct refusal, and
         // one success per transaction that delivered.
         var seen: Set<SMTPReply> = []

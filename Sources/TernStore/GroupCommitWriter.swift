@@ -23,6 +23,7 @@
 
 import Dispatch
 import GRDB
+import TernMetrics
 import GRDBSQLite
 import CTernSystem
 import Synchronization
@@ -107,6 +108,7 @@ final class GroupCommitWriter: Sendable {
 
     private func commit(_ batch: [Request]) {
         var results = [Result<any Sendable, Error>](repeating: .failure(StoreError.other("not run")), count: batch.count)
+        let began = DispatchTime.now().uptimeNanoseconds
         do {
             let durable = batch.contains { $0.durable }
             try pool.writeWithoutTransaction { db in
@@ -169,6 +171,7 @@ final class GroupCommitWriter: Sendable {
             }
             commits.add(1, ordering: .relaxed)
             if durable { durableCommits.add(1, ordering: .relaxed) }
+            if TernMetrics.enabled { TernMetrics.commit(batch: batch.count, nanoseconds: Int64(DispatchTime.now().uptimeNanoseconds - began)) }
         } catch {
             let failure = StoreError.classify(error)
             for i in results.indices { results[i] = .failure(failure) }

@@ -58,6 +58,19 @@ final class ServeProcess: @unchecked Sendable {
         throw ClientError.timeout
     }
 
+    /// The HTTP listener's port, from its "http listening" log line.
+    func httpPort() async throws -> Int {
+        for _ in 0..<500 {
+            if let r = log.range(of: ":(\\d+) \\[TernHTTP\\] http listening", options: .regularExpression) {
+                return Int(log[r].dropFirst().prefix(while: \.isNumber))!
+            }
+            if !process.isRunning { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("tern serve did not report its HTTP port:\n\(log)")
+        throw ClientError.timeout
+    }
+
     /// A test that failed before `terminate` must not leave the server running.
     deinit {
         if process.isRunning {

@@ -1,0 +1,217 @@
+// The HTTP listener (issue 20), on Hummingbird: `/health` for anyone,
+// everything else behind a bearer token (`tern api token add`), of which
+// only a SHA-256 is stored. `/metrics` serves what TernMetrics counted (the
+// swift-prometheus registry) and gauges read from the database at scrape
+// time (the queue by state and age, the database's and WAL's size, free
+// disk), in Prometheus' text format with a HELP line for every family.
+
+import Crypto
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+import TernMetrics
+import TernStore
+
+/// What a token may do; each scope includes the ones before it.
+public enum APIScope: String, Sendable, CaseIterable, Comparable {
+    case inject, read, admin
+
+    public static func < (a: APIScope, b: APIScope) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
+}
+
+public enum APITokens {
+    /// A new token: "tern_" and 256 random bits, base64url.
+    public static func generate() -> String {
+        var rng = SystemRandomNumberGenerator()
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let b64 = Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+        return "tern_" + b64
+    }
+
+    /// What is stored of a token: its SHA-256, hex.
+    public static func hash(_ token: String) -> String {
+        SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+public final class HTTPServer: Service {
+    let host: String
+    let port: Int
+    let store: Store
+    let registry: PrometheusCollectorRegistry
+    let logger: Logger
+    /// Told the bound port once listening (port 0: the kernel's choice).
+    let onBound: @Sendable (Int) -> Void
+    /// More gauges for `/metrics`, in the text format (the shaping gate's state).
+    let extraMetrics: @Sendable () -> String
+    /// When each token was last noted as used (written at most once a minute).
+    private let touched = Mutex<[String: Int64]>([:])
+
+    public init(host: String, port: Int, store: Store, registry: PrometheusCollectorRegistry, logger: Logger,
+                extraMetrics: @escaping @Sendable () -> String = { "" }, onBound: @escaping @Sendable (Int) -> Void = { _ in }) {
+        self.host = host
+        self.port = port
+        self.store = store
+        self.registry = registry
+        self.logger = logger
+        self.extraMetrics = extraMetrics
+        self.onBound = onBound
+    }
+
+    public func run() async throws {
+        let router = Router()
+        router.get("/health") { _, _ in
+            HTTPServer.text("ok\n")
+        }
+        router.get("/metrics") { request, _ in
+            if let refusal = self.authorize(request, needs: .read) { return refusal }
+            return HTTPServer.text(self.exposition(), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        }
+        let logger = self.logger
+        let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "tern"),
+                              onServerRunning: { channel in
+                                  let bound = channel.localAddress?.port ?? 0
+                                  logger.notice("http listening", metadata: ["address": "\(channel.localAddress?.description ?? "?")"])
+                                  self.onBound(bound)
+                              }, logger: logger)
+        // As a service of serve's group (runService would install its own
+        // SIGTERM handler and leave the group early).
+        try await app.run()
+    }
+
+    static func text(_ body: String, status: HTTPResponse.Status = .ok, contentType: String = "text/plain; charset=utf-8",
+                     headers extra: HTTPFields = [:]) -> Response {
+        var headers = extra
+        headers[.contentType] = contentType
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+
+    /// nil when the request carries a token of at least `needs`; else the refusal.
+    func authorize(_ request: Request, needs: APIScope) -> Response? {
+        let challenge: HTTPFields = [.wwwAuthenticate: "Bearer realm=\"tern\""]
+        guard let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") else {
+            return HTTPServer.text("a bearer token is required (tern api token add NAME)\n", status: .unauthorized, headers: challenge)
+        }
+        let token = String(header.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
+        let found: StoredAPIToken?
+        do { found = try store.apiToken(hash: APITokens.hash(token)) } catch {
+            logger.error("cannot read the API tokens", metadata: ["error": "\(error)"])
+            return HTTPServer.text("the token could not be checked\n", status: .serviceUnavailable)
+        }
+        guard let found, let scope = APIScope(rawValue: found.scope) else {
+            return HTTPServer.text("unknown token\n", status: .unauthorized, headers: challenge)
+        }
+        guard scope >= needs else {
+            return HTTPServer.text("the token's scope \(scope.rawValue) does not allow this (needs \(needs.rawValue))\n", status: .forbidden)
+        }
+        noteUse(found.name)
+        return nil
+    }
+
+    private func noteUse(_ name: String) {
+        let now = nowMillis()
+        let due = touched.withLock { t in
+            guard now - (t[name] ?? .min / 2) >= 60_000 else { return false }
+            t[name] = now
+            return true
+        }
+        guard due else { return }
+        let store = self.store
+        Task { try? await store.touchAPIToken(name: name, at: now) }
+    }
+
+    // MARK: - Exposition
+
+    /// The registry's families with their HELP lines, then the gauges read now.
+    public func exposition() -> String {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        var out = ""
+        for line in String(decoding: buffer, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("# TYPE ") {
+                let name = line.dropFirst("# TYPE ".count).split(separator: " ").first.map(String.init) ?? ""
+                out += "# HELP \(name) \(MetricHelp.text[name] ?? name)\n"
+            }
+            if !line.isEmpty { out += line + "\n" }
+        }
+        out += gauges()
+        out += extraMetrics()
+        return out
+    }
+
+    /// Gauges from the database and the file system.
+    func gauges() -> String {
+        var g = GaugeWriter()
+        if let live = try? store.liveCounts() {
+            g.family("tern_queue_recipients", "recipients in the queue now, by state")
+            for state in [RecipientState.queued, .deferred, .inflight, .held] { g.sample("tern_queue_recipients", [("state", state.rawValue)], live[state] ?? 0) }
+        }
+        if let shape = try? store.queueShape(now: nowMillis(), limit: Int.max / 2) {
+            g.family("tern_queue_recipients_by_age", "recipients in the queue now, by time since they were received")
+            for (i, name) in QueueShapeRow.bucketNames.enumerated() {
+                g.sample("tern_queue_recipients_by_age", [("age", name)], shape.reduce(0) { $0 + $1.buckets[i] })
+            }
+        }
+        let fm = FileManager.default
+        func size(_ path: String) -> Int { ((try? fm.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0 }
+        g.family("tern_database_bytes", "size of the SQLite database file")
+        g.sample("tern_database_bytes", [], size(store.path))
+        g.family("tern_database_wal_bytes", "size of the SQLite write-ahead log")
+        g.sample("tern_database_wal_bytes", [], size(store.path + "-wal"))
+        var st = statvfs()
+        if statvfs((store.path as NSString).deletingLastPathComponent, &st) == 0 {
+            g.family("tern_disk_free_bytes", "free space on the database's file system, for unprivileged users")
+            g.sample("tern_disk_free_bytes", [], Int(st.f_bavail) * Int(st.f_frsize))
+        }
+        return g.out
+    }
+}
+
+/// Writes gauge families in the text format.
+public struct GaugeWriter {
+    public var out = ""
+    public init() {}
+
+    public mutating func family(_ name: String, _ help: String) {
+        out += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n"
+    }
+
+    public mutating func sample(_ name: String, _ labels: [(String, String)], _ value: Int) {
+        let l = labels.isEmpty ? "" : "{" + labels.map { "\($0.0)=\"\(GaugeWriter.escape($0.1))\"" }.joined(separator: ",") + "}"
+        out += "\(name)\(l) \(value)\n"
+    }
+
+    static func escape(_ s: String) -> String {
+        s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+    }
+}
+
+/// HELP texts of the families TernMetrics counts.
+enum MetricHelp {
+    static let text: [String: String] = [
+        "tern_smtp_connections_total": "SMTP connections accepted, by listener role",
+        "tern_smtp_sessions": "SMTP sessions open now, by listener role",
+        "tern_tls_handshakes_total": "TLS handshakes completed by SMTP listeners, by protocol version",
+        "tern_messages_received_total": "messages accepted and committed, by origin",
+        "tern_messages_rejected_total": "messages refused at the end of their data, by enhanced status code",
+        "tern_auth_failures_total": "failed SMTP AUTH logins",
+        "tern_recipients_total": "recipients settled, by outcome and provider (other: not a known provider)",
+        "tern_delivery_duration_seconds": "time a remote server took for one message's transaction",
+        "tern_queue_time_seconds": "time from acceptance to delivery of delivered recipients",
+        "tern_store_commit_batch_size": "requests per group commit",
+        "tern_store_commit_duration_seconds": "time one group commit took, fsync included",
+        "tern_dns_lookups_total": "DNS look-ups, by record type and result",
+        "tern_mx_cache_hits_total": "MX answers served from the database's cache",
+    ]
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
