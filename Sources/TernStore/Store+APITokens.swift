@@ -57,13 +57,5 @@ extension Store {
     }
 
     /// The live recipients by state (queued, deferred, held, inflight), from the `recipient_live` index.
-    public func liveCounts() throws -> [RecipientState: Int] {
-        try read { db in
-            var out: [RecipientState: Int] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT state, count(*) FROM recipient WHERE \(StateSQL.live) GROUP BY state") {
-                out[row[0]] = row[1]
-            }
-            return out
-        }
-    }
+    public func liveCounts() throws -> [RecipientState: Int] { try stateCounts(where: StateSQL.live) }
 }

@@ -61,11 +61,11 @@ extension Store {
         }
     }
 
-    /// Count of recipients per state.
-    public func stateCounts() throws -> [RecipientState: Int] {
+    /// Count of recipients per state (`condition`: only those rows, e.g. `StateSQL.live`, which takes its index).
+    public func stateCounts(where condition: String = "1") throws -> [RecipientState: Int] {
         try read { db in
             var out: [RecipientState: Int] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT state, count(*) FROM recipient GROUP BY state") {
+            for row in try Row.fetchAll(db, sql: "SELECT state, count(*) FROM recipient WHERE \(condition) GROUP BY state") {
                 out[row[0]] = row[1]
             }
             return out

@@ -47,27 +47,24 @@ final class ServeProcess: @unchecked Sendable {
 
     /// The port from the "listening" log line of the first listener with this role.
     func port(role: String = "relay") async throws -> Int {
-        for _ in 0..<500 {
-            if let r = log.range(of: ":(\\d+) role=\(role) \\[TernListener\\] listening", options: .regularExpression) {
-                return Int(log[r].dropFirst().prefix(while: \.isNumber))!
-            }
-            if !process.isRunning { break }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        Issue.record("tern serve did not report its port:\n\(log)")
-        throw ClientError.timeout
+        try await number(after: ":(\\d+) role=\(role) \\[TernListener\\] listening", what: "its port")
     }
 
     /// The HTTP listener's port, from its "http listening" log line.
     func httpPort() async throws -> Int {
+        try await number(after: ":(\\d+) \\[TernHTTP\\] http listening", what: "its HTTP port")
+    }
+
+    /// The number right after the first ':' of the first log line matching `pattern`, waiting for it.
+    private func number(after pattern: String, what: String) async throws -> Int {
         for _ in 0..<500 {
-            if let r = log.range(of: ":(\\d+) \\[TernHTTP\\] http listening", options: .regularExpression) {
+            if let r = log.range(of: pattern, options: .regularExpression) {
                 return Int(log[r].dropFirst().prefix(while: \.isNumber))!
             }
             if !process.isRunning { break }
             try await Task.sleep(for: .milliseconds(20))
         }
-        Issue.record("tern serve did not report its HTTP port:\n\(log)")
+        Issue.record("tern serve did not report \(what):\n\(log)")
         throw ClientError.timeout
     }
 
