@@ -130,7 +130,10 @@ struct WarmupView {
         let usage = try store.warmupUsage()
         let listed = try store.blocklistStatuses().filter(\.listed)
         let binds = Dictionary(uniqueKeysWithValues: try store.sourceStatuses().map { ($0.source, $0) })
-        let events = try store.events(family: "warmup", since: now - 7 * Warmup.dayMillis, limit: 500)
+        // The last week's warm-up events by source, newest first (each detail parsed once).
+        let events = Dictionary(grouping: try store.events(family: "warmup", since: now - 7 * Warmup.dayMillis, limit: 500)) { e in
+            ((try? JSONSerialization.jsonObject(with: Data(e.detail.utf8))) as? [String: Any])?["source"] as? String ?? ""
+        }
         let plans = Dictionary(uniqueKeysWithValues: (settings.warmupPlans + [WarmupPlan.builtIn]).reversed().map { ($0.name, $0) })
         var out: [Source] = []
         for s in settings.sources where only == nil || s.name == only {
@@ -138,14 +141,11 @@ struct WarmupView {
             let st = plan == nil ? nil : states[s.name]
             let day = st?.day ?? 1
             let done = st?.status == WarmupStatus.done.rawValue
-            let mine = events.filter { e in
-                ((try? JSONSerialization.jsonObject(with: Data(e.detail.utf8))) as? [String: Any])?["source"] as? String == s.name
-            }
             out.append(Source(name: s.name, address: s.address.description, plan: plan?.name, state: st,
                               dayCap: done ? nil : plan?.cap(day: day), hourCap: done ? nil : plan?.hourlyCap(day: day), days: plan?.daily.count ?? 0,
                               destinations: usage.filter { $0.source == s.name && $0.dayStartedAt == st?.dayStartedAt }.map { Destination(name: $0.destination, counts: $0) },
                               listed: listed.filter { $0.source == s.name }, bindError: binds[s.name]?.bindError,
-                              lastEvents: Array(mine.prefix(5))))
+                              lastEvents: Array((events[s.name] ?? []).prefix(5))))
         }
         return WarmupView(sources: out, now: now)
     }

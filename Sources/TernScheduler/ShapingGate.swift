@@ -317,15 +317,9 @@ public final class ShapingGate: SendGate, Service {
             i.warmupDirty = []
             return (keys.map { row($0, i.shaper, now: now) }, events, warm, usage)
         }
-        if !rows.isEmpty || (!events.isEmpty && warm.isEmpty) {
-            do { try await store.saveShaping(rows, events: warm.isEmpty ? events : []) } catch {
-                logger.error("cannot save shaping state", metadata: ["error": "\(error)"])
-            }
-        }
-        if !warm.isEmpty {
-            do { try await store.saveWarmup(warm, usage: usage, events: events, now: now) } catch {
-                logger.error("cannot save warm-up state", metadata: ["error": "\(error)"])
-            }
+        guard !rows.isEmpty || !events.isEmpty || !warm.isEmpty else { return }
+        do { try await store.saveShaping(rows, warmup: warm, usage: usage, events: events, now: now) } catch {
+            logger.error("cannot save shaping and warm-up state", metadata: ["error": "\(error)"])
         }
     }
 

@@ -52,6 +52,13 @@ public final class SourceBook: Sendable {
         /// (source, domain) pairs that cannot work (no MX host of the
         /// source's address family), until when.
         var avoid: [String: Int64] = [:]
+
+        static func avoidKey(_ source: OutboundSource, _ domain: String) -> String { "\(source.name) \(domain)" }
+
+        func avoids(_ source: OutboundSource, _ domain: String, _ now: Int64) -> Bool { (avoid[State.avoidKey(source, domain)] ?? .min) > now }
+
+        /// Weighted and not held (bind failure, blocklist).
+        func inRotation(_ m: (source: OutboundSource, weight: Int)) -> Bool { m.weight > 0 && (holds[m.source.name] ?? [:]).isEmpty }
     }
     private let state = Mutex(State())
 
@@ -87,14 +94,14 @@ public final class SourceBook: Sendable {
     /// (`avoid`), unless none would be left (then they are tried, and defer).
     public func candidates(pool name: String?, domain: String? = nil, now: Int64 = 0) -> [OutboundSource?] {
         guard let pool = pool(name) else { return sources.isEmpty ? [nil] : [] }
-        let (sent, holds, avoid) = state.withLock { ($0.sent, $0.holds, $0.avoid) }
+        let s = state.withLock { $0 }
         var ranked: [(source: OutboundSource, weight: Int, share: Double)] = []
-        for m in pool.members where m.weight > 0 && (holds[m.source.name] ?? [:]).isEmpty {
-            ranked.append((m.source, m.weight, Double(sent[m.source.name, default: 0]) / Double(m.weight)))
+        for m in pool.members where s.inRotation(m) {
+            ranked.append((m.source, m.weight, Double(s.sent[m.source.name, default: 0]) / Double(m.weight)))
         }
         ranked.sort { a, b in a.share != b.share ? a.share < b.share : a.weight > b.weight }
         if let domain {
-            let reachable = ranked.filter { (avoid["\($0.source.name) \(domain)"] ?? .min) <= now }
+            let reachable = ranked.filter { !s.avoids($0.source, domain, now) }
             if !reachable.isEmpty { ranked = reachable }
         }
         return ranked.map { Optional($0.source) }
@@ -103,18 +110,14 @@ public final class SourceBook: Sendable {
     /// `source` cannot reach `domain` (no MX host of its address family):
     /// the pool's others take the domain's connections until `until`.
     /// False (nothing noted) when no other source of the pool could.
-    public func avoid(_ source: OutboundSource, for domain: String, pool: String?, until: Int64, now: Int64) -> Bool {
-        let others = candidates(pool: pool, domain: domain, now: now).contains { $0 != nil && $0 != source && !isAvoided($0!, domain, now) }
-        guard others else { return false }
-        state.withLock { s in
+    public func avoid(_ source: OutboundSource, for domain: String, pool name: String?, until: Int64, now: Int64) -> Bool {
+        guard let pool = pool(name) else { return false }
+        return state.withLock { s in
+            guard pool.members.contains(where: { $0.source != source && s.inRotation($0) && !s.avoids($0.source, domain, now) }) else { return false }
             s.avoid = s.avoid.filter { $0.value > now }
-            s.avoid["\(source.name) \(domain)"] = until
+            s.avoid[State.avoidKey(source, domain)] = until
+            return true
         }
-        return true
-    }
-
-    private func isAvoided(_ source: OutboundSource, _ domain: String, _ now: Int64) -> Bool {
-        state.withLock { ($0.avoid["\(source.name) \(domain)"] ?? .min) > now }
     }
 
     /// A message is being sent from `source`.

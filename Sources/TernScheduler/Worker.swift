@@ -213,7 +213,7 @@ struct Worker {
         }
         s.config.sources.sent(source)
         let outcomes = await connection.send(Scheduler.outbound(messageID, recipients, stored), next: next)
-        TernMetrics.deliveryDuration(milliseconds: s.clock.now() - started)
+        if TernMetrics.enabled { TernMetrics.deliveryDuration(milliseconds: s.clock.now() - started) }
         // The destination's answers, for shaping: each distinct refusal, and
         // one success per transaction that delivered.
         var seen: Set<SMTPReply> = []

@@ -84,8 +84,11 @@ extension Store {
         }
     }
 
-    /// Writes states (each replaces its row) and events (kind, JSON detail) in one transaction.
-    public func saveShaping(_ states: [StoredShapingState], events: [(kind: EventKind, at: Int64, detail: String)]) async throws {
+    /// Writes the gate's state in one transaction: shaping states (each
+    /// replaces its row), warming sources' plan days and counts
+    /// (`Store.putWarmup`), and the events (kind, JSON detail) of both.
+    public func saveShaping(_ states: [StoredShapingState], warmup: [StoredWarmup] = [], usage: [StoredWarmupUsage] = [],
+                            events: [(kind: EventKind, at: Int64, detail: String)], now: Int64 = 0) async throws {
         _ = try await write(durable: false) { db in
             let put = try db.cachedStatement(sql: """
                 INSERT INTO shaping_state (source, destination, mode, factor, hold_until, suspended_until, rule_limits, rule, reason,
@@ -100,8 +103,8 @@ extension Store {
                 try put.execute(arguments: [s.source, s.destination, s.mode, s.factor, s.holdUntil, s.suspendedUntil, s.ruleLimits,
                                             s.rule, s.reason, s.lastStepAt, s.open, s.tokens, s.updatedAt])
             }
-            let event = try db.cachedStatement(sql: "INSERT INTO event (at, kind, detail) VALUES (?, ?, ?)")
-            for e in events { try event.execute(arguments: [e.at, e.kind.rawValue, e.detail]) }
+            try Store.putWarmup(warmup, usage: usage, now: now, db)
+            for e in events { try Store.addEvent(db, at: e.at, kind: e.kind, messageID: nil, recipientID: nil, detail: e.detail) }
             return 0
         }
     }
@@ -144,7 +147,7 @@ extension Store {
                         rule = NULL, reason = NULL, updated_at = ? WHERE source = ? AND destination = ?
                     """, arguments: [now, source, destination])
             }
-            try db.execute(sql: "INSERT INTO event (at, kind, detail) VALUES (?, ?, ?)", arguments: [now, event.rawValue, detail])
+            try Store.addEvent(db, at: now, kind: event, messageID: nil, recipientID: nil, detail: detail)
             return 0
         }
     }

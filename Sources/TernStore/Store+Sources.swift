@@ -137,8 +137,7 @@ extension Store {
                 ON CONFLICT (source) DO UPDATE SET address = excluded.address, bind_error = excluded.bind_error,
                     failed_at = coalesce(excluded.failed_at, failed_at), updated_at = excluded.updated_at
                 """, arguments: [source, address, error, error == nil ? nil : at, at])
-            try db.execute(sql: "INSERT INTO event (at, kind, detail) VALUES (?, ?, ?)",
-                           arguments: [at, (error == nil ? EventKind.sourceAvailable : .sourceUnavailable).rawValue, json])
+            try Store.addEvent(db, at: at, kind: error == nil ? .sourceAvailable : .sourceUnavailable, messageID: nil, recipientID: nil, detail: json)
             return 0
         }
     }
@@ -176,39 +175,35 @@ extension Store {
         try read { db in try Int64.fetchOne(db, sql: "SELECT coalesce(max(operator_version), 0) FROM warmup_state") ?? 0 }
     }
 
-    /// The server's write: states (a row an operator changed after the
-    /// version the server last read is left alone), the day's counts (a
-    /// day's rows replace the previous day's), and events, in one transaction.
-    public func saveWarmup(_ states: [StoredWarmup], usage: [StoredWarmupUsage], events: [(kind: EventKind, at: Int64, detail: String)],
-                           now: Int64) async throws {
-        _ = try await write(durable: false) { db in
-            let put = try db.cachedStatement(sql: """
-                INSERT INTO warmup_state (\(StoredWarmup.columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (source) DO UPDATE SET plan = excluded.plan, day = excluded.day, day_started_at = excluded.day_started_at,
-                    status = excluded.status, verdict = excluded.verdict, reason = excluded.reason, updated_at = excluded.updated_at
-                WHERE warmup_state.operator_version <= excluded.operator_version
-                """)
-            // A new day's counts replace the last day's.
-            let stale = try db.cachedStatement(sql: "DELETE FROM warmup_usage WHERE source = ? AND day_started_at <> ?")
-            for s in states {
-                try put.execute(arguments: [s.source, s.plan, s.day, s.dayStartedAt, s.status, s.verdict, s.reason, s.operatorVersion, s.updatedAt])
-                try stale.execute(arguments: [s.source, s.dayStartedAt])
-            }
-            let count = try db.cachedStatement(sql: """
-                INSERT INTO warmup_usage (source, destination, day_started_at, sent, delivered, deferred, bounced, blocked, hour_started_at, hour_sent,
-                                          updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (source, destination) DO UPDATE SET day_started_at = excluded.day_started_at, sent = excluded.sent, delivered = excluded.delivered,
-                    deferred = excluded.deferred, bounced = excluded.bounced, blocked = excluded.blocked,
-                    hour_started_at = excluded.hour_started_at, hour_sent = excluded.hour_sent, updated_at = excluded.updated_at
-                """)
-            for u in usage {
-                try count.execute(arguments: [u.source, u.destination, u.dayStartedAt, u.sent, u.delivered, u.deferred, u.bounced, u.blocked,
-                                              u.hourStartedAt, u.hourSent, now])
-            }
-            let event = try db.cachedStatement(sql: "INSERT INTO event (at, kind, detail) VALUES (?, ?, ?)")
-            for e in events { try event.execute(arguments: [e.at, e.kind.rawValue, e.detail]) }
-            return 0
+    /// The server's write of warm-up state, inside `saveShaping`'s
+    /// transaction: states (a row an operator changed after the version the
+    /// server last read is left alone) and the day's counts (a day's rows
+    /// replace the previous day's).
+    static func putWarmup(_ states: [StoredWarmup], usage: [StoredWarmupUsage], now: Int64, _ db: Database) throws {
+        guard !states.isEmpty || !usage.isEmpty else { return }
+        let put = try db.cachedStatement(sql: """
+            INSERT INTO warmup_state (\(StoredWarmup.columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (source) DO UPDATE SET plan = excluded.plan, day = excluded.day, day_started_at = excluded.day_started_at,
+                status = excluded.status, verdict = excluded.verdict, reason = excluded.reason, updated_at = excluded.updated_at
+            WHERE warmup_state.operator_version <= excluded.operator_version
+            """)
+        // A new day's counts replace the last day's.
+        let stale = try db.cachedStatement(sql: "DELETE FROM warmup_usage WHERE source = ? AND day_started_at <> ?")
+        for s in states {
+            try put.execute(arguments: [s.source, s.plan, s.day, s.dayStartedAt, s.status, s.verdict, s.reason, s.operatorVersion, s.updatedAt])
+            try stale.execute(arguments: [s.source, s.dayStartedAt])
+        }
+        let count = try db.cachedStatement(sql: """
+            INSERT INTO warmup_usage (source, destination, day_started_at, sent, delivered, deferred, bounced, blocked, hour_started_at, hour_sent,
+                                      updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (source, destination) DO UPDATE SET day_started_at = excluded.day_started_at, sent = excluded.sent, delivered = excluded.delivered,
+                deferred = excluded.deferred, bounced = excluded.bounced, blocked = excluded.blocked,
+                hour_started_at = excluded.hour_started_at, hour_sent = excluded.hour_sent, updated_at = excluded.updated_at
+            """)
+        for u in usage {
+            try count.execute(arguments: [u.source, u.destination, u.dayStartedAt, u.sent, u.delivered, u.deferred, u.bounced, u.blocked,
+                                          u.hourStartedAt, u.hourSent, now])
         }
     }
 
@@ -242,7 +237,7 @@ extension Store {
             detail.add("day", new.day)
             detail.add("status", new.status)
             detail.add("by", "operator")
-            try db.execute(sql: "INSERT INTO event (at, kind, detail) VALUES (?, ?, ?)", arguments: [now, event.rawValue, detail.finish()])
+            try Store.addEvent(db, at: now, kind: event, messageID: nil, recipientID: nil, detail: detail.finish())
             return new
         }
     }
@@ -281,8 +276,7 @@ extension Store {
             for r in rows {
                 try put.execute(arguments: [r.source, r.zone, r.query, r.listed, r.code, r.reason, r.checkedAt, r.changedAt])
             }
-            let event = try db.cachedStatement(sql: "INSERT INTO event (at, kind, detail) VALUES (?, ?, ?)")
-            for e in events { try event.execute(arguments: [e.at, e.kind.rawValue, e.detail]) }
+            for e in events { try Store.addEvent(db, at: e.at, kind: e.kind, messageID: nil, recipientID: nil, detail: e.detail) }
             return 0
         }
     }
