@@ -2,7 +2,7 @@
 # Each installs the Debian packages it needs first.
 
 BUILD_PACKAGES := libsqlite3-dev sqlite3 libc-ares-dev pkg-config publicsuffix
-TEST_PACKAGES  := swaks libnet-ssleay-perl python3 python3-aiosmtpd dnsmasq-base openssl python3-dkim python3-dnspython opendkim-tools iproute2 python3-yaml python3-dnslib python3-pip prometheus curl
+TEST_PACKAGES  := swaks libnet-ssleay-perl python3 python3-aiosmtpd dnsmasq-base openssl python3-dkim python3-dnspython opendkim-tools iproute2 python3-yaml python3-dnslib python3-pip prometheus curl chromium
 SWIFT_TEST_FLAGS ?=
 
 .PHONY: run test fuzz build release deps test-deps bench migrations clean

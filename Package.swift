@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // Pure SMTP: commands, replies, addresses, framing, and both sides' session state machines (server and client).
@@ -82,8 +83,11 @@ let package = Package(
         ]),
         // The HTTP listener (Hummingbird): bearer tokens, /health, /metrics in Prometheus text format.
         .target(name: "TernHTTP", dependencies: [
-            "TernStore", "TernScheduler", "TernMetrics", metrics, logging, lifecycle, nioCore,
-            .product(name: "Hummingbird", package: "hummingbird"), .product(name: "Prometheus", package: "swift-prometheus"),
+            "TernStore", "TernScheduler", "TernIntake", "TernProtocol", "TernMetrics", metrics, logging, lifecycle, nioCore,
+            .product(name: "Hummingbird", package: "hummingbird"), .product(name: "HummingbirdCore", package: "hummingbird"),
+            .product(name: "HummingbirdTLS", package: "hummingbird"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // `tern` subcommands, the settings' declarations (TOML + flags), and `serve`, the composition root.
@@ -93,7 +97,7 @@ let package = Package(
             metrics, .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "X509", package: "swift-certificates"), .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            .product(name: "TOMLKit", package: "TOMLKit"),
+            .product(name: "TOMLKit", package: "TOMLKit"), .product(name: "AsyncHTTPClient", package: "async-http-client"),
         ]),
         // Test helpers shared by test targets (a scripted SMTP sink); not in the product.
         .target(name: "TernTestSupport", dependencies: [

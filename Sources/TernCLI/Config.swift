@@ -10,6 +10,7 @@ import TOMLKit
 import TernAuth
 import TernDKIM
 import TernDelivery
+import TernHTTP
 import TernIntake
 import TernListener
 import TernMailAuth
@@ -113,6 +114,11 @@ public struct TernSettings: Sendable {
     public var poolHeader = "X-Tern-Pool"
     /// The HTTP listener's HOST:PORT ("": none).
     public var httpListen = ""
+    public var httpTLS = false
+    /// `[[webhook]]` endpoints.
+    public var webhooks: [WebhookEndpoint] = []
+    public var httpTLSCert: String? = nil
+    public var httpTLSKey: String? = nil
     /// SPF, DKIM and DMARC for mail from other MTAs (`[verify]`).
     public var verifyPolicy: VerifyPolicy = .record
     /// "" stands for the host name.
@@ -249,7 +255,7 @@ extension TernSettings {
     private mutating func apply(_ document: TOMLTable, origin: String) throws {
         let tables = Set(TernSettings.declared.compactMap(\.table))
         let topKeys = Set(TernSettings.declared.filter { $0.table == nil }.map(\.key)).union(tables).union(["listener", "dkim", "provider", "throttle_rule", "bounce_rule", "source", "pool",
-                                                                                                                   "pool_rule", "warmup_plan"])
+                                                                                                                   "pool_rule", "warmup_plan", "webhook"])
         for key in document.keys where !topKeys.contains(key) {
             throw ConfigError("unknown key '\(key)' (known: \(topKeys.sorted().joined(separator: ", ")))")
         }
@@ -290,6 +296,10 @@ extension TernSettings {
         if let v = document["pool"] {
             pools = try TernSettings.poolTables(v)
             origins["pool"] = origin
+        }
+        if let v = document["webhook"] {
+            webhooks = try TernSettings.webhookTables(v)
+            origins["webhook"] = origin
         }
         if let v = document["pool_rule"] {
             poolRules = try TernSettings.poolRuleTables(v)

@@ -41,9 +41,7 @@ struct History: ParsableCommand {
         f.sender = from
         f.domain = domain
         f.queueID = message
-        f.headerMessageID = messageID.map { id in
-            id.hasPrefix("<") && id.hasSuffix(">") && id.count >= 2 ? String(id.dropFirst().dropLast()) : id
-        }
+        f.headerMessageID = messageID.map(History.bareMessageID)
         f.state = state
         f.limit = max(1, limit)
         f.window = try TimeArgument.window(since: window.since, until: window.until, defaultSince: nil, now: nowMillis())
@@ -54,6 +52,13 @@ struct History: ParsableCommand {
         case .csv: print(HistoryFormatter.csv(entries), terminator: "")
         case .table: print(HistoryFormatter.text(entries), terminator: "")
         }
+    }
+}
+
+extension History {
+    /// A Message-ID with or without its angle brackets, without.
+    static func bareMessageID(_ id: String) -> String {
+        id.hasPrefix("<") && id.hasSuffix(">") && id.count >= 2 ? String(id.dropFirst().dropLast()) : id
     }
 }
 
@@ -158,21 +163,22 @@ struct Stats: ParsableCommand {
             defer { store.close() }
             let now = nowMillis()
             let w = try TimeArgument.window(since: window.since, until: window.until, defaultSince: "24h", now: now)!
-            let domains: [DomainStats], hosts: [MXStats], cooling: [StoredHostHealth], categories: [CategoryCount], shaping: [ShapingView.Row]
-            let changes: [(at: Int64, kind: String, detail: String)]
-            let listed: [StoredBlocklistStatus], unbound: [StoredSourceStatus]
-            do {
-                listed = try store.blocklistStatuses().filter(\.listed)
-                unbound = try store.sourceStatuses().filter { $0.bindError != nil }
-                (domains, hosts) = try store.routeStats(w, now: now, limit: limit)
-                cooling = try store.coolingHosts(now: now)
-                categories = try store.categoryCounts(w)
-                shaping = try ShapingView.load(store, settings, now: now).filter { $0.mode != .normal }
-                changes = try store.shapingEvents(since: w.since, limit: limit).filter { $0.at < w.until }
-            } catch { throw fail("\(error)", code: 74) }
-            print(StatsFormatter.routes(domains, hosts, cooling: cooling, window: w, format: format, table: settings.providerTable,
-                                        categories: categories, shaping: shaping, changes: changes, listed: listed, unbound: unbound),
-                  terminator: format == .json ? "\n" : "")
+            let text: String
+            do { text = try Routes.report(store, settings, window: w, now: now, limit: limit, format: format) } catch { throw fail("\(error)", code: 74) }
+            print(text, terminator: format == .json ? "\n" : "")
+        }
+
+        /// The report, for this command and the API.
+        static func report(_ store: Store, _ settings: TernSettings, window w: TimeWindow, now: Int64, limit: Int, format: ReportFormat) throws -> String {
+            let listed = try store.blocklistStatuses().filter(\.listed)
+            let unbound = try store.sourceStatuses().filter { $0.bindError != nil }
+            let (domains, hosts) = try store.routeStats(w, now: now, limit: limit)
+            let cooling = try store.coolingHosts(now: now)
+            let categories = try store.categoryCounts(w)
+            let shaping = try ShapingView.load(store, settings, now: now).filter { $0.mode != .normal }
+            let changes = try store.shapingEvents(since: w.since, limit: limit).filter { $0.at < w.until }
+            return StatsFormatter.routes(domains, hosts, cooling: cooling, window: w, format: format, table: settings.providerTable,
+                                         categories: categories, shaping: shaping, changes: changes, listed: listed, unbound: unbound)
         }
     }
 
@@ -186,9 +192,9 @@ struct Stats: ParsableCommand {
         func run() throws {
             let (store, _) = try openExisting(common)
             defer { store.close() }
-            let rows: [QueueShapeRow]
-            do { rows = try store.queueShape(now: nowMillis(), limit: limit) } catch { throw fail("\(error)", code: 74) }
-            print(StatsFormatter.queue(rows, format: format), terminator: format == .json ? "\n" : "")
+            let text: String
+            do { text = StatsFormatter.queue(try store.queueShape(now: nowMillis(), limit: limit), format: format) } catch { throw fail("\(error)", code: 74) }
+            print(text, terminator: format == .json ? "\n" : "")
         }
     }
 
@@ -206,13 +212,15 @@ struct Stats: ParsableCommand {
             let (store, settings) = try openExisting(common)
             defer { store.close() }
             let w = try TimeArgument.window(since: window.since, until: window.until, defaultSince: "30d", now: nowMillis())!
-            let a: RecipientAnalytics, categories: [CategoryCount]
-            do {
-                a = try store.recipientAnalytics(w, top: top, nonexistent: EnhancedStatus.nonexistentAddress.map(\.description))
-                categories = try store.categoryCounts(w)
-            } catch { throw fail("\(error)", code: 74) }
-            print(StatsFormatter.recipients(a, window: w, format: format, table: settings.providerTable, categories: categories),
-                  terminator: format == .json ? "\n" : "")
+            let text: String
+            do { text = try Recipients.report(store, settings, window: w, top: top, format: format) } catch { throw fail("\(error)", code: 74) }
+            print(text, terminator: format == .json ? "\n" : "")
+        }
+
+        /// The report, for this command and the API.
+        static func report(_ store: Store, _ settings: TernSettings, window w: TimeWindow, top: Int, format: ReportFormat) throws -> String {
+            let a = try store.recipientAnalytics(w, top: top, nonexistent: EnhancedStatus.nonexistentAddress.map(\.description))
+            return StatsFormatter.recipients(a, window: w, format: format, table: settings.providerTable, categories: try store.categoryCounts(w))
         }
     }
 }

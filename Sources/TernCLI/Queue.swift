@@ -111,7 +111,7 @@ extension AdminCommand {
             throw fail("\(error)", code: 75)
         }
         if format == .json {
-            print(JSON.object([("action", .string(Self.verb)), ("changed", .int(result.changed)), ("inflight_skipped", .int(result.inflight))]).text)
+            print(QueueFormatter.actionJSON(Self.verb, result))
         } else {
             var line = "\(Self.verb): \(result.changed) recipient\(result.changed == 1 ? "" : "s")"
             if result.inflight > 0 { line += " (\(result.inflight) in delivery right now left alone; try again)" }
@@ -188,6 +188,11 @@ extension Queue {
 
 /// Renders queue entries for people and machines.
 public enum QueueFormatter {
+    /// An action's result: `{"action", "changed", "inflight_skipped"}`.
+    static func actionJSON(_ verb: String, _ result: AdminResult) -> String {
+        JSON.object([("action", .string(verb)), ("changed", .int(result.changed)), ("inflight_skipped", .int(result.inflight))]).text
+    }
+
     public static func json(_ entries: [QueueEntry]) -> String {
         JSON.array(entries.map { e in
             JSON.object([

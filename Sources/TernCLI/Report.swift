@@ -13,6 +13,16 @@ enum ReportFormat: String, ExpressibleByArgument, CaseIterable {
 /// `2026-11-29` or time `2026-11-29T10:00[:00]`, or Unix milliseconds.
 enum TimeArgument {
     static func parse(_ text: String, now: Int64) throws -> Int64 {
+        guard let t = value(text, now: now) else { throw fail(badTime(text), code: 64) }
+        return t
+    }
+
+    static func badTime(_ text: String) -> String {
+        "bad time '\(text)' (use 30m, 24h, 7d, now, 2026-11-29, 2026-11-29T10:00 (UTC) or Unix milliseconds)"
+    }
+
+    /// The time `text` names, or nil.
+    static func value(_ text: String, now: Int64) -> Int64? {
         if text == "now" { return now }
         if let last = text.last, "smhdw".contains(last), let n = Int64(text.dropLast()), n >= 0 {
             let unit: Int64 = ["s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000][String(last)]!
@@ -26,7 +36,7 @@ enum TimeArgument {
             f.dateFormat = format
             if let d = f.date(from: text) { return Int64(d.timeIntervalSince1970 * 1000) }
         }
-        throw fail("bad time '\(text)' (use 30m, 24h, 7d, now, 2026-11-29, 2026-11-29T10:00 (UTC) or Unix milliseconds)", code: 64)
+        return nil
     }
 
     static func window(since: String?, until: String?, defaultSince: String?, now: Int64) throws -> TimeWindow? {

@@ -234,12 +234,25 @@ struct Serve: AsyncParsableCommand {
             ])
         }
         let gate = shaping, providers = settings.providerTable
+        var httpTLS: TLSConfiguration? = nil
+        if settings.httpTLS, let cert = settings.httpTLSCert ?? settings.tlsCert, let key = settings.httpTLSKey ?? settings.tlsKey {
+            do { httpTLS = try ServerTLS.configuration(certificate: cert, key: key, profile: settings.tlsProfile) } catch {
+                throw fail("cannot load the HTTP listener's TLS certificate or key (\(cert), \(key)): \(error)", code: 78)
+            }
+        }
+        let operations = CLIOperations(store: store, settings: settings, onQueueChange: { scheduler.wake() })
+        let api = HTTPAPI(intake: intake, limits: InjectionLimits(maxMessageSize: settings.maxMessageSize, maxRecipients: settings.maxRecipients),
+                          operations: operations, tls: httpTLS)
         let httpServer = http.map { h in
-            HTTPServer(host: h.host, port: h.port, store: store, registry: registry, logger: logger,
+            HTTPServer(host: h.host, port: h.port, store: store, registry: registry, logger: logger, api: api,
                        extraMetrics: { Serve.shapingMetrics(gate, store: store, providers: providers) })
         }
+        // Webhooks: the subscriptions are written before any mail moves, so
+        // the outbox trigger sees every event from the first.
+        let webhooks = WebhookSender(endpoints: settings.webhooks, store: store, logger: logger)
+        do { try await webhooks.prepare() } catch { throw fail("cannot write the webhook subscriptions: \(error)", code: 74) }
         let serviceList: [ServiceGroupConfiguration.ServiceConfiguration] =
-            [.init(service: sweeper), .init(service: blocklists)] + (shaping.map { [.init(service: $0)] } ?? [])
+            [.init(service: sweeper), .init(service: blocklists), .init(service: webhooks)] + (shaping.map { [.init(service: $0)] } ?? [])
             + (httpServer.map { [.init(service: $0)] } ?? [])
             + (settings.deliver ? [.init(service: scheduler)] : []) + [.init(service: listener)]
         var groupConfig = ServiceGroupConfiguration(services: serviceList, logger: logger)

@@ -17,7 +17,10 @@ extension TernSettings {
         .string("http.listen", \.httpListen, flag: "http", defaultText: "none", example: "127.0.0.1:8025", check: { text in
             guard text.isEmpty || TernSettings.hostPort(text) != nil else { throw ConfigError("'http.listen' must be HOST:PORT, such as 127.0.0.1:8025") }
             return text
-        }, "the HTTP listener (/health, /metrics; a bearer token from `tern api token add` for all but /health); none: off"),
+        }, "the HTTP listener (/health, /metrics, /api/v1, /dashboard; a bearer token from `tern api token add` for all but /health); none: off"),
+        .bool("http.tls", \.httpTLS, "serve HTTPS: with http.tls_cert and http.tls_key, else the listeners' tls_cert and tls_key"),
+        .optional("http.tls_cert", \.httpTLSCert, example: "/etc/tern/http-cert.pem", "certificate chain (PEM) for the HTTP listener (default tls_cert)"),
+        .optional("http.tls_key", \.httpTLSKey, example: "/etc/tern/http-key.pem", "private key (PEM) of http.tls_cert (default tls_key)"),
     ]
 
     /// `HOST:PORT` or `[IPv6]:PORT`.
@@ -206,6 +209,8 @@ extension TernSettings {
          { $0.breakerPolicy.baseCooldownMillis <= $0.breakerPolicy.maxCooldownMillis }),
         ("retention.history must be at least retention.bodies", { $0.retention.historyDays >= $0.retention.bodyDays }),
         ("tls_cert and tls_key go together", { ($0.tlsCert == nil) == ($0.tlsKey == nil) }),
+        ("http.tls_cert and http.tls_key go together", { ($0.httpTLSCert == nil) == ($0.httpTLSKey == nil) }),
+        ("http.tls needs http.tls_cert and http.tls_key, or tls_cert and tls_key", { !$0.httpTLS || $0.httpTLSCert != nil || $0.tlsCert != nil }),
         ("hostname must not be empty", { !$0.hostname.isEmpty }),
     ]
 }

@@ -16,7 +16,7 @@ public struct TernCommand: AsyncParsableCommand {
             Every message, recipient state, delivery attempt and event is a row in one SQLite
             file; query it with the sqlite3 shell. Start with `tern serve` and see README.md and docs/.
             """,
-        subcommands: [Serve.self, Migrate.self, Sendmail.self, Queue.self, History.self, Stats.self, Suppress.self, Recipients.self, Prune.self, User.self, TLS.self, Doctor.self, ConfigCommand.self, DKIMCommand.self, AuthCommand.self, ShapingCommand.self, WarmupCommand.self, BlocklistCommand.self, APICommand.self]
+        subcommands: [Serve.self, Migrate.self, Sendmail.self, Queue.self, History.self, Stats.self, Suppress.self, Recipients.self, Prune.self, User.self, TLS.self, Doctor.self, ConfigCommand.self, DKIMCommand.self, AuthCommand.self, ShapingCommand.self, WarmupCommand.self, BlocklistCommand.self, APICommand.self, WebhooksCommand.self]
     )
     public init() {}
 }

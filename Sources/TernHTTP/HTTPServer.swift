@@ -8,11 +8,15 @@
 import Crypto
 import Foundation
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOSSL
 import Prometheus
 import ServiceLifecycle
 import Synchronization
+import TernIntake
 import TernMetrics
 import TernStore
 
@@ -41,10 +45,39 @@ public enum APITokens {
     }
 }
 
+/// A request's context: Hummingbird's, and the client's address (for `Received:` and the log).
+public struct TernRequestContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+}
+
+/// What the API reaches besides the store: intake for injection, and its limits.
+public struct HTTPAPI: Sendable {
+    public var intake: Intake?
+    public var limits: InjectionLimits
+    /// The CLI's operations, for the read and admin API and the dashboard.
+    public var operations: (any AdminOperations)?
+    /// TLS for the listener (nil: plain HTTP).
+    public var tls: TLSConfiguration?
+
+    public init(intake: Intake?, limits: InjectionLimits, operations: (any AdminOperations)? = nil, tls: TLSConfiguration? = nil) {
+        self.operations = operations
+        self.intake = intake
+        self.limits = limits
+        self.tls = tls
+    }
+}
+
 public final class HTTPServer: Service {
     let host: String
     let port: Int
     let store: Store
+    let api: HTTPAPI
     let registry: PrometheusCollectorRegistry
     let logger: Logger
     /// Told the bound port once listening (port 0: the kernel's choice).
@@ -55,7 +88,9 @@ public final class HTTPServer: Service {
     private let touched = Mutex<[String: Int64]>([:])
 
     public init(host: String, port: Int, store: Store, registry: PrometheusCollectorRegistry, logger: Logger,
+                api: HTTPAPI = HTTPAPI(intake: nil, limits: InjectionLimits(maxMessageSize: 10 << 20, maxRecipients: 1000)),
                 extraMetrics: @escaping @Sendable () -> String = { "" }, onBound: @escaping @Sendable (Int) -> Void = { _ in }) {
+        self.api = api
         self.host = host
         self.port = port
         self.store = store
@@ -66,16 +101,18 @@ public final class HTTPServer: Service {
     }
 
     public func run() async throws {
-        let router = Router()
+        let router = Router(context: TernRequestContext.self)
         router.get("/health") { _, _ in
             HTTPServer.text("ok\n")
         }
         router.get("/metrics") { request, _ in
-            if let refusal = self.authorize(request, needs: .read) { return refusal }
+            if case .refused(let refusal) = self.authorize(request, needs: .read) { return refusal }
             return HTTPServer.text(self.exposition(), contentType: "text/plain; version=0.0.4; charset=utf-8")
         }
+        addAPIRoutes(to: router)
         let logger = self.logger
-        let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "tern"),
+        let server: HTTPServerBuilder = try api.tls.map { try .tls(.http1(), tlsConfiguration: $0) } ?? .http1()
+        let app = Application(router: router, server: server, configuration: .init(address: .hostname(host, port: port), serverName: "tern"),
                               onServerRunning: { channel in
                                   let bound = channel.localAddress?.port ?? 0
                                   logger.notice("http listening", metadata: ["address": "\(channel.localAddress?.description ?? "?")"])
@@ -93,26 +130,62 @@ public final class HTTPServer: Service {
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 
-    /// nil when the request carries a token of at least `needs`; else the refusal.
-    func authorize(_ request: Request, needs: APIScope) -> Response? {
-        let challenge: HTTPFields = [.wwwAuthenticate: "Bearer realm=\"tern\""]
-        guard let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") else {
-            return HTTPServer.text("a bearer token is required (tern api token add NAME)\n", status: .unauthorized, headers: challenge)
+    enum Access {
+        /// The token's name.
+        case granted(String)
+        case refused(Response)
+    }
+
+    /// The token a request carries: the `Authorization: Bearer` header, or
+    /// the dashboard's cookie.
+    static func token(of request: Request) -> String? {
+        if let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") {
+            return String(header.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
         }
-        let token = String(header.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
+        for cookie in request.headers[values: .cookie].flatMap({ $0.split(separator: ";") }) {
+            let pair = cookie.trimmingCharacters(in: .whitespaces)
+            if pair.hasPrefix(HTTPServer.cookieName + "=") { return String(pair.dropFirst(HTTPServer.cookieName.count + 1)) }
+        }
+        return nil
+    }
+
+    static let cookieName = "tern_token"
+
+    /// Granted when the request carries a token of at least `needs`; else
+    /// the refusal (`json`: a JSON error body, as the API answers).
+    func authorize(_ request: Request, needs: APIScope, json: Bool = false) -> Access {
+        let challenge: HTTPFields = [.wwwAuthenticate: "Bearer realm=\"tern\""]
+        func refuse(_ status: HTTPResponse.Status, _ text: String, _ headers: HTTPFields = [:]) -> Access {
+            .refused(json ? HTTPServer.error(status, text, headers: headers) : HTTPServer.text(text + "\n", status: status, headers: headers))
+        }
+        guard let token = HTTPServer.token(of: request) else {
+            return refuse(.unauthorized, "a bearer token is required (tern api token add NAME)", challenge)
+        }
         let found: StoredAPIToken?
         do { found = try store.apiToken(hash: APITokens.hash(token)) } catch {
             logger.error("cannot read the API tokens", metadata: ["error": "\(error)"])
-            return HTTPServer.text("the token could not be checked\n", status: .serviceUnavailable)
+            return refuse(.serviceUnavailable, "the token could not be checked", [.retryAfter: "10"])
         }
         guard let found, let scope = APIScope(rawValue: found.scope) else {
-            return HTTPServer.text("unknown token\n", status: .unauthorized, headers: challenge)
+            return refuse(.unauthorized, "unknown token", challenge)
         }
         guard scope >= needs else {
-            return HTTPServer.text("the token's scope \(scope.rawValue) does not allow this (needs \(needs.rawValue))\n", status: .forbidden)
+            return refuse(.forbidden, "the token's scope \(scope.rawValue) does not allow this (needs \(needs.rawValue))")
         }
         noteUse(found.name)
-        return nil
+        return .granted(found.name)
+    }
+
+    /// A JSON error: `{"error": {"status": 400, "message": "…", "field": "…"}}`.
+    static func error(_ status: HTTPResponse.Status, _ message: String, field: String? = nil, headers: HTTPFields = [:],
+                      more: [(String, JSON)] = []) -> Response {
+        var e: [(String, JSON)] = [("status", .int(status.code)), ("message", .string(message))]
+        if let field { e.append(("field", .string(field))) }
+        return json(.object([("error", .object(e))] + more), status: status, headers: headers)
+    }
+
+    static func json(_ value: JSON, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) -> Response {
+        text(value.text + "\n", status: status, contentType: "application/json", headers: headers)
     }
 
     private func noteUse(_ name: String) {

@@ -59,12 +59,17 @@ public final class ServerTLS: Sendable {
     }
 
     public static func makeContext(certificate: String, key: String, profile: TLSProfile = TLSProfile()) throws -> NIOSSLContext {
+        try NIOSSLContext(configuration: configuration(certificate: certificate, key: key, profile: profile))
+    }
+
+    /// A server configuration from PEM files and the profile (also the HTTP listener's).
+    public static func configuration(certificate: String, key: String, profile: TLSProfile = TLSProfile()) throws -> TLSConfiguration {
         var tls = TLSConfiguration.makeServerConfiguration(
             certificateChain: try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
         tls.minimumTLSVersion = profile.minimumVersion
         tls.cipherSuites = profile.ciphers
-        return try NIOSSLContext(configuration: tls)
+        return tls
     }
 }
 

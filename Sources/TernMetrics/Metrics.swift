@@ -94,6 +94,7 @@ public enum TernMetrics {
     /// A message was accepted and committed (`smtp`, `submission`, `local`, `dsn`).
     public static func received(origin: String) {
         guard enabled else { return }
+        receivedTotal.add(1, ordering: .relaxed)
         counter("tern_messages_received_total", [("origin", origin)]).increment()
     }
 
@@ -114,7 +115,25 @@ public enum TernMetrics {
     /// A recipient's outcome (`delivered`, `deferred`, `bounced`, `expired`, `suppressed`) at a provider (or `other`).
     public static func recipient(_ outcome: String, provider: String) {
         guard enabled else { return }
+        switch outcome {
+        case "delivered": deliveredTotal.add(1, ordering: .relaxed)
+        case "deferred": deferredTotal.add(1, ordering: .relaxed)
+        case "bounced", "expired": failedTotal.add(1, ordering: .relaxed)
+        default: break
+        }
         counter("tern_recipients_total", [("outcome", outcome), ("provider", provider)]).increment()
+    }
+
+    // Running totals since start, for the dashboard's live rates.
+    private static let receivedTotal = Atomic<Int>(0)
+    private static let deliveredTotal = Atomic<Int>(0)
+    private static let deferredTotal = Atomic<Int>(0)
+    private static let failedTotal = Atomic<Int>(0)
+
+    /// Messages received, recipients delivered, deferred, and bounced or expired since start (counted while enabled).
+    public static func totals() -> (received: Int, delivered: Int, deferred: Int, failed: Int) {
+        (receivedTotal.load(ordering: .relaxed), deliveredTotal.load(ordering: .relaxed), deferredTotal.load(ordering: .relaxed),
+         failedTotal.load(ordering: .relaxed))
     }
 
     /// How long one message's transaction took at the remote server.

@@ -26,6 +26,8 @@ public struct HistoryFilter: Sendable {
     /// On `received_at`.
     public var window: TimeWindow?
     public var limit = 100
+    /// Rows skipped first (pages of the API).
+    public var offset = 0
     public init() {}
 }
 
@@ -98,7 +100,7 @@ extension Store {
 
     public func history(_ f: HistoryFilter) throws -> [HistoryEntry] {
         var conditions: [String] = []
-        var args: [String: (any DatabaseValueConvertible)?] = ["limit": f.limit]
+        var args: [String: (any DatabaseValueConvertible)?] = ["limit": f.limit, "offset": f.offset]
         // Each condition alone can use its index; none is written as `:x IS NULL OR …`.
         if let r = f.recipient {
             conditions.append("r.address IN (:rcpt, lower(:rcpt))")
@@ -137,7 +139,7 @@ extension Store {
                    m.auth_spf, m.auth_dkim, m.auth_dmarc, m.auth_disposition
               FROM recipient r JOIN message m ON m.id = r.message_id
              \(conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND "))
-             ORDER BY m.received_at DESC, r.id DESC LIMIT :limit
+             ORDER BY m.received_at DESC, r.id DESC LIMIT :limit OFFSET :offset
             """
         return try read { db in
             var entries = try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map { row in
@@ -200,6 +202,37 @@ extension Store {
                   FROM attempt WHERE started_at >= ? AND started_at < ? AND outcome <> '\(AttemptOutcome.delivered.rawValue)'
                  GROUP BY 1 ORDER BY count(*) DESC, 1
                 """, arguments: [w.since, w.until]).map { CategoryCount(category: $0[0], deferred: $0[1], bounced: $0[2]) }
+        }
+    }
+}
+
+/// A failed attempt, for the dashboard's "last failures".
+public struct RecentFailure: Sendable, Equatable {
+    public var at: Int64
+    public var queueID: String
+    public var recipient: String
+    public var outcome: String
+    public var code: Int?
+    public var enhanced: String?
+    public var text: String?
+    public var mxHost: String?
+    public var category: String?
+}
+
+extension Store {
+    /// The newest failed attempts (deferred or bounced) among the last
+    /// `window` attempts: a bounded scan backwards from the newest.
+    public func recentFailures(limit: Int = 20, window: Int = 20_000) throws -> [RecentFailure] {
+        try read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT a.started_at, m.queue_id, r.address, a.outcome, a.code, a.enhanced, a.text, a.mx_host, a.category
+                  FROM attempt a JOIN recipient r ON r.id = a.recipient_id JOIN message m ON m.id = r.message_id
+                 WHERE a.id > (SELECT coalesce(max(id), 0) FROM attempt) - ?2 AND a.outcome <> \(AttemptOutcome.delivered.sql)
+                 ORDER BY a.id DESC LIMIT ?1
+                """, arguments: [limit, window]).map { row in
+                RecentFailure(at: row[0], queueID: row[1], recipient: row[2], outcome: row[3], code: row[4], enhanced: row[5], text: row[6],
+                              mxHost: row[7], category: row[8])
+            }
         }
     }
 }

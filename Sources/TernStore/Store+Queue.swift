@@ -23,7 +23,10 @@ public struct QueueFilter: Sendable {
     public var state: RecipientState?
     public var domain: String?
     public var limit: Int = 1000
-    public init(state: RecipientState? = nil, domain: String? = nil, limit: Int = 1000) {
+    /// Rows skipped first (pages of the API).
+    public var offset: Int = 0
+    public init(state: RecipientState? = nil, domain: String? = nil, limit: Int = 1000, offset: Int = 0) {
+        self.offset = offset
         self.state = state
         self.domain = domain
         self.limit = limit
@@ -41,7 +44,7 @@ extension Store {
                   FROM recipient r JOIN message m ON m.id = r.message_id
                  WHERE
                 """
-            var args: [String: (any DatabaseValueConvertible)?] = ["limit": filter.limit]
+            var args: [String: (any DatabaseValueConvertible)?] = ["limit": filter.limit, "offset": filter.offset]
             if let s = filter.state {
                 sql += " r.state = :state"
                 args["state"] = s
@@ -52,7 +55,7 @@ extension Store {
                 sql += " AND r.domain = :domain"
                 args["domain"] = d.lowercased()
             }
-            sql += " ORDER BY m.received_at, r.id LIMIT :limit"
+            sql += " ORDER BY m.received_at, r.id LIMIT :limit OFFSET :offset"
             return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map { row in
                 QueueEntry(queueID: row[0], receivedAt: row[1], mailFrom: row[2], size: row[3], recipientID: row[4],
                            address: row[5], domain: row[6], state: row[7], attempts: row[8], nextAttemptAt: row[9],

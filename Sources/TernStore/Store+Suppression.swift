@@ -56,12 +56,12 @@ extension Store {
         }
     }
 
-    public func suppressions(containing text: String? = nil, limit: Int = Int.max) throws -> [Suppression] {
+    public func suppressions(containing text: String? = nil, limit: Int = Int.max, offset: Int = 0) throws -> [Suppression] {
         try read { db in
             try Row.fetchAll(db, sql: """
                 SELECT address, reason, source, created_at, expires_at FROM suppression
-                 WHERE :q IS NULL OR address LIKE '%' || :q || '%' ORDER BY created_at DESC, address LIMIT :limit
-                """, arguments: ["q": text, "limit": limit == Int.max ? -1 : limit]).map {
+                 WHERE :q IS NULL OR address LIKE '%' || :q || '%' ORDER BY created_at DESC, address LIMIT :limit OFFSET :offset
+                """, arguments: ["q": text, "limit": limit == Int.max ? -1 : limit, "offset": offset]).map {
                 Suppression(address: $0[0], reason: $0[1], source: $0[2], createdAt: $0[3], expiresAt: $0[4])
             }
         }
