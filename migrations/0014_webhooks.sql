@@ -1,9 +1,11 @@
 -- 0014: durable webhooks (issue 20). The event log is written in the same
--- transaction as every state change; a trigger copies each event whose kind
--- an endpoint subscribes to into the outbox, in that same transaction, so
--- nothing reported can be missed and nothing unreported is sent. A sender
--- drains each endpoint's rows in id order (the order of the commits) and
--- deletes them once the endpoint answered 2xx: at least once, in order.
+-- transaction as every state change; a trigger (webhook_outbox_fill, made by
+-- `tern serve` while a [[webhook]] is configured and dropped when none is, so
+-- that it costs nothing otherwise) copies each event whose kind an endpoint
+-- subscribes to into the outbox, in that same transaction: nothing reported
+-- can be missed and nothing unreported is sent. A sender drains each
+-- endpoint's rows in id order (the order of the commits) and deletes them
+-- once the endpoint answered 2xx: at least once, in order.
 CREATE TABLE webhook_subscription (
     kind      TEXT NOT NULL,
     endpoint  TEXT NOT NULL,
@@ -29,9 +31,3 @@ CREATE TABLE webhook_endpoint (
     last_error       TEXT,
     next_try_at      INTEGER
 ) STRICT;
-
-CREATE TRIGGER webhook_outbox_fill AFTER INSERT ON event
-BEGIN
-    INSERT INTO webhook_outbox (endpoint, event_id)
-        SELECT endpoint, NEW.id FROM webhook_subscription WHERE kind = NEW.kind;
-END;

@@ -17,7 +17,7 @@ struct APICommand: AsyncParsableCommand {
         struct Add: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
                 abstract: "Make a token; it is printed once, alone on the last line (only its SHA-256 is kept).",
-                discussion: "Scopes: inject (mail injection only), read (also /metrics and reading), admin (everything). Exit 65 when NAME exists.")
+                discussion: "Scopes: inject (mail injection only), read (/metrics, the read API and the dashboard; no injection), admin (everything). Exit 65 when NAME exists.")
             @OptionGroup var common: DatabaseOptions
             @Argument(help: "A name for the token (who or what uses it).") var name: String
             @Option(help: "inject, read or admin.") var scope: String = "read"

@@ -91,10 +91,10 @@ struct CLIOperations: AdminOperations {
         var entries: [Suppression] = []
         for (i, a) in addresses.enumerated() {
             guard let c = AddressParser.canonical(a) else { throw APIFailure(400, "bad address '\(a)'", field: "addresses[\(i)]") }
-            entries.append(Suppression(address: c, reason: reason, source: "api", createdAt: now, expiresAt: expiry))
+            entries.append(Suppression(address: c, reason: reason, source: "manual", createdAt: now, expiresAt: expiry))
         }
         let added = try await store.addSuppressions(entries)
-        return JSON.object([("suppressed", .int(entries.count)), ("new", .int(added))]).text
+        return JSON.object([("added", .int(entries.count)), ("new", .int(added))]).text
     }
 
     func suppressionRemove(_ addresses: [String]) async throws -> String {

@@ -5,7 +5,7 @@
 //   name = "crm"                       # default: the URL
 //   url = "https://crm.example.com/tern-events"
 //   secret = "…"                       # or secret_file = "/etc/tern/crm.secret"
-//   events = ["delivered", "bounced"]  # received delivered deferred bounced expired suppressed throttled blocklisted
+//   events = [ … ]                     # any of WebhookEventType: received, delivered, deferred, bounced, … (docs/operations.md)
 //   timeout = "10s"                    # per POST
 //   batch = 100                        # events per POST at most
 //   max_backoff = "5m"                 # the longest wait between tries

@@ -37,8 +37,9 @@ extension HTTPServer {
             let t = TernMetrics.totals()
             let live = (try? self.store.liveCounts()) ?? [:]
             return HTTPServer.json(.object([
-                ("at", .int64(nowMillis())), ("received", .int(t.received)), ("delivered", .int(t.delivered)), ("deferred", .int(t.deferred)),
-                ("failed", .int(t.failed)), ("queued", .int(live[.queued] ?? 0)), ("deferred_now", .int(live[.deferred] ?? 0)),
+                ("at", .int64(nowMillis())), (EventKind.received.rawValue, .int(t.received)), (EventKind.delivered.rawValue, .int(t.delivered)),
+                (EventKind.deferred.rawValue, .int(t.deferred)), ("failed", .int(t.failed)), (RecipientState.queued.rawValue, .int(live[.queued] ?? 0)),
+                ("deferred_now", .int(live[.deferred] ?? 0)),
             ]))
         }
     }
@@ -150,7 +151,7 @@ enum Dashboard {
                 <p><b id=rate>–</b> delivered per second now · <span id=rate-in>–</span> received/s · <span id=rate-def>–</span> deferred/s</p>
                 <svg id=spark viewBox="0 0 300 60" preserveAspectRatio=none role=img aria-label="delivered per second, last 5 minutes"></svg>
                 <p class=muted>Updated every 5 s from this server's counters (since it started).</p>
-                """, id: "rate")
+                """, id: "live")
         }
 
         mutating func destinations(_ domains: [DomainStats], cooling: [StoredHostHealth], shaping: [StoredShapingState], now: Int64) {
@@ -172,7 +173,7 @@ enum Dashboard {
 
         mutating func failures(_ f: [RecentFailure]) {
             section("Last failures", Dashboard.table(["At (UTC)", "Recipient", "Outcome", "Reply", "Category", "Queue id"], f.map { a in
-                [time(a.at), escape(a.recipient), "<span class=\(a.outcome == "bounced" ? "bad" : "warn")>\(escape(a.outcome))</span>",
+                [time(a.at), escape(a.recipient), "<span class=\(a.outcome == AttemptOutcome.bounced.rawValue ? "bad" : "warn")>\(escape(a.outcome))</span>",
                  escape([a.code.map(String.init), a.enhanced, a.text].compactMap { $0 }.joined(separator: " ")), escape(a.category ?? ""),
                  "<a href=\"/dashboard?q=\(escape(a.queueID))#search\">\(escape(a.queueID))</a>"]
             }, empty: "no failed attempt recently"), id: "failures", wide: true)
@@ -203,7 +204,7 @@ enum Dashboard {
         let page = """
             <!doctype html>
             <html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">
-            <title>Tern</title><style>\(style)</style></head>
+            <title>Tern</title><link rel=icon href="data:,"><style>\(style)</style></head>
             <body><header><h1>Tern</h1><nav>\(nav)</nav></header><main>
             \(body)
             </main>\(loggedIn ? "<script>\(script)</script>" : "")</body></html>
@@ -234,8 +235,8 @@ enum Dashboard {
         .card{border:1px solid var(--line);border-radius:6px;padding:.5rem;text-align:center}.card b{display:block;font-size:1.5rem}.card span{color:var(--muted)}
         .bar{display:grid;grid-template-columns:5rem 1fr 4rem;align-items:center;gap:.5rem;margin:.15rem 0}
         .fill{display:block;height:.8rem;background:var(--accent);border-radius:3px;min-width:1px}.n{text-align:right}
-        .scroll{overflow-x:auto}table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid var(--line);vertical-align:top}
-        th{font-weight:600;color:var(--muted);white-space:nowrap}td{overflow-wrap:anywhere}
+        .scroll{overflow-x:auto}table{border-collapse:collapse;min-width:100%;width:max-content}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid var(--line);vertical-align:top}
+        th{font-weight:600;color:var(--muted);white-space:nowrap}td{overflow-wrap:anywhere;max-width:40ch}td:first-child{white-space:nowrap}
         .muted{color:var(--muted)}.warn{color:var(--warn)}.bad{color:var(--bad)}
         svg{width:100%;height:60px;background:var(--bg);border-radius:4px}svg rect{fill:var(--accent)}
         form.search{display:flex;gap:.5rem}input{flex:1;font:inherit;padding:.45rem;border:1px solid var(--line);border-radius:6px;background:var(--bg);color:var(--fg);min-width:0}
@@ -251,22 +252,29 @@ enum Dashboard {
           function draw(){
             var svg=document.getElementById('spark'); if(!svg) return;
             var max=1; points.forEach(function(p){ if(p>max) max=p; });
-            var w=300/60, html='';
-            points.forEach(function(p,i){ var h=Math.max(1,p/max*58); html+='<rect x="'+(i*w).toFixed(1)+'" y="'+(60-h).toFixed(1)+'" width="'+(w-0.5).toFixed(1)+'" height="'+h.toFixed(1)+'"></rect>'; });
-            svg.innerHTML=html;
+            var w=300/60, ns='http://www.w3.org/2000/svg';
+            while(svg.firstChild) svg.removeChild(svg.firstChild);
+            points.forEach(function(p,i){
+              var h=Math.max(1,p/max*58), r=document.createElementNS(ns,'rect');
+              r.setAttribute('x',(i*w).toFixed(1)); r.setAttribute('y',(60-h).toFixed(1));
+              r.setAttribute('width',(w-0.5).toFixed(1)); r.setAttribute('height',h.toFixed(1));
+              svg.appendChild(r);
+            });
+          }
+          function update(d){
+            if(!d) return;
+            if(last && d.at>last.at){
+              var s=(d.at-last.at)/1000, rate=(d.delivered-last.delivered)/s;
+              document.getElementById('rate').textContent=rate.toFixed(1);
+              document.getElementById('rate-in').textContent=((d.received-last.received)/s).toFixed(1);
+              document.getElementById('rate-def').textContent=((d.deferred-last.deferred)/s).toFixed(1);
+              points.push(rate); if(points.length>60) points.shift(); draw();
+            }
+            last=d;
           }
           function tick(){
-            fetch('/dashboard/rate',{credentials:'same-origin'}).then(function(r){ return r.ok?r.json():null; }).then(function(d){
-              if(!d) return;
-              if(last && d.at>last.at){
-                var s=(d.at-last.at)/1000, rate=(d.delivered-last.delivered)/s;
-                document.getElementById('rate').textContent=rate.toFixed(1);
-                document.getElementById('rate-in').textContent=((d.received-last.received)/s).toFixed(1);
-                document.getElementById('rate-def').textContent=((d.deferred-last.deferred)/s).toFixed(1);
-                points.push(rate); if(points.length>60) points.shift(); draw();
-              }
-              last=d;
-            }).catch(function(){});
+            // A failed request (the server restarting) only skips a tick; a fault in update is not hidden.
+            fetch('/dashboard/rate',{credentials:'same-origin'}).then(function(r){ return r.ok?r.json():null; }, function(){ return null; }).then(update);
           }
           tick(); setInterval(tick,5000);
         })();

@@ -20,13 +20,13 @@ import TernIntake
 import TernMetrics
 import TernStore
 
-/// What a token may do; each scope includes the ones before it.
-public enum APIScope: String, Sendable, CaseIterable, Comparable {
+/// What a token may do: inject mail only, read only (metrics, the read API,
+/// the dashboard), or everything (admin). A monitoring token cannot send
+/// mail, and an application's cannot read the queue.
+public enum APIScope: String, Sendable, CaseIterable {
     case inject, read, admin
 
-    public static func < (a: APIScope, b: APIScope) -> Bool {
-        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
-    }
+    public func allows(_ needed: APIScope) -> Bool { self == .admin || self == needed }
 }
 
 public enum APITokens {
@@ -87,7 +87,7 @@ public final class HTTPServer: Service {
     /// When each token was last noted as used (written at most once a minute).
     private let touched = Mutex<[String: Int64]>([:])
 
-    public init(host: String, port: Int, store: Store, registry: PrometheusCollectorRegistry, logger: Logger,
+    public init(host: String, port: Int, store: Store, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), logger: Logger,
                 api: HTTPAPI = HTTPAPI(intake: nil, limits: InjectionLimits(maxMessageSize: 10 << 20, maxRecipients: 1000)),
                 extraMetrics: @escaping @Sendable () -> String = { "" }, onBound: @escaping @Sendable (Int) -> Void = { _ in }) {
         self.api = api
@@ -169,7 +169,7 @@ public final class HTTPServer: Service {
         guard let found, let scope = APIScope(rawValue: found.scope) else {
             return refuse(.unauthorized, "unknown token", challenge)
         }
-        guard scope >= needs else {
+        guard scope.allows(needs) else {
             return refuse(.forbidden, "the token's scope \(scope.rawValue) does not allow this (needs \(needs.rawValue))")
         }
         noteUse(found.name)

@@ -243,7 +243,7 @@ public struct InjectionRequest: Sendable, Equatable {
                     throw InjectionError(field: field, "not a header field name (RFC 5322 §3.6.8)")
                 }
                 guard let value = headers[name] as? String else { throw InjectionError(field: field, "must be a string") }
-                guard !value.contains(where: { $0 == "\r" || $0 == "\n" }) else { throw InjectionError(field: field, "must be one line") }
+                guard !value.unicodeScalars.contains(where: { $0 == "\r" || $0 == "\n" }) else { throw InjectionError(field: field, "must be one line") }
                 let lower = name.lowercased()
                 guard !["content-type", "content-transfer-encoding", "mime-version"].contains(lower) else {
                     throw InjectionError(field: field, "set by the MIME structure Tern builds")
@@ -345,7 +345,7 @@ public struct InjectionRequest: Sendable, Equatable {
             let name = rest[open.upperBound..<close.lowerBound].trimmingCharacters(in: .whitespaces)
             if isVariableName(name) {
                 let value = values[name] ?? ""
-                out += header ? value.replacingOccurrences(of: "\r", with: " ").replacingOccurrences(of: "\n", with: " ") : value
+                out += header ? MIME.oneLine(value) : value
             } else {
                 out += rest[open.lowerBound..<close.upperBound]
             }
@@ -391,6 +391,14 @@ public struct InjectionRequest: Sendable, Equatable {
 
 /// The few MIME forms the simple content needs (RFC 2045-2047, RFC 2183).
 enum MIME {
+    /// Line breaks (CR, LF, CRLF: scalars, not characters) become spaces: a value put into a header field stays in it.
+    static func oneLine(_ s: String) -> String {
+        guard s.unicodeScalars.contains(where: { $0 == "\r" || $0 == "\n" }) else { return s }
+        var out = String.UnicodeScalarView()
+        for u in s.unicodeScalars { out.append(u == "\r" || u == "\n" ? " " : u) }
+        return String(out)
+    }
+
     /// A whole part: its header fields and its body, quoted-printable.
     static func part(type: String, _ text: String) -> String {
         "Content-Type: \(type)\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n" + quotedPrintable(Array(text.utf8))
@@ -421,7 +429,7 @@ enum MIME {
     /// A parameter value: a quoted string for ASCII, RFC 2231 would be
     /// better for the rest; an encoded word is what mail clients read.
     static func parameter(_ v: String) -> String {
-        let clean = v.filter { $0 != "\r" && $0 != "\n" }
+        let clean = oneLine(v)
         if clean.unicodeScalars.allSatisfy({ $0.isASCII && $0.value >= 0x20 }) {
             return "\"" + clean.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
         }
@@ -430,7 +438,7 @@ enum MIME {
 
     /// `Name <addr>`: the name as is (atoms), quoted, or encoded words (not ASCII).
     static func address(_ email: String, name: String?) -> String {
-        guard let raw = name?.filter({ $0 != "\r" && $0 != "\n" }), !raw.isEmpty else { return "<\(email)>" }
+        guard let raw = name.map(oneLine), !raw.isEmpty else { return "<\(email)>" }
         let atext = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~ ")
         let shown: String
         if raw.allSatisfy({ atext.contains($0) }) {

@@ -87,7 +87,7 @@ public enum WebhookPayload {
         if e.recipient != nil {
             fields += [("recipient", s(e.recipient)), ("state", s(e.state)), ("attempts", e.attempts.map { .int($0) } ?? .null)]
         }
-        if e.code != nil || e.text != nil, ["delivered", "deferred", "bounced", "expired"].contains(e.kind) {
+        if e.code != nil || e.text != nil, WebhookPayload.withReply.contains(e.kind) {
             fields.append(("response", .object([("code", e.code.map { .int($0) } ?? .null), ("enhanced", s(e.enhanced)), ("text", s(e.text)),
                                                 ("mx_host", s(e.mxHost)), ("category", s(e.category))])))
         }
@@ -96,6 +96,9 @@ public enum WebhookPayload {
         }
         return .object(fields)
     }
+
+    /// The kinds whose POST carries the attempt's reply.
+    static let withReply = Set([EventKind.delivered, .deferred, .bounced, .expired].map(\.rawValue))
 
     public static func body(_ events: [WebhookEvent]) -> [UInt8] {
         var out: [UInt8] = []
@@ -151,7 +154,11 @@ public final class WebhookSender: Service {
     }
 
     public func run() async throws {
-        guard !endpoints.isEmpty else { return }
+        guard !endpoints.isEmpty else {
+            // A service that returns early would end serve's group.
+            try? await gracefulShutdown()
+            return
+        }
         let client = HTTPClient(eventLoopGroupProvider: .singleton)
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in

@@ -112,14 +112,17 @@ public enum TernMetrics {
 
     // MARK: - Delivery
 
+    /// Which running total (for the dashboard) an outcome adds to.
+    public enum Tally: Sendable { case delivered, deferred, failed, none }
+
     /// A recipient's outcome (`delivered`, `deferred`, `bounced`, `expired`, `suppressed`) at a provider (or `other`).
-    public static func recipient(_ outcome: String, provider: String) {
+    public static func recipient(_ outcome: String, provider: String, tally: Tally) {
         guard enabled else { return }
-        switch outcome {
-        case "delivered": deliveredTotal.add(1, ordering: .relaxed)
-        case "deferred": deferredTotal.add(1, ordering: .relaxed)
-        case "bounced", "expired": failedTotal.add(1, ordering: .relaxed)
-        default: break
+        switch tally {
+        case .delivered: deliveredTotal.add(1, ordering: .relaxed)
+        case .deferred: deferredTotal.add(1, ordering: .relaxed)
+        case .failed: failedTotal.add(1, ordering: .relaxed)
+        case .none: break
         }
         counter("tern_recipients_total", [("outcome", outcome), ("provider", provider)]).increment()
     }

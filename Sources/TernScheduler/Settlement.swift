@@ -59,7 +59,14 @@ struct Settlement: Sendable {
             try await store.record(batch)
             // Counted once on disk, so that the metrics say what the database says.
             for e in entries where TernMetrics.enabled {
-                TernMetrics.recipient(e.decision.transition.state.rawValue, provider: e.mxHost.flatMap { providers.provider(forMX: $0) } ?? "other")
+                let state = e.decision.transition.state
+                let tally: TernMetrics.Tally = switch state {
+                case .delivered: .delivered
+                case .deferred: .deferred
+                case .bounced, .expired: .failed
+                default: .none
+                }
+                TernMetrics.recipient(state.rawValue, provider: e.mxHost.flatMap { providers.provider(forMX: $0) } ?? "other", tally: tally)
                 if e.decision.transition.state == .delivered { TernMetrics.queueTime(milliseconds: now - e.recipient.createdAt) }
             }
             return !batch.dsns.isEmpty

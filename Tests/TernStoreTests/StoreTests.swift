@@ -225,7 +225,7 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
     @Test func noStateOrKindLiteralsOutsideTheEnums() throws {
         let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("Sources")
-        let allowed: Set<String> = ["States.swift", "EmbeddedMigrations.swift", "Migrator.swift"]
+        let allowed: Set<String> = ["States.swift", "EmbeddedMigrations.swift", "Migrator.swift", "OpenAPIDocument.swift"]
         let names = Set(RecipientState.allCases.map(\.rawValue) + AttemptOutcome.allCases.map(\.rawValue) + EventKind.allCases.map(\.rawValue))
         let pattern = try Regex("[\"']([a-z_]+)[\"']")
         var found: [String] = []
