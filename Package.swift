@@ -123,11 +123,11 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "TernAuthTests", dependencies: ["TernAuth", "TernStore", "TernProtocol", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),
-        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernScheduler", "TernStore", "TernProtocol", "TernListener", "TernDKIM", "TernRouting", "TernTestSupport"]),
+        .testTarget(name: "TernCLITests", dependencies: ["TernCLI", "TernScheduler", "TernStore", "TernProtocol", "TernListener", "TernDKIM", "TernRouting", "TernTestSupport", "TernHTTP"]),
         .testTarget(name: "TernHTTPTests", dependencies: ["TernHTTP", "TernStore", "TernProtocol"]),
         .testTarget(name: "TernIntegrationTests", dependencies: [
             "TernListener", "TernIntake", "TernStore", "TernProtocol", "TernCLI", "TernRouting", "TernDelivery",
-            "TernScheduler", "TernTestSupport", "TernAuth", "TernDKIM", "TernMailAuth", "TernHTTP", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),
+            "TernScheduler", "TernTestSupport", "TernAuth", "TernDKIM", "TernMailAuth", "TernHTTP", "TernConcurrency", nioCore, nioPosix, logging, .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ], exclude: ["interop"]),
     ]

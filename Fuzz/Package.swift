@@ -27,5 +27,8 @@ let package = Package(
         // Traffic shaping's pure decision and the bounce classifier (TernScheduler's pure files, symlinked).
         .target(name: "TernShapingPure", dependencies: ["TernProtocol"]),
         .executableTarget(name: "fuzz-shaping", dependencies: ["TernShapingPure", "TernProtocol"], swiftSettings: fuzz),
+        // The injection API's request parser and MIME builder (TernHTTP's pure file, symlinked).
+        .target(name: "TernInjectPure", dependencies: ["TernProtocol"]),
+        .executableTarget(name: "fuzz-inject", dependencies: ["TernInjectPure"], swiftSettings: fuzz),
     ]
 )

@@ -94,6 +94,7 @@ extension TernSettings {
             out += "\n[[bounce_rule]]  # \(origin("bounce_rule"))\n" + TernSettings.matcherTOML(r.matcher) + "category = \"\(r.category.rawValue)\"\n"
         }
         out += sourcesTOML
+        out += webhooksTOML
         for k in dkimKeys {
             out += "\n[[dkim]]  # \(origin("dkim"))\ndomain = \(SettingValue.quoted(k.domain))\nselector = \(SettingValue.quoted(k.selector))\n"
             out += "key_file = \(SettingValue.quoted(k.keyFile))\n"
@@ -157,6 +158,7 @@ extension TernSettings {
         out += providerExample
         out += shapingExample
         out += sourcesExample
+        out += webhookExample
         out += "```\n\n## Reference\n"
         table = nil
         out += section("Top level")
@@ -172,6 +174,7 @@ extension TernSettings {
         out += providerSection
         out += shapingSections
         out += sourcesSections
+        out += webhookSection
         return out
     }
 

@@ -55,6 +55,7 @@ extension TernSettings {
                 if !events.contains(type) { events.append(type) }
             }
             var endpoint = WebhookEndpoint(name: name, url: url, secret: secret, events: events)
+            endpoint.secretFile = t["secret_file"]?.string
             if let v = t["timeout"] { endpoint.timeoutSeconds = max(1, Int(try duration(v, "webhook.timeout") / 1000)) }
             if let v = t["max_backoff"] { endpoint.maxBackoffSeconds = max(1, Int(try duration(v, "webhook.max_backoff") / 1000)) }
             if let v = t["batch"] {
@@ -63,6 +64,40 @@ extension TernSettings {
             }
             out.append(endpoint)
         }
+        return out
+    }
+}
+
+extension TernSettings {
+    /// `[[webhook]]` tables as `tern config show` writes them.
+    var webhooksTOML: String {
+        var out = ""
+        for w in webhooks {
+            out += "\n[[webhook]]  # \(origins["webhook"] ?? "file")\nname = \(SettingValue.quoted(w.name))\nurl = \(SettingValue.quoted(w.url))\n"
+            out += w.secretFile.map { "secret_file = \(SettingValue.quoted($0))\n" } ?? "secret = \(SettingValue.quoted(w.secret))\n"
+            out += "events = [" + w.events.map { SettingValue.quoted($0.rawValue) }.joined(separator: ", ") + "]\n"
+            out += "timeout = \"\(w.timeoutSeconds)s\"\nbatch = \(w.batchSize)\nmax_backoff = \"\(w.maxBackoffSeconds)s\"\n"
+        }
+        return out
+    }
+
+    static var webhookExample: String {
+        "\n[[webhook]]                   # repeatable: an endpoint for signed event POSTs (docs/operations.md)\n"
+            + "name = \"crm\"\nurl = \"https://crm.example.test/tern-events\"\nsecret = \"change-me-to-a-long-random-string\"  # or secret_file = \"/etc/tern/crm.secret\"\n"
+            + "events = [\"delivered\", \"bounced\", \"expired\", \"suppressed\"]\n"
+    }
+
+    static var webhookSection: String {
+        var out = "\n### `[[webhook]]`\n\n| key | flag | type | default | meaning |\n|---|---|---|---|---|\n"
+        out += "| | | | | An endpoint that receives signed POSTs of the events it subscribes to, from a durable outbox (docs/operations.md) |\n"
+        out += "| `name` | | text | the URL | the endpoint's name in `tern webhooks` |\n"
+        out += "| `url` | | text | required | `http://` or `https://` |\n"
+        out += "| `secret` | | text | required | the HMAC-SHA256 key of `X-Tern-Signature` (16 characters at least); or `secret_file` |\n"
+        out += "| `secret_file` | | text | | a file holding the secret (instead of `secret`) |\n"
+        out += "| `events` | | list | required | any of `\(WebhookEventType.allCases.map(\.rawValue).joined(separator: "`, `"))` |\n"
+        out += "| `timeout` | | duration | 10s | the longest one POST may take |\n"
+        out += "| `batch` | | integer | 100 | events per POST at most (1–1000) |\n"
+        out += "| `max_backoff` | | duration | 5m | the longest wait between tries of a failing endpoint |\n"
         return out
     }
 }

@@ -46,6 +46,8 @@ public struct WebhookEndpoint: Sendable, Equatable {
     public var name: String
     public var url: String
     public var secret: String
+    /// Where the secret was read from (`secret_file`), if not given inline.
+    public var secretFile: String? = nil
     public var events: [WebhookEventType]
     public var timeoutSeconds: Int
     public var batchSize: Int
@@ -183,7 +185,13 @@ public final class WebhookSender: Service {
                 try? await Task.sleep(for: .milliseconds(pollMillis))
                 continue
             }
-            let error = await post(batch, to: endpoint, client)
+            // An event the retention sweep removed before it was sent cannot be reported any more.
+            let sendable = batch.filter { !$0.kind.isEmpty }
+            if sendable.count < batch.count {
+                logger.warning("webhook events dropped: the retention sweep removed them before they were sent",
+                               metadata: ["webhook": "\(endpoint.name)", "events": "\(batch.count - sendable.count)"])
+            }
+            let error = sendable.isEmpty ? nil : await post(sendable, to: endpoint, client)
             let now = nowMillis()
             if let error {
                 failures += 1
@@ -195,7 +203,7 @@ public final class WebhookSender: Service {
                 try? await Task.sleep(for: .seconds(wait))
             } else {
                 failures = 0
-                do { try await store.webhookSent(endpoint: endpoint.name, upTo: last.outboxID, count: batch.count, at: now) } catch {
+                do { try await store.webhookSent(endpoint: endpoint.name, upTo: last.outboxID, count: sendable.count, at: now) } catch {
                     logger.error("cannot note webhook events as sent (they will be sent again)", metadata: ["error": "\(error)"])
                     try? await Task.sleep(for: .seconds(1))
                 }

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TernCLI
+import TernHTTP
 import TernListener
 import TernProtocol
 import TernRouting
@@ -309,6 +310,60 @@ import TernScheduler
             var bad = TernSettings()
             #expect(throws: ConfigError.self) { try bad.apply(toml: toml) }
             do { try bad.apply(toml: toml) } catch { #expect("\(error)".contains(message), "\(error)") }
+        }
+    }
+
+    @Test func webhooksAndHTTPS() throws {
+        let secretFile = FileManager.default.temporaryDirectory.appendingPathComponent("tern-secret-\(UUID().uuidString)")
+        try Data("from-a-file-0123456789\n".utf8).write(to: secretFile)
+        var s = TernSettings()
+        try s.apply(toml: """
+            tls_cert = "/etc/tern/cert.pem"
+            tls_key = "/etc/tern/key.pem"
+
+            [http]
+            listen = "127.0.0.1:8025"
+            tls = true
+
+            [[webhook]]
+            name = "crm"
+            url = "https://crm.example.test/hook"
+            secret = "0123456789abcdef"
+            events = ["delivered", "bounced", "delivered"]
+            timeout = "30s"
+            batch = 10
+            max_backoff = "1m"
+
+            [[webhook]]
+            url = "http://127.0.0.1:9000/x"
+            secret_file = "\(secretFile.path)"
+            events = ["throttled", "blocklisted"]
+            """)
+        #expect(s.httpTLS && s.httpTLSCert == nil)
+        #expect(s.webhooks.count == 2)
+        let crm = s.webhooks[0]
+        #expect(crm.name == "crm" && crm.events == [.delivered, .bounced] && crm.timeoutSeconds == 30 && crm.batchSize == 10 && crm.maxBackoffSeconds == 60)
+        #expect(crm.kinds == ["delivered", "bounced"])
+        #expect(s.webhooks[1].name == "http://127.0.0.1:9000/x" && s.webhooks[1].secret == "from-a-file-0123456789")
+        #expect(s.webhooks[1].kinds == ["shaping_throttled", "shaping_suspended", "blocklist_listed"])
+        // `tern config show` writes them back (the file's path, not its secret).
+        let shown = s.showTOML()
+        #expect(shown.contains("secret_file = ") && !shown.contains("from-a-file"))
+        var again = TernSettings()
+        try again.apply(toml: shown)
+        #expect(again.webhooks == s.webhooks && again.httpTLS)
+        for (toml, message) in [
+            ("[[webhook]]\nurl = \"ftp://x.test/\"\nsecret = \"0123456789abcdef\"\nevents = [\"delivered\"]", "needs a 'url'"),
+            ("[[webhook]]\nurl = \"https://x.test/\"\nevents = [\"delivered\"]", "needs a 'secret'"),
+            ("[[webhook]]\nurl = \"https://x.test/\"\nsecret = \"short\"\nevents = [\"delivered\"]", "at least 16"),
+            ("[[webhook]]\nurl = \"https://x.test/\"\nsecret = \"0123456789abcdef\"\nevents = [\"opened\"]", "unknown event"),
+            ("[[webhook]]\nurl = \"https://x.test/\"\nsecret = \"0123456789abcdef\"", "needs 'events'"),
+            ("[[webhook]]\nurl = \"https://x.test/\"\nsecret = \"0123456789abcdef\"\nevents = [\"delivered\"]\nretries = 3", "unknown key 'webhook.retries'"),
+            ("[[webhook]]\nurl = \"https://x.test/\"\nsecret = \"0123456789abcdef\"\nevents = [\"delivered\"]\n[[webhook]]\nurl = \"https://x.test/\"\nsecret = \"0123456789abcdef\"\nevents = [\"bounced\"]", "given twice"),
+            ("[http]\ntls = true", "http.tls needs"),
+        ] {
+            var bad = TernSettings()
+            do { try bad.apply(toml: toml); Issue.record("accepted: \(toml)") } catch { #expect("\(error)".contains(message), "\(error)") }
         }
     }
 

@@ -388,3 +388,51 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         #expect(JSON.array([.int(0), .int64(7), .bool(true), .double(.nan)]).text == "[0,7,true,null]")
     }
 }
+
+/// Issue 20: the webhook outbox is filled by the event's own transaction,
+/// only for subscribed kinds, and not at all without endpoints.
+@Suite struct WebhookOutboxTests {
+    @Test func theOutboxIsWrittenInTheEventsTransactionOnly() async throws {
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        func outbox() throws -> [String] {
+            try store.read { db in try String.fetchAll(db, sql: "SELECT o.endpoint || ':' || e.kind FROM webhook_outbox o JOIN event e ON e.id = o.event_id ORDER BY o.id") }
+        }
+        func trigger() throws -> Int {
+            try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = 'webhook_outbox_fill'") ?? 0 }
+        }
+        #expect(try trigger() == 0) // no endpoint configured: events cost what they did
+        _ = try await store.syncWebhooks([("a", "http://a.test/", [EventKind.delivered.rawValue, EventKind.bounced.rawValue]),
+                                          ("b", "http://b.test/", [EventKind.delivered.rawValue])])
+        #expect(try trigger() == 1)
+        _ = try await store.write { db in
+            try Store.addEvent(db, at: 1, kind: .delivered, messageID: nil, recipientID: nil, detail: nil)
+            try Store.addEvent(db, at: 2, kind: .received, messageID: nil, recipientID: nil, detail: nil)
+            try Store.addEvent(db, at: 3, kind: .bounced, messageID: nil, recipientID: nil, detail: nil)
+            return 0
+        }
+        #expect(try outbox() == ["a:delivered", "b:delivered", "a:bounced"])
+        // A transaction that rolls back leaves no outbox row.
+        struct Abort: Error {}
+        await #expect(throws: (any Error).self) {
+            _ = try await store.write { db -> Int in
+                try Store.addEvent(db, at: 4, kind: .delivered, messageID: nil, recipientID: nil, detail: nil)
+                throw Abort()
+            }
+        }
+        #expect(try outbox().count == 3)
+        let batch = try store.webhookBatch(endpoint: "a", limit: 10)
+        #expect(batch.map(\.kind) == ["delivered", "bounced"].map { EventKind(rawValue: $0)!.rawValue })
+        try await store.webhookSent(endpoint: "a", upTo: batch[0].outboxID, count: 1, at: 5)
+        #expect(try outbox() == ["b:delivered", "a:bounced"])
+        // b leaves the configuration: its rows go; no endpoint at all: the trigger goes.
+        #expect(try await store.syncWebhooks([("a", "http://a.test/", [EventKind.bounced.rawValue])]) == 1)
+        #expect(try outbox() == ["a:bounced"])
+        #expect(try await store.syncWebhooks([]) == 1)
+        #expect(try trigger() == 0)
+        _ = try await store.write { db in try Store.addEvent(db, at: 6, kind: .bounced, messageID: nil, recipientID: nil, detail: nil); return 0 }
+        #expect(try outbox().isEmpty)
+        let status = try store.webhookStatus()
+        #expect(status.isEmpty)
+    }
+}

@@ -1,0 +1,1 @@
+../../../Sources/TernHTTP/Injection.swift
