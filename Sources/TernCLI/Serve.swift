@@ -245,7 +245,7 @@ struct Serve: AsyncParsableCommand {
                           operations: operations, tls: httpTLS)
         let httpServer = http.map { h in
             HTTPServer(host: h.host, port: h.port, store: store, registry: registry, logger: logger, api: api,
-                       extraMetrics: { Serve.shapingMetrics(gate, store: store, providers: providers) })
+                       extraMetrics: { Serve.shapingMetrics(gate, health: health, providers: providers) })
         }
         // Webhooks: the subscriptions are written before any mail moves, so
         // the outbox trigger sees every event from the first.
@@ -424,7 +424,7 @@ final class ServeLock: Sendable {
 extension Serve {
     /// Throttling and the circuit breaker for /metrics: per provider (bounded
     /// labels; destinations that are single domains are summed as `other`).
-    static func shapingMetrics(_ gate: ShapingGate?, store: Store, providers: ProviderTable) -> String {
+    static func shapingMetrics(_ gate: ShapingGate?, health: HostHealthBook, providers: ProviderTable) -> String {
         var g = GaugeWriter()
         if let gate {
             let known = Set(providers.rules.map(\.name))
@@ -440,10 +440,12 @@ extension Serve {
             g.family("tern_shaping_throttle_percent", "the lowest share of its configured pace a provider's destinations run at now")
             for p in factor.keys.sorted() { g.sample("tern_shaping_throttle_percent", [("provider", p)], Int((factor[p]! * 100).rounded())) }
         }
-        if let cooling = try? store.coolingHosts(now: nowMillis()) {
-            g.family("tern_breaker_hosts_cooling", "MX endpoints the circuit breaker skips now")
-            g.sample("tern_breaker_hosts_cooling", [], cooling.count)
-        }
+        // By provider: the MX name the endpoint failed under in this run (an endpoint cooling since before the start: other).
+        var cooling: [String: Int] = [:]
+        for c in health.cooling(now: nowMillis()) { cooling[c.mxHost.flatMap { providers.provider(forMX: $0) } ?? "other", default: 0] += 1 }
+        g.family("tern_breaker_hosts_cooling", "MX endpoints the circuit breaker skips now, by provider (other: not a known provider)")
+        g.sample("tern_breaker_hosts_cooling", [("provider", "other")], cooling["other"] ?? 0)
+        for p in cooling.keys.sorted() where p != "other" { g.sample("tern_breaker_hosts_cooling", [("provider", p)], cooling[p]!) }
         return g.out
     }
 }

@@ -52,6 +52,8 @@ public final class HostHealthBook: HostHealth {
     let clock: any TernClock
     let logger: Logger
     private let records: NIOLockedValueBox<[String: HostRecord]>
+    /// The MX host name of each endpoint that failed in this run (for metrics by provider).
+    private let names = NIOLockedValueBox<[String: String]>([:])
 
     public init(store: Store, policy: BreakerPolicy = BreakerPolicy(), clock: any TernClock = SystemClock(),
                 logger: Logger = Logger(label: "tern.routing")) {
@@ -64,6 +66,12 @@ public final class HostHealthBook: HostHealth {
             ($0.host, HostRecord(failures: $0.failures, successes: $0.successes, lastError: $0.lastError, lastFailureAt: $0.lastFailureAt,
                                  lastSuccessAt: $0.lastSuccessAt, cooldownUntil: $0.cooldownUntil))
         }))
+    }
+
+    /// The endpoints cooling down now, with their MX host name when this run saw them fail (else nil).
+    public func cooling(now: Int64) -> [(endpoint: String, mxHost: String?)] {
+        let keys = records.withLockedValue { r in r.filter { $0.value.coolingDown(at: now) }.map(\.key) }
+        return names.withLockedValue { n in keys.sorted().map { ($0, n[$0]) } }
     }
 
     /// The record of an endpoint (`Hop.breakerKey`, "[address]:port", with " from SOURCE" for a source's).
@@ -82,7 +90,9 @@ public final class HostHealthBook: HostHealth {
 
     public func failed(_ hop: Hop, source: String?, reply: SMTPReply) {
         let now = clock.now()
-        let record = update(hop.breakerKey(source: source)) { $0.failed(reply.description, at: now, policy: policy) }
+        let key = hop.breakerKey(source: source)
+        names.withLockedValue { $0[key] = hop.host }
+        let record = update(key) { $0.failed(reply.description, at: now, policy: policy) }
         if let until = record.cooldownUntil, record.failures >= policy.threshold {
             logger.warning("MX host cooling down", metadata: [
                 "mx": "\(hop)", "source": "\(source ?? "-")", "failures": "\(record.failures)", "until_ms": "\(until)", "reply": "\(reply)",

@@ -103,6 +103,8 @@ final class CountingDNS: DNSResolver, @unchecked Sendable {
         #expect(try rig.lastReply("u@down.test").hasPrefix("deferred 451"))
         let opened = try #require(rig.book.record(for: rig.down))
         #expect(opened.failures == 3 && opened.cooldownUntil == rig.clock.now() - 1_000 + 60_000)
+        // The metrics' view: the endpoint with the MX name it failed under (its provider is looked up from that).
+        #expect(rig.book.cooling(now: rig.clock.now()).map { "\($0.endpoint) \($0.mxHost ?? "-")" } == ["\(rig.down) mx.down.test"])
         // While it cools down nobody connects: the recipient is deferred with the reason.
         await rig.scheduler.runDue()
         #expect(rig.book.record(for: rig.down)?.failures == 3)
