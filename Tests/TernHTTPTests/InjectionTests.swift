@@ -114,6 +114,28 @@ import TernStore
         #expect([0, 1, 2, 3, 9, 10, 40].map { WebhookPayload.backoff(failures: $0, max: 300) } == [0, 1, 2, 4, 256, 300, 300])
     }
 
+    @Test func webhookEventsAreNamedByTheirSubscriptionAndCarryReplyAndDetail() throws {
+        #expect(WebhookEventType(kind: EventKind.shapingSuspended.rawValue) == .throttled)
+        #expect(WebhookEventType(kind: EventKind.blocklistListed.rawValue) == .blocklisted)
+        #expect(WebhookEventType(kind: EventKind.blocklistDelisted.rawValue) == nil)
+        #expect(Set(WebhookEventType.allCases.flatMap(\.kinds)).count == 9)
+        let throttled = WebhookEvent(outboxID: 1, eventID: 7, at: 1_700_000_000_000, kind: EventKind.shapingThrottled.rawValue,
+                                     detail: #"{"destination":"google","reason":"421 4.7.28","factor":0.5,"until":1700000060000}"#)
+        let t = try #require(try JSONSerialization.jsonObject(with: Data(WebhookPayload.json(throttled).text.utf8)) as? [String: Any])
+        #expect(t["type"] as? String == "throttled" && t["event"] as? String == EventKind.shapingThrottled.rawValue && t["id"] as? Int == 7)
+        #expect(t["time"] as? String == "2023-11-14T22:13:20.000Z" && t["recipient"] == nil && t["response"] == nil)
+        let detail = try #require(t["detail"] as? [String: Any])
+        #expect(detail["destination"] as? String == "google" && detail["factor"] as? Double == 0.5 && detail["until"] as? Int == 1_700_000_060_000)
+        let bounced = WebhookEvent(outboxID: 2, eventID: 8, at: 1, kind: EventKind.bounced.rawValue, queueID: "Q", headerMessageID: "m@x",
+                                   sender: "a@b.test", recipient: "r@c.test", state: RecipientState.bounced.rawValue, attempts: 2,
+                                   code: 550, enhanced: "5.1.1", text: "No such user", mxHost: "mx.c.test", category: "invalid_recipient")
+        let b = try #require(try JSONSerialization.jsonObject(with: Data(WebhookPayload.body([bounced]).map { $0 }))) as? [String: Any]
+        let e = try #require((b?["events"] as? [[String: Any]])?.first)
+        #expect(e["recipient"] as? String == "r@c.test" && e["queue_id"] as? String == "Q" && e["attempts"] as? Int == 2)
+        let response = try #require(e["response"] as? [String: Any])
+        #expect(response["code"] as? Int == 550 && response["enhanced"] as? String == "5.1.1" && response["category"] as? String == "invalid_recipient")
+    }
+
     @Test func everyRouteIsInTheCommittedOpenAPIDocumentAndTheBinaryCarriesIt() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let committed = try String(contentsOf: root.appendingPathComponent("docs/openapi.json"), encoding: .utf8)
