@@ -40,6 +40,15 @@ import Glibc
         return Answer(status: o["status"] as? Int ?? 0, headers: o["headers"] as? [String: String] ?? [:], body: o["body"] ?? NSNull())
     }
 
+    /// A folder, a database made by `tern migrate` in it, and the binary.
+    static func migratedDatabase() throws -> (dir: URL, db: String, tern: String) {
+        let dir = try tempFolder()
+        let db = dir.appendingPathComponent("tern.sqlite").path
+        let tern = try ternBinary()
+        #expect(try runProgram(tern, ["migrate", "--db", db]).status == 0)
+        return (dir, db, tern)
+    }
+
     static func token(_ tern: String, _ db: String, _ name: String, _ scope: String) throws -> String {
         let r = try runProgram(tern, ["api", "token", "add", name, "--scope", scope, "--db", db])
         #expect(r.status == 0, "\(r.stderr)")
@@ -54,10 +63,7 @@ import Glibc
     @Test func injectionFromPythonReachesTheSinkRefusesBadInputAndSurvivesKill9() async throws {
         let sink = try await SinkServer.start(group: server0Group)
         defer { Task { await sink.stop() } }
-        let dir = try tempFolder()
-        let db = dir.appendingPathComponent("tern.sqlite").path
-        let tern = try ternBinary()
-        #expect(try runProgram(tern, ["migrate", "--db", db]).status == 0)
+        let (_, db, tern) = try Self.migratedDatabase()
         let app = try Self.token(tern, db, "app", "inject")
         let reader = try Self.token(tern, db, "reader", "read")
         let routes = ["--route", "dest.test=127.0.0.1:\(sink.port)", "--route", "*=127.0.0.1:9"]
@@ -115,10 +121,7 @@ import Glibc
     }
 
     @Test func theReadAndAdminAPIDoWhatTheCLIDoes() async throws {
-        let dir = try tempFolder()
-        let db = dir.appendingPathComponent("tern.sqlite").path
-        let tern = try ternBinary()
-        #expect(try runProgram(tern, ["migrate", "--db", db]).status == 0)
+        let (_, db, tern) = try Self.migratedDatabase()
         let app = try Self.token(tern, db, "app", "inject")
         let reader = try Self.token(tern, db, "reader", "read")
         let admin = try Self.token(tern, db, "ops", "admin")

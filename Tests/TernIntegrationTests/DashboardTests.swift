@@ -16,10 +16,7 @@ import TernTestSupport
         }
         let sink = try await SinkServer.start(group: server0Group)
         defer { Task { await sink.stop() } }
-        let dir = try tempFolder()
-        let db = dir.appendingPathComponent("tern.sqlite").path
-        let tern = try ternBinary()
-        #expect(try runProgram(tern, ["migrate", "--db", db]).status == 0)
+        let (_, db, tern) = try APIBinaryTests.migratedDatabase()
         let token = try APIBinaryTests.token(tern, db, "viewer", "read")
         let serve = try ServeProcess(["--listen", "127.0.0.1:0", "--db", db, "--hostname", "mx.tern.test", "--http", "127.0.0.1:0",
                                       "--route", "dest.test=127.0.0.1:\(sink.port)", "--route", "*=127.0.0.1:9"])
