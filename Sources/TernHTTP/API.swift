@@ -43,30 +43,36 @@ extension HTTPServer {
         } catch {
             return HTTPServer.error(.contentTooLarge, "the request is larger than \(maxBody) bytes (limits.max_message_size is \(limits.maxMessageSize))")
         }
-        let messages: [InjectedMessage]
         let parsed: InjectionRequest
         do {
             parsed = try InjectionRequest.parse(Array(buffer.readableBytesView), limits: limits)
-            messages = try parsed.messages(limits: limits)
+            // Every message is checked before any is committed (built and dropped: memory stays bounded).
+            if parsed.messageCount > 1 {
+                for i in 0..<parsed.messageCount { _ = try parsed.message(i, limits: limits) }
+            }
         } catch {
             return HTTPServer.error(error.status == 413 ? .contentTooLarge : .badRequest, error.message, field: error.field)
         }
         let client = context.remoteAddress?.ipAddress ?? ""
         let literal = client.contains(":") ? "[IPv6:\(client)]" : "[\(client)]"
-        // Commits run side by side so that group commit gathers them; each is its own transaction.
-        let outcomes: [CommitOutcome] = await withTaskGroup(of: (Int, CommitOutcome).self) { group in
-            for (i, m) in messages.enumerated() {
-                var params = MailParameters()
-                params.smtputf8 = (parsed.sender?.needsSMTPUTF8 ?? false) || m.recipients.contains { $0.mailbox.needsSMTPUTF8 }
-                if m.body.contains(where: { $0 >= 0x80 }) { params.body = .eightBitMIME }
-                let envelope = Envelope(clientAddress: client, helo: literal, protocolName: "HTTP", mailFrom: parsed.sender, parameters: params,
-                                        recipients: m.recipients.map { EnvelopeRecipient(mailbox: $0.mailbox) })
-                let body = ByteBuffer(bytes: m.body)
-                group.addTask { (i, await intake.accept(envelope, body: body, origin: .submission, authUser: "token:\(token)")) }
+        // Built and committed in batches of at most 64 messages or 32 MiB, each
+        // batch's commits side by side (group commit gathers them), each its own transaction.
+        var messages: [InjectedMessage] = []
+        var outcomes: [CommitOutcome] = []
+        var next = 0
+        while next < parsed.messageCount {
+            var batch: [InjectedMessage] = []
+            var bytes = 0
+            while next < parsed.messageCount, batch.count < 64, bytes < 32 << 20 {
+                guard let m = try? parsed.message(next, limits: limits) else { break }
+                batch.append(m)
+                bytes += m.body.count
+                next += 1
             }
-            var out = [CommitOutcome?](repeating: nil, count: messages.count)
-            for await (i, o) in group { out[i] = o }
-            return out.map { $0! }
+            if batch.isEmpty { break } // cannot happen: every message was checked
+            outcomes += await commit(batch, from: parsed.sender, client: client, literal: literal, token: token, intake: intake)
+            messages += batch.map { InjectedMessage(recipients: $0.recipients, body: []) } // the bodies are not needed any more
+            if outcomes.contains(where: { if case .rejected = $0 { return true } else { return false } }) { break }
         }
         var accepted: [JSON] = []
         var failed: [JSON] = []
@@ -83,6 +89,12 @@ extension HTTPServer {
                 failedRecipients += m.recipients.map { .string($0.mailbox.address) }
             }
         }
+        // After a failed commit the rest is not tried: those recipients are not queued either.
+        if next < parsed.messageCount {
+            let rest = parsed.recipients[next...].map { JSON.string($0.mailbox.address) }
+            failed.append(.object([("recipients", .array(rest)), ("reply", .string("not tried after the failure above"))]))
+            failedRecipients += rest
+        }
         let recipientsAccepted = zip(messages, outcomes).reduce(0) { n, pair in
             if case .accepted = pair.1 { return n + pair.0.recipients.count }
             return n
@@ -95,5 +107,23 @@ extension HTTPServer {
         logger.warning("injection not committed", metadata: ["token": "\(token)", "failed": "\(failed.count)", "accepted": "\(accepted.count)"])
         let why = full ? "the queue's disk is full; nothing listed under failed was queued" : "the queue could not commit; nothing listed under failed was queued"
         return HTTPServer.error(.serviceUnavailable, why, headers: [.retryAfter: full ? "60" : "10"], more: summary + [("errors", .array(failed))])
+    }
+
+    /// Commits messages side by side; the outcomes in their order.
+    func commit(_ batch: [InjectedMessage], from sender: Mailbox?, client: String, literal: String, token: String, intake: Intake) async -> [CommitOutcome] {
+        await withTaskGroup(of: (Int, CommitOutcome).self) { group in
+            for (i, m) in batch.enumerated() {
+                var params = MailParameters()
+                params.smtputf8 = (sender?.needsSMTPUTF8 ?? false) || m.recipients.contains { $0.mailbox.needsSMTPUTF8 }
+                if m.body.contains(where: { $0 >= 0x80 }) { params.body = .eightBitMIME }
+                let envelope = Envelope(clientAddress: client, helo: literal, protocolName: "HTTP", mailFrom: sender, parameters: params,
+                                        recipients: m.recipients.map { EnvelopeRecipient(mailbox: $0.mailbox) })
+                let body = ByteBuffer(bytes: m.body)
+                group.addTask { (i, await intake.accept(envelope, body: body, origin: .submission, authUser: "token:\(token)")) }
+            }
+            var out = [CommitOutcome?](repeating: nil, count: batch.count)
+            for await (i, o) in group { out[i] = o }
+            return out.map { $0! }
+        }
     }
 }

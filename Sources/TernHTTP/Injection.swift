@@ -158,22 +158,36 @@ public struct InjectionRequest: Sendable, Equatable {
     }
 
     /// The messages to commit, each checked against the limits.
-    public func messages(limits: InjectionLimits, boundary: () -> String = InjectionRequest.randomBoundary) throws(InjectionError) -> [InjectedMessage] {
+    /// How many messages the request makes.
+    public var messageCount: Int { perRecipient ? recipients.count : 1 }
+
+    /// Message `index` (0 ..< messageCount), checked against the limits.
+    public func message(_ index: Int, limits: InjectionLimits, boundary: () -> String = InjectionRequest.randomBoundary) throws(InjectionError) -> InjectedMessage {
         guard perRecipient else {
-            guard case .raw(let text) = content else { return [] }
-            return [InjectedMessage(recipients: recipients, body: try InjectionRequest.normalized(text, limits: limits))]
+            guard case .raw(let text) = content else { throw InjectionError(field: "content", "no content") }
+            return InjectedMessage(recipients: recipients, body: try InjectionRequest.normalized(text, limits: limits))
         }
+        let r = recipients[index]
+        let values = substitutions.merging(r.substitutions) { $1 }
+        let text: String
+        switch content {
+        case .raw(let raw): text = InjectionRequest.substitute(raw, values, header: false)
+        case .simple(let s): text = build(s, for: r, values: values, boundary: boundary())
+        }
+        do {
+            return InjectedMessage(recipients: [r], body: try InjectionRequest.normalized(text, limits: limits))
+        } catch {
+            // Name the recipient whose values made the message too big or bad.
+            throw InjectionError(error.status, field: error.field.map { perRecipient && recipients.count > 1 ? "\($0) (recipients[\(index)])" : $0 },
+                                 error.message)
+        }
+    }
+
+    /// Every message at once (for tests and small requests; the handler builds them in bounded batches).
+    public func messages(limits: InjectionLimits, boundary: () -> String = InjectionRequest.randomBoundary) throws(InjectionError) -> [InjectedMessage] {
         var out: [InjectedMessage] = []
-        out.reserveCapacity(recipients.count)
-        for r in recipients {
-            let values = substitutions.merging(r.substitutions) { $1 }
-            let text: String
-            switch content {
-            case .raw(let raw): text = InjectionRequest.substitute(raw, values, header: false)
-            case .simple(let s): text = build(s, for: r, values: values, boundary: boundary())
-            }
-            out.append(InjectedMessage(recipients: [r], body: try InjectionRequest.normalized(text, limits: limits)))
-        }
+        out.reserveCapacity(messageCount)
+        for i in 0..<messageCount { out.append(try message(i, limits: limits, boundary: boundary)) }
         return out
     }
 

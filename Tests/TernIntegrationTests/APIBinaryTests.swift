@@ -187,6 +187,16 @@ import Glibc
         #expect(try await Self.call(base, reader, "DELETE", "/api/v1/suppressions/gone@example.test").status == 403)
         #expect(try await Self.call(base, admin, "DELETE", "/api/v1/suppressions/gone@example.test").object["removed"] as? Int == 1)
         #expect(try await Self.call(base, admin, "DELETE", "/api/v1/suppressions/gone@example.test").status == 404)
+        // A request for 150 recipients in the simple form: 150 messages, built and committed in batches.
+        let many = (0..<150).map { #"{"email": "m\#($0)@c.test", "substitutions": {"n": "\#($0)"}}"# }.joined(separator: ",")
+        let bulk = try await Self.call(base, app, "POST", "/api/v1/messages", """
+            {"envelope_sender": "app@sender.test", "recipients": [\(many)], "content": {"from": "app@sender.test", "subject": "n={{n}}", "text_body": "hi {{ n }}"}}
+            """)
+        let bulkIDs = (bulk.object["messages"] as? [[String: Any]] ?? []).compactMap { $0["queue_id"] as? String }
+        #expect(bulk.status == 200 && bulk.object["success_count"] as? Int == 150 && Set(bulkIDs).count == 150, "\(bulk.status)")
+        let store = try Store(path: db)
+        defer { store.close() }
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM message WHERE instr(body, 'Subject: n=149') > 0") } == 1)
         #expect(await serve.terminate() == 0)
     }
 
