@@ -143,3 +143,5 @@ package.targets.append(.executableTarget(name: "tern-sink", dependencies: ["Tern
 package.products.append(.executable(name: "tern-sink", targets: ["tern-sink"]))
 package.targets.append(.executableTarget(name: "tern-queue-scale", dependencies: ["TernStore"], path: "tools/queue-scale"))
 package.products.append(.executable(name: "tern-queue-scale", targets: ["tern-queue-scale"]))
+package.targets.append(.executableTarget(name: "tern-metrics-cost", dependencies: ["TernMetrics", .product(name: "Metrics", package: "swift-metrics"),
+                                                                             .product(name: "Prometheus", package: "swift-prometheus")], path: "tools/metrics-cost"))
