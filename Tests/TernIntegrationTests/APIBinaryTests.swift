@@ -66,7 +66,13 @@ import Glibc
         let (_, db, tern) = try Self.migratedDatabase()
         let app = try Self.token(tern, db, "app", "inject")
         let reader = try Self.token(tern, db, "reader", "read")
-        let routes = ["--route", "dest.test=127.0.0.1:\(sink.port)", "--route", "*=127.0.0.1:9"]
+        // Signed at intake like submitted mail: an Ed25519 key for the sender's domain.
+        let (dir, _, _) = try Self.migratedDatabase()
+        let key = dir.appendingPathComponent("k.pem").path
+        #expect(try runProgram(tern, ["dkim", "keygen", "--domain", "sender.test", "--selector", "api", "--algorithm", "ed25519", "--key-file", key]).status == 0)
+        let config = dir.appendingPathComponent("tern.toml")
+        try Data("[[dkim]]\ndomain = \"sender.test\"\nselector = \"api\"\nkey_file = \"\(key)\"\n".utf8).write(to: config)
+        let routes = ["--config", config.path, "--route", "dest.test=127.0.0.1:\(sink.port)", "--route", "*=127.0.0.1:9"]
         // First without delivery: what is acknowledged must survive a kill -9.
         let first = try ServeProcess(["--listen", "127.0.0.1:0", "--db", db, "--hostname", "mx.tern.test", "--http", "127.0.0.1:0",
                                       "--max-message-size", "20000", "--no-deliver"] + routes)
@@ -113,6 +119,7 @@ import Glibc
         #expect(texts.contains { $0.contains("Subject: Hi Sam") && $0.contains("To: <s1@dest.test>") && $0.contains("Dear Sam,") })
         #expect(texts.contains { $0.contains("Subject: Hi \r\n") || $0.contains("Subject: Hi\r\n") })
         #expect(texts.allSatisfy { $0.contains("Message-ID: <") && $0.contains("Date: ") })
+        #expect(texts.allSatisfy { $0.hasPrefix("DKIM-Signature: v=1; a=ed25519-sha256;") && $0.contains("d=sender.test;") && $0.contains("s=api;") }, "\(texts.first ?? "")")
         // The OpenAPI document served is the one committed.
         let doc = try await Self.call(base2, nil, "GET", "/api/v1/openapi.json")
         let committed = try JSONSerialization.jsonObject(with: Data(contentsOf: repoRoot.appendingPathComponent("docs/openapi.json"))) as? NSDictionary
