@@ -64,6 +64,10 @@ public struct HTTPAPI: Sendable {
     public var operations: (any AdminOperations)?
     /// TLS for the listener (nil: plain HTTP).
     public var tls: TLSConfiguration?
+    /// A connection with no request for this long is closed.
+    public var idleTimeoutSeconds: Int64 = 60
+    /// Request header bounds: one field, all fields, how many fields.
+    public var maxHeaderField = 16 * 1024, maxHeaderList = 64 * 1024, maxHeaderCount = 100
 
     public init(intake: Intake?, limits: InjectionLimits, operations: (any AdminOperations)? = nil, tls: TLSConfiguration? = nil) {
         self.operations = operations
@@ -111,7 +115,9 @@ public final class HTTPServer: Service {
         }
         addAPIRoutes(to: router)
         let logger = self.logger
-        let server: HTTPServerBuilder = try api.tls.map { try .tls(.http1(), tlsConfiguration: $0) } ?? .http1()
+        var http1 = HTTP1Channel.Configuration(idleTimeout: .seconds(api.idleTimeoutSeconds))
+        http1.httpDecoder = .init(maxHeaderFieldSize: api.maxHeaderField, maxHeaderListSize: api.maxHeaderList, maxHeaderFieldCount: api.maxHeaderCount)
+        let server: HTTPServerBuilder = try api.tls.map { try .tls(.http1(configuration: http1), tlsConfiguration: $0) } ?? .http1(configuration: http1)
         let app = Application(router: router, server: server, configuration: .init(address: .hostname(host, port: port), serverName: "tern"),
                               onServerRunning: { channel in
                                   let bound = channel.localAddress?.port ?? 0

@@ -65,4 +65,39 @@ import TernStore
         #expect(try await inject(3000).status.hasPrefix("HTTP/1.1 200"))
         #expect(try server.count("SELECT count(*) FROM message") == 2)
     }
+
+    /// The listener's bounds: an idle connection is closed, an oversized
+    /// header is refused, an oversized body gets 413 without being read whole.
+    @Test func idleConnectionsAndOversizedRequestsAreRefused() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        var api = HTTPAPI(intake: Intake(store: server.store, hostname: "mx.test", logger: logger),
+                          limits: InjectionLimits(maxMessageSize: 10_000, maxRecipients: 10))
+        api.idleTimeoutSeconds = 1
+        let token = APITokens.generate()
+        #expect(try await server.store.addAPIToken(name: "app", hash: APITokens.hash(token), scope: "inject", now: nowMillis()))
+        let bound = Mutex<Int>(0)
+        let http = HTTPServer(host: "127.0.0.1", port: 0, store: server.store, logger: logger, api: api, onBound: { p in bound.withLock { $0 = p } })
+        let running = Task(executorPreference: EventLoopExecutor(server.group.next())) { try await http.run() }
+        defer { running.cancel() }
+        #expect(await eventually { bound.withLock { $0 } > 0 })
+        let port = bound.withLock { $0 }
+        // Idle: closed after about a second.
+        let idle = try RawClient(port: port)
+        #expect(await eventually { idle.isClosedByPeer() })
+        // A header field over 16 KiB: refused, never handled.
+        let big = try await runProgramOffPool("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                                                                "-H", "X-Big: " + String(repeating: "b", count: 20_000), "http://127.0.0.1:\(port)/health"])
+        #expect(big.stdout != "200", "\(big.stdout)")
+        // A body over twice the message limit: 413.
+        let file = try tempFolder().appendingPathComponent("big.json")
+        try Data(String(repeating: "x", count: 100_000).utf8).write(to: file)
+        let body = try await runProgramOffPool("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                                                                 "-H", "Authorization: Bearer \(token)", "-H", "Content-Type: application/json",
+                                                                 "--data-binary", "@\(file.path)", "http://127.0.0.1:\(port)/api/v1/messages"])
+        #expect(body.stdout == "413", "\(body.stdout)")
+        #expect(try server.count("SELECT count(*) FROM message") == 0)
+    }
 }
