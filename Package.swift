@@ -83,7 +83,7 @@ let package = Package(
         ]),
         // The HTTP listener (Hummingbird): bearer tokens, /health, /metrics in Prometheus text format.
         .target(name: "TernHTTP", dependencies: [
-            "TernStore", "TernScheduler", "TernIntake", "TernProtocol", "TernMetrics", metrics, logging, lifecycle, nioCore,
+            "TernStore", "TernScheduler", "TernIntake", "TernProtocol", "TernMessage", "TernMetrics", metrics, logging, lifecycle, nioCore,
             .product(name: "Hummingbird", package: "hummingbird"), .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "HummingbirdTLS", package: "hummingbird"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Prometheus", package: "swift-prometheus"),

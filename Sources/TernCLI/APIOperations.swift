@@ -16,14 +16,14 @@ struct CLIOperations: AdminOperations {
     let onQueueChange: @Sendable () -> Void
 
     func window(since: String?, until: String?, defaultSince: String?) throws -> TimeWindow? {
-        let now = nowMillis()
-        for (name, text) in [("since", since), ("until", until)] {
-            if let text, TimeArgument.value(text, now: now) == nil { throw APIFailure(400, TimeArgument.badTime(text), field: name) }
+        do {
+            return try TimeArgument.checkedWindow(since: since, until: until, defaultSince: defaultSince, now: nowMillis())
+        } catch {
+            switch error {
+            case .bad(let option, let text): throw APIFailure(400, TimeArgument.badTime(text), field: option)
+            case .untilNotAfterSince: throw APIFailure(400, "until must be after since", field: "until")
+            }
         }
-        if let s = since ?? defaultSince, let u = until, let a = TimeArgument.value(s, now: now), let b = TimeArgument.value(u, now: now), b <= a {
-            throw APIFailure(400, "until must be after since", field: "until")
-        }
-        return try TimeArgument.window(since: since, until: until, defaultSince: defaultSince, now: now)
     }
 
     func queueList(state: RecipientState?, domain: String?, limit: Int, offset: Int) throws -> APIPage {
@@ -85,8 +85,8 @@ struct CLIOperations: AdminOperations {
         let now = nowMillis()
         var expiry: Int64? = nil
         if let expires {
-            guard TimeArgument.value(expires, now: now) != nil else { throw APIFailure(400, TimeArgument.badTime(expires), field: "expires") }
-            expiry = try expiryTime(expires, now: now)
+            guard let t = expiryValue(expires, now: now) else { throw APIFailure(400, TimeArgument.badTime(expires), field: "expires") }
+            expiry = t
         }
         var entries: [Suppression] = []
         for (i, a) in addresses.enumerated() {
@@ -97,8 +97,7 @@ struct CLIOperations: AdminOperations {
         return JSON.object([("added", .int(entries.count)), ("new", .int(added))]).text
     }
 
-    func suppressionRemove(_ addresses: [String]) async throws -> String {
-        let n = try await store.removeSuppressions(addresses.map { AddressParser.canonical($0) ?? $0 })
-        return JSON.object([("removed", .int(n))]).text
+    func suppressionRemove(_ addresses: [String]) async throws -> Int {
+        try await store.removeSuppressions(addresses.map { AddressParser.canonical($0) ?? $0 })
     }
 }

@@ -300,7 +300,7 @@ extension TernSettings {
         return out
     }
 
-    private static func section(_ title: String) -> String {
+    static func section(_ title: String) -> String {
         "\n### \(title)\n\n| key | flag | type | default | meaning |\n|---|---|---|---|---|\n"
     }
 

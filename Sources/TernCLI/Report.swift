@@ -39,14 +39,38 @@ enum TimeArgument {
         return nil
     }
 
-    static func window(since: String?, until: String?, defaultSince: String?, now: Int64) throws -> TimeWindow? {
+    enum Failure: Error {
+        /// `text`, given for `option` (`since` or `until`), names no time.
+        case bad(option: String, text: String)
+        case untilNotAfterSince
+    }
+
+    /// The window, or why not (for the CLI's flags and the API's parameters alike).
+    static func checkedWindow(since: String?, until: String?, defaultSince: String?, now: Int64) throws(Failure) -> TimeWindow? {
+        func at(_ option: String, _ text: String) throws(Failure) -> Int64 {
+            guard let t = value(text, now: now) else { throw .bad(option: option, text: text) }
+            return t
+        }
         guard let s = since ?? defaultSince else {
-            if let u = until { return TimeWindow(since: TimeWindow.all.since, until: try parse(u, now: now)) }
+            if let u = until { return TimeWindow(since: TimeWindow.all.since, until: try at("until", u)) }
             return nil
         }
-        let w = TimeWindow(since: try parse(s, now: now), until: try until.map { try parse($0, now: now) } ?? now + 1)
-        if w.until <= w.since { throw fail("--until must be after --since", code: 64) }
-        return w
+        let start = try at("since", s)
+        var end = now + 1
+        if let u = until { end = try at("until", u) }
+        guard end > start else { throw .untilNotAfterSince }
+        return TimeWindow(since: start, until: end)
+    }
+
+    static func window(since: String?, until: String?, defaultSince: String?, now: Int64) throws -> TimeWindow? {
+        do {
+            return try checkedWindow(since: since, until: until, defaultSince: defaultSince, now: now)
+        } catch {
+            switch error {
+            case .bad(_, let text): throw fail(badTime(text), code: 64)
+            case .untilNotAfterSince: throw fail("--until must be after --since", code: 64)
+            }
+        }
     }
 }
 

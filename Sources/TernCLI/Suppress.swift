@@ -133,10 +133,17 @@ func checkedAddress(_ s: String) throws -> String {
 
 /// `30d`-style durations from now, or an absolute time.
 func expiryTime(_ text: String, now: Int64) throws -> Int64 {
+    guard let t = expiryValue(text, now: now) else { throw fail(TimeArgument.badTime(text), code: 64) }
+    return t
+}
+
+/// As `expiryTime`, nil for a text that names no time.
+func expiryValue(_ text: String, now: Int64) -> Int64? {
+    guard let t = TimeArgument.value(text, now: now) else { return nil }
     if let last = text.last, "smhdw".contains(last), Int64(text.dropLast()) != nil {
-        return 2 * now - (try TimeArgument.parse(text, now: now)) // the same distance ahead
+        return 2 * now - t // the same distance ahead
     }
-    return try TimeArgument.parse(text, now: now)
+    return t
 }
 
 enum SuppressionFormatter {

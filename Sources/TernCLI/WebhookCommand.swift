@@ -88,7 +88,7 @@ extension TernSettings {
     }
 
     static var webhookSection: String {
-        var out = "\n### `[[webhook]]`\n\n| key | flag | type | default | meaning |\n|---|---|---|---|---|\n"
+        var out = section("`[[webhook]]`")
         out += "| | | | | An endpoint that receives signed POSTs of the events it subscribes to, from a durable outbox (docs/operations.md) |\n"
         out += "| `name` | | text | the URL | the endpoint's name in `tern webhooks` |\n"
         out += "| `url` | | text | required | `http://` or `https://` |\n"

@@ -50,7 +50,8 @@ public protocol AdminOperations: Sendable {
     func statsRecipients(since: String?, until: String?, top: Int) throws -> String
     func suppressionList(search: String?, limit: Int, offset: Int) throws -> APIPage
     func suppressionAdd(_ addresses: [String], reason: String, expires: String?) async throws -> String
-    func suppressionRemove(_ addresses: [String]) async throws -> String
+    /// How many of them were on the list.
+    func suppressionRemove(_ addresses: [String]) async throws -> Int
 }
 
 extension HTTPServer {
@@ -97,7 +98,7 @@ extension HTTPServer {
                 f.sender = q["sender"]
                 f.domain = q["domain"]
                 f.queueID = q["queue_id"]
-                f.headerMessageID = q["message_id"].map { $0.trimmingCharacters(in: CharacterSet(charactersIn: "<>")) }
+                f.headerMessageID = q["message_id"] // with or without <>: the operation takes them off, as the CLI does
                 f.state = try q.state("state")
                 f.limit = try q.limit()
                 f.offset = try q.offset()
@@ -137,9 +138,9 @@ extension HTTPServer {
         router.delete("/api/v1/suppressions/:address") { request, context in
             let address = context.parameters.get("address").flatMap { $0.removingPercentEncoding } ?? ""
             return try await self.run(request, needs: .admin) { ops, _ in
-                let result = try await ops.suppressionRemove([address])
-                if result.contains("\"removed\":0") { throw APIFailure(404, "\(address) is not on the suppression list", field: "address") }
-                return .object(result)
+                let removed = try await ops.suppressionRemove([address])
+                guard removed > 0 else { throw APIFailure(404, "\(address) is not on the suppression list", field: "address") }
+                return .object(JSON.object([("removed", .int(removed))]).text)
             }
         }
     }

@@ -9,6 +9,7 @@
 
 import Foundation
 import Hummingbird
+import TernMessage
 import TernMetrics
 import TernStore
 
@@ -22,9 +23,9 @@ extension HTTPServer {
             var request = request
             let form = (try? await request.collectBody(upTo: 8192)).map { String(buffer: $0) } ?? ""
             let token = Dashboard.formValue(form, "token") ?? ""
-            let probe = Request(head: .init(method: .get, scheme: nil, authority: nil, path: "/dashboard",
-                                            headerFields: [.authorization: "Bearer \(token)"]), body: .init(buffer: ByteBuffer()))
-            guard case .granted = self.authorize(probe, needs: .read) else { return Dashboard.login(error: "That token is not valid (or its scope is below read).") }
+            guard case .granted = self.authorize(token: token, needs: .read) else {
+                return Dashboard.login(error: "That token is not valid (or its scope is not read or admin).")
+            }
             var cookie = "\(HTTPServer.cookieName)=\(token); Path=/; HttpOnly; SameSite=Strict; Max-Age=43200"
             if self.api.tls != nil { cookie += "; Secure" }
             return Response(status: .seeOther, headers: [.location: "/dashboard", .setCookie: cookie])
@@ -102,14 +103,7 @@ enum Dashboard {
         return nil
     }
 
-    static func time(_ ms: Int64?) -> String {
-        guard let ms else { return "" }
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "UTC")
-        f.dateFormat = "yyyy-MM-dd HH:mm:ss"
-        return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
-    }
+    static func time(_ ms: Int64?) -> String { ms.map { RFC5322Date.timestamp(millis: $0) } ?? "" }
 
     static func percent(_ d: Double?) -> String { d.map { String(format: "%.1f %%", $0 * 100) } ?? "–" }
 

@@ -157,14 +157,19 @@ public final class HTTPServer: Service {
 
     static let cookieName = "tern_token"
 
-    /// Granted when the request carries a token of at least `needs`; else
-    /// the refusal (`json`: a JSON error body, as the API answers).
+    /// Granted when the request carries a token whose scope allows `needs`;
+    /// else the refusal (`json`: a JSON error body, as the API answers).
     func authorize(_ request: Request, needs: APIScope, json: Bool = false) -> Access {
+        authorize(token: HTTPServer.token(of: request), needs: needs, json: json)
+    }
+
+    /// As `authorize(_:needs:json:)`, for a token given some other way (the dashboard's login form).
+    func authorize(token: String?, needs: APIScope, json: Bool = false) -> Access {
         let challenge: HTTPFields = [.wwwAuthenticate: "Bearer realm=\"tern\""]
         func refuse(_ status: HTTPResponse.Status, _ text: String, _ headers: HTTPFields = [:]) -> Access {
             .refused(json ? HTTPServer.error(status, text, headers: headers) : HTTPServer.text(text + "\n", status: status, headers: headers))
         }
-        guard let token = HTTPServer.token(of: request) else {
+        guard let token else {
             return refuse(.unauthorized, "a bearer token is required (tern api token add NAME)", challenge)
         }
         let found: StoredAPIToken?

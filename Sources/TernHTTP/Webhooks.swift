@@ -16,6 +16,7 @@ import Foundation
 import Logging
 import NIOCore
 import ServiceLifecycle
+import TernMessage
 import TernStore
 
 /// What an endpoint may subscribe to, and the event kinds each covers.
@@ -81,7 +82,7 @@ public enum WebhookPayload {
         func s(_ v: String?) -> JSON { v.map(JSON.string) ?? .null }
         var fields: [(String, JSON)] = [
             ("id", .int64(e.eventID)), ("type", .string(WebhookEventType(kind: e.kind)?.rawValue ?? e.kind)), ("event", .string(e.kind)),
-            ("timestamp", .int64(e.at)), ("time", .string(iso8601(e.at))),
+            ("timestamp", .int64(e.at)), ("time", .string(RFC5322Date.iso8601(millis: e.at))),
         ]
         if e.queueID != nil {
             fields += [("queue_id", s(e.queueID)), ("message_id", s(e.headerMessageID)), ("sender", s(e.sender))]
@@ -106,12 +107,6 @@ public enum WebhookPayload {
         var out: [UInt8] = []
         JSON.object([("events", .array(events.map(json)))]).write(to: &out)
         return out
-    }
-
-    static func iso8601(_ ms: Int64) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
     }
 
     /// The wait after `failures` failures in a row: 1 s, doubling, at most `max`.
@@ -191,7 +186,7 @@ public final class WebhookSender: Service {
                 logger.warning("webhook events dropped: the retention sweep removed them before they were sent",
                                metadata: ["webhook": "\(endpoint.name)", "events": "\(batch.count - sendable.count)"])
             }
-            let error = sendable.isEmpty ? nil : await post(sendable, to: endpoint, client)
+            let error = sendable.isEmpty ? nil : await WebhookSender.post(WebhookPayload.body(sendable), to: endpoint, client, logger: logger)
             let now = nowMillis()
             if let error {
                 failures += 1
@@ -209,12 +204,6 @@ public final class WebhookSender: Service {
                 }
             }
         }
-    }
-
-    /// nil on a 2xx; else why not.
-    func post(_ batch: [WebhookEvent], to endpoint: WebhookEndpoint, _ client: HTTPClient) async -> String? {
-        let body = WebhookPayload.body(batch)
-        return await WebhookSender.post(body, to: endpoint, client, logger: logger)
     }
 
     /// POSTs a signed body; nil on a 2xx, else why not.

@@ -211,6 +211,13 @@ public enum RFC5322Date {
         return "\(t.year)-\(two(t.month))-\(two(t.day)) \(t.clock)"
     }
 
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339 in UTC, milliseconds), for machines.
+    public static func iso8601(millis: Int64) -> String {
+        let t = split(millis)
+        let ms = (millis % 1000 + 1000) % 1000
+        return "\(t.year)-\(two(t.month))-\(two(t.day))T\(t.clock).\(ms < 10 ? "00" : ms < 100 ? "0" : "")\(ms)Z"
+    }
+
     static func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
 
     /// Unix milliseconds as a civil UTC date, its day number and `HH:MM:SS`.

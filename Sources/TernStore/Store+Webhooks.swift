@@ -86,12 +86,14 @@ extension Store {
                     INSERT INTO webhook_endpoint (name, url) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET url = ?2
                     """, arguments: [e.name, e.url])
             }
+            // What is no longer configured: every row when nothing is.
             let names = endpoints.map(\.name)
-            let keep = names.isEmpty ? "0" : "endpoint NOT IN (\(names.map { _ in "?" }.joined(separator: ",")))"
-            try db.execute(sql: "DELETE FROM webhook_outbox WHERE \(names.isEmpty ? "1" : keep)", arguments: StatementArguments(names))
+            func unconfigured(_ column: String) -> String {
+                names.isEmpty ? "1" : "\(column) NOT IN (\(names.map { _ in "?" }.joined(separator: ",")))"
+            }
+            try db.execute(sql: "DELETE FROM webhook_outbox WHERE \(unconfigured("endpoint"))", arguments: StatementArguments(names))
             let dropped = db.changesCount
-            try db.execute(sql: "DELETE FROM webhook_endpoint WHERE \(names.isEmpty ? "1" : keep.replacingOccurrences(of: "endpoint", with: "name"))",
-                           arguments: StatementArguments(names))
+            try db.execute(sql: "DELETE FROM webhook_endpoint WHERE \(unconfigured("name"))", arguments: StatementArguments(names))
             return dropped
         }
     }

@@ -88,5 +88,8 @@ import Testing
         #expect(RFC5322Date.timestamp(millis: 0) == "1970-01-01 00:00:00")
         #expect(RFC5322Date.timestamp(millis: 1_795_943_877_436) == "2026-11-29 09:17:57")
         #expect(RFC5322Date.timestamp(millis: 951_868_799_000) == "2000-02-29 23:59:59")
+        #expect(RFC5322Date.iso8601(millis: 1_795_943_877_436) == "2026-11-29T09:17:57.436Z")
+        #expect(RFC5322Date.iso8601(millis: 951_868_799_005) == "2000-02-29T23:59:59.005Z")
+        #expect(RFC5322Date.iso8601(millis: 42) == "1970-01-01T00:00:00.042Z")
     }
 }
