@@ -82,8 +82,14 @@ public struct ClientSession: Sendable {
     /// Replies to the commands of the message that went out with the
     /// previous one's content (RFC 2920 §3.1); it must be sent next.
     private var started: (id: Int64, mail: SMTPReply, rcpts: [SMTPReply], data: SMTPReply)? = nil
+    /// The message whose commands went out with the previous one's content
+    /// when the connection ended before all their replies came: what the
+    /// replies that did come settle (a provider's "421 4.7.28 slow down"
+    /// to its MAIL, then the close). It must still be reported, not given
+    /// back as untried: the refusal is an attempt and a pacing signal.
+    private var lostStarted: (id: Int64, results: [Int64: RecipientOutcome])? = nil
 
-    public var startedMessageID: Int64? { started?.id }
+    public var startedMessageID: Int64? { started?.id ?? lostStarted?.id }
     /// Steps whose replies are still expected in the current exchange.
     public var expecting: [ClientStep] { pending }
 
@@ -236,6 +242,13 @@ public struct ClientSession: Sendable {
     /// then be sent next, on this session, whatever else happens.
     public mutating func send(_ message: ClientMessage, next: ClientMessage? = nil) -> ClientAction {
         let env = message.envelope
+        if let lost = lostStarted {
+            lostStarted = nil
+            if lost.id == message.id {
+                return .done(Dictionary(env.recipients.map { ($0.id, lost.results[$0.id] ?? .deferred(SMTPReply(451, .connectionDropped,
+                    "lost connection with \(config.host) before MAIL was answered"))) }, uniquingKeysWith: { a, _ in a }))
+            }
+        }
         let early = started
         started = nil
         guard phase == .idle else {
@@ -247,6 +260,10 @@ public struct ClientSession: Sendable {
             broken = true
             return .done(all(env, .deferred(SMTPReply(451, .connectionDropped,
                                                       "connection with \(config.host) reset: message \(early.id) was started but not sent"))))
+        }
+        if early == nil, broken {
+            // A 421 or a lost reply: the connection carries nothing more.
+            return .done(all(env, .deferred(SMTPReply(451, .connectionDropped, "connection with \(config.host) is closing"))))
         }
         if early == nil, let refusal = ClientProtocol.preflight(env, capabilities) { return .done(all(env, .bounced(refusal))) }
         // A message that has made too many hops is looping: bounce it.
@@ -424,9 +441,14 @@ public struct ClientSession: Sendable {
         case .endData:
             return finish(t.results)
         case .content where !replies.isEmpty:
-            // The final dot was answered; the next message's group was not.
+            // The final dot was answered; the next message's group was not,
+            // or only in part: its replies that came settle what they can.
             for r in t.accepted { t.results[r.id] = RecipientOutcome.from(replies[0]) }
             openTransaction = false
+            if replies.count > 1, case .content(nextStarted: true) = t.stage, let next = t.next {
+                let partial = Transaction(message: next, next: nil, stage: .group(rset: false))
+                lostStarted = (next.id, settleLost(partial, fault, Array(replies.dropFirst())))
+            }
             return finish(t.results)
         default:
             return finish(settleLost(t, fault, replies))
@@ -479,6 +501,7 @@ public struct ClientSession: Sendable {
     public mutating func close() -> ClientAction {
         let sane = (phase == .idle || phase == .refused) && !broken && started?.data.code != 354
         started = nil
+        lostStarted = nil
         guard sane else {
             phase = .closed
             return .drop

@@ -359,6 +359,47 @@ func reply(_ lines: String...) -> SMTPReply {
                         102: .deferred(reply("421 4.7.0 closing"))])
     }
 
+    /// Found by ShapingTests under CI load: the provider answers the MAIL
+    /// that went out with the previous message's content "421 4.7.28" and
+    /// closes. That MAIL's reply settles the started message (an attempt,
+    /// and the shaper's signal) instead of the message going back to the
+    /// queue as if never tried.
+    @Test func a421ToTheStartedMessagesMAILThenACloseSettlesIt() {
+        var s = t.open()
+        let m2 = t.message(2, ["v@far.test", "w@far.test"])
+        _ = s.send(t.message(1, ["u@far.test"]), next: m2)
+        _ = t.feed(&s, [reply("250 ok"), reply("250 ok"), reply("354 go")])
+        let gmail = reply("421-4.7.28 unusual rate of", "421 4.7.28 unsolicited mail: temporarily rate limited")
+        #expect(s.receive(reply("250 queued 1")) == nil)
+        #expect(s.receive(gmail) == nil)
+        guard case .done(let out1) = s.fail(.closed) else { Issue.record("no outcome"); return }
+        #expect(out1 == [100: .delivered(reply("250 queued 1"))])
+        #expect(s.broken && s.startedMessageID == 2)
+        guard case .done(let out2) = s.send(m2) else { Issue.record("no outcome"); return }
+        #expect(out2 == [200: .deferred(gmail), 201: .deferred(gmail)])
+        #expect(s.startedMessageID == nil)
+        // Any other message on this connection is not sent.
+        guard case .done(let out3) = s.send(t.message(3, ["x@far.test"])) else { Issue.record("no outcome"); return }
+        #expect(out3[300]?.reply.code == 451)
+    }
+
+    /// The started message's MAIL accepted and one RCPT refused before the
+    /// close: the refusal is that recipient's, the rest a lost connection.
+    @Test func partOfTheStartedGroupBeforeACloseKeepsWhatCame() {
+        var s = t.open()
+        let m2 = t.message(2, ["v@far.test", "w@far.test"])
+        _ = s.send(t.message(1, ["u@far.test"]), next: m2)
+        _ = t.feed(&s, [reply("250 ok"), reply("250 ok"), reply("354 go")])
+        _ = s.receive(reply("250 queued 1"))
+        _ = s.receive(reply("250 2.1.0 ok"))
+        _ = s.receive(reply("550 5.1.1 unknown"))
+        guard case .done = s.fail(.closed) else { Issue.record("no outcome"); return }
+        guard case .done(let out2) = s.send(m2) else { Issue.record("no outcome"); return }
+        #expect(out2[200] == .bounced(reply("550 5.1.1 unknown")))
+        guard case .deferred(let r)? = out2[201] else { Issue.record("not deferred"); return }
+        #expect(r.code == 451 && r.text.contains("lost connection"))
+    }
+
     @Test func withoutA421TheLossIsStillALostConnection() {
         var s = t.open()
         _ = s.send(t.message(1, ["u@far.test", "v@far.test"]))
