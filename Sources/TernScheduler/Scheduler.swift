@@ -260,14 +260,23 @@ public final class Scheduler: Service, Sendable {
             logger.warning("leases expired; recipients are claimable again", metadata: ["recipients": "\(n)"])
         }
         await probeSources(now: now)
-        guard let due = try? store.dueDomains(now: now) else { return nil }
+        guard let due = try? store.dueLanes() else { return nil }
         state.withLock { s in s.pacedUntil = s.pacedUntil.filter { $0.value > now } }
         // Fairness: earliest due first, each domain at most its share.
         for d in due.sorted(by: { $0.nextAttemptAt < $1.nextAttemptAt }) where d.nextAttemptAt <= now {
             let lane = d.lane
+            // How many are due matters only up to what more workers could
+            // take (startWorkers: one per five): with every connection in
+            // use, a pass counts nothing, however long the queue.
+            let (active, room) = state.withLock { s in
+                let paced = (s.pacedUntil[lane] ?? 0) > now
+                return (s.active[lane, default: 0],
+                        paced ? 0 : min(config.maxConnections - s.total, config.maxConnectionsPerDestination - s.active[lane, default: 0]))
+            }
+            let dueCount = room > 0 ? ((try? store.dueCount(lane, now: now, cap: (active + room) * 5)) ?? 1) : 0
             let idle = state.withLock { s -> CheckedContinuation<Bool, Never>? in
                 s.dueInStore.insert(lane)
-                startWorkers(lane, due: d.dueCount + s.ready.waiting(for: lane), &s)
+                startWorkers(lane, due: dueCount + s.ready.waiting(for: lane), &s)
                 // A worker idle on a connection to it takes the queued ones too.
                 return s.popWaiter(lane)
             }
