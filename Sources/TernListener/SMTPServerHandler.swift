@@ -62,7 +62,13 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var context: ChannelHandlerContext? = nil
     /// Octets of message text this session holds against the budget.
     private var reserved = 0
-    private var sessionTimer: Scheduled<Void>? = nil
+    /// When the session has lasted `maxSession`. The idle timer fires then
+    /// too (one timer per connection, not two: issue 21's per-connection cost).
+    private var sessionEnds: NIODeadline = .distantFuture
+    /// Closing: the last replies are written (or failed); else the timer
+    /// that closes the connection anyway.
+    private var lastRepliesWritten = false
+    private var closeLimit: Scheduled<Void>? = nil
     /// The session's time ran out during a commit: close after its reply.
     private var expireAfterCommit = false
     private var logger: Logger
@@ -105,9 +111,8 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
             send([session.greeting()], context: context)
             context.flush()
         }
+        sessionEnds = context.eventLoop.now + settings.maxSession
         armTimeout(context: context)
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        sessionTimer = context.eventLoop.scheduleTask(in: settings.maxSession) { bound.value.sessionExpired() }
         context.fireChannelActive()
     }
 
@@ -151,7 +156,6 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelInactive(context: ChannelHandlerContext) {
         TernMetrics.connectionClosed(listener: settings.session.role.rawValue)
         stopTimer()
-        sessionTimer?.cancel()
         if !committing { releaseBudget() } // a commit in flight still holds its text
         closing = true
         registry.remove(self)
@@ -436,9 +440,19 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         let promise = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
         let channel = context.channel
-        promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
-        // A client that does not read its last replies does not hold the connection.
-        context.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        // Runs at once when the bytes went out at once (the usual case).
+        promise.futureResult.whenComplete { _ in
+            bound.value.lastRepliesWritten = true
+            bound.value.closeLimit?.cancel()
+            channel.close(promise: nil)
+        }
+        if !lastRepliesWritten {
+            // A client that does not read its last replies does not hold the
+            // connection. The timer goes with the connection: one left
+            // behind held each closed channel for ten seconds.
+            closeLimit = context.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
+        }
     }
 
     /// RFC 5321 §4.5.3.2: the server waits at least 5 minutes for a command
@@ -449,10 +463,11 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         if awaitingTLS { amount = min(amount, .seconds(30)) }
         let due = context.eventLoop.now + amount
         deadline = due
+        let wake = min(due, sessionEnds)
         // A timer already set to fire no later re-arms itself when it does.
-        if timer != nil && timerFiresAt <= due { return }
+        if timer != nil && timerFiresAt <= wake { return }
         timer?.cancel()
-        schedule(at: due, context: context)
+        schedule(at: wake, context: context)
     }
 
     private func schedule(at due: NIODeadline, context: ChannelHandlerContext) {
@@ -463,13 +478,19 @@ final class SMTPServerHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// The idle deadline or the session's end, whichever came; else the
+    /// timer re-arms for the earlier of the two (while a commit runs there
+    /// is no idle deadline, but the session's end still comes).
     private func timerFired() {
         timer = nil
-        guard let deadline, let context else { return }
-        if context.eventLoop.now < deadline {
-            schedule(at: deadline, context: context)
-        } else {
+        guard let context, !closing else { return }
+        let now = context.eventLoop.now
+        if now >= sessionEnds {
+            sessionExpired()
+        } else if let deadline, now >= deadline {
             timedOut()
+        } else {
+            schedule(at: min(deadline ?? .distantFuture, sessionEnds), context: context)
         }
     }
 
