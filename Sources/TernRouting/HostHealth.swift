@@ -37,9 +37,13 @@ public struct HostRecord: Sendable, Equatable {
 
     public func failed(_ error: String, at now: Int64, policy: BreakerPolicy) -> HostRecord {
         var r = self
-        r.failures += 1
         r.lastError = error
         r.lastFailureAt = now
+        // Connections opened before the breaker opened fail after it, in a
+        // burst (twenty workers at a dead host): they are one failure, not
+        // twenty doublings. Only a try after the cool-down counts again.
+        if coolingDown(at: now) { return r }
+        r.failures += 1
         if r.failures >= policy.threshold {
             let doublings = min(r.failures - policy.threshold, 20)
             r.cooldownUntil = now + min(policy.baseCooldownMillis << Int64(doublings), policy.maxCooldownMillis)

@@ -61,8 +61,13 @@ public struct QueueAdmin: Sendable {
         }
     }
 
+    /// Makes the recipients due and ends the circuit breaker's cool-downs:
+    /// an operator flushes when a destination is back, and mail held back
+    /// by a cooling host would otherwise be deferred again unsent.
     public func flush(_ selector: QueueSelector, now: Int64) async throws -> AdminResult {
-        try await store.flush(selector, now: now)
+        let result = try await store.flush(selector, now: now)
+        try await store.endCoolDowns(now: now, why: "tern queue flush")
+        return result
     }
 
     public func delete(_ selector: QueueSelector, now: Int64) async throws -> AdminResult {

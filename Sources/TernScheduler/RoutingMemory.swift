@@ -79,8 +79,33 @@ public final class HostHealthBook: HostHealth {
 
     public func arrange(_ hops: [Hop], source: String?) -> (usable: [Hop], skipped: [(hop: Hop, until: Int64)]) {
         let keys = Set(hops.map { $0.breakerKey(source: source) })
-        let snapshot = records.withLockedValue { r in r.filter { key, _ in keys.contains(key) } }
-        return Breaker.arrange(hops, records: snapshot, now: clock.now(), source: source)
+        let now = clock.now()
+        var snapshot = records.withLockedValue { r in r.filter { key, _ in keys.contains(key) } }
+        for (key, record) in snapshot where record.coolingDown(at: now) && operatorEnded(key, now: now) {
+            snapshot[key] = records.withLockedValue { r in
+                r[key]?.failures = 0
+                r[key]?.cooldownUntil = nil
+                return r[key] ?? HostRecord()
+            }
+            logger.notice("MX host's cool-down ended by the operator", metadata: ["mx": "\(key)"])
+        }
+        return Breaker.arrange(hops, records: snapshot, now: now, source: source)
+    }
+
+    /// When each cooling host's stored record was last read.
+    private let checkedAt = NIOLockedValueBox<[String: Int64]>([:])
+
+    /// Whether an operator ended this host's cool-down in the store
+    /// (`tern queue flush` from another process): read at most every five
+    /// seconds per cooling host, never for a healthy one.
+    private func operatorEnded(_ key: String, now: Int64) -> Bool {
+        let due = checkedAt.withLockedValue { c -> Bool in
+            if let t = c[key], now - t < 5_000 { return false }
+            c[key] = now
+            return true
+        }
+        guard due, let stored = try? store.storedHostHealth(key) else { return false }
+        return stored.cooldownUntil == nil && stored.failures == 0 && stored.lastError?.hasPrefix(Store.breakerResetMarker) == true
     }
 
     public func succeeded(_ hop: Hop, source: String?) {

@@ -88,6 +88,34 @@ extension Store {
         try hostHealth().filter { ($0.cooldownUntil ?? 0) > now }.sorted { ($0.cooldownUntil!, $0.host) > ($1.cooldownUntil!, $1.host) }
     }
 
+    /// What an operator's reset leaves in `mx_health.last_error`: a running
+    /// server that finds it on a host it holds back takes the host back.
+    public static let breakerResetMarker = "cool-down ended by the operator"
+
+    /// Ends every cool-down (`tern queue flush`, as Postfix's flush ends its
+    /// "dead destination" cache): the hosts are tried at the next attempt.
+    /// Returns how many hosts were cooling.
+    @discardableResult
+    public func endCoolDowns(now: Int64, why: String) async throws -> Int {
+        try await write { db in
+            try db.execute(sql: """
+                UPDATE mx_health SET failures = 0, cooldown_until = NULL, last_error = ?
+                 WHERE cooldown_until IS NOT NULL AND cooldown_until > ?
+                """, arguments: ["\(Store.breakerResetMarker) (\(why))", now])
+            return db.changesCount
+        }
+    }
+
+    /// One host's stored record.
+    public func storedHostHealth(_ host: String) throws -> StoredHostHealth? {
+        try read { db in
+            try Row.fetchOne(db, sql: """
+                SELECT host, failures, successes, last_error, last_failure_at, last_success_at, cooldown_until FROM mx_health WHERE host = ?
+                """, arguments: [host]).map { StoredHostHealth(host: $0[0], failures: $0[1], successes: $0[2], lastError: $0[3],
+                                                               lastFailureAt: $0[4], lastSuccessAt: $0[5], cooldownUntil: $0[6]) }
+        }
+    }
+
     public func saveHostHealth(_ h: StoredHostHealth) async throws {
         try await saveHostHealth { h }
     }

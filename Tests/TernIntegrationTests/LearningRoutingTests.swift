@@ -126,6 +126,34 @@ final class CountingDNS: DNSResolver, @unchecked Sendable {
         await rig.close()
     }
 
+    /// `tern queue flush` (QueueAdmin.flush, from another process) ends the
+    /// cool-downs, as Postfix's flush ends its dead-destination cache: the
+    /// server takes the host back at its next look, instead of deferring
+    /// the flushed mail again unsent (found by the backlog benchmark).
+    @Test func anOperatorsFlushEndsTheCoolDown() async throws {
+        let rig = try await Rig.make()
+        try await rig.submit("u@down.test")
+        for _ in 0..<3 {
+            await rig.scheduler.runDue()
+            rig.clock.advance(ms: 1_000)
+        }
+        let opened = try #require(rig.book.record(for: rig.down))
+        #expect(opened.failures == 3 && opened.coolingDown(at: rig.clock.now()))
+        // The write-through has landed before the operator acts.
+        for _ in 0..<100 where try rig.store.coolingHosts(now: rig.clock.now()).isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+        let other = try Store(path: rig.store.path) // the CLI's own connection
+        _ = try await QueueAdmin(store: other, hostname: "mx.tern.test").flush(.all, now: rig.clock.now())
+        other.close()
+        #expect(try rig.store.coolingHosts(now: rig.clock.now()).isEmpty)
+        // The next pass tries the host (still down: one failure, no cool-down yet).
+        rig.clock.advance(ms: 5_000)
+        await rig.scheduler.runDue()
+        let after = try #require(rig.book.record(for: rig.down))
+        #expect(after.failures == 1 && after.cooldownUntil == nil, "\(after)")
+        #expect(try !rig.lastReply("u@down.test").contains("cooling down"))
+        await rig.close()
+    }
+
     @Test func aHealthierHostGoesFirstAndTheMXAnswerIsCached() async throws {
         let rig = try await Rig.make()
         try await rig.submit("a@ok.test")

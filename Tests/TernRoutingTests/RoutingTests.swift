@@ -188,6 +188,22 @@ import Glibc
         #expect(r.failures == 0 && r.cooldownUntil == nil && r.successes == 1 && r.lastSuccessAt == 500_000)
     }
 
+    /// Found by the backlog benchmark (issue 21): twenty connections opened
+    /// before the breaker opened failed after it, and each doubled the
+    /// cool-down (eleven failures in one second: 28 minutes). A failure
+    /// while cooling is one more error, not one more doubling.
+    @Test func aBurstOfFailuresWhileCoolingIsOneFailure() {
+        var p = BreakerPolicy()
+        p.threshold = 3
+        p.baseCooldownMillis = 60_000
+        var r = HostRecord()
+        for t in 0..<20 { r = r.failed("refused \(t)", at: Int64(t), policy: p) }
+        #expect(r.failures == 3 && r.cooldownUntil == 60_002 && r.lastError == "refused 19" && r.lastFailureAt == 19)
+        // The try after the cool-down doubles it.
+        r = r.failed("refused again", at: 60_002, policy: p)
+        #expect(r.failures == 4 && r.cooldownUntil == 60_002 + 120_000)
+    }
+
     @Test func arrangeSkipsCoolingHostsAndPrefersHealthierAmongEqualPreference() {
         let a = Hop(host: "a.mx", port: 25, address: IPAddress("192.0.2.1")!, preference: 10)
         let b = Hop(host: "b.mx", port: 25, address: IPAddress("192.0.2.2")!, preference: 10)
