@@ -81,6 +81,16 @@ final class CountingDNS: DNSResolver, @unchecked Sendable {
                 origin: "smtp", recipients: [NewRecipient(address: rcpt, domain: domain)]))
         }
 
+        /// u@down.test submitted, then three passes a second apart: three
+        /// connection failures, and the breaker opens.
+        func openTheBreaker() async throws {
+            try await submit("u@down.test")
+            for _ in 0..<3 {
+                await scheduler.runDue()
+                clock.advance(ms: 1_000)
+            }
+        }
+
         func lastReply(_ rcpt: String) throws -> String {
             try store.read { db in try String.fetchOne(db, sql: "SELECT state || ' ' || last_code || ' ' || last_text FROM recipient WHERE address = ?", arguments: [rcpt]) ?? "" }
         }
@@ -94,12 +104,8 @@ final class CountingDNS: DNSResolver, @unchecked Sendable {
 
     @Test func aFailingHostCoolsDownAndIsTriedAgainLater() async throws {
         let rig = try await Rig.make()
-        try await rig.submit("u@down.test")
         // Three passes, three connection failures: then the breaker opens.
-        for _ in 0..<3 {
-            await rig.scheduler.runDue()
-            rig.clock.advance(ms: 1_000)
-        }
+        try await rig.openTheBreaker()
         #expect(try rig.lastReply("u@down.test").hasPrefix("deferred 451"))
         let opened = try #require(rig.book.record(for: rig.down))
         #expect(opened.failures == 3 && opened.cooldownUntil == rig.clock.now() - 1_000 + 60_000)
@@ -132,11 +138,7 @@ final class CountingDNS: DNSResolver, @unchecked Sendable {
     /// the flushed mail again unsent (found by the backlog benchmark).
     @Test func anOperatorsFlushEndsTheCoolDown() async throws {
         let rig = try await Rig.make()
-        try await rig.submit("u@down.test")
-        for _ in 0..<3 {
-            await rig.scheduler.runDue()
-            rig.clock.advance(ms: 1_000)
-        }
+        try await rig.openTheBreaker()
         let opened = try #require(rig.book.record(for: rig.down))
         #expect(opened.failures == 3 && opened.coolingDown(at: rig.clock.now()))
         // The write-through has landed before the operator acts.
