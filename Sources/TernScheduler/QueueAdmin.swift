@@ -65,9 +65,11 @@ public struct QueueAdmin: Sendable {
     /// an operator flushes when a destination is back, and mail held back
     /// by a cooling host would otherwise be deferred again unsent.
     public func flush(_ selector: QueueSelector, now: Int64) async throws -> AdminResult {
-        let result = try await store.flush(selector, now: now)
+        // Cool-downs first: once the recipients are due, a server that looks
+        // finds the hosts released (the other order left a moment in which
+        // a pass deferred the whole flushed backlog again).
         try await store.endCoolDowns(now: now, why: "tern queue flush")
-        return result
+        return try await store.flush(selector, now: now)
     }
 
     public func delete(_ selector: QueueSelector, now: Int64) async throws -> AdminResult {
