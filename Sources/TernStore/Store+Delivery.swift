@@ -193,7 +193,7 @@ extension Store {
     /// seek each: the first row of a lane is its earliest, and the next
     /// lane starts after it. So a pass costs a few seeks per lane whether
     /// one recipient waits or a million. The database, not a copy in
-    /// memory, stays the truth: `tern queue release|retry` from another
+    /// memory, stays the truth: `tern queue flush|release` from another
     /// process is seen at the next pass.
     public func dueDomains(now: Int64, countCap: Int = 1_000) throws -> [(lane: Lane, nextAttemptAt: Int64, dueCount: Int)] {
         try dueLanes().map { d in

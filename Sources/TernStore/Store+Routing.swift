@@ -75,12 +75,17 @@ extension Store {
     }
 
     public func hostHealth() throws -> [StoredHostHealth] {
-        try read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT host, failures, successes, last_error, last_failure_at, last_success_at, cooldown_until FROM mx_health
-                """).map { StoredHostHealth(host: $0[0], failures: $0[1], successes: $0[2], lastError: $0[3], lastFailureAt: $0[4],
-                                            lastSuccessAt: $0[5], cooldownUntil: $0[6]) }
-        }
+        try read { db in try Row.fetchAll(db, sql: Store.hostHealthSelect).map(Store.hostHealth(row:)) }
+    }
+
+    /// `mx_health`'s columns in the order `hostHealth(row:)` reads them.
+    private static let hostHealthSelect = """
+        SELECT host, failures, successes, last_error, last_failure_at, last_success_at, cooldown_until FROM mx_health
+        """
+
+    private static func hostHealth(row: Row) -> StoredHostHealth {
+        StoredHostHealth(host: row[0], failures: row[1], successes: row[2], lastError: row[3], lastFailureAt: row[4],
+                         lastSuccessAt: row[5], cooldownUntil: row[6])
     }
 
     /// MX hosts the circuit breaker is skipping at `now`, the longest cool-down first.
@@ -108,12 +113,7 @@ extension Store {
 
     /// One host's stored record.
     public func storedHostHealth(_ host: String) throws -> StoredHostHealth? {
-        try read { db in
-            try Row.fetchOne(db, sql: """
-                SELECT host, failures, successes, last_error, last_failure_at, last_success_at, cooldown_until FROM mx_health WHERE host = ?
-                """, arguments: [host]).map { StoredHostHealth(host: $0[0], failures: $0[1], successes: $0[2], lastError: $0[3],
-                                                               lastFailureAt: $0[4], lastSuccessAt: $0[5], cooldownUntil: $0[6]) }
-        }
+        try read { db in try Row.fetchOne(db, sql: Store.hostHealthSelect + " WHERE host = ?", arguments: [host]).map(Store.hostHealth(row:)) }
     }
 
     public func saveHostHealth(_ h: StoredHostHealth) async throws {
