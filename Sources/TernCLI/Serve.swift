@@ -158,6 +158,8 @@ struct Serve: AsyncParsableCommand {
         // Source addresses and pools; warm-up caps are part of the same gate
         // (with shaping off, a gate without limits carries them alone).
         var schedulerConfig = settings.schedulerConfig
+        schedulerConfig.maxConnections = fitFileLimit(outbound: schedulerConfig.maxConnections, inbound: settings.listenerConfig.maxConnections,
+                                                      logger: logger)
         let sourceBook = settings.sourceBook
         schedulerConfig.sources = sourceBook
         var shaping: ShapingGate? = nil
@@ -373,6 +375,42 @@ func tuneAllocator(_ logger: Logger) {
     else { logger.debug("SQLite memory statistics off") }
 }
 
+/// Each connection is a file descriptor. Raises the soft limit on open
+/// files to the hard one (Debian's shells start at a soft 1024; systemd's
+/// hard limit is 524288), as Go's runtime and nginx's
+/// `worker_rlimit_nofile` do, and returns the outbound connection limit
+/// that fits beside the inbound one and 256 for the database, HTTP and the
+/// rest: lowered, with a warning, when the hard limit is too low.
+func fitFileLimit(outbound: Int, inbound: Int, logger: Logger) -> Int {
+    var limit = rlimit()
+    guard getrlimit(RLIMIT_NOFILE_ID, &limit) == 0 else { return outbound }
+    if limit.rlim_cur < limit.rlim_max {
+        var raised = limit
+        raised.rlim_cur = limit.rlim_max
+        if setrlimit(RLIMIT_NOFILE_ID, &raised) == 0 { limit = raised }
+    }
+    let files = limit.rlim_cur == rlim_t.max ? Int.max : Int(clamping: limit.rlim_cur)
+    let fitted = fittedOutbound(openFiles: files, inbound: inbound, outbound: outbound)
+    if fitted < outbound {
+        logger.warning("the open-file limit is too low for the connection limits; outbound connections lowered (raise `ulimit -n` or LimitNOFILE=)",
+                       metadata: ["open_files": "\(files)", "limits.max_connections": "\(inbound)",
+                                  "delivery.max_connections": "\(outbound)", "outbound_now": "\(fitted)"])
+    }
+    return fitted
+}
+
+/// The outbound connection limit that fits in `openFiles` descriptors
+/// beside `inbound` connections and 256 for the rest (at least 16).
+public func fittedOutbound(openFiles: Int, inbound: Int, outbound: Int) -> Int {
+    let room = openFiles - inbound - 256
+    return room < outbound ? max(16, room) : outbound
+}
+
+#if canImport(Glibc)
+private let RLIMIT_NOFILE_ID = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+#else
+private let RLIMIT_NOFILE_ID = RLIMIT_NOFILE
+#endif
 
 /// An exclusive `flock` on `<database>.lock`, held for the life of `serve`
 /// (the kernel releases it when the process ends, even by SIGKILL). The

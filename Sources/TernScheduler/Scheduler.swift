@@ -22,7 +22,13 @@ import TernStore
 public struct SchedulerConfig: Sendable {
     /// Reporting-MTA of our DSNs, and their From: domain.
     public var hostname: String
-    public var maxConnections = 100
+    /// Outbound connections in all. A connection is a socket and about
+    /// 43 KiB while it waits on a slow server (`tools/conn-memory`, issue
+    /// 21), not a process: 4,000 of them are about 170 MiB, and with remote
+    /// servers that take a second per reply that is what keeps mail to
+    /// thousands of destinations moving. Per destination the limit stays
+    /// Postfix's (`smtp_destination_concurrency_limit`).
+    public var maxConnections = 4_000
     public var maxConnectionsPerDestination = 20
     public var messagesPerConnection = 100
     /// Recipients a worker claims at a time.

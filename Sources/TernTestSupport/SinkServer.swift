@@ -39,6 +39,13 @@ public final class SinkServer: Sendable {
         public var breakTLS = false
         /// Behave like a mailbox provider that paces its senders.
         public var provider: ProviderBehaviour? = nil
+        /// A slow or tarpitting remote (issue 21's `internet` benchmark):
+        /// the greeting waits this long after the connection opens, and the
+        /// reply to the final dot this long after the dot. Commands that
+        /// arrive meanwhile wait their turn, so replies keep the order of
+        /// the commands (RFC 2920), unlike smtp-sink's `-W .:N`.
+        public var greetingDelayMillis: Int64 = 0
+        public var dotDelayMillis: Int64 = 0
         public init() {}
     }
 
@@ -108,7 +115,8 @@ public final class SinkServer: Sendable {
         self.afterDot = afterDot
     }
 
-    public static func start(_ config: Config = Config(), group: EventLoopGroup, host: String = "127.0.0.1") async throws -> SinkServer {
+    public static func start(_ config: Config = Config(), group: EventLoopGroup, host: String = "127.0.0.1",
+                             port: Int = 0) async throws -> SinkServer {
         let state = NIOLockedValueBox<(messages: [SinkMessage], commands: [String], connections: Int)>(([], [], 0))
         let counter = NIOLockedValueBox(0)
         let afterDot = NIOLockedValueBox(0)
@@ -121,7 +129,7 @@ public final class SinkServer: Sendable {
                                                                           provider: provider))
                 }
             }
-            .bind(host: host, port: 0).get()
+            .bind(host: host, port: port).get()
         return SinkServer(port: channel.localAddress!.port!, channel: channel, state: state, counter: counter, afterDot: afterDot,
                           provider: provider)
     }
@@ -185,8 +193,31 @@ final class SinkHandler: ChannelInboundHandler {
             }
             counted = true
         }
+        if config.greetingDelayMillis > 0 {
+            holding = true
+            later(config.greetingDelayMillis, context) { handler, ctx in handler.greet(ctx) }
+            return
+        }
+        greet(context)
+    }
+
+    func greet(_ context: ChannelHandlerContext) {
         reply(config.greeting, context)
         if !config.greeting.hasPrefix("220") { context.close(promise: nil); dead = true }
+    }
+
+    /// Runs `then` after `millis`, holding the input back until then (the
+    /// replies to commands that arrive meanwhile follow this one).
+    func later(_ millis: Int64, _ context: ChannelHandlerContext, _ then: @escaping (SinkHandler, ChannelHandlerContext) -> Void) {
+        let bound = NIOLoopBound((self, context, then), eventLoop: context.eventLoop)
+        holding = true
+        context.eventLoop.scheduleTask(in: .milliseconds(millis)) {
+            let (handler, ctx, then) = bound.value
+            guard !handler.dead else { return }
+            then(handler, ctx)
+            handler.holding = false
+            handler.drain(ctx)
+        }
     }
 
     func reply(_ text: String, _ context: ChannelHandlerContext) {
@@ -287,26 +318,30 @@ final class SinkHandler: ChannelInboundHandler {
         if locals.contains(where: { $0.hasPrefix("dropdata") }) { context.close(promise: nil); dead = true; return }
         if locals.contains(where: { $0.hasPrefix("slowdata") }) { return }
         if locals.contains(where: { $0.hasPrefix("delaydata") }) {
-            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            holding = true
-            context.eventLoop.scheduleTask(in: .milliseconds(500)) {
-                let (handler, ctx) = bound.value
+            later(500, context) { handler, ctx in
                 handler.counter.withLockedValue { $0 += 1 }
                 handler.reply("250 2.0.0 Ok: late", ctx)
-                handler.holding = false
-                handler.drain(ctx)
             }
             return
         }
         if locals.contains(where: { $0.hasPrefix("tempdata") }) { reply("451 4.3.0 Try again later", context); return }
         if locals.contains(where: { $0.hasPrefix("rejectdata") }) { reply("554 5.6.0 Content rejected", context); return }
+        let message = config.record
+            ? SinkMessage(mailCommand: mail ?? "", rcptCommands: rcpts, data: data.joined(separator: "\r\n") + "\r\n", tls: tlsActive,
+                          peer: peer, helo: helo)
+            : nil
+        if config.dotDelayMillis > 0 {
+            later(config.dotDelayMillis, context) { handler, ctx in handler.accept(message, ctx) }
+        } else {
+            accept(message, context)
+        }
+    }
+
+    /// Counts (and records) a message and answers its final dot.
+    func accept(_ message: SinkMessage?, _ context: ChannelHandlerContext) {
         let n = counter.withLockedValue { c -> Int in c += 1; return c }
         if config.provider != nil { provider.withLockedValue { $0.acceptedSinceRecovery += 1 } }
-        if config.record {
-            let message = SinkMessage(mailCommand: mail ?? "", rcptCommands: rcpts, data: data.joined(separator: "\r\n") + "\r\n", tls: tlsActive,
-                                      peer: peer, helo: helo)
-            state.withLockedValue { $0.messages.append(message) }
-        }
+        if let message { state.withLockedValue { $0.messages.append(message) } }
         reply("250 2.0.0 Ok: queued as SINK\(n)", context)
     }
 

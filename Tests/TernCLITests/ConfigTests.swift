@@ -16,6 +16,19 @@ import TernScheduler
         #expect(s.trustedNetworks == IPNetwork.loopback)
         #expect(s.listenerConfig.session.maxCommandLine == 512)
         #expect(s.listenerConfig.commandTimeoutSeconds == 300)
+        // Outbound: thousands of connections in all (issue 21), Postfix's 20 per destination.
+        #expect(s.schedulerConfig.maxConnections == 4_000)
+        #expect(s.schedulerConfig.maxConnectionsPerDestination == 20)
+    }
+
+    /// Outbound connections are lowered to what the open-file limit leaves
+    /// beside the inbound ones and 256 others, never below 16.
+    @Test func outboundConnectionsFitTheOpenFileLimit() {
+        #expect(fittedOutbound(openFiles: 524_288, inbound: 1_000, outbound: 4_000) == 4_000)
+        #expect(fittedOutbound(openFiles: 1_024, inbound: 1_000, outbound: 4_000) == 16)
+        #expect(fittedOutbound(openFiles: 4_096, inbound: 1_000, outbound: 4_000) == 2_840)
+        #expect(fittedOutbound(openFiles: 5_256, inbound: 1_000, outbound: 4_000) == 4_000)
+        #expect(fittedOutbound(openFiles: Int.max, inbound: 1_000, outbound: 4_000) == 4_000)
     }
 
     @Test func fullTOMLFile() throws {

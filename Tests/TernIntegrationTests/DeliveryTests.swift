@@ -105,6 +105,34 @@ extension TestServer {
         #expect(sink.count == 6 + 5)
     }
 
+    /// A slow remote (the `internet` benchmark's sinks): the greeting and
+    /// every reply to a final dot come 300 ms late, and commands pipelined
+    /// after a dot wait their turn. Every message arrives once, with its own
+    /// recipients; destinations are served side by side, not one by one.
+    @Test func aSlowRemoteGetsEveryMessageInOrder() async throws {
+        var slow = SinkServer.Config()
+        slow.greetingDelayMillis = 300
+        slow.dotDelayMillis = 300
+        let sink = try await SinkServer.start(slow, group: server0Group)
+        defer { Task { await sink.stop() } }
+        let server = try await TestServer.start(delivery: DeliverySetup(routes: [StaticRoute(domain: "*", host: "127.0.0.1", port: sink.port)]))
+        defer { Task { await server.stop() } }
+        let c = try server.greetedClient()
+        for i in 0..<12 {
+            #expect(try c.sendMessage(from: "a@sender.test", to: ["r\(i)@d\(i % 4).test"],
+                                      body: "Subject: \(i)\r\n\r\nbody \(i)\r\n").status == "250 2.0.0")
+        }
+        #expect(await eventually { try server.count("SELECT count(*) FROM recipient WHERE state = 'delivered'") == 12 })
+        #expect(try server.count("SELECT count(*) FROM recipient WHERE state <> 'delivered'") == 0)
+        #expect(sink.count == 12)
+        for i in 0..<12 {
+            let m = sink.messages.filter { $0.rcptCommands == ["RCPT TO:<r\(i)@d\(i % 4).test>"] }
+            #expect(m.count == 1 && m.first?.data.hasSuffix("Subject: \(i)\r\n\r\nbody \(i)\r\n") == true, "message \(i)")
+        }
+        // Four destinations, each its own connection at the same time.
+        #expect(sink.providerStats.peakByPeer["127.0.0.1"] ?? 0 >= 2)
+    }
+
     /// A 421 greeting, a connection dropped after the final dot and a reply
     /// that never comes: each ends deferred, with its attempt and event.
     @Test func troubleAtTheRemoteEndDefers() async throws {

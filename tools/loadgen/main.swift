@@ -3,8 +3,14 @@
 // M messages in total; for each message it times the end of DATA (the final
 // dot sent) to the 250 reply. Prints throughput and latency percentiles.
 //
+// With --rcpt-file FILE, message k (counted over all sessions) goes to the
+// file's line k (modulo its length), one recipient each: the `internet`
+// benchmark's many destinations, which smtp-source (one -t address) cannot
+// address.
+//
 // usage: tern-loadgen --port P [--host 127.0.0.1] [--sessions 20]
 //                          [--messages 10000] [--size 4096] [--rcpts 1]
+//                          [--rcpt-file FILE]
 
 import Foundation
 #if canImport(Glibc)
@@ -18,6 +24,7 @@ struct Options {
     var messages = 10_000
     var size = 4096
     var rcpts = 1
+    var rcptFile: String? = nil
 }
 
 func parse() -> Options {
@@ -32,6 +39,7 @@ func parse() -> Options {
         case "--messages": o.messages = Int(v)!
         case "--size": o.size = Int(v)!
         case "--rcpts": o.rcpts = Int(v)!
+        case "--rcpt-file": o.rcptFile = v
         default: fatalError("unknown option \(a)")
         }
     }
@@ -95,6 +103,11 @@ while body.count + line.count <= o.size { body += line }
 if o.size - body.count >= 3 { body += Array(repeating: UInt8(ascii: "y"), count: o.size - body.count - 2) + [13, 10] }
 let finalDot = Array(".\r\n".utf8)
 let envelope = Array(("MAIL FROM:<bench@load.test>\r\n" + (0..<o.rcpts).map { "RCPT TO:<r\($0)@sink.test>\r\n" }.joined() + "DATA\r\n").utf8)
+let listed: [[UInt8]] = o.rcptFile.map { path in
+    let text = try! String(contentsOfFile: path, encoding: .utf8)
+    return text.split(separator: "\n").map { Array("MAIL FROM:<bench@load.test>\r\nRCPT TO:<\($0)>\r\nDATA\r\n".utf8) }
+} ?? []
+precondition(o.rcptFile == nil || (!listed.isEmpty && o.rcpts == 1), "--rcpt-file needs recipients and --rcpts 1")
 
 let perSession = (0..<o.sessions).map { i in o.messages / o.sessions + (i < o.messages % o.sessions ? 1 : 0) }
 let lock = NSLock()
@@ -112,8 +125,9 @@ for s in 0..<o.sessions {
         _ = c.reply()
         var mine: [UInt64] = []
         var failed = 0
-        for _ in 0..<perSession[s] {
-            c.send(envelope) // RFC 2920 group: MAIL, RCPT…, DATA
+        for k in 0..<perSession[s] {
+            // RFC 2920 group: MAIL, RCPT…, DATA
+            c.send(listed.isEmpty ? envelope : listed[(k * o.sessions + s) % listed.count])
             var ok = c.reply() == 250
             for _ in 0..<o.rcpts { ok = c.reply() == 250 && ok }
             guard c.reply() == 354, ok else { failed += 1; continue }

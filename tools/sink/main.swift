@@ -1,9 +1,16 @@
-// tern-sink: a counting SMTP sink for benchmarks (loopback, ephemeral port).
-// Prints "PORT n" when listening; with --expect N prints
+// tern-sink: a counting SMTP sink for benchmarks (loopback only).
+// Prints "PORT n" for each listener; with --expect N prints
 // "DONE count=N first_to_last_s=…" and exits once N messages arrived
-// (or after --timeout seconds, with "TIMEOUT count=…").
+// (or after --timeout seconds, with "TIMEOUT count=…"). With --progress it
+// prints "COUNT n" whenever the count changed (at most every 50 ms).
 //
-// usage: tern-sink [--expect N] [--timeout SECONDS]
+// A slow remote (issue 21's `internet` scenario): --greeting-delay MS waits
+// before the greeting, --dot-delay MS before answering the final dot; the
+// replies keep the order of the commands (RFC 2920), which smtp-sink's
+// `-W .:N` does not.
+//
+// usage: tern-sink [--listen 127.0.0.x:PORT]... [--expect N] [--timeout SECONDS]
+//                  [--greeting-delay MS] [--dot-delay MS] [--threads N] [--progress]
 
 import Foundation
 import NIOPosix
@@ -11,25 +18,49 @@ import TernTestSupport
 
 var expect = 0
 var timeout = 600.0
+var listens: [(String, Int)] = []
+var threads = 1
+var progress = false
+var config = SinkServer.Config()
+config.record = false
 var args = CommandLine.arguments.dropFirst()
 while let a = args.popFirst() {
     switch a {
     case "--expect": expect = Int(args.popFirst()!)!
     case "--timeout": timeout = Double(args.popFirst()!)!
+    case "--greeting-delay": config.greetingDelayMillis = Int64(args.popFirst()!)!
+    case "--dot-delay": config.dotDelayMillis = Int64(args.popFirst()!)!
+    case "--threads": threads = Int(args.popFirst()!)!
+    case "--progress": progress = true
+    case "--listen":
+        let v = args.popFirst()!
+        guard let colon = v.lastIndex(of: ":"), let port = Int(v[v.index(after: colon)...]) else { fatalError("--listen HOST:PORT") }
+        let host = String(v[..<colon])
+        guard host.hasPrefix("127.") || host == "::1" else { fatalError("tern-sink listens on loopback only") }
+        listens.append((host, port))
     default: fatalError("unknown option \(a)")
     }
 }
-let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-var config = SinkServer.Config()
-config.record = false
-let sink = try await SinkServer.start(config, group: group)
-print("PORT \(sink.port)")
+if listens.isEmpty { listens = [("127.0.0.1", 0)] }
+let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+var sinks: [SinkServer] = []
+for (host, port) in listens {
+    let sink = try await SinkServer.start(config, group: group, host: host, port: port)
+    print("PORT \(sink.port)")
+    sinks.append(sink)
+}
 fflush(stdout)
 let start = Date()
 var first: Date? = nil
+var shown = -1
 while true {
-    let n = sink.count
+    let n = sinks.reduce(0) { $0 + $1.count }
     if n > 0 && first == nil { first = Date() }
+    if progress && n != shown {
+        print("COUNT \(n)")
+        fflush(stdout)
+        shown = n
+    }
     if expect > 0 && n >= expect {
         print(String(format: "DONE count=%d first_to_last_s=%.3f", n, Date().timeIntervalSince(first ?? start)))
         break
@@ -38,8 +69,8 @@ while true {
         print("TIMEOUT count=\(n)")
         break
     }
-    try await Task.sleep(for: .milliseconds(5))
+    try await Task.sleep(for: .milliseconds(progress ? 50 : 5))
 }
 fflush(stdout)
-await sink.stop()
+for sink in sinks { await sink.stop() }
 exit(0)
