@@ -312,11 +312,30 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 action = await exchange(lines, steps)
             case .content(let then, let steps):
                 // The content, and the next message's group after its final dot.
-                let content = ClientProtocol.dataText(message.body)
-                var payload = channel.allocator.buffer(capacity: content.count + then.reduce(0) { $0 + $1.utf8.count + 2 })
-                payload.writeBytes(content)
-                SMTPClientConnection.append(then, to: &payload)
-                action = await perform(payload, steps)
+                // Dot-stuffed straight into the outgoing buffer, a piece of
+                // at most about 1 MiB at a time, each written before the
+                // next is made: a large message is in memory once (its
+                // body), not twice, however many connections send one.
+                var offset = 0
+                var failed = false
+                while !failed {
+                    let (piece, end) = message.body.withUnsafeBytes { raw -> (ByteBuffer, Int) in
+                        let end = ClientProtocol.piece(of: raw, from: offset, size: SMTPClientConnection.pieceSize)
+                        let part = UnsafeRawBufferPointer(rebasing: raw[offset..<end])
+                        var out = channel.allocator.buffer(capacity: part.count + part.count / 64 + 8)
+                        ClientProtocol.dataText(part, into: &out, final: end == raw.count)
+                        return (out, end)
+                    }
+                    offset = end
+                    if offset == message.body.count {
+                        var last = piece
+                        SMTPClientConnection.append(then, to: &last)
+                        action = await perform(last, steps)
+                        break
+                    }
+                    failed = !(await write(piece))
+                }
+                if failed { action = session.fail(.closed) }
             case .endData:
                 action = await perform(ByteBuffer(string: ".\r\n"), [.endOfData], checked: false)
             case .done(let outcomes):
@@ -326,6 +345,25 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 let reply = SMTPReply(451, .connectionDropped, "lost connection with \(context.mxHost ?? "server"): \(action)")
                 return Dictionary(message.envelope.recipients.map { ($0.id, RecipientOutcome.deferred(reply)) }, uniquingKeysWith: { a, _ in a })
             }
+        }
+    }
+
+    /// Content pieces: a line feed ends each, near this size.
+    static let pieceSize = 1 << 20
+
+    /// Writes a piece of content and waits until the kernel took it (the
+    /// server reads no faster); false when the connection failed, or took
+    /// nothing for the data timeout (RFC 5321 §4.5.3.2.6), which closes it.
+    private func write(_ piece: ByteBuffer) async -> Bool {
+        let channel = self.channel
+        let limit = TimeAmount.seconds(timeout(.endOfData))
+        let stall = channel.eventLoop.scheduleTask(in: limit) { channel.close(promise: nil) }
+        defer { stall.cancel() }
+        do {
+            try await channel.writeAndFlush(piece)
+            return true
+        } catch {
+            return false
         }
     }
 

@@ -104,7 +104,7 @@ public final class Intake: Sendable {
         switch result {
         case .success(let inserted):
             logger.info("accepted", metadata: [
-                "msg": "\(message.queueID)", "from": "<\(message.mailFrom)>", "size": "\(message.body.count)",
+                "msg": "\(message.queueID)", "from": "<\(message.mailFrom)>", "size": "\(message.size)",
                 "nrcpt": "\(message.recipients.count)", "peer": "\(message.clientAddress ?? "local")",
             ])
             completion(.accepted(queueID: message.queueID))
@@ -162,8 +162,16 @@ public final class Intake: Sendable {
             }
         }
         if let authentication { prefix += "Authentication-Results: \(authentication.results)\r\n" }
-        var data = Data(capacity: prefix.utf8.count + body.readableBytes)
+        // Ours to sign: submission and local mail, and mail from trusted or
+        // authenticated clients; never mail relayed for the world.
+        let ours = origin == .submission || origin == .local || envelope.trustedClient || authUser != nil
+        // A large text that needs no change is not copied: it goes into the
+        // database from the buffer it arrived in (one copy fewer of up to
+        // limits.max_message_size per session committing).
+        let inPlace = !(signer != nil && sign && ours) && body.readableBytes > Store.largeBody
+        var data = Data(capacity: prefix.utf8.count + (inPlace ? 0 : body.readableBytes))
         data.append(contentsOf: prefix.utf8)
+        var tail: BufferTail? = nil
         // The pool tag is read, and removed before signing: it is never sent.
         let tagName = pools?.header?.lowercased()
         var tag: String? = nil
@@ -178,13 +186,12 @@ public final class Intake: Sendable {
                     guard let ours, f.lowercasedName == "authentication-results" else { return false }
                     return Intake.authservID(of: f) == ours
                 })
+            } else if inPlace {
+                tail = BufferTail(buffer: body)
             } else {
                 data.append(contentsOf: raw)
             }
         }
-        // Ours to sign: submission and local mail, and mail from trusted or
-        // authenticated clients; never mail relayed for the world.
-        let ours = origin == .submission || origin == .local || envelope.trustedClient || authUser != nil
         let pool = pools?.choose(mailFrom: envelope.mailFrom?.address ?? "", authUser: authUser, origin: origin, tag: tag, mayTag: ours)
         if let signer, sign, ours {
             do {
@@ -206,6 +213,7 @@ public final class Intake: Sendable {
             ret: envelope.parameters.ret?.rawValue, bodyType: envelope.parameters.body?.rawValue,
             smtputf8: envelope.parameters.smtputf8, origin: origin.rawValue, recipients: recipients, authentication: authentication)
         message.pool = pool
+        message.tail = tail
         return message
     }
 
@@ -239,5 +247,14 @@ public final class Intake: Sendable {
 
     private func localReceived(queueID: String, now: Int64) -> String {
         "Received: by \(hostname) (Tern, from userid \(getuid()))\r\n\tid \(queueID); \(RFC5322Date.format(millis: now))\r\n"
+    }
+}
+
+/// A received message's text, as the stored body's tail (no copy).
+struct BufferTail: BodyTail {
+    let buffer: ByteBuffer
+    var count: Int { buffer.readableBytes }
+    func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try buffer.withUnsafeReadableBytes(body)
     }
 }

@@ -11,6 +11,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import NIOCore
 
 /// Assembles reply lines into replies, enhanced codes split off (RFC 2034).
 public struct ReplyParser: Sendable {
@@ -364,7 +365,35 @@ public enum ClientProtocol {
     static func dataText(_ p: UnsafeRawBufferPointer) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(p.count + p.count / 50 + 8)
-        guard let base = p.baseAddress else { out += Array(".\r\n".utf8); return out }
+        writeDataText(p, into: &out)
+        return out
+    }
+
+    /// The DATA text written straight into `out` (the client's outgoing
+    /// buffer): no intermediate copy of a large message.
+    /// With `final` false, `p` is a piece of the message that ends with a
+    /// line feed (see `piece`) and no terminating `.` is written.
+    public static func dataText(_ p: UnsafeRawBufferPointer, into out: inout ByteBuffer, final: Bool = true) {
+        writeDataText(p, into: &out, final: final)
+    }
+
+    /// The end of the next piece of at most about `size` bytes of `p` from
+    /// `start` (a line start): just after a line feed, so that pieces
+    /// stuffed one by one make the same text as the whole; `p.count` for
+    /// the last piece (or a line longer than `size`, taken whole).
+    public static func piece(of p: UnsafeRawBufferPointer, from start: Int, size: Int) -> Int {
+        guard p.count - start > size, let base = p.baseAddress else { return p.count }
+        // The last line feed at or before start + size, else the first after it.
+        var k = start + size - 1
+        while k >= start, p[k] != 10 { k -= 1 }
+        if k >= start { return k + 1 }
+        if let lf = memchr(base + start + size, 10, p.count - start - size) { return base.distance(to: UnsafeRawPointer(lf)) + 1 }
+        return p.count
+    }
+
+    static func writeDataText<Out: DataTextOutput>(_ p: UnsafeRawBufferPointer, into out: inout Out, final: Bool = true) {
+        guard let base = p.baseAddress else { if final { out.put(".\r\n") }; return }
+        let start = out.written
         var i = 0 // always at the start of a line
         while i < p.count {
             let j = p.firstLineFeed(from: i) ?? p.count
@@ -372,24 +401,50 @@ public enum ClientProtocol {
             let end = j < p.count && j > i && p[j - 1] == 13 ? j - 1 : j
             var k = i
             while true {
-                if k < end && p[k] == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
+                if k < end && p[k] == UInt8(ascii: ".") { out.put(".") }
                 guard k < end, let cr = memchr(base + k, 13, end - k) else {
-                    out.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[k..<end]))
+                    out.put(UnsafeRawBufferPointer(rebasing: p[k..<end]))
                     break
                 }
                 let c = base.distance(to: UnsafeRawPointer(cr))
-                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[k..<c]))
-                out += [13, 10] // a bare CR ends a line of its own
+                out.put(UnsafeRawBufferPointer(rebasing: p[k..<c]))
+                out.put("\r\n") // a bare CR ends a line of its own
                 k = c + 1
             }
             if j == p.count { break }
-            out += [13, 10]
+            out.put("\r\n")
             i = j + 1
         }
-        if !out.isEmpty && !(out.count >= 2 && out[out.count - 2] == 13 && out[out.count - 1] == 10) {
-            out += [13, 10]
-        }
-        out += Array(".\r\n".utf8)
-        return out
+        guard final else { return }
+        if out.written > start && !out.endsWithCRLF { out.put("\r\n") }
+        out.put(".\r\n")
     }
+}
+
+/// Where the DATA text goes: an array (tests, fuzzing) or the client's buffer.
+protocol DataTextOutput {
+    mutating func put(_ bytes: UnsafeRawBufferPointer)
+    mutating func put(_ text: StaticString)
+    /// The last two bytes are CRLF.
+    var endsWithCRLF: Bool { get }
+    /// Bytes written so far.
+    var written: Int { get }
+}
+
+extension Array: DataTextOutput where Element == UInt8 {
+    mutating func put(_ bytes: UnsafeRawBufferPointer) { append(contentsOf: bytes) }
+    mutating func put(_ text: StaticString) {
+        text.withUTF8Buffer { append(contentsOf: $0) }
+    }
+    var endsWithCRLF: Bool { count >= 2 && self[count - 2] == 13 && self[count - 1] == 10 }
+    var written: Int { count }
+}
+
+extension ByteBuffer: DataTextOutput {
+    mutating func put(_ bytes: UnsafeRawBufferPointer) { writeBytes(bytes) }
+    mutating func put(_ text: StaticString) { writeStaticString(text) }
+    var endsWithCRLF: Bool {
+        readableBytes >= 2 && getInteger(at: writerIndex - 2, as: UInt16.self) == 0x0D0A
+    }
+    var written: Int { writerIndex }
 }

@@ -97,6 +97,10 @@ extension Scheduler: IntakeHandoff {
     }
 
     public func reserve(_ message: NewMessage) -> IntakeLease? {
+        // A large message whose text stays in the buffer it arrived in is
+        // not held here (that would keep the buffer): workers read it from
+        // the store by BLOB I/O, as they read any queued message.
+        guard message.tail == nil else { return nil }
         let bytes = heldBytes(message)
         let granted = state.withLock { s -> Bool in
             guard s.running, !s.stopping else { return false }

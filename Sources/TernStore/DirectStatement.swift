@@ -49,6 +49,12 @@ struct DirectStatement {
         _ = value.withUnsafeBytes { sqlite3_bind_blob(handle, index, $0.baseAddress, Int32($0.count), transient) }
     }
 
+    /// A blob of `count` zero bytes, to be written in place afterwards.
+    mutating func bindZeroBlob(_ count: Int) {
+        index += 1
+        sqlite3_bind_zeroblob(handle, index, Int32(count))
+    }
+
     /// Runs it to the end.
     func execute(_ db: Database) throws {
         var code = sqlite3_step(handle)

@@ -4,6 +4,7 @@
 
 import Foundation
 import GRDB
+import GRDBSQLite
 
 /// Which recipients an operator action applies to.
 public enum QueueSelector: Sendable {
@@ -118,12 +119,39 @@ extension Store {
     }
 
     static func fetchMessage(_ id: Int64, _ db: Database) throws -> StoredMessage? {
+        // A large body is read by incremental BLOB I/O straight into its
+        // buffer: a column value would be assembled from its overflow pages
+        // in SQLite's memory first, then copied (length() reads no page).
         try Row.fetchOne(db.cachedStatement(sql: """
-            SELECT id, queue_id, received_at, mail_from, body, env_id, ret, body_type, smtputf8, origin FROM message WHERE id = ?
+            SELECT id, queue_id, received_at, mail_from, CASE WHEN length(body) <= \(Store.largeBody) THEN body END, env_id, ret,
+                   body_type, smtputf8, origin, length(body) FROM message WHERE id = ?
             """), arguments: [id]).map { r in
-            StoredMessage(id: r[0], queueID: r[1], receivedAt: r[2], mailFrom: r[3], body: r[4] ?? Data(), envID: r[5], ret: r[6],
-                          bodyType: r[7], smtputf8: (r[8] as Int) != 0, origin: r[9])
+            let length: Int = r[10] ?? 0
+            let body: Data = length > Store.largeBody ? try readBlob(db, table: "message", column: "body", rowID: id, count: length) : (r[4] ?? Data())
+            return StoredMessage(id: r[0], queueID: r[1], receivedAt: r[2], mailFrom: r[3], body: body, envID: r[5], ret: r[6],
+                                 bodyType: r[7], smtputf8: (r[8] as Int) != 0, origin: r[9])
         }
+    }
+
+    /// Bodies above this many bytes go in and out of the database by
+    /// incremental BLOB I/O (sqlite3_blob_*), without a whole copy in
+    /// SQLite's memory; below it, a blob handle costs more than the copy.
+    public static let largeBody = 256 << 10
+
+    static func readBlob(_ db: Database, table: String, column: String, rowID: Int64, count: Int) throws -> Data {
+        var blob: OpaquePointer? = nil
+        let code = sqlite3_blob_open(db.sqliteConnection, "main", table, column, rowID, 0, &blob)
+        defer { sqlite3_blob_close(blob) }
+        guard code == SQLITE_OK, let blob else { throw sqliteError(code, db) }
+        var data = Data(count: count)
+        let read = data.withUnsafeMutableBytes { sqlite3_blob_read(blob, $0.baseAddress, Int32(count), 0) }
+        guard read == SQLITE_OK else { throw sqliteError(read, db) }
+        return data
+    }
+
+    /// A failed sqlite3_* call as GRDB's error (StoreError.classify reads it).
+    static func sqliteError(_ code: Int32, _ db: Database) -> DatabaseError {
+        DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
     }
 
     /// Everything about one message, for `tern queue show`.

@@ -4,6 +4,7 @@
 
 import Foundation
 import GRDB
+import GRDBSQLite
 
 /// A lease granted at intake: the owner and until when.
 public struct IntakeLease: Sendable, Equatable {
@@ -65,7 +66,13 @@ public struct NewMessage: Sendable {
     /// "" for the null sender.
     public var mailFrom: String
     /// The message as stored: our Received: on top of what the client sent.
+    /// With a `tail`, only the start (the fields Tern adds) and the tail
+    /// the rest, as the client sent it, in the buffer it arrived in.
     public var body: Data
+    /// The text as received, not copied (large messages: see Intake).
+    public var tail: (any BodyTail)? = nil
+    /// The stored body's length.
+    public var size: Int { body.count + (tail?.count ?? 0) }
     public var clientAddress: String?
     public var helo: String?
     public var authUser: String?
@@ -106,6 +113,13 @@ public struct NewMessage: Sendable {
     }
 }
 
+/// Bytes a message's stored body ends with, written into the database
+/// where they are (a received message's buffer), not copied into a `Data`.
+public protocol BodyTail: Sendable {
+    var count: Int { get }
+    func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R
+}
+
 public struct NewRecipient: Sendable, Equatable {
     public var address: String
     /// Lower-case IDNA A-label.
@@ -144,7 +158,7 @@ extension Store {
         var json = JSONObjectWriter()
         json.add("queue_id", m.queueID)
         json.add("from", m.mailFrom)
-        json.add("size", m.body.count)
+        json.add("size", m.size)
         json.add("recipients", m.recipients.count)
         json.add("client", m.clientAddress)
         json.add("helo", m.helo)
@@ -163,8 +177,8 @@ extension Store {
         msg.bind(m.queueID)
         msg.bind(m.receivedAt)
         msg.bind(m.mailFrom)
-        msg.bind(m.body.count)
-        msg.bind(m.body)
+        msg.bind(m.size)
+        if m.tail != nil { msg.bindZeroBlob(m.size) } else { msg.bind(m.body) }
         msg.bind(m.clientAddress)
         msg.bind(m.helo)
         msg.bind(m.authUser)
@@ -181,6 +195,23 @@ extension Store {
         msg.bind(m.authentication?.results)
         try msg.execute(db)
         let messageID = db.lastInsertedRowID
+        if let tail = m.tail {
+            // The zero-filled body is written in place: the start, then the
+            // tail from the buffer it arrived in (incremental BLOB I/O).
+            var blob: OpaquePointer? = nil
+            let code = sqlite3_blob_open(db.sqliteConnection, "main", "message", "body", messageID, 1, &blob)
+            defer { sqlite3_blob_close(blob) }
+            guard code == SQLITE_OK, let blob else { throw Store.sqliteError(code, db) }
+            var written = m.body.withUnsafeBytes { raw in
+                raw.isEmpty ? SQLITE_OK : sqlite3_blob_write(blob, raw.baseAddress, Int32(raw.count), 0)
+            }
+            if written == SQLITE_OK {
+                written = tail.withBytes { raw in
+                    raw.isEmpty ? SQLITE_OK : sqlite3_blob_write(blob, raw.baseAddress, Int32(raw.count), Int32(m.body.count))
+                }
+            }
+            guard written == SQLITE_OK else { throw Store.sqliteError(written, db) }
+        }
         let insertRecipient = try db.cachedStatement(sql: Store.insertRecipientSQL)
         // A suppressed address is not leased: the scheduler's pass settles it
         // (no attempt, a DSN as NOTIFY asks) like any other suppressed recipient.

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Testing
 @testable import TernProtocol
 
@@ -155,6 +156,34 @@ import Testing
                 #expect(ClientProtocol.dataText(body) == DataTextEquivalenceTests.reference(body), "\(body)")
                 #expect(ClientProtocol.dataText(Data(body)) == DataTextEquivalenceTests.reference(body))
                 #expect(!DataTextEquivalenceTests.hasBareLineEnd(ClientProtocol.dataText(body)), "\(body)")
+            }
+        }
+    }
+
+    /// A large message goes out in pieces (each ends after a line feed,
+    /// each stuffed into the outgoing buffer alone): together they are the
+    /// whole message's DATA text, whatever the piece size.
+    @Test func piecesStuffedOneByOneMakeTheWholeText() {
+        var rng = SystemRandomNumberGenerator()
+        let alphabet: [UInt8] = [UInt8(ascii: "."), 13, 10, UInt8(ascii: "a"), UInt8(ascii: "b")]
+        for length in 0..<60 {
+            for _ in 0..<100 {
+                let body = (0..<length).map { _ in alphabet.randomElement(using: &rng)! }
+                let whole = ClientProtocol.dataText(body)
+                for size in [1, 2, 3, 7, 64] {
+                    var out = ByteBuffer()
+                    body.withUnsafeBytes { raw in
+                        var offset = 0
+                        repeat {
+                            let end = ClientProtocol.piece(of: raw, from: offset, size: size)
+                            #expect(end > offset || raw.isEmpty)
+                            #expect(end == raw.count || raw[end - 1] == 10)
+                            ClientProtocol.dataText(UnsafeRawBufferPointer(rebasing: raw[offset..<end]), into: &out, final: end == raw.count)
+                            offset = end
+                        } while offset < raw.count
+                    }
+                    #expect(Array(out.readableBytesView) == whole, "\(body) in pieces of \(size)")
+                }
             }
         }
     }

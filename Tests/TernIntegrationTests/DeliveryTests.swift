@@ -133,6 +133,29 @@ extension TestServer {
         #expect(sink.providerStats.peakByPeer["127.0.0.1"] ?? 0 >= 2)
     }
 
+    /// A large message (above Store.largeBody) goes into the database from
+    /// the buffer it arrived in and out by BLOB I/O, dot-stuffed straight
+    /// into the client's buffer a piece at a time: it arrives whole, byte for byte.
+    @Test func aLargeMessageArrivesWhole() async throws {
+        let sink = try await SinkServer.start(group: server0Group)
+        defer { Task { await sink.stop() } }
+        let server = try await TestServer.start(delivery: DeliverySetup(routes: [StaticRoute(domain: "*", host: "127.0.0.1", port: sink.port)]))
+        defer { Task { await server.stop() } }
+        let c = try server.greetedClient()
+        let lines = (0..<16_000).map { i in i % 97 == 0 ? "..line \(i) starts with a dot" : "line \(i) " + String(repeating: "x", count: 70) }
+        let body = "Subject: large\r\nMessage-ID: <large@sender.test>\r\n\r\n" + lines.joined(separator: "\r\n") + "\r\n"
+        #expect(body.utf8.count > 1_200_000) // two pieces on the way out
+        #expect(try c.sendMessage(from: "a@sender.test", to: ["big@far.test"], body: body).status == "250 2.0.0")
+        #expect(await eventually { try server.count("SELECT count(*) FROM recipient WHERE state = 'delivered'") == 1 })
+        let m = try #require(sink.messages.first)
+        // What the client sent, un-stuffed by the sink, below our Received: field.
+        let unstuffed = body.replacingOccurrences(of: "\r\n..", with: "\r\n.")
+        #expect(m.data.hasPrefix("Received: "))
+        #expect(m.data.hasSuffix(unstuffed))
+        #expect(m.data.utf8.count - unstuffed.utf8.count < 400)
+        #expect(try server.count("SELECT size FROM message WHERE header_message_id = 'large@sender.test'") == m.data.utf8.count)
+    }
+
     /// A 421 greeting, a connection dropped after the final dot and a reply
     /// that never comes: each ends deferred, with its attempt and event.
     @Test func troubleAtTheRemoteEndDefers() async throws {

@@ -320,6 +320,39 @@ func sampleMessage(_ queueID: String = UUID().uuidString, recipients: Int = 2, s
         #expect(try store.stateCounts() == [.queued: 3])
     }
 
+    /// A large body goes in as a start plus a tail written in place (BLOB
+    /// I/O, no copy) and comes out whole the same way; a small one as a value.
+    @Test func largeBodiesGoInAndOutByBlobIO() async throws {
+        struct Tail: BodyTail {
+            let bytes: [UInt8]
+            var count: Int { bytes.count }
+            func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R { try bytes.withUnsafeBytes(body) }
+        }
+        let store = try Store(path: temporaryDatabase())
+        defer { store.close() }
+        let start = Data("Received: by us\r\n".utf8)
+        let text = (0..<(Store.largeBody + 12_345)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+        var large = sampleMessage("LARGE", recipients: 1)
+        large.body = start
+        large.tail = Tail(bytes: text)
+        #expect(large.size == start.count + text.count)
+        let id = try await store.insertMessage(large)
+        #expect(try store.read { db in try Int.fetchOne(db, sql: "SELECT size FROM message WHERE id = ?", arguments: [id]) } == large.size)
+        #expect(try store.read { db in try Data.fetchOne(db, sql: "SELECT body FROM message WHERE id = ?", arguments: [id]) } == start + Data(text))
+        #expect(try store.message(id: id)?.body == start + Data(text))
+        let detail = try #require(try store.read { db in try String.fetchOne(db, sql: "SELECT detail FROM event WHERE kind='received' AND message_id=?", arguments: [id]) })
+        #expect(detail.contains("\"size\":\(large.size)"))
+        // At the threshold and below: the column value, as before.
+        let small = sampleMessage("SMALL", recipients: 1, size: Store.largeBody)
+        let smallID = try await store.insertMessage(small)
+        #expect(try store.message(id: smallID)?.body == small.body)
+        // A tail of nothing is an empty body, not a failure.
+        var empty = sampleMessage("EMPTY", recipients: 1, size: 0)
+        empty.tail = Tail(bytes: [])
+        let emptyID = try await store.insertMessage(empty)
+        #expect(try store.message(id: emptyID)?.body == Data())
+    }
+
     @Test func duplicateQueueIDFailsAloneAndLeavesNothing() async throws {
         let store = try Store(path: temporaryDatabase())
         defer { store.close() }
