@@ -33,6 +33,12 @@ public struct SchedulerConfig: Sendable {
     public var messagesPerConnection = 100
     /// Recipients a worker claims at a time.
     public var claimBatch = 20
+    /// A destination whose messages take this long each (a remote server
+    /// that is slow to answer the final dot, a tarpit) gets a connection per
+    /// due message rather than per five, each taking `slowBatch` at a time:
+    /// its mail then waits on the server side by side, not in one line.
+    public var slowMillis: Int64 = 250
+    public var slowBatch = 2
     public var leaseMillis: Int64 = 10 * 60_000
     /// Longest sleep between passes; also how soon mail queued by another
     /// process (`tern sendmail`) is noticed.
@@ -104,6 +110,9 @@ public final class Scheduler: Service, Sendable {
         var dueInStore: Set<Lane> = []
         /// Destinations the send gate closed, until when.
         var pacedUntil: [Lane: Int64] = [:]
+        /// Milliseconds a message took to send, by destination (a moving
+        /// average): a slow server gets more connections and smaller batches.
+        var pace: [Lane: Int64] = [:]
         /// Recipients this process holds a lease on and has not settled:
         /// renewed while held, never swept (issue 15: a delivery slower than
         /// the lease was handed to a second worker and sent twice).
@@ -302,7 +311,8 @@ public final class Scheduler: Service, Sendable {
     /// gate admits (a source at its warm-up cap or shaping limit leaves the
     /// connection to the pool's others). Called with the state locked.
     func startWorkers(_ lane: Lane, due: Int, _ s: inout State) {
-        let wanted = min(config.maxConnectionsPerDestination, max(1, (due + 4) / 5))
+        let perWorker = isSlow(lane, s) ? config.slowBatch : 5
+        let wanted = min(config.maxConnectionsPerDestination, max(1, (due + perWorker - 1) / perWorker))
         while !s.stopping, let spawner = s.spawner, s.total < config.maxConnections, s.active[lane, default: 0] < wanted {
             let now = clock.now()
             if let until = s.pacedUntil[lane], until > now { return }
@@ -336,6 +346,19 @@ public final class Scheduler: Service, Sendable {
             s.active[lane, default: 0] += 1
             s.nextWorkerID += 1
             spawner.yield(WorkerStart(lane: lane, id: id, source: source))
+        }
+    }
+
+    /// Whether `lane`'s server has been slow per message lately.
+    func isSlow(_ lane: Lane, _ s: borrowing State) -> Bool {
+        (s.pace[lane] ?? 0) >= config.slowMillis
+    }
+
+    /// How long a message to `lane` took to send (a moving average, 1/4 new).
+    func observePace(_ lane: Lane, millis: Int64) {
+        state.withLock { s in
+            if s.pace.count >= 100_000, s.pace[lane] == nil { s.pace.removeAll(keepingCapacity: true) }
+            s.pace[lane] = s.pace[lane].map { ($0 * 3 + millis) / 4 } ?? millis
         }
     }
 

@@ -213,7 +213,9 @@ struct Worker {
         }
         s.config.sources.sent(source)
         let outcomes = await connection.send(Scheduler.outbound(messageID, recipients, stored), next: next)
-        if TernMetrics.enabled { TernMetrics.deliveryDuration(milliseconds: s.clock.now() - started) }
+        let took = s.clock.now() - started
+        s.observePace(lane, millis: took)
+        if TernMetrics.enabled { TernMetrics.deliveryDuration(milliseconds: took) }
         // The destination's answers, for shaping: each distinct refusal, and
         // one success per transaction that delivered.
         var seen: Set<SMTPReply> = []
@@ -241,7 +243,9 @@ struct Worker {
     /// be given back to the store (and claimed and read again).
     private mutating func next(messages: Int = .max) async -> Batch {
         let s = scheduler
-        let limit = min(s.config.claimBatch, max(1, messages))
+        // To a slow server, small batches: the lane's other connections take the rest.
+        let batch = s.state.withLock { s.isSlow(lane, $0) } ? s.config.slowBatch : s.config.claimBatch
+        let limit = min(batch, max(1, messages))
         let inStore = s.state.withLock { $0.dueInStore.contains(lane) }
         if preferReady || !inStore {
             let batch = await takeReady(messages: limit)
@@ -259,7 +263,7 @@ struct Worker {
             // rate limit, though, no more than the gate allows now are claimed
             // (a message's other recipients then follow in a later transaction).
             let allowance = s.gate.allowance(request(.message), now: s.clock.now())
-            let claimed = await s.claimDeliverable(lane, limit: allowance.map { max(1, $0) } ?? .max)
+            let claimed = await s.claimDeliverable(lane, limit: min(batch, allowance.map { max(1, $0) } ?? .max))
             if !claimed.isEmpty { return Batch(recipients: claimed) }
         }
         return await takeReady(messages: limit)
@@ -273,7 +277,8 @@ struct Worker {
         let s = scheduler
         let staleBefore = s.clock.now() + s.config.leaseMillis / 2
         let (fresh, stale) = s.state.withLock { state in
-            state.ready.take(lane, maxRecipients: s.config.claimBatch, maxMessages: messages, staleBefore: staleBefore)
+            state.ready.take(lane, maxRecipients: s.isSlow(lane, state) ? s.config.slowBatch : s.config.claimBatch,
+                             maxMessages: messages, staleBefore: staleBefore)
         }
         if !stale.isEmpty {
             s.logger.warning("handed-over mail waited too long; queued again", metadata: ["domain": "\(domain)", "recipients": "\(stale.count)"])

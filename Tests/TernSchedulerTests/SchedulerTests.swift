@@ -19,6 +19,9 @@ final class FakeAgent: DeliveryAgent, @unchecked Sendable {
     var allOK = false
     /// Sends to these domains wait until `releaseSlow()`.
     var slow: Set<String> = []
+    /// Called at each send with the domain (a test advances its clock: a
+    /// server slow per message).
+    var onSend: (@Sendable (String) -> Void)? = nil
     private var slowWaiters: [CheckedContinuation<Void, Never>] = []
     private var slowOpen = false
     private(set) var connections = 0
@@ -89,6 +92,7 @@ final class FakeConnection: DeliveryConnection, @unchecked Sendable {
     var context: AttemptContext { AttemptContext(mxHost: "mx.\(domain)", mxAddress: "127.0.0.1", tls: nil, remoteDSN: agent.remoteDSN) }
     var isReusable: Bool { !(agent.breakAfterFirstMessage && messages >= 1) }
     func send(_ m: OutboundMessage) async -> [Int64: RecipientOutcome] {
+        agent.onSend?(domain)
         await agent.waitIfSlow(domain)
         messages += 1
         agent.record(m, from: source)
@@ -374,6 +378,37 @@ struct Harness {
             await h.scheduler.runDue()
         }
         #expect(try h.rows("SELECT count(*) FROM recipient WHERE domain = 'slow.test' AND state = 'delivered'").first?[0] as Int? == 10)
+    }
+
+    /// A server that takes a second per message (issue 21's `internet`
+    /// benchmark: a slow final-dot reply) gets a connection per two due
+    /// messages, each taking two at a time, up to the destination's limit;
+    /// to a fast one the first connection takes a whole claim batch (the
+    /// others it was given find nothing and open none).
+    @Test func aServerSlowPerMessageGetsMoreConnectionsAndSmallerBatches() async throws {
+        let h = try Harness { $0.maxConnectionsPerDestination = 8; $0.claimBatch = 20 }
+        let clock = h.clock
+        h.agent.onSend = { domain in if domain == "tar.test" { clock.advance(ms: 1_000) } }
+        // One message each first: the scheduler learns how long a message takes.
+        try await h.submit(["ok@tar.test"])
+        try await h.submit(["ok@quick.test"])
+        await h.scheduler.runDue()
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] as Int? == 2)
+        // Then 16 each, with the sends held so that every worker started is seen open.
+        h.agent.slow = ["tar.test", "quick.test"]
+        for i in 0..<16 { try await h.submit(["ok\(i)@tar.test"]); try await h.submit(["ok\(i)@quick.test"]) }
+        let pass = Task { await h.scheduler.runDue() }
+        for _ in 0..<500 where (h.agent.lock.withLock { h.agent.open["tar.test"] ?? 0 }) < 8 { try await Task.sleep(for: .milliseconds(5)) }
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(h.agent.lock.withLock { h.agent.open["tar.test"] ?? 0 } == 8) // 16 due, one connection per two
+        #expect(h.agent.lock.withLock { h.agent.open["quick.test"] ?? 0 } == 1) // 16 due, all in one claim of up to 20
+        h.agent.releaseSlow()
+        await pass.value
+        for _ in 0..<50 where try h.rows("SELECT count(*) FROM recipient WHERE state <> 'delivered'").first?[0] as Int? ?? 0 > 0 {
+            await h.scheduler.runDue()
+        }
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] as Int? == 34)
+        #expect(h.agent.maxOpen["tar.test"] == 8)
     }
 
     @Test func untriedRecipientsAreReleasedWhenAConnectionBreaks() async throws {
