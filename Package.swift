@@ -77,7 +77,7 @@ let package = Package(
         ]),
         // SwiftNIO SMTP server carrying out the session machine's actions.
         .target(name: "TernListener", dependencies: [
-            "TernProtocol", "TernIntake", "TernMailAuth", "TernStore", "TernConcurrency", "TernMetrics", nioCore, nioPosix, logging, lifecycle,
+            "TernProtocol", "TernIntake", "TernMailAuth", "TernStore", "TernConcurrency", "TernMetrics", "CTernSystem", nioCore, nioPosix, logging, lifecycle,
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOTLS", package: "swift-nio"),
         ]),

@@ -106,6 +106,8 @@ public final class SMTPListener: Service, Sendable {
     private let recipientsVersion = NIOLockedValueBox<String?>(nil)
 
     public init(config: ListenerConfig, intake: Intake, group: EventLoopGroup, logger: Logger = Logger(label: "tern.smtpd")) {
+        var config = config
+        config.session.textAllocator = .messageText
         self.config = config
         self.intake = intake
         self.group = group

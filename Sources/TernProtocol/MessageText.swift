@@ -39,7 +39,7 @@ struct MessageText: Sendable {
         maxLine = config.maxTextLine
         bareNewline = config.bareNewline
         previousLineEndedCRLF = commandEnding == .crlf
-        body.reserveCapacity(16 * 1024)
+        body = config.textAllocator.buffer(capacity: 16 * 1024)
     }
 
     /// At the first BDAT of a transaction.
@@ -48,6 +48,7 @@ struct MessageText: Sendable {
         maxLine = config.maxTextLine
         bareNewline = config.bareNewline
         previousLineEndedCRLF = true
+        body = config.textAllocator.buffer(capacity: 0)
     }
 
     // MARK: - DATA

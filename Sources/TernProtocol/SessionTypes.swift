@@ -7,6 +7,9 @@ import NIOCore
 /// Limits and identity for one session.
 public struct SessionConfig: Sendable {
     public var hostname: String
+    /// Where a message's text is kept while it arrives (the listener's
+    /// gives a large one a mapping of its own).
+    public var textAllocator = ByteBufferAllocator()
     public var maxMessageSize: Int = 26_214_400
     public var maxRecipients: Int = 1000
     /// RFC 5321 §4.5.3.1.4: 512 octets including CRLF.

@@ -5,6 +5,7 @@
 import Foundation
 import GRDB
 import GRDBSQLite
+import CTernSystem
 
 /// Which recipients an operator action applies to.
 public enum QueueSelector: Sendable {
@@ -143,10 +144,15 @@ extension Store {
         let code = sqlite3_blob_open(db.sqliteConnection, "main", table, column, rowID, 0, &blob)
         defer { sqlite3_blob_close(blob) }
         guard code == SQLITE_OK, let blob else { throw sqliteError(code, db) }
-        var data = Data(count: count)
-        let read = data.withUnsafeMutableBytes { sqlite3_blob_read(blob, $0.baseAddress, Int32(count), 0) }
-        guard read == SQLITE_OK else { throw sqliteError(read, db) }
-        return data
+        // A mapping of its own (tern_buf_*): its pages go back to the kernel
+        // when the message is sent, not into a malloc arena.
+        guard let bytes = tern_buf_allocate(count) else { throw sqliteError(SQLITE_NOMEM, db) }
+        let read = sqlite3_blob_read(blob, bytes, Int32(count), 0)
+        guard read == SQLITE_OK else {
+            tern_buf_deallocate(bytes)
+            throw sqliteError(read, db)
+        }
+        return Data(bytesNoCopy: bytes, count: count, deallocator: .custom { p, _ in tern_buf_deallocate(p) })
     }
 
     /// A failed sqlite3_* call as GRDB's error (StoreError.classify reads it).

@@ -203,3 +203,31 @@ import TernStore
         #expect(!channel.isActive)
     }
 }
+
+/// Message text buffers: small ones from malloc, large ones mappings of
+/// their own, grown across the boundary and within mappings; what was
+/// written survives every move.
+@Suite struct MessageTextAllocatorTests {
+    @Test func aBufferGrowsFromMallocIntoAMappingIntact() {
+        var buffer = ByteBufferAllocator.messageText.buffer(capacity: 16 * 1024)
+        var expected: [UInt8] = []
+        var n = 0
+        while buffer.readableBytes < 3 << 20 {
+            let line = Array("line \(n) ".utf8) + Array(repeating: UInt8(ascii: "a") + UInt8(n % 26), count: n % 300) + [13, 10]
+            buffer.writeBytes(line)
+            expected += line
+            n += 1
+        }
+        #expect(buffer.capacity >= 3 << 20)
+        #expect(Array(buffer.readableBytesView) == expected)
+        // A copy is a separate block (copy-on-write through the allocator's copy).
+        var copy = buffer
+        copy.writeString("more")
+        #expect(Array(buffer.readableBytesView) == expected)
+        #expect(Array(copy.readableBytesView) == expected + Array("more".utf8))
+        // A small one stays small and works the same.
+        var small = ByteBufferAllocator.messageText.buffer(capacity: 0)
+        small.writeString("Subject: x\r\n")
+        #expect(small.readString(length: small.readableBytes) == "Subject: x\r\n")
+    }
+}

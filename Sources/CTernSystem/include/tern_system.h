@@ -7,6 +7,18 @@
 /// success, 0 where the C library has no mallopt.
 int tern_malloc_thresholds(int trim_threshold, int mmap_threshold);
 
+#include <stddef.h>
+
+/// Allocation functions for message buffers (a ByteBufferAllocator's): a
+/// block of 256 KiB or more is a mapping of its own (tern_system.c).
+void *tern_buf_allocate(size_t size);
+void *tern_buf_reallocate(void *ptr, size_t old_size, size_t new_size);
+void tern_buf_deallocate(void *ptr);
+
+/// Gives the free memory inside glibc's heaps back to the kernel
+/// (malloc_trim(0)); 1 when some was, 0 otherwise or without glibc.
+int tern_malloc_trim(void);
+
 /// Turns off SQLite's memory statistics (SQLITE_CONFIG_MEMSTATUS): without
 /// them sqlite3_malloc takes no global mutex. Only before the first
 /// connection opens; returns 1 on success, 0 when SQLite already started.
