@@ -318,11 +318,13 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 // body), not twice, however many connections send one.
                 var offset = 0
                 var failed = false
+                let group = then.reduce(0) { $0 + $1.utf8.count + 2 }
                 while !failed {
                     let (piece, end) = message.body.withUnsafeBytes { raw -> (ByteBuffer, Int) in
                         let end = ClientProtocol.piece(of: raw, from: offset, size: SMTPClientConnection.pieceSize)
                         let part = UnsafeRawBufferPointer(rebasing: raw[offset..<end])
-                        var out = channel.allocator.buffer(capacity: part.count + part.count / 64 + 8)
+                        // The last piece carries the next message's commands too.
+                        var out = channel.allocator.buffer(capacity: part.count + part.count / 64 + 8 + (end == raw.count ? group : 0))
                         ClientProtocol.dataText(part, into: &out, final: end == raw.count)
                         return (out, end)
                     }
