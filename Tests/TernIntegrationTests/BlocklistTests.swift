@@ -103,7 +103,13 @@ import TernTestSupport
             let dns = try BlocklistTests.dns(listing: [], silent: silent)
             let (m, r) = try monitor(dns, book, store, onListed: .pause)
             defer { r.shutdown() }
-            _ = try await m.check()
+            // An answer slower than the resolver's 400 ms (a loaded CI
+            // machine; seen once) is a temporary error that changes no
+            // status, as phase 3 shows: the monitor's next round asks again.
+            for _ in 0..<5 {
+                _ = try await m.check()
+                if try status("bl.test")?.listed == false { break }
+            }
             #expect(try status("bl.test")?.listed == false)
             let delisted = try events("blocklist_delisted").filter { $0["zone"] as? String == "bl.test" }
             #expect(delisted.count == 1 && delisted[0]["source"] as? String == "a" && delisted[0]["code"] as? String == "127.0.0.2")
