@@ -72,14 +72,6 @@ void *tern_buf_reallocate(void *ptr, size_t old_size, size_t new_size) {
     return q;
 }
 
-int tern_malloc_trim(void) {
-#if defined(__GLIBC__)
-    return malloc_trim(0);
-#else
-    return 0;
-#endif
-}
-
 #include <sqlite3.h>
 
 int tern_sqlite_memstatus_off(void) {

@@ -35,8 +35,9 @@ public struct SchedulerConfig: Sendable {
     public var claimBatch = 20
     /// A destination whose messages take this long each (a remote server
     /// that is slow to answer the final dot, a tarpit) gets a connection per
-    /// due message rather than per five, each taking `slowBatch` at a time:
-    /// its mail then waits on the server side by side, not in one line.
+    /// `slowBatch` due messages rather than per five, each taking
+    /// `slowBatch` at a time rather than `claimBatch`: its mail then waits
+    /// on the server side by side, not in one connection's line.
     public var slowMillis: Int64 = 250
     public var slowBatch = 2
     public var leaseMillis: Int64 = 10 * 60_000

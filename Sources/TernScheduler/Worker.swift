@@ -244,11 +244,10 @@ struct Worker {
     private mutating func next(messages: Int = .max) async -> Batch {
         let s = scheduler
         // To a slow server, small batches: the lane's other connections take the rest.
-        let batch = s.state.withLock { s.isSlow(lane, $0) } ? s.config.slowBatch : s.config.claimBatch
-        let limit = min(batch, max(1, messages))
-        let inStore = s.state.withLock { $0.dueInStore.contains(lane) }
+        let (size, inStore) = s.state.withLock { (s.isSlow(lane, $0) ? s.config.slowBatch : s.config.claimBatch, $0.dueInStore.contains(lane)) }
+        let limit = min(size, max(1, messages))
         if preferReady || !inStore {
-            let batch = await takeReady(messages: limit)
+            let batch = await takeReady(recipients: size, messages: limit)
             if !batch.recipients.isEmpty {
                 preferReady = false
                 return batch
@@ -263,22 +262,21 @@ struct Worker {
             // rate limit, though, no more than the gate allows now are claimed
             // (a message's other recipients then follow in a later transaction).
             let allowance = s.gate.allowance(request(.message), now: s.clock.now())
-            let claimed = await s.claimDeliverable(lane, limit: min(batch, allowance.map { max(1, $0) } ?? .max))
+            let claimed = await s.claimDeliverable(lane, limit: min(size, allowance.map { max(1, $0) } ?? .max))
             if !claimed.isEmpty { return Batch(recipients: claimed) }
         }
-        return await takeReady(messages: limit)
+        return await takeReady(recipients: size, messages: limit)
     }
 
-    /// Handed-over recipients of this destination, up to a claim batch of at
-    /// most `messages` messages. Mail that waited so long that half its lease
+    /// Handed-over recipients of this destination, up to `recipients` (a
+    /// batch) in at most `messages` messages. Mail that waited so long that half its lease
     /// is gone is given back to the store instead: its lease must outlast
     /// the delivery.
-    private func takeReady(messages: Int) async -> Batch {
+    private func takeReady(recipients: Int, messages: Int) async -> Batch {
         let s = scheduler
         let staleBefore = s.clock.now() + s.config.leaseMillis / 2
         let (fresh, stale) = s.state.withLock { state in
-            state.ready.take(lane, maxRecipients: s.isSlow(lane, state) ? s.config.slowBatch : s.config.claimBatch,
-                             maxMessages: messages, staleBefore: staleBefore)
+            state.ready.take(lane, maxRecipients: recipients, maxMessages: messages, staleBefore: staleBefore)
         }
         if !stale.isEmpty {
             s.logger.warning("handed-over mail waited too long; queued again", metadata: ["domain": "\(domain)", "recipients": "\(stale.count)"])

@@ -128,7 +128,7 @@ extension Store {
                    body_type, smtputf8, origin, length(body) FROM message WHERE id = ?
             """), arguments: [id]).map { r in
             let length: Int = r[10] ?? 0
-            let body: Data = length > Store.largeBody ? try readBlob(db, table: "message", column: "body", rowID: id, count: length) : (r[4] ?? Data())
+            let body: Data = length > Store.largeBody ? try readBody(db, messageID: id, count: length) : (r[4] ?? Data())
             return StoredMessage(id: r[0], queueID: r[1], receivedAt: r[2], mailFrom: r[3], body: body, envID: r[5], ret: r[6],
                                  bodyType: r[7], smtputf8: (r[8] as Int) != 0, origin: r[9])
         }
@@ -139,20 +139,28 @@ extension Store {
     /// SQLite's memory; below it, a blob handle costs more than the copy.
     public static let largeBody = 256 << 10
 
-    static func readBlob(_ db: Database, table: String, column: String, rowID: Int64, count: Int) throws -> Data {
+    /// Runs `body` with a handle on message `messageID`'s body (incremental
+    /// BLOB I/O: sqlite3_blob_read/write), closed afterwards.
+    static func withBodyBlob<T>(_ db: Database, messageID: Int64, writable: Bool, _ body: (OpaquePointer) throws -> T) throws -> T {
         var blob: OpaquePointer? = nil
-        let code = sqlite3_blob_open(db.sqliteConnection, "main", table, column, rowID, 0, &blob)
+        let code = sqlite3_blob_open(db.sqliteConnection, "main", "message", "body", messageID, writable ? 1 : 0, &blob)
         defer { sqlite3_blob_close(blob) }
         guard code == SQLITE_OK, let blob else { throw sqliteError(code, db) }
-        // A mapping of its own (tern_buf_*): its pages go back to the kernel
-        // when the message is sent, not into a malloc arena.
-        guard let bytes = tern_buf_allocate(count) else { throw sqliteError(SQLITE_NOMEM, db) }
-        let read = sqlite3_blob_read(blob, bytes, Int32(count), 0)
-        guard read == SQLITE_OK else {
-            tern_buf_deallocate(bytes)
-            throw sqliteError(read, db)
+        return try body(blob)
+    }
+
+    static func readBody(_ db: Database, messageID: Int64, count: Int) throws -> Data {
+        try withBodyBlob(db, messageID: messageID, writable: false) { blob in
+            // A mapping of its own (tern_buf_*): its pages go back to the kernel
+            // when the message is sent, not into a malloc arena.
+            guard let bytes = tern_buf_allocate(count) else { throw sqliteError(SQLITE_NOMEM, db) }
+            let read = sqlite3_blob_read(blob, bytes, Int32(count), 0)
+            guard read == SQLITE_OK else {
+                tern_buf_deallocate(bytes)
+                throw sqliteError(read, db)
+            }
+            return Data(bytesNoCopy: bytes, count: count, deallocator: .custom { p, _ in tern_buf_deallocate(p) })
         }
-        return Data(bytesNoCopy: bytes, count: count, deallocator: .custom { p, _ in tern_buf_deallocate(p) })
     }
 
     /// A failed sqlite3_* call as GRDB's error (StoreError.classify reads it).

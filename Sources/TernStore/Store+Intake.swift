@@ -198,19 +198,17 @@ extension Store {
         if let tail = m.tail {
             // The zero-filled body is written in place: the start, then the
             // tail from the buffer it arrived in (incremental BLOB I/O).
-            var blob: OpaquePointer? = nil
-            let code = sqlite3_blob_open(db.sqliteConnection, "main", "message", "body", messageID, 1, &blob)
-            defer { sqlite3_blob_close(blob) }
-            guard code == SQLITE_OK, let blob else { throw Store.sqliteError(code, db) }
-            var written = m.body.withUnsafeBytes { raw in
-                raw.isEmpty ? SQLITE_OK : sqlite3_blob_write(blob, raw.baseAddress, Int32(raw.count), 0)
-            }
-            if written == SQLITE_OK {
-                written = tail.withBytes { raw in
-                    raw.isEmpty ? SQLITE_OK : sqlite3_blob_write(blob, raw.baseAddress, Int32(raw.count), Int32(m.body.count))
+            try Store.withBodyBlob(db, messageID: messageID, writable: true) { blob in
+                var written = m.body.withUnsafeBytes { raw in
+                    raw.isEmpty ? SQLITE_OK : sqlite3_blob_write(blob, raw.baseAddress, Int32(raw.count), 0)
                 }
+                if written == SQLITE_OK {
+                    written = tail.withBytes { raw in
+                        raw.isEmpty ? SQLITE_OK : sqlite3_blob_write(blob, raw.baseAddress, Int32(raw.count), Int32(m.body.count))
+                    }
+                }
+                guard written == SQLITE_OK else { throw Store.sqliteError(written, db) }
             }
-            guard written == SQLITE_OK else { throw Store.sqliteError(written, db) }
         }
         let insertRecipient = try db.cachedStatement(sql: Store.insertRecipientSQL)
         // A suppressed address is not leased: the scheduler's pass settles it

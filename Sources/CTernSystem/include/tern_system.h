@@ -15,10 +15,6 @@ void *tern_buf_allocate(size_t size);
 void *tern_buf_reallocate(void *ptr, size_t old_size, size_t new_size);
 void tern_buf_deallocate(void *ptr);
 
-/// Gives the free memory inside glibc's heaps back to the kernel
-/// (malloc_trim(0)); 1 when some was, 0 otherwise or without glibc.
-int tern_malloc_trim(void);
-
 /// Turns off SQLite's memory statistics (SQLITE_CONFIG_MEMSTATUS): without
 /// them sqlite3_malloc takes no global mutex. Only before the first
 /// connection opens; returns 1 on success, 0 when SQLite already started.
