@@ -38,6 +38,8 @@ final class GroupCommitWriter: Sendable {
     struct Request: Sendable {
         let work: Work
         let durable: Bool
+        /// Message bytes the request writes (0 for the rest): see `maxBatchBytes`.
+        let bytes: Int
         let done: Done
     }
 
@@ -51,6 +53,15 @@ final class GroupCommitWriter: Sendable {
     private let queue = DispatchQueue(label: "tern.store.writer", qos: .userInitiated)
     private let pool: DatabasePool
     let maxBatch: Int
+    /// Most message bytes in one transaction: a batch ends before the
+    /// request that would pass it (its first request always goes). With
+    /// the writer's `cache_spill` above it (Store.init), a batch's new
+    /// pages stay in memory until COMMIT writes each of them once. Past the
+    /// spill threshold SQLite writes dirty pages to the WAL mid-transaction,
+    /// and a large body's pages went there twice: as the INSERT's zeroblob,
+    /// then again (overwriting those frames, whose checksums COMMIT then
+    /// re-reads and rewrites) with the text written in place.
+    let maxBatchBytes: Int
 
     /// Counters for benchmarks and tests: committed transactions and requests.
     let commits = Atomic<Int>(0)
@@ -63,15 +74,16 @@ final class GroupCommitWriter: Sendable {
     /// exactly while it commits with synchronous=FULL.
     private let walGathered = Atomic<Bool>(false)
 
-    init(pool: DatabasePool, maxBatch: Int = 512) {
+    init(pool: DatabasePool, maxBatch: Int = 512, maxBatchBytes: Int = 16 << 20) {
         self.pool = pool
         self.maxBatch = maxBatch
+        self.maxBatchBytes = maxBatchBytes
     }
 
-    func submit(_ work: @escaping Work, durable: Bool = true, done: @escaping Done) {
+    func submit(_ work: @escaping Work, durable: Bool = true, bytes: Int = 0, done: @escaping Done) {
         let start: Bool? = state.withLock { s in
             if s.closed { return nil }
-            s.pending.append(Request(work: work, durable: durable, done: done))
+            s.pending.append(Request(work: work, durable: durable, bytes: bytes, done: done))
             if s.running { return false }
             s.running = true
             return true
@@ -96,7 +108,7 @@ final class GroupCommitWriter: Sendable {
                     s.running = false
                     return []
                 }
-                let n = min(maxBatch, s.pending.count)
+                let n = GroupCommitWriter.batchLength(s.pending.lazy.map(\.bytes), maxCount: maxBatch, maxBytes: maxBatchBytes)
                 let b = Array(s.pending[0..<n])
                 s.pending.removeFirst(n)
                 return b
@@ -104,6 +116,19 @@ final class GroupCommitWriter: Sendable {
             if batch.isEmpty { return }
             commit(batch)
         }
+    }
+
+    /// How many of the pending requests (their message bytes, in order) the
+    /// next batch takes: at most `maxCount`, and no more bytes than
+    /// `maxBytes` unless the first request alone has more.
+    static func batchLength<S: Sequence<Int>>(_ bytes: S, maxCount: Int, maxBytes: Int) -> Int {
+        var n = 0, total = 0
+        for b in bytes {
+            if n == maxCount || (n > 0 && total + b > maxBytes) { break }
+            total += b
+            n += 1
+        }
+        return n
     }
 
     private func commit(_ batch: [Request]) {

@@ -142,11 +142,11 @@ extension Store {
         // The event's JSON is built here, on the caller's thread: the writer
         // thread is the one every message waits for.
         let detail = Store.receivedDetail(message)
-        write({ db in try Store.insertReturningRecipients(message, db, detail: detail) }, completion: completion)
+        write(bytes: message.size, { db in try Store.insertReturningRecipients(message, db, detail: detail) }, completion: completion)
     }
 
     public func insertMessage(_ message: NewMessage) async throws -> Int64 {
-        try await write { db in try Store.insert(message, db) }
+        try await write(bytes: message.size) { db in try Store.insert(message, db) }
     }
 
     static func insert(_ m: NewMessage, _ db: Database) throws -> Int64 {

@@ -15,6 +15,8 @@ public struct StoreOptions: Sendable {
     public var busyTimeoutSeconds: Double = 10
     /// Most requests committed in one transaction.
     public var maxBatch: Int = 512
+    /// Most message bytes committed in one transaction (GroupCommitWriter).
+    public var maxBatchBytes: Int = 16 << 20
     /// Apply pending migrations when opening.
     public var migrate: Bool = true
     /// Read-only connections for queries (the CLI's reports).
@@ -62,11 +64,19 @@ public final class Store: Sendable {
                 // existed before the savepoint are copied, so its size is
                 // bounded by what a batch changes.
                 try db.execute(sql: "PRAGMA temp_store = MEMORY")
+                // A batch's pages stay in the cache until COMMIT (see
+                // GroupCommitWriter.maxBatchBytes): spilling starts past the
+                // batch's message bytes plus 8 MiB for its rows and indexes.
+                // Held only while a transaction has them dirty: once written,
+                // the pages beyond cache_size are freed (keeping them measured
+                // no faster with 10 MiB messages, and 20 MiB more RSS).
+                let pageSize = try Int.fetchOne(db, sql: "PRAGMA page_size") ?? 4096
+                try db.execute(sql: "PRAGMA cache_spill = \((options.maxBatchBytes + (8 << 20)) / max(512, pageSize))")
             }
         } catch {
             throw StoreError.classify(error)
         }
-        writer = GroupCommitWriter(pool: pool, maxBatch: options.maxBatch)
+        writer = GroupCommitWriter(pool: pool, maxBatch: options.maxBatch, maxBatchBytes: options.maxBatchBytes)
         if options.migrate {
             let applied = try Migrator.migrate(pool)
             for m in applied { logger.info("applied migration", metadata: ["migration": "\(m)"]) }
@@ -94,16 +104,16 @@ public final class Store: Sendable {
     /// the transaction carrying it is durable.
     /// `durable: false` for writes whose loss in a power failure only repeats
     /// work (claims, outcomes, leases): see GroupCommitWriter.
-    package func write<T: Sendable>(durable: Bool = true, _ work: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        try await writeWithRollups(durable: durable) { db, _ in try work(db) }
+    package func write<T: Sendable>(durable: Bool = true, bytes: Int = 0, _ work: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await writeWithRollups(durable: durable, bytes: bytes) { db, _ in try work(db) }
     }
 
     /// `write` for work that changes the daily rollups: what it adds to the
     /// `RollupBatch` is summed with the rest of its group commit.
-    func writeWithRollups<T: Sendable>(durable: Bool = true,
+    func writeWithRollups<T: Sendable>(durable: Bool = true, bytes: Int = 0,
                                        _ work: @escaping @Sendable (Database, inout RollupBatch) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, Error>) in
-            writer.submit({ db, rollups in try work(db, &rollups) }, durable: durable) { result in
+            writer.submit({ db, rollups in try work(db, &rollups) }, durable: durable, bytes: bytes) { result in
                 switch result {
                 case .success(let v): cont.resume(returning: v as! T)
                 case .failure(let e): cont.resume(throwing: e)
@@ -113,9 +123,10 @@ public final class Store: Sendable {
     }
 
     /// Callback form of `write`, for callers on an event loop.
-    package func write<T: Sendable>(_ work: @escaping @Sendable (Database) throws -> T,
+    /// `bytes`: the message bytes it writes, which bound a batch.
+    package func write<T: Sendable>(bytes: Int = 0, _ work: @escaping @Sendable (Database) throws -> T,
                                     completion: @escaping @Sendable (Result<T, StoreError>) -> Void) {
-        writer.submit({ db, _ in try work(db) }) { result in
+        writer.submit({ db, _ in try work(db) }, bytes: bytes) { result in
             completion(result.map { $0 as! T }.mapError { StoreError.classify($0) })
         }
     }
@@ -146,6 +157,17 @@ public final class Store: Sendable {
         }
     }
 
+    /// The writer connection's checkpoint gathering (wal_vfs.c): whether the
+    /// shim knows the database file's descriptor, checkpoint writes gathered,
+    /// gathered buffers written out.
+    package func checkpointGathering() throws -> (known: Bool, gathered: Int, flushes: Int) {
+        try writeDirect { db in
+            var out = [Int](repeating: 0, count: 3)
+            _ = sqlite3_file_control(db.sqliteConnection, "main", TERN_FCNTL_CKPT_STATS, &out)
+            return (out[0] != 0, out[1], out[2])
+        }
+    }
+
     /// Tests: opens `uri` (SQLite URI parameters such as `psow=0`) through the
     /// shim, commits `rows` rows at synchronous=FULL with gathering asked
     /// for, and returns the WAL stats and the rows read back.
@@ -172,6 +194,16 @@ public final class Store: Sendable {
         }
         sqlite3_finalize(stmt)
         return (out[1], out[3] != 0, count)
+    }
+
+    /// Dirty pages the writer connection has written out in the middle of a
+    /// transaction (SQLite's cache spills) since it opened: for tests.
+    package func writerCacheSpills() throws -> Int {
+        try writeDirect { db in
+            var current: Int32 = 0, highwater: Int32 = 0
+            _ = sqlite3_db_status(db.sqliteConnection, SQLITE_DBSTATUS_CACHE_SPILL, &current, &highwater, 0)
+            return Int(current)
+        }
     }
 
     /// A pragma's value on the writer connection (`synchronous`, `journal_mode`, …).

@@ -337,3 +337,95 @@ final class WriterGate: Sendable {
         #expect(without.count == 20)
     }
 }
+
+/// A batch's message bytes are bounded, and within that bound a large body's
+/// pages are written to the WAL once, at COMMIT (GroupCommitWriter.maxBatchBytes).
+@Suite struct BatchBytesTests {
+    struct Tail: BodyTail {
+        let bytes: [UInt8]
+        var count: Int { bytes.count }
+        func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R { try bytes.withUnsafeBytes(body) }
+    }
+
+    @Test func aBatchEndsBeforeTheRequestThatWouldPassItsBytes() {
+        #expect(GroupCommitWriter.batchLength([], maxCount: 512, maxBytes: 100) == 0)
+        #expect(GroupCommitWriter.batchLength([0, 0, 0], maxCount: 2, maxBytes: 100) == 2)
+        #expect(GroupCommitWriter.batchLength([60, 40, 1], maxCount: 512, maxBytes: 100) == 2)
+        #expect(GroupCommitWriter.batchLength([60, 41, 0], maxCount: 512, maxBytes: 100) == 1)
+        // One request larger than the bound still goes, alone.
+        #expect(GroupCommitWriter.batchLength([250, 1], maxCount: 512, maxBytes: 100) == 1)
+        // Requests that write no message bytes are never held back by them.
+        #expect(GroupCommitWriter.batchLength([100, 0, 0, 0], maxCount: 512, maxBytes: 100) == 4)
+    }
+
+    @Test func largeBodiesInOneBatchAreNotSpilledAndTheBatchIsBounded() async throws {
+        var options = StoreOptions()
+        options.maxBatchBytes = 6 << 20
+        let store = try Store(path: temporaryDatabase(), options: options)
+        defer { store.close() }
+        let spillsBefore = try store.writerCacheSpills()
+        // Three 2.5 MiB bodies written in place (a zeroblob, then the text):
+        // each page would be spilled twice under the default threshold.
+        let gate = WriterGate()
+        gate.block(store)
+        let all = DispatchGroup()
+        let texts = (0..<3).map { k in (0..<(5 << 19)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ k) } }
+        for (k, text) in texts.enumerated() {
+            var m = sampleMessage("BIG\(k)", recipients: 1)
+            m.body = Data("Received: by us\r\n".utf8)
+            m.tail = Tail(bytes: text)
+            all.enter()
+            store.insertMessage(m) { result in
+                if case .failure(let e) = result { Issue.record("insert failed: \(e)") }
+                all.leave()
+            }
+        }
+        gate.release.signal()
+        all.wait()
+        #expect(try store.writerCacheSpills() == spillsBefore)
+        // The gate's commit, then two batches: 2.5 + 2.5 MiB, then the third.
+        #expect(store.commitStats == (3, 4))
+        for (k, text) in texts.enumerated() {
+            let body = try store.read { db in try Data.fetchOne(db, sql: "SELECT body FROM message WHERE queue_id = ?", arguments: ["BIG\(k)"]) }
+            #expect(body == Data("Received: by us\r\n".utf8) + Data(text))
+        }
+    }
+}
+
+/// A checkpoint's writes where the database file grows are gathered
+/// (wal_vfs.c): fewer, larger writes, the same database.
+@Suite struct CheckpointGatheringTests {
+    @Test func checkpointWritesPastTheEndAreGatheredAndTheDatabaseIsTheSame() async throws {
+        let path = temporaryDatabase()
+        var expected: [Int: Data] = [:]
+        do {
+            let store = try Store(path: path)
+            defer { store.close() }
+            _ = try await store.write { db in try db.execute(sql: "CREATE TABLE t (i INTEGER PRIMARY KEY, x BLOB)") }
+            let start = try store.checkpointGathering()
+            #expect(start.known) // the unix VFS's descriptor, checked against the file
+            // Bodies of 100 KiB to 1 MiB: each a run of new pages at the end.
+            for i in 0..<12 {
+                let body = Data((0..<(100_000 + i * 80_000)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ i) })
+                expected[i] = body
+                _ = try await store.write { db in try db.execute(sql: "INSERT INTO t VALUES (?, ?)", arguments: [i, body]) }
+            }
+            // Pages changed in place (below the old end of the file) go through as they are.
+            _ = try await store.write { db in try db.execute(sql: "UPDATE t SET x = zeroblob(10) WHERE i = 0") }
+            expected[0] = Data(count: 10)
+            _ = try store.writeDirect { db in try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+            let after = try store.checkpointGathering()
+            #expect(after.gathered - start.gathered > 1_000) // ~2,200 pages of bodies
+            #expect(after.flushes - start.flushes < (after.gathered - start.gathered) / 8)
+        }
+        // Reopened: every page is in the database file (the WAL was emptied, then removed at close).
+        let wal = (try? FileManager.default.attributesOfItem(atPath: path + "-wal"))?[.size] as? Int
+        #expect(wal == nil || wal == 0)
+        let again = try Store(path: path)
+        defer { again.close() }
+        #expect(try again.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") } == "ok")
+        for (i, body) in expected {
+            #expect(try again.read { db in try Data.fetchOne(db, sql: "SELECT x FROM t WHERE i = ?", arguments: [i]) } == body)
+        }
+    }
+}

@@ -34,3 +34,9 @@ int tern_wal_vfs_register(void);
 /// gathered, how many gathered buffers were written out, and whether the
 /// WAL's device has POWERSAFE_OVERWRITE (without it nothing is gathered).
 #define TERN_FCNTL_WAL_STATS 0x7E57A2
+
+/// sqlite3_file_control opcode (on "main"): fills long[3] with whether the
+/// shim knows the database file's descriptor (1/0; without it no checkpoint
+/// write is gathered), how many checkpoint writes it gathered, and how many
+/// gathered buffers it wrote out.
+#define TERN_FCNTL_CKPT_STATS 0x7E57A3
