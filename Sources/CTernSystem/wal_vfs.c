@@ -81,7 +81,7 @@ struct TernFile {
     int fd;                    /* the unix VFS's descriptor of this file, -1 if not known */
     int inCheckpoint;          /* between CKPT_START and CKPT_DONE */
     sqlite3_int64 sizeAtStart; /* the file's size at CKPT_START */
-    sqlite3_int64 reservedEnd; /* fallocate'd from sizeAtStart up to here in this checkpoint */
+    sqlite3_int64 reservedStart, reservedEnd; /* the range last fallocate'd in this checkpoint */
     unsigned char *ckptBuf;
     sqlite3_int64 ckptOffset;
     int ckptLen;
@@ -98,13 +98,19 @@ static TernFile *dbList;
    with 0x1ffff): hand it pieces of 64 KiB. */
 #define WAL_WRITE_PIECE (64 * 1024)
 
-static int flushBuffer(TernFile *p) {
+/* Writes a gathered buffer through the real file, a piece at a time. */
+static int writePieces(sqlite3_file *real, const unsigned char *buf, int len, sqlite3_int64 offset) {
     int rc = SQLITE_OK;
-    if (p->bufLen > 0) p->flushes++;
-    for (int done = 0; done < p->bufLen && rc == SQLITE_OK; done += WAL_WRITE_PIECE) {
-        int n = p->bufLen - done < WAL_WRITE_PIECE ? p->bufLen - done : WAL_WRITE_PIECE;
-        rc = p->real->pMethods->xWrite(p->real, p->buf + done, n, p->bufOffset + done);
+    for (int done = 0; done < len && rc == SQLITE_OK; done += WAL_WRITE_PIECE) {
+        int n = len - done < WAL_WRITE_PIECE ? len - done : WAL_WRITE_PIECE;
+        rc = real->pMethods->xWrite(real, buf + done, n, offset + done);
     }
+    return rc;
+}
+
+static int flushBuffer(TernFile *p) {
+    if (p->bufLen > 0) p->flushes++;
+    int rc = writePieces(p->real, p->buf, p->bufLen, p->bufOffset);
     /* On failure the rest is dropped, as a failed xWrite would have left
        it: SQLite fails the operation and rolls the transaction back. */
     p->bufLen = 0;
@@ -130,12 +136,8 @@ static void flushPair(TernFile *db) {
 #define CKPT_RESERVE (4 * 1024 * 1024)
 
 static int flushCheckpoint(TernFile *p) {
-    int rc = SQLITE_OK;
     if (p->ckptLen > 0) p->ckptFlushes++;
-    for (int done = 0; done < p->ckptLen && rc == SQLITE_OK; done += WAL_WRITE_PIECE) {
-        int n = p->ckptLen - done < WAL_WRITE_PIECE ? p->ckptLen - done : WAL_WRITE_PIECE;
-        rc = p->real->pMethods->xWrite(p->real, p->ckptBuf + done, n, p->ckptOffset + done);
-    }
+    int rc = writePieces(p->real, p->ckptBuf, p->ckptLen, p->ckptOffset);
     p->ckptLen = 0;
     return rc;
 }
@@ -151,14 +153,16 @@ static int gatherCheckpointWrite(TernFile *p, const void *data, int n, sqlite3_i
         *rc = flushCheckpoint(p);
         if (*rc != SQLITE_OK) return 1;
     }
-    if (off + n > p->reservedEnd) {
-        sqlite3_int64 from = off > p->reservedEnd ? off : p->reservedEnd;
-        sqlite3_int64 to = off + n > from + CKPT_RESERVE ? off + n : from + CKPT_RESERVE;
-        if (fallocate(p->fd, FALLOC_FL_KEEP_SIZE, from, to - from) != 0) {
+    /* SQLite writes in ascending page order, so one range at a time: a write
+       outside the last one reserves from its own offset on. */
+    if (off < p->reservedStart || off + n > p->reservedEnd) {
+        sqlite3_int64 to = off + (n > CKPT_RESERVE ? n : CKPT_RESERVE);
+        if (fallocate(p->fd, FALLOC_FL_KEEP_SIZE, off, to - off) != 0) {
             p->inCheckpoint = 0; /* no reservation: the rest of this checkpoint as SQLite writes it */
             *rc = flushCheckpoint(p);
             return 0;
         }
+        p->reservedStart = off;
         p->reservedEnd = to;
     }
     if (!p->ckptBuf) {
@@ -282,7 +286,7 @@ static int tFileControl(sqlite3_file *f, int op, void *arg) {
         if (p->fd >= 0 && p->real->pMethods->xFileSize(p->real, &size) == SQLITE_OK) {
             p->inCheckpoint = 1;
             p->sizeAtStart = size;
-            p->reservedEnd = size;
+            p->reservedStart = p->reservedEnd = size;
         }
         return p->real->pMethods->xFileControl(p->real, op, arg);
     }
