@@ -1,6 +1,7 @@
 // Group commit (docs/architecture.md): SQLite has one writer, so all writes go through
 // this one serial queue. While a commit runs, new requests wait; the next
-// commit takes all of them (up to `maxBatch`) in one transaction, so under
+// commit takes all of them (up to `maxBatch` requests and `maxBatchBytes` of
+// message bytes) in one transaction, so under
 // load one fsync serves many messages, and a lone request commits at once —
 // no timer ever delays it. Each request runs in its own SAVEPOINT: one that
 // fails is rolled back and answered alone. A failed BEGIN/COMMIT, or an error
