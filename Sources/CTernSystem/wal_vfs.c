@@ -142,6 +142,17 @@ static int flushCheckpoint(TernFile *p) {
     return rc;
 }
 
+/* Writes out a checkpoint's last gathered writes where no error can be
+   returned (CKPT_DONE, xShmBarrier). See the top of this file: on failure
+   the process stops before SQLite publishes pages that are not in the
+   file; the next start checkpoints them again from the WAL. */
+static void flushCheckpointOrStop(TernFile *p) {
+    if (p->ckptLen > 0 && flushCheckpoint(p) != SQLITE_OK) {
+        fprintf(stderr, "tern: a checkpoint could not write the database file into space reserved for it; stopping\n");
+        abort();
+    }
+}
+
 #define FLUSH_CKPT_OR_RETURN(p) do { if (!(p)->isWal && (p)->ckptLen > 0) { int crc = flushCheckpoint(p); if (crc != SQLITE_OK) return crc; } } while (0)
 
 /* A database file's write during a checkpoint, at or past the size the file
@@ -292,12 +303,7 @@ static int tFileControl(sqlite3_file *f, int op, void *arg) {
     }
     if (op == SQLITE_FCNTL_CKPT_DONE && !p->isWal) {
         p->inCheckpoint = 0;
-        if (flushCheckpoint(p) != SQLITE_OK) {
-            /* See the top of this file: stop before SQLite publishes pages
-               that are not in the file; a restart checkpoints them again. */
-            fprintf(stderr, "tern: a checkpoint could not write the database file into space reserved for it; stopping\n");
-            abort();
-        }
+        flushCheckpointOrStop(p);
         return p->real->pMethods->xFileControl(p->real, op, arg);
     }
     if (op == TERN_FCNTL_CKPT_STATS && !p->isWal) {
@@ -356,10 +362,7 @@ static int tShmLock(sqlite3_file *f, int offset, int n, int flags) {
 
 static void tShmBarrier(sqlite3_file *f) {
     TernFile *p = (TernFile *)f;
-    if (p->ckptLen > 0 && flushCheckpoint(p) != SQLITE_OK) {
-        fprintf(stderr, "tern: a checkpoint could not write the database file into space reserved for it; stopping\n");
-        abort();
-    }
+    flushCheckpointOrStop(p);
     flushPair(p);
     p->real->pMethods->xShmBarrier(p->real);
 }
