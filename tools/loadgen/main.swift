@@ -27,20 +27,41 @@ struct Options {
     var rcptFile: String? = nil
 }
 
+let usage = """
+usage: tern-loadgen --port P [--host 127.0.0.1] [--sessions 20]
+                    [--messages 10000] [--size 4096] [--rcpts 1] [--rcpt-file FILE]
+N sessions (connections reused) send M messages in total; prints throughput
+and the end of DATA to 250 latency (p50, p99).
+"""
+
+/// Prints why and the usage to standard error, and exits 2.
+func usageError(_ why: String) -> Never {
+    FileHandle.standardError.write(Data("tern-loadgen: \(why)\n\(usage)\n".utf8))
+    exit(2)
+}
+
 func parse() -> Options {
     var o = Options()
     var args = CommandLine.arguments.dropFirst()
+    func number(_ option: String, _ value: String, min: Int) -> Int {
+        guard let n = Int(value), n >= min else { usageError("\(option) wants a whole number of at least \(min), not \(value)") }
+        return n
+    }
     while let a = args.popFirst() {
-        guard let v = args.popFirst() else { fatalError("missing value for \(a)") }
+        if a == "--help" || a == "-h" {
+            print(usage)
+            exit(0)
+        }
+        guard let v = args.popFirst() else { usageError("\(a) needs a value") }
         switch a {
         case "--host": o.host = v
-        case "--port": o.port = Int(v)!
-        case "--sessions": o.sessions = Int(v)!
-        case "--messages": o.messages = Int(v)!
-        case "--size": o.size = Int(v)!
-        case "--rcpts": o.rcpts = Int(v)!
+        case "--port": o.port = number(a, v, min: 1)
+        case "--sessions": o.sessions = number(a, v, min: 1)
+        case "--messages": o.messages = number(a, v, min: 1)
+        case "--size": o.size = number(a, v, min: 0)
+        case "--rcpts": o.rcpts = number(a, v, min: 1)
         case "--rcpt-file": o.rcptFile = v
-        default: fatalError("unknown option \(a)")
+        default: usageError("unknown option \(a)")
         }
     }
     return o
