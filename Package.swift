@@ -119,7 +119,7 @@ let package = Package(
         .testTarget(name: "TernStoreTests", dependencies: ["TernStore", "TernMessage", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TernIntakeTests", dependencies: ["TernIntake", "TernStore", "TernProtocol", "TernMessage"]),
         .testTarget(name: "TernListenerTests", dependencies: [
-            "TernListener", "TernIntake", "TernStore", "TernProtocol", nioCore, logging,
+            "TernListener", "TernIntake", "TernStore", "TernProtocol", "CTernSystem", nioCore, logging,
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "TernAuthTests", dependencies: ["TernAuth", "TernStore", "TernProtocol", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]),

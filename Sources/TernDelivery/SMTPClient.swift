@@ -316,15 +316,28 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                 // at most about 1 MiB at a time, each written before the
                 // next is made: a large message is in memory once (its
                 // body), not twice, however many connections send one.
+                // A piece that was written out leaves its buffer to the
+                // next: written again from its start, not a new block whose
+                // pages fault in afresh (a 1 MiB piece is 256 page faults;
+                // if the channel still holds it, ByteBuffer copies on write).
                 var offset = 0
                 var failed = false
+                var spare: ByteBuffer? = nil
                 let group = then.reduce(0) { $0 + $1.utf8.count + 2 }
                 while !failed {
                     let (piece, end) = message.body.withUnsafeBytes { raw -> (ByteBuffer, Int) in
                         let end = ClientProtocol.piece(of: raw, from: offset, size: SMTPClientConnection.pieceSize)
                         let part = UnsafeRawBufferPointer(rebasing: raw[offset..<end])
                         // The last piece carries the next message's commands too.
-                        var out = channel.allocator.buffer(capacity: part.count + part.count / 64 + 8 + (end == raw.count ? group : 0))
+                        let capacity = part.count + part.count / 64 + 8 + (end == raw.count ? group : 0)
+                        var out: ByteBuffer
+                        if var reused = spare {
+                            spare = nil
+                            reused.clear(minimumCapacity: capacity)
+                            out = reused
+                        } else {
+                            out = channel.allocator.buffer(capacity: capacity)
+                        }
                         ClientProtocol.dataText(part, into: &out, final: end == raw.count)
                         return (out, end)
                     }
@@ -336,6 +349,7 @@ final class SMTPClientConnection: DeliveryConnection, @unchecked Sendable {
                         break
                     }
                     failed = !(await write(piece))
+                    spare = piece
                 }
                 if failed { action = session.fail(.closed) }
             case .endData:

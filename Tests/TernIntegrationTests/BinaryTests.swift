@@ -114,6 +114,34 @@ final class ServeProcess: @unchecked Sendable {
         store.close()
     }
 
+    /// A message large enough for SQLite's blocks of 2 MiB or more (the
+    /// row's record, the body read back) to come from `serve`'s own
+    /// allocator, with huge pages: it arrives at aiosmtpd byte for byte.
+    @Test func serveRelaysALargeMessageWholeThroughItsOwnSQLiteAllocator() async throws {
+        let mta = try await Aiosmtpd.start()
+        defer { mta.child.stop() }
+        let dir = try tempFolder()
+        let db = dir.appendingPathComponent("tern.sqlite").path
+        let serve = try ServeProcess(["--listen", "127.0.0.1:0", "--db", db, "--hostname", "mx.tern.test", "--log-level", "debug",
+                                      "--route", "*=127.0.0.1:\(mta.port)"])
+        let port = try await serve.port()
+        #expect(serve.log.contains("SQLite's blocks of 2 MiB or more are mappings with huge pages advised"), "\(serve.log)")
+        var lines = ["Subject: large", ""]
+        for i in 0..<70_000 { lines.append("line \(i) " + String(repeating: "abcdefghij", count: 7)) }
+        let body = lines.joined(separator: "\r\n") + "\r\n"
+        #expect(body.utf8.count > 5 << 20)
+        let c = try RawClient(port: port)
+        _ = try c.readReply()
+        _ = try c.command("EHLO client.test")
+        #expect(try c.sendMessage(from: "ann@sender.test", to: ["bea@mail.test"], body: body).status == "250 2.0.0")
+        #expect(await eventually { mta.messages().count == 1 }, "\(serve.log)")
+        #expect(await serve.terminate() == 0)
+        let content = try #require(mta.messages().first?["content"] as? String)
+        // Tern's Received: line comes first, then the text as sent.
+        let received = try #require(content.range(of: "Subject: large"))
+        #expect(content[received.lowerBound...].replacingOccurrences(of: "\r\n", with: "\n") == body.replacingOccurrences(of: "\r\n", with: "\n"))
+    }
+
     /// The whole chain with programs nobody here wrote: MX records from
     /// dnsmasq on a loopback port, aiosmtpd as the receiving MTA.
     @Test func serveDeliversByMXFromDnsmasqToAiosmtpd() async throws {

@@ -7,6 +7,7 @@ import Testing
 @testable import TernListener
 import TernProtocol
 import TernStore
+import CTernSystem
 
 @Suite struct ConnectionLimiterTests {
     @Test func totalAndPerAddress() {
@@ -229,5 +230,100 @@ import TernStore
         var small = ByteBufferAllocator.messageText.buffer(capacity: 0)
         small.writeString("Subject: x\r\n")
         #expect(small.readString(length: small.readableBytes) == "Subject: x\r\n")
+    }
+}
+
+/// Large blocks (message buffers and SQLite's, tern_system.c): whole huge
+/// pages with the kernel's advice set, grown in place up to the end of
+/// their last huge page, and every byte kept across each move and across
+/// the boundary between malloc'd and mapped blocks.
+@Suite struct LargeBlockTests {
+    static let hugePage = 2 << 20
+    /// A kernel built without transparent huge pages refuses the advice.
+    static let kernelHasTHP = FileManager.default.fileExists(atPath: "/sys/kernel/mm/transparent_hugepage/enabled")
+
+    /// The VmFlags line of /proc/self/smaps for the mapping holding `address`.
+    static func vmFlags(of address: UnsafeMutableRawPointer) -> [Substring]? {
+        // Read to the end: /proc reports a size of 0.
+        guard let data = FileHandle(forReadingAtPath: "/proc/self/smaps")?.readDataToEndOfFile() else { return nil }
+        let smaps = String(decoding: data, as: UTF8.self)
+        let a = UInt(bitPattern: address)
+        var inside = false
+        for line in smaps.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if let range = fields.first, range.contains("-"), !range.hasSuffix(":") {
+                let bounds = range.split(separator: "-").compactMap { UInt($0, radix: 16) }
+                inside = bounds.count == 2 && bounds[0] <= a && a < bounds[1]
+            } else if inside, fields.first == "VmFlags:" {
+                return Array(fields.dropFirst())
+            }
+        }
+        return nil
+    }
+
+    static func fill(_ p: UnsafeMutableRawPointer, _ count: Int, seed: UInt8) {
+        let b = p.assumingMemoryBound(to: UInt8.self)
+        for i in stride(from: 0, to: count, by: 4093) { b[i] = seed &+ UInt8(truncatingIfNeeded: i / 4093) }
+        b[count - 1] = seed ^ 0x5A
+    }
+
+    static func check(_ p: UnsafeMutableRawPointer, _ count: Int, seed: UInt8) -> Bool {
+        let b = p.assumingMemoryBound(to: UInt8.self)
+        for i in stride(from: 0, to: count - 1, by: 4093) where b[i] != seed &+ UInt8(truncatingIfNeeded: i / 4093) { return false }
+        return b[count - 1] == seed ^ 0x5A
+    }
+
+    @Test func aLargeMessageBufferIsWholeHugePagesAdvisedAndGrowsInPlaceToItsEnd() throws {
+        let size = (10 << 20) + 300
+        let p = try #require(tern_buf_allocate(size))
+        let length = tern_buf_test_map_length(p)
+        #expect(length % Self.hugePage == 0 && length >= size + 16 && length < size + 16 + Self.hugePage)
+        #expect(Self.vmFlags(of: p)?.contains("hg") == Self.kernelHasTHP, "MADV_HUGEPAGE: \(Self.vmFlags(of: p) ?? [])")
+        Self.fill(p, size, seed: 7)
+        // Within the mapping: the same block.
+        let same = try #require(tern_buf_reallocate(p, size, length - 16))
+        #expect(same == p)
+        // Past it: moved or grown by mremap, whole huge pages again, the bytes kept.
+        let grown = try #require(tern_buf_reallocate(same, size, length + 1))
+        #expect(tern_buf_test_map_length(grown) % Self.hugePage == 0 && tern_buf_test_map_length(grown) > length)
+        #expect(Self.vmFlags(of: grown)?.contains("hg") == Self.kernelHasTHP)
+        #expect(Self.check(grown, size, seed: 7))
+        tern_buf_deallocate(grown)
+        // Between 256 KiB and 2 MiB: a mapping of its own, no advice.
+        let mid = try #require(tern_buf_allocate(1 << 20))
+        #expect(tern_buf_test_map_length(mid) == (1 << 20) + 16)
+        #expect(Self.vmFlags(of: mid)?.contains("hg") == false)
+        tern_buf_deallocate(mid)
+    }
+
+    @Test func sqliteBlocksKeepTheirBytesAndSizeAcrossTheThreshold() throws {
+        #expect(tern_sqlite_test_malloc(0) == nil)
+        var p = try #require(tern_sqlite_test_malloc(1000))
+        #expect(tern_buf_test_map_length(p) == 0 && tern_sqlite_test_size(p) == 1000)
+        Self.fill(p, 1000, seed: 1)
+        // Small to large: a mapping of whole huge pages, advised.
+        p = try #require(tern_sqlite_test_realloc(p, 3 << 20))
+        #expect(tern_buf_test_map_length(p) == 4 << 20 && tern_sqlite_test_size(p) == 3 << 20)
+        #expect(Self.vmFlags(of: p)?.contains("hg") == Self.kernelHasTHP)
+        #expect(Self.check(p, 1000, seed: 1))
+        Self.fill(p, 3 << 20, seed: 2)
+        // Within the mapping: in place, the size SQLite asked for reported.
+        let before = p
+        p = try #require(tern_sqlite_test_realloc(p, (4 << 20) - 16))
+        #expect(p == before && tern_sqlite_test_size(p) == (4 << 20) - 16)
+        // Past it: grown, the bytes kept.
+        p = try #require(tern_sqlite_test_realloc(p, 9 << 20))
+        #expect(tern_buf_test_map_length(p) == 10 << 20 && tern_sqlite_test_size(p) == 9 << 20)
+        #expect(Self.check(p, 3 << 20, seed: 2))
+        // Large to small: malloc again, the first bytes kept.
+        Self.fill(p, 500, seed: 3)
+        p = try #require(tern_sqlite_test_realloc(p, 500))
+        #expect(tern_buf_test_map_length(p) == 0 && tern_sqlite_test_size(p) == 500)
+        #expect(Self.check(p, 500, seed: 3))
+        // Small stays small.
+        p = try #require(tern_sqlite_test_realloc(p, 64 << 10))
+        #expect(tern_buf_test_map_length(p) == 0 && Self.check(p, 500, seed: 3))
+        #expect(tern_sqlite_test_realloc(p, 0) == nil) // freed, as SQLite's realloc to 0
+        tern_sqlite_test_free(nil)
     }
 }
