@@ -375,8 +375,9 @@ final class SignalCounter: @unchecked Sendable { // sources are only created and
 /// as the message buffers are (tern_system.c): a 10 MiB message went
 /// through about 4.6 fresh 10 MiB blocks, each page of them a page fault
 /// (11,900 a message). With both, and the client reusing its piece buffer,
-/// 2.3 % of those faults were left and the server's CPU for 200 × 10 MiB
-/// over 20 sessions went from 68–84 to 45–55 ms a message.
+/// 1,400 were left and the server's CPU for 200 × 10 MiB over 20 sessions
+/// went from 68–70 to 45–47 ms a message (paired runs; docs/benchmarks.md,
+/// issue 21's sixth step).
 func tuneAllocator(_ logger: Logger) {
     _ = tern_malloc_thresholds(64 << 20, 128 << 10)
     if tern_sqlite_memstatus_off() == 0 { logger.debug("SQLite already initialised; memory statistics stay on") }
