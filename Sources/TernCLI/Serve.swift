@@ -362,8 +362,13 @@ final class SignalCounter: @unchecked Sendable { // sources are only created and
 /// 13 % of the server's CPU in a perf profile of the 20-session bench, 0.3 %
 /// after). A fixed 64 MiB trim threshold ends the cycle. Setting it also
 /// stops glibc raising its mmap threshold as big chunks are freed; it is
-/// pinned at glibc's starting 128 KiB, so big bodies' buffers still go
-/// back to the kernel when freed.
+/// pinned at 512 KiB. At glibc's starting 128 KiB, the text buffer of every
+/// 100 KiB message (a ByteBuffer rounds it to 128 KiB) was a fresh mapping,
+/// mapped, faulted in (20 faults a message) and unmapped each time; from
+/// the arena it is reused (7 faults a message; `tools/bench` 100k-10s CPU
+/// 0.71 -> 0.61 ms a message, 3 runs each, side by side). Blocks above it
+/// still go back to the kernel when freed, and message buffers from
+/// 256 KiB on are mappings of their own anyway.
 ///
 /// SQLite's memory statistics are turned off too: with them every
 /// sqlite3_malloc and free takes a process-wide mutex (mutex lock and
@@ -379,7 +384,7 @@ final class SignalCounter: @unchecked Sendable { // sources are only created and
 /// went from 68–70 to 45–47 ms a message (paired runs; docs/benchmarks.md,
 /// issue 21's sixth step).
 func tuneAllocator(_ logger: Logger) {
-    _ = tern_malloc_thresholds(64 << 20, 128 << 10)
+    _ = tern_malloc_thresholds(64 << 20, 512 << 10)
     if tern_sqlite_memstatus_off() == 0 { logger.debug("SQLite already initialised; memory statistics stay on") }
     else { logger.debug("SQLite memory statistics off") }
     if tern_sqlite_large_blocks_mapped() == 0 { logger.debug("SQLite already initialised; its large blocks stay malloc's") }
