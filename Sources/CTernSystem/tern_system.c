@@ -67,6 +67,20 @@ static void *tern_buf_map(size_t size) {
     return (char *)p + TERN_BUF_HEADER;
 }
 
+/* A mapped block (header at p, mapping length len) made room for `need`
+   bytes, header included: as it is when its last huge page already holds
+   them, else by mremap to whole huge pages. Returns the header, NULL on
+   failure (the block is then untouched). */
+static char *tern_buf_remap(char *p, size_t len, size_t need) {
+    if (len >= TERN_HUGE_ADVISED && need <= len) return p;
+    size_t grown = map_length(need);
+    char *q = mremap(p, len, grown, MREMAP_MAYMOVE);
+    if (q == MAP_FAILED) return NULL;
+    advise_huge(q, grown);
+    ((size_t *)q)[0] = grown;
+    return q;
+}
+
 void *tern_buf_allocate(size_t size) {
     if (size >= TERN_BUF_MAPPED) return tern_buf_map(size);
     char *p = malloc(size + TERN_BUF_HEADER);
@@ -87,14 +101,8 @@ void *tern_buf_reallocate(void *ptr, size_t old_size, size_t new_size) {
     char *p = (char *)ptr - TERN_BUF_HEADER;
     size_t len = ((size_t *)p)[0];
     if (len) {
-        /* From 2 MiB on a mapping has room up to the end of its last huge page. */
-        if (len >= TERN_HUGE_ADVISED && new_size + TERN_BUF_HEADER <= len) return ptr;
-        size_t grown = map_length(new_size + TERN_BUF_HEADER);
-        void *q = mremap(p, len, grown, MREMAP_MAYMOVE);
-        if (q == MAP_FAILED) return NULL;
-        advise_huge(q, grown);
-        ((size_t *)q)[0] = grown;
-        return (char *)q + TERN_BUF_HEADER;
+        char *q = tern_buf_remap(p, len, new_size + TERN_BUF_HEADER);
+        return q ? q + TERN_BUF_HEADER : NULL;
     }
     if (new_size < TERN_BUF_MAPPED) {
         char *q = realloc(p, new_size + TERN_BUF_HEADER);
@@ -154,15 +162,8 @@ static void *tsRealloc(void *ptr, int n) {
     char *p = (char *)ptr - TERN_BUF_HEADER;
     size_t old = ((size_t *)p)[1], size = (size_t)n, mapped = ((size_t *)p)[0];
     if (mapped && size + TERN_BUF_HEADER >= TERN_SQLITE_MAPPED) {
-        if (size + TERN_BUF_HEADER <= mapped) {
-            ((size_t *)p)[1] = size;
-            return ptr;
-        }
-        size_t grown = map_length(size + TERN_BUF_HEADER);
-        char *q = mremap(p, mapped, grown, MREMAP_MAYMOVE);
-        if (q == MAP_FAILED) return NULL;
-        advise_huge(q, grown);
-        ((size_t *)q)[0] = grown;
+        char *q = tern_buf_remap(p, mapped, size + TERN_BUF_HEADER);
+        if (!q) return NULL;
         ((size_t *)q)[1] = size;
         return q + TERN_BUF_HEADER;
     }
