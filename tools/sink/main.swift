@@ -23,22 +23,44 @@ var threads = 1
 var progress = false
 var config = SinkServer.Config()
 config.record = false
+let usage = """
+usage: tern-sink [--listen 127.0.0.x:PORT]... [--expect N] [--timeout SECONDS]
+                 [--greeting-delay MS] [--dot-delay MS] [--threads N] [--progress]
+"""
+
+/// Prints why and the usage to standard error, and exits 2.
+func usageError(_ why: String) -> Never {
+    FileHandle.standardError.write(Data("tern-sink: \(why)\n\(usage)\n".utf8))
+    exit(2)
+}
+
 var args = CommandLine.arguments.dropFirst()
+/// The option's value as a number (at least `min`), or a usage error.
+func number<T: LosslessStringConvertible & Comparable>(_ option: String, min: T) -> T {
+    guard let v = args.popFirst() else { usageError("\(option) needs a value") }
+    guard let n = T(v), n >= min else { usageError("\(option) wants a number of at least \(min), not \(v)") }
+    return n
+}
 while let a = args.popFirst() {
     switch a {
-    case "--expect": expect = Int(args.popFirst()!)!
-    case "--timeout": timeout = Double(args.popFirst()!)!
-    case "--greeting-delay": config.greetingDelayMillis = Int64(args.popFirst()!)!
-    case "--dot-delay": config.dotDelayMillis = Int64(args.popFirst()!)!
-    case "--threads": threads = Int(args.popFirst()!)!
+    case "-h", "--help":
+        print(usage)
+        exit(0)
+    case "--expect": expect = number(a, min: 0)
+    case "--timeout": timeout = number(a, min: 0.0)
+    case "--greeting-delay": config.greetingDelayMillis = number(a, min: Int64(0))
+    case "--dot-delay": config.dotDelayMillis = number(a, min: Int64(0))
+    case "--threads": threads = number(a, min: 1)
     case "--progress": progress = true
     case "--listen":
-        let v = args.popFirst()!
-        guard let colon = v.lastIndex(of: ":"), let port = Int(v[v.index(after: colon)...]) else { fatalError("--listen HOST:PORT") }
+        guard let v = args.popFirst() else { usageError("--listen needs HOST:PORT") }
+        guard let colon = v.lastIndex(of: ":"), let port = Int(v[v.index(after: colon)...]), (0...65535).contains(port) else {
+            usageError("--listen wants HOST:PORT, not \(v)")
+        }
         let host = String(v[..<colon])
-        guard host.hasPrefix("127.") || host == "::1" else { fatalError("tern-sink listens on loopback only") }
+        guard host.hasPrefix("127.") || host == "::1" else { usageError("tern-sink listens on loopback only, not \(host)") }
         listens.append((host, port))
-    default: fatalError("unknown option \(a)")
+    default: usageError("unknown option \(a)")
     }
 }
 if listens.isEmpty { listens = [("127.0.0.1", 0)] }
