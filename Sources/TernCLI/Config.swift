@@ -60,6 +60,8 @@ public struct TernSettings: Sendable {
     /// Claimed at intake: recipients and body bytes waiting in memory for a worker.
     public var readyRecipients = deliveryDefaults.readyRecipients
     public var readyBytes = deliveryDefaults.readyBytes
+    /// Message bodies outbound connections may hold read back from the database.
+    public var bodyMemory = deliveryDefaults.bodyMemory
     public var retryFirst = deliveryDefaults.policy.retry.firstDelayMillis / 1000
     public var retryMax = deliveryDefaults.policy.retry.maxDelayMillis / 1000
     public var maxQueueLifetime = deliveryDefaults.policy.maxQueueLifetimeMillis / 1000
@@ -146,6 +148,7 @@ public struct TernSettings: Sendable {
         c.connectionCacheMillis = connectionCacheMillis
         c.readyRecipients = readyRecipients
         c.readyBytes = readyBytes
+        c.bodyMemory = bodyMemory
         c.policy.retry = RetrySchedule(firstDelayMillis: retryFirst * 1000, maxDelayMillis: retryMax * 1000)
         c.policy.maxQueueLifetimeMillis = maxQueueLifetime * 1000
         c.policy.delayWarningMillis = delayWarning * 1000

@@ -90,6 +90,8 @@ extension TernSettings {
              "how long an idle connection waits for the next message (0: close at once)"),
         .int("delivery.ready_recipients", \.readyRecipients, "new mail waiting in memory for a worker: recipients (0: off)…"),
         .int("delivery.ready_bytes", \.readyBytes, unit: "bytes", "…and body bytes; beyond either, mail is claimed from the database"),
+        .int("delivery.body_memory", \.bodyMemory, unit: "bytes", range: 1...Int.max,
+             "message bodies all outbound connections may hold read back from the database; beyond it a connection waits its turn"),
         .int("delivery.retry_first", \.retryFirst, unit: "seconds", range: 1...Int.max, "first retry delay; doubles each time…"),
         .int("delivery.retry_max", \.retryMax, unit: "seconds", range: 1...Int.max, "…up to this"),
         .int("delivery.max_queue_lifetime", \.maxQueueLifetime, unit: "seconds", range: 1...Int.max, "then a deferred recipient expires (4.4.7)"),

@@ -293,6 +293,8 @@ enum MetricHelp {
         "tern_store_commit_duration_seconds": "time one group commit took, fsync included",
         "tern_dns_lookups_total": "DNS look-ups, by record type and result",
         "tern_mx_cache_hits_total": "MX answers served from the database's cache",
+        "tern_delivery_body_memory_bytes": "message bodies outbound connections hold read back from the database",
+        "tern_delivery_body_memory_waits_total": "times an outbound connection waited for room in delivery.body_memory",
     ]
 }
 

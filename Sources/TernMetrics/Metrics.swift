@@ -151,6 +151,27 @@ public enum TernMetrics {
         timer("tern_queue_time_seconds").recordMilliseconds(milliseconds)
     }
 
+    // MARK: - Delivery's body memory
+
+    /// Bytes of message bodies delivery holds read back from the store now.
+    public static func deliveryBodyMemory(bytes: Int) {
+        guard enabled else { return }
+        meter("tern_delivery_body_memory_bytes").set(bytes)
+    }
+
+    /// Both families at zero, shown before delivery first reads a body.
+    public static func deliveryBodyMemoryStarted() {
+        guard enabled else { return }
+        meter("tern_delivery_body_memory_bytes").set(0)
+        counter("tern_delivery_body_memory_waits_total").increment(by: 0)
+    }
+
+    /// A connection waited for room in `delivery.body_memory`.
+    public static func deliveryBodyMemoryWait() {
+        guard enabled else { return }
+        counter("tern_delivery_body_memory_waits_total").increment()
+    }
+
     // MARK: - Store
 
     /// One group commit: how many requests it carried and how long it took.

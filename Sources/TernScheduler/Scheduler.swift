@@ -15,6 +15,7 @@ import ServiceLifecycle
 import Synchronization
 import TernDelivery
 import TernMessage
+import TernMetrics
 import TernProtocol
 import TernRouting
 import TernStore
@@ -53,6 +54,12 @@ public struct SchedulerConfig: Sendable {
     /// a worker. Mail beyond it is queued and claimed the usual way.
     public var readyRecipients = 5_000
     public var readyBytes = 16 << 20
+    /// Bytes of message bodies that workers may hold read back from the
+    /// store at once (BodyMemory.swift): a worker whose message does not fit
+    /// waits for others' sends to end. Sized like the listener's
+    /// `limits.message_memory`; 200 × 10 MiB over 20 sessions held up to
+    /// about 25 such bodies at once without it.
+    public var bodyMemory = 256 << 20
     public var policy = PolicyConfig()
     /// Asked before each connection and each message (no pacing by default).
     public var gate: any SendGate = OpenGate()
@@ -144,6 +151,8 @@ public final class Scheduler: Service, Sendable {
     /// Recipients given back untried because the send gate said "not now"
     /// (tests: claims follow the gate's allowance, so this stays small).
     let givenBackPaced = Atomic<Int>(0)
+    /// Bodies read back from the store for sending, against `config.bodyMemory`.
+    public let bodyMemory: BodyMemory
 
     /// Where delivery workers run, in turn (the event loops, in `serve`);
     /// empty: Swift's global executor.
@@ -159,6 +168,7 @@ public final class Scheduler: Service, Sendable {
         self.clock = clock
         self.random = random
         self.logger = logger
+        self.bodyMemory = BodyMemory(limit: config.bodyMemory)
         self.owner = "\(config.hostname):\(getpid()):\(UInt32.random(in: 0...UInt32.max))"
         self.settlement = Settlement(store: store, owner: owner, hostname: config.hostname, policy: config.policy, providers: config.providers,
                                      logger: logger)
@@ -189,6 +199,7 @@ public final class Scheduler: Service, Sendable {
     /// composition root's to release before this starts (`tern serve` does,
     /// and logs the count); each pass here sweeps leases that ran out.
     public func run() async throws {
+        TernMetrics.deliveryBodyMemoryStarted()
         await driveWorkers(once: false) {
             await withGracefulShutdownHandler {
                 while !self.stopping && !Task.isCancelled {
@@ -537,7 +548,10 @@ public final class Scheduler: Service, Sendable {
                         entries: ([ClaimedRecipient], StoredMessage) -> [Settlement.Entry]) async {
         for (messageID, group) in Dictionary(grouping: recipients, by: \.messageID) {
             defer { settled(group.map(\.id)) }
-            guard let message = messages[messageID] ?? (try? store.message(id: messageID)) else { continue }
+            // Recording an outcome needs no body: a large one stays in the
+            // store unless a DSN needs it (Settlement reads it then).
+            guard let message = messages[messageID] ?? (try? store.message(id: messageID, admit: { $0 <= Store.largeBody }))?.message
+            else { continue }
             // A DSN is queued mail like any other: the pass sends it now,
             // not when it next wakes (workers may linger on connections).
             if await settlement.commit(entries(group, message), of: message, at: now) { wakeup.signal() }

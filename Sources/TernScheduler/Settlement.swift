@@ -51,6 +51,15 @@ struct Settlement: Sendable {
             if let d = e.decision.dsn { reports.append((e.recipient.id, d)) }
         }
         let kinds = Dictionary(grouping: reports, by: \.report.action.rawValue)
+        var message = message
+        if !kinds.isEmpty && !message.bodyRead {
+            // A DSN returns the message (or its headers): read it whole now.
+            guard let whole = try? store.message(id: message.id) else {
+                logger.error("could not read the message for a DSN; the outcomes are recorded again later", metadata: ["msg": "\(message.queueID)"])
+                return false
+            }
+            message = whole
+        }
         for kind in kinds.keys.sorted() {
             let group = kinds[kind]!
             batch.dsns.append((DSNFactory.message(for: message, group.map(\.report), hostname: hostname, at: now), message.id, group.map(\.id)))

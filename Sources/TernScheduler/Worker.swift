@@ -32,6 +32,9 @@ struct Worker {
 
     /// The scheduler's id of this worker (and of its connection, for the gate).
     let id: Int
+    /// Body bytes reserved in the scheduler's `bodyMemory`, by message,
+    /// for bodies this worker read back from the store and still holds.
+    private var held: [Int64: Int] = [:]
 
     init(scheduler: Scheduler, lane: Lane, id: Int = 0, source: OutboundSource? = nil) {
         self.scheduler = scheduler
@@ -148,6 +151,8 @@ struct Worker {
     private mutating func send(_ batch: Batch, over connection: any DeliveryConnection) async -> Bool {
         let s = scheduler
         var messages = batch.messages
+        // What is read here is not held past the batch.
+        defer { for id in Array(held.keys) { drop(id) } }
         // One transaction per message, or several when the destination takes
         // fewer recipients per transaction than the message has.
         let chunk = max(1, terms.recipientsPerMessage ?? .max)
@@ -163,6 +168,9 @@ struct Worker {
                 await giveBack(byMessage[index...].flatMap(\.value), because: why)
                 return false
             }
+            // This message's body first (waiting for room: nothing else is
+            // held now), then the next one's only if it fits at once.
+            if messages[messageID] == nil { messages[messageID] = await load(messageID, wait: true) }
             // The next message of the batch can start in the same write as
             // this one's content, if it is sure to be sent next.
             var next: OutboundMessage? = nil
@@ -170,16 +178,56 @@ struct Worker {
                s.gate.admit(request(.message), now: s.clock.now()) == .go {
                 let (nextID, nextRecipients) = byMessage[index + 1]
                 admitted = nextID
-                if messages[nextID] == nil { messages[nextID] = try? s.store.message(id: nextID) }
+                // Only if its body fits the budget now: not worth a wait.
+                if messages[nextID] == nil { messages[nextID] = await load(nextID, wait: false) }
                 next = messages[nextID].map { Scheduler.outbound(nextID, nextRecipients, $0) }
             }
             await deliver(messageID, recipients, over: connection, message: messages[messageID], next: next)
             if index + 1 == byMessage.count || byMessage[index + 1].key != messageID {
                 messages[messageID] = nil // its body is not held while the rest are sent
+                drop(messageID)
             }
             sent += 1
         }
         return connection.isReusable && !s.stopping && sent < perConnection
+    }
+
+    /// Message `id` read back from the store for sending, its body's bytes
+    /// reserved in the scheduler's `bodyMemory` first: waiting for room
+    /// (`wait`), or nil at once when there is none. Nil also when the
+    /// message is gone or could not be read.
+    private mutating func load(_ id: Int64, wait: Bool) async -> StoredMessage? {
+        let s = scheduler
+        let memory = s.bodyMemory
+        var reserved = 0
+        var read: MessageRead
+        do {
+            read = try s.store.message(id: id) { bytes in
+                guard memory.tryReserve(bytes) else { return false }
+                reserved = bytes
+                return true
+            }
+            if case .noRoom(_, let bytes) = read {
+                guard wait, await memory.reserve(bytes) else { return nil }
+                reserved = bytes
+                read = try s.store.message(id: id) { _ in true }
+            }
+        } catch {
+            memory.release(reserved)
+            s.logger.warning("could not read a message to send", metadata: ["msg": "\(id)", "error": "\(error)"])
+            return nil
+        }
+        guard case .found(let message) = read else {
+            memory.release(reserved)
+            return nil
+        }
+        held[id, default: 0] += reserved
+        return message
+    }
+
+    /// Gives back the budget of a body this worker no longer holds.
+    private mutating func drop(_ id: Int64) {
+        if let bytes = held.removeValue(forKey: id) { scheduler.bodyMemory.release(bytes) }
     }
 
     /// What the gate is asked: this worker's connection, or one more message on it.
@@ -206,7 +254,7 @@ struct Worker {
                          message: StoredMessage?, next: OutboundMessage?) async {
         let s = scheduler
         let started = s.clock.now()
-        guard let stored = message ?? (try? s.store.message(id: messageID)) else {
+        guard let stored = message else {
             s.logger.error("claimed recipients of a missing message", metadata: ["msg": "\(messageID)"])
             _ = try? await s.giveBack(recipients.map(\.id))
             return

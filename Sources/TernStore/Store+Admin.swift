@@ -120,18 +120,31 @@ extension Store {
     }
 
     static func fetchMessage(_ id: Int64, _ db: Database) throws -> StoredMessage? {
+        if case .found(let m) = try fetchMessage(id, db, admit: { _ in true }) { return m }
+        return nil
+    }
+
+    /// Message `id`, its body read only if `admit` takes its length in
+    /// bytes (delivery's memory budget): `.noRoom` (the rest of the
+    /// message, without its body) otherwise. A caller
+    /// whose `admit` reserved something gives it back if this throws.
+    static func fetchMessage(_ id: Int64, _ db: Database, admit: (Int) -> Bool) throws -> MessageRead {
         // A large body is read by incremental BLOB I/O straight into its
         // buffer: a column value would be assembled from its overflow pages
         // in SQLite's memory first, then copied (length() reads no page).
-        try Row.fetchOne(db.cachedStatement(sql: """
+        guard let r = try Row.fetchOne(db.cachedStatement(sql: """
             SELECT id, queue_id, received_at, mail_from, CASE WHEN length(body) <= \(Store.largeBody) THEN body END, env_id, ret,
                    body_type, smtputf8, origin, length(body) FROM message WHERE id = ?
-            """), arguments: [id]).map { r in
-            let length: Int = r[10] ?? 0
-            let body: Data = length > Store.largeBody ? try readBody(db, messageID: id, count: length) : (r[4] ?? Data())
-            return StoredMessage(id: r[0], queueID: r[1], receivedAt: r[2], mailFrom: r[3], body: body, envID: r[5], ret: r[6],
-                                 bodyType: r[7], smtputf8: (r[8] as Int) != 0, origin: r[9])
+            """), arguments: [id]) else { return .missing }
+        let length: Int = r[10] ?? 0
+        var message = StoredMessage(id: r[0], queueID: r[1], receivedAt: r[2], mailFrom: r[3], body: Data(), envID: r[5], ret: r[6],
+                                    bodyType: r[7], smtputf8: (r[8] as Int) != 0, origin: r[9])
+        guard admit(length) else {
+            message.bodyRead = false
+            return .noRoom(message, bytes: length)
         }
+        message.body = length > Store.largeBody ? try readBody(db, messageID: id, count: length) : (r[4] ?? Data())
+        return .found(message)
     }
 
     /// Bodies above this many bytes go in and out of the database by

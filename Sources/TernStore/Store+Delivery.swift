@@ -49,6 +49,23 @@ public struct ClaimedRecipient: Sendable, Equatable {
     }
 }
 
+/// A message read for delivery under a memory budget.
+public enum MessageRead: Sendable {
+    case found(StoredMessage)
+    case missing
+    /// The budget did not take the body's `bytes` now: the message without
+    /// its body (`bodyRead` false).
+    case noRoom(StoredMessage, bytes: Int)
+
+    /// The message, with its body or without.
+    public var message: StoredMessage? {
+        switch self {
+        case .found(let m), .noRoom(let m, _): m
+        case .missing: nil
+        }
+    }
+}
+
 /// The message fields delivery needs.
 public struct StoredMessage: Sendable {
     public var id: Int64
@@ -61,6 +78,9 @@ public struct StoredMessage: Sendable {
     public var bodyType: String?
     public var smtputf8: Bool
     public var origin: String
+    /// False: `body` is empty, the body was left in the store (recording
+    /// an outcome needs none; a DSN reads it).
+    public var bodyRead = true
 
     public init(id: Int64, queueID: String, receivedAt: Int64, mailFrom: String, body: Data, envID: String?, ret: String?,
                 bodyType: String?, smtputf8: Bool, origin: String) {
@@ -339,6 +359,12 @@ extension Store {
 
     public func message(id: Int64) throws -> StoredMessage? {
         try readStatement { db in try Store.fetchMessage(id, db) }
+    }
+
+    /// Message `id` with its body, if `admit` takes the body's length (a
+    /// memory budget's reservation, made before the body is read).
+    public func message(id: Int64, admit: (Int) -> Bool) throws -> MessageRead {
+        try readStatement { db in try Store.fetchMessage(id, db, admit: admit) }
     }
 
     /// Commits a batch of outcomes in one transaction.

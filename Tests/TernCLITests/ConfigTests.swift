@@ -125,9 +125,11 @@ import TernScheduler
             connection_cache_time = 0
             ready_recipients = 100
             ready_bytes = 1048576
+            body_memory = 67108864
             """)
         #expect(s.schedulerConfig.connectionCacheMillis == 0)
         #expect(s.schedulerConfig.readyRecipients == 100 && s.schedulerConfig.readyBytes == 1_048_576)
+        #expect(s.schedulerConfig.bodyMemory == 64 << 20)
         #expect(s.retention.bodyDays == 3 && s.retention.historyDays == 30 && s.retentionSweepSeconds == 600)
         #expect(!s.schedulerConfig.policy.suppressOnHardBounce)
         #expect(s.breakerPolicy.threshold == 5 && s.breakerPolicy.baseCooldownMillis == 30_000 && s.breakerPolicy.maxCooldownMillis == 600_000)
@@ -137,6 +139,7 @@ import TernScheduler
         ("[retention]\nbodies = 10\nhistory = 5", "must be at least retention.bodies"),
         ("[retention]\nkeep = 1", "unknown key 'retention.keep'"),
         ("[delivery]\nbreaker_threshold = 0", "breaker_threshold must be"),
+        ("[delivery]\nbody_memory = 0", "body_memory must be"),
         ("[[listener]]\nrole = \"submission\"", "needs 'address'"),
         ("[[listener]]\naddress = \"127.0.0.1:1\"\nrole = \"smtps\"", "bad listener role 'smtps'"),
         ("[[listener]]\naddress = \"127.0.0.1:1\"\nport = 2", "unknown key 'listener.port'"),

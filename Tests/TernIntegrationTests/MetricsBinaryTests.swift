@@ -76,6 +76,9 @@ import TernTestSupport
         #expect(sample(text, "tern_smtp_connections_total{listener=\"relay\"}") == 7)
         #expect(sample(text, "tern_queue_recipients{state=\"deferred\"}") == Double(try count("SELECT count(*) FROM recipient WHERE state = 'deferred'")))
         #expect(sample(text, "tern_queue_time_seconds_count") == 5)
+        // No body read back for sending is held once the mail is settled.
+        #expect(sample(text, "tern_delivery_body_memory_bytes") == 0, "\(text)")
+        #expect(sample(text, "tern_delivery_body_memory_waits_total") == 0)
         #expect((sample(text, "tern_database_bytes") ?? 0) > 0 && (sample(text, "tern_disk_free_bytes") ?? 0) > 0)
         #expect(text.contains("# HELP tern_store_commit_duration_seconds ") && text.contains("tern_store_commit_batch_size_bucket{le=\"1.0\"}"))
         // The token's use is noted; removing it locks it out at once.

@@ -28,6 +28,9 @@ final class FakeAgent: DeliveryAgent, @unchecked Sendable {
     private(set) var open: [String: Int] = [:]
     private(set) var maxOpen: [String: Int] = [:]
     private(set) var sent: [OutboundMessage] = []
+    /// Body bytes of the messages being sent now, and the most at once.
+    private(set) var bodyBytesSending = 0
+    private(set) var maxBodyBytesSending = 0
     /// The source each message in `sent` left from ("" for the kernel's choice).
     private(set) var sentFrom: [String] = []
 
@@ -75,6 +78,12 @@ final class FakeAgent: DeliveryAgent, @unchecked Sendable {
         }
         waiters.forEach { $0.resume() }
     }
+    func sending(_ m: OutboundMessage, _ starts: Bool) {
+        lock.withLock {
+            bodyBytesSending += starts ? m.body.count : -m.body.count
+            maxBodyBytesSending = max(maxBodyBytesSending, bodyBytesSending)
+        }
+    }
     func record(_ m: OutboundMessage, from source: String = "") {
         lock.withLock {
             sent.append(m)
@@ -93,7 +102,9 @@ final class FakeConnection: DeliveryConnection, @unchecked Sendable {
     var isReusable: Bool { !(agent.breakAfterFirstMessage && messages >= 1) }
     func send(_ m: OutboundMessage) async -> [Int64: RecipientOutcome] {
         agent.onSend?(domain)
+        agent.sending(m, true)
         await agent.waitIfSlow(domain)
+        agent.sending(m, false)
         messages += 1
         agent.record(m, from: source)
         var out: [Int64: RecipientOutcome] = [:]
@@ -137,10 +148,11 @@ struct Harness {
     }
 
     @discardableResult
-    func submit(_ rcpts: [String], from: String = "alice@sender.test", notify: String? = nil, orcpt: Bool = false, ret: String? = nil) async throws -> Int64 {
+    func submit(_ rcpts: [String], from: String = "alice@sender.test", notify: String? = nil, orcpt: Bool = false, ret: String? = nil,
+                bodyLines: Int = 1) async throws -> Int64 {
         let recipients = rcpts.map { NewRecipient(address: $0, domain: String($0.split(separator: "@")[1]), notify: notify, orcpt: orcpt ? "rfc822;orig-\($0)" : nil) }
         let m = NewMessage(queueID: UUID().uuidString, receivedAt: clock.now(), mailFrom: from,
-                           body: Data("Subject: test\r\nMessage-ID: <orig@sender.test>\r\n\r\nbody line\r\n".utf8),
+                           body: Data(("Subject: test\r\nMessage-ID: <orig@sender.test>\r\n\r\n" + String(repeating: "body line\r\n", count: bodyLines)).utf8),
                            clientAddress: "127.0.0.1", helo: "c", headerMessageID: "orig@sender.test", envID: "ENV-1", ret: ret,
                            bodyType: nil, smtputf8: false, origin: "smtp", recipients: recipients)
         return try await store.insertMessage(m)
@@ -562,5 +574,140 @@ struct Harness {
                                            now: h.clock.now(), config: PolicyConfig(), random: 0.5).transition]
         try await h.store.record(wrong)
         #expect(try h.state("ok2@y.test") == "inflight")
+    }
+}
+
+/// The budget of bodies delivery workers read back from the store (BodyMemory.swift).
+@Suite struct BodyMemoryTests {
+    @Test func reservationsFitTheLimitAndOneLargerBodyGoesAlone() {
+        let m = BodyMemory(limit: 100)
+        #expect(m.tryReserve(60))
+        #expect(m.tryReserve(40))
+        #expect(!m.tryReserve(1))
+        m.release(100)
+        #expect(m.inUse == 0)
+        // Larger than the whole budget: taken only when nothing else is held.
+        #expect(m.tryReserve(10))
+        #expect(!m.tryReserve(500))
+        m.release(10)
+        #expect(m.tryReserve(500))
+        #expect(!m.tryReserve(1))
+        m.release(500)
+        #expect(m.inUse == 0 && m.peak == 500 && m.waits == 0)
+    }
+
+    @Test func waitersGetInFirstComeFirstServedAndNobodyJumpsTheLine() async throws {
+        let m = BodyMemory(limit: 100)
+        #expect(m.tryReserve(90))
+        let big = Task { await m.reserve(80) }
+        for _ in 0..<500 where m.waiting < 1 { try await Task.sleep(for: .milliseconds(2)) }
+        let small = Task { await m.reserve(5) }
+        for _ in 0..<500 where m.waiting < 2 { try await Task.sleep(for: .milliseconds(2)) }
+        #expect(m.waiting == 2)
+        // 5 bytes would fit now, but two wait before: no way round them.
+        #expect(!m.tryReserve(5))
+        m.release(90)
+        #expect(await big.value)
+        #expect(await small.value)
+        #expect(m.inUse == 85 && m.waits == 2 && m.waiting == 0)
+        m.release(85)
+        #expect(m.inUse == 0)
+    }
+
+    @Test func aCancelledWaiterHoldsNothingAndLetsTheNextIn() async throws {
+        let m = BodyMemory(limit: 100)
+        #expect(m.tryReserve(50))
+        let big = Task { await m.reserve(80) }
+        for _ in 0..<500 where m.waiting < 1 { try await Task.sleep(for: .milliseconds(2)) }
+        let small = Task { await m.reserve(40) }
+        for _ in 0..<500 where m.waiting < 2 { try await Task.sleep(for: .milliseconds(2)) }
+        big.cancel()
+        #expect(await big.value == false)
+        // The one behind it fits beside the 50 held.
+        #expect(await small.value)
+        #expect(m.inUse == 90 && m.waiting == 0)
+        m.release(90)
+        #expect(m.inUse == 0)
+    }
+
+    /// About 1.1 MB each, read back by BLOB I/O (above Store.largeBody).
+    static let lines = 100_000
+
+    @Test func bodiesReadBackForSendingStayWithinTheBudget() async throws {
+        let h = try Harness { $0.bodyMemory = 2_400_000 } // two bodies, not three
+        let domains = (0..<8).map { "d\($0).test" }
+        h.agent.slow = Set(domains)
+        for d in domains { try await h.submit(["ok@\(d)"], bodyLines: Self.lines) }
+        let size = try #require(h.rows("SELECT length(body) FROM message").first?[0] as Int?)
+        #expect(size > Store.largeBody && 2 * size <= 2_400_000 && 3 * size > 2_400_000)
+        let pass = Task { await h.scheduler.runDue() }
+        // Two sends hang holding their bodies; the six other connections wait their turn.
+        for _ in 0..<1000 where h.scheduler.bodyMemory.waiting < 6 || h.agent.lock.withLock({ h.agent.bodyBytesSending }) < 2 * size {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        #expect(h.scheduler.bodyMemory.waiting == 6)
+        #expect(h.agent.lock.withLock { h.agent.bodyBytesSending } == 2 * size)
+        #expect(h.scheduler.bodyMemory.inUse == 2 * size)
+        h.agent.releaseSlow()
+        await pass.value
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] as Int? == 8)
+        #expect(h.agent.maxBodyBytesSending == 2 * size)
+        #expect(h.agent.sent.allSatisfy { $0.body.count == size })
+        #expect(h.scheduler.bodyMemory.peak == 2 * size)
+        #expect(h.scheduler.bodyMemory.waits >= 6)
+        #expect(h.scheduler.bodyMemory.inUse == 0) // every body given back
+    }
+
+    /// A body larger than the whole budget is not stuck: it goes when
+    /// nothing else is held, one at a time.
+    @Test func bodiesLargerThanTheBudgetGoOneAtATime() async throws {
+        let h = try Harness { $0.bodyMemory = 1_000 }
+        let domains = (0..<3).map { "big\($0).test" }
+        h.agent.slow = Set(domains)
+        for d in domains { try await h.submit(["ok@\(d)"], bodyLines: Self.lines) }
+        let pass = Task { await h.scheduler.runDue() }
+        for _ in 0..<1000 where h.scheduler.bodyMemory.waiting < 2 { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(h.scheduler.bodyMemory.waiting == 2)
+        h.agent.releaseSlow()
+        await pass.value
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] as Int? == 3)
+        let size = h.agent.sent[0].body.count
+        #expect(h.agent.maxBodyBytesSending == size)
+        #expect(h.scheduler.bodyMemory.inUse == 0)
+    }
+
+    /// Recording an outcome without a connection (the destination is down
+    /// or gone) leaves a large body in the store; a DSN reads it whole.
+    @Test func aLargeBodyIsReadForADSNNotForADeferral() async throws {
+        let h = try Harness()
+        h.agent.down = ["down.test"]
+        h.agent.gone = ["gone.test"]
+        try await h.submit(["x@down.test"], ret: "FULL", bodyLines: Self.lines)
+        try await h.submit(["y@gone.test"], ret: "FULL", bodyLines: Self.lines)
+        let size = try #require(h.rows("SELECT max(length(body)) FROM message").first?[0] as Int?)
+        await h.scheduler.runDue()
+        #expect(try h.state("x@down.test") == "deferred")
+        #expect(try h.state("y@gone.test") == "bounced")
+        let dsns = try h.dsns()
+        #expect(dsns.count == 1)
+        let report: Data = try #require(dsns.first?[2])
+        #expect(report.count > size) // RET=FULL: the whole message is in it
+        #expect(String(decoding: report.suffix(200), as: UTF8.self).contains("body line\r\nbody line\r\n"))
+        #expect(h.scheduler.bodyMemory.inUse == 0)
+    }
+
+    /// Reading the next message ahead (to start it in the same write as
+    /// this one's content) never waits: a connection that waited while
+    /// holding a body could wait for itself. With room for one body, one
+    /// connection sends its messages one after the other, none waiting.
+    @Test func theNextMessageIsNotReadAheadWithoutRoom() async throws {
+        let h = try Harness { $0.bodyMemory = 1_200_000; $0.maxConnectionsPerDestination = 1 }
+        for i in 0..<3 { try await h.submit(["ok\(i)@one.test"], bodyLines: Self.lines) }
+        await h.scheduler.runDue()
+        #expect(try h.rows("SELECT count(*) FROM recipient WHERE state = 'delivered'").first?[0] as Int? == 3)
+        #expect(h.agent.connections == 1)
+        #expect(h.scheduler.bodyMemory.waits == 0)
+        #expect(h.scheduler.bodyMemory.peak == h.agent.sent[0].body.count)
+        #expect(h.scheduler.bodyMemory.inUse == 0)
     }
 }
