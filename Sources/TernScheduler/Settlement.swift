@@ -55,7 +55,8 @@ struct Settlement: Sendable {
         if !kinds.isEmpty && !message.bodyRead {
             // A DSN returns the message (or its headers): read it whole now.
             guard let whole = try? store.message(id: message.id) else {
-                logger.error("could not read the message for a DSN; the outcomes are recorded again later", metadata: ["msg": "\(message.queueID)"])
+                logger.error("could not read the message for a DSN; its recipients are tried again when their leases end",
+                             metadata: ["msg": "\(message.queueID)"])
                 return false
             }
             message = whole
