@@ -596,13 +596,20 @@ struct Harness {
         #expect(m.inUse == 0 && m.peak == 500 && m.waits == 0)
     }
 
-    @Test func waitersGetInFirstComeFirstServedAndNobodyJumpsTheLine() async throws {
+    /// A budget of 100 with `held` taken, then two reservations waiting in
+    /// this order (`first`, then `second`).
+    private func lineUp(held: Int, first: Int, second: Int) async throws -> (BodyMemory, Task<Bool, Never>, Task<Bool, Never>) {
         let m = BodyMemory(limit: 100)
-        #expect(m.tryReserve(90))
-        let big = Task { await m.reserve(80) }
+        #expect(m.tryReserve(held))
+        let a = Task { await m.reserve(first) }
         for _ in 0..<500 where m.waiting < 1 { try await Task.sleep(for: .milliseconds(2)) }
-        let small = Task { await m.reserve(5) }
+        let b = Task { await m.reserve(second) }
         for _ in 0..<500 where m.waiting < 2 { try await Task.sleep(for: .milliseconds(2)) }
+        return (m, a, b)
+    }
+
+    @Test func waitersGetInFirstComeFirstServedAndNobodyJumpsTheLine() async throws {
+        let (m, big, small) = try await lineUp(held: 90, first: 80, second: 5)
         #expect(m.waiting == 2)
         // 5 bytes would fit now, but two wait before: no way round them.
         #expect(!m.tryReserve(5))
@@ -615,12 +622,8 @@ struct Harness {
     }
 
     @Test func aCancelledWaiterHoldsNothingAndLetsTheNextIn() async throws {
-        let m = BodyMemory(limit: 100)
-        #expect(m.tryReserve(50))
-        let big = Task { await m.reserve(80) }
-        for _ in 0..<500 where m.waiting < 1 { try await Task.sleep(for: .milliseconds(2)) }
-        let small = Task { await m.reserve(40) }
-        for _ in 0..<500 where m.waiting < 2 { try await Task.sleep(for: .milliseconds(2)) }
+        let (m, big, small) = try await lineUp(held: 50, first: 80, second: 40)
+        #expect(m.waiting == 2)
         big.cancel()
         #expect(await big.value == false)
         // The one behind it fits beside the 50 held.
