@@ -162,7 +162,7 @@ public enum TernMetrics {
     /// Both families at zero, shown before delivery first reads a body.
     public static func deliveryBodyMemoryStarted() {
         guard enabled else { return }
-        meter("tern_delivery_body_memory_bytes").set(0)
+        deliveryBodyMemory(bytes: 0)
         counter("tern_delivery_body_memory_waits_total").increment(by: 0)
     }
 
